@@ -1,0 +1,108 @@
+"""Settings: one object, built at start-up, validated then.
+
+Every value comes from the environment with the prefix ``PAYSTREAM_``; nested models use a
+double underscore, for example ``PAYSTREAM_DB__PRIMARY_URL`` or ``PAYSTREAM_KAFKA__FETCH_MAX_WAIT_MS``.
+Nothing else in the package reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DatabaseSettings(BaseModel):
+    """PostgreSQL: the primary takes every write; replicas serve reads."""
+
+    primary_url: str = ""
+    replica_urls: list[str] = Field(default_factory=list)
+    pool_size: int = 10
+    max_overflow: int = 10
+    # A replica that does not answer within this many seconds is skipped for the request.
+    connect_timeout_s: float = 2.0
+    statement_timeout_ms: int = 10_000
+
+
+class RedisSettings(BaseModel):
+    """Redis: cache, idempotency hints, rate limits, persisted queries."""
+
+    url: str = ""
+    socket_timeout_s: float = 0.5
+    # After a failure, skip Redis for this long before trying again (circuit breaker).
+    retry_after_failure_s: float = 1.0
+    payment_ttl_s: int = 24 * 3600
+    account_ttl_s: int = 3600
+
+
+class KafkaSettings(BaseModel):
+    """The Kafka-protocol broker and the topics of the write path."""
+
+    bootstrap_servers: str = ""
+    requested_topic: str = "payments.requested"
+    status_topic: str = "payments.status"
+    dlq_topic: str = "payments.requested.dlq"
+    worker_group: str = "paystream-worker"
+    # Off for the dev broker (tansu refuses InitProducerId); on for Apache Kafka.
+    enable_idempotence: bool = False
+    # The dev broker answers a fetch only when this runs out; keep it short for status consumers.
+    fetch_max_wait_ms: int = 10
+    produce_timeout_s: float = 3.0
+    request_timeout_ms: int = 3000
+    worker_batch_size: int = 500
+
+
+class LimitsSettings(BaseModel):
+    """Request limits enforced by the gateway."""
+
+    max_page_size: int = 100
+    max_query_depth: int = 10
+    max_aliases: int = 30
+    max_tokens: int = 2000
+    max_body_bytes: int = 256 * 1024
+    parser_cache_size: int = 1024
+    validation_cache_size: int = 1024
+
+
+class ApiSettings(BaseModel):
+    """The HTTP/websocket server."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+
+
+class Settings(BaseSettings):
+    """All of paystream's settings.
+
+    ``dev`` turns on GraphiQL and introspection; it is set only by ``paystream dev`` and the
+    tests. Outside dev mode the settings refuse to start without the server URLs.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="PAYSTREAM_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    dev: bool = False
+    db: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+
+    @model_validator(mode="after")
+    def _require_servers(self) -> Settings:
+        missing = [
+            name
+            for name, value in (
+                ("PAYSTREAM_DB__PRIMARY_URL", self.db.primary_url),
+                ("PAYSTREAM_REDIS__URL", self.redis.url),
+                ("PAYSTREAM_KAFKA__BOOTSTRAP_SERVERS", self.kafka.bootstrap_servers),
+            )
+            if not value
+        ]
+        if missing:
+            raise ValueError(
+                "missing settings: " + ", ".join(missing)
+                + " (run `paystream dev` for a local stack, or set them)"
+            )
+        return self

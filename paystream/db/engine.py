@@ -1,0 +1,144 @@
+"""Engines and sessions. Writes go to the primary through ``WriteSession``; queries go to a
+replica through ``ReadSession``. The two are distinct types so intent shows in signatures."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from typing import NewType, TypeVar
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, InterfaceError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+
+from ..config import DatabaseSettings
+
+log = logging.getLogger(__name__)
+
+WriteSession = NewType("WriteSession", AsyncSession)
+"""A session on the primary, inside one transaction that commits when the block ends."""
+
+ReadSession = NewType("ReadSession", AsyncSession)
+"""A read-only session on a replica (or on the primary when no replica answers)."""
+
+T = TypeVar("T")
+
+
+class ServerUnreachable(Exception):
+    """No database server that could serve the request answered."""
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the server could not be reached, as opposed to a bad query."""
+    if isinstance(exc, (OSError, TimeoutError, ConnectionError)):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, InterfaceError):
+            return True
+        orig = getattr(exc, "orig", None)
+        cause = getattr(orig, "__cause__", None) or orig
+        name = type(cause).__name__
+        return isinstance(cause, (OSError, TimeoutError)) or name in _UNREACHABLE_NAMES
+    return False
+
+
+# asyncpg's names for a lost or refused connection, and a server still starting up.
+_UNREACHABLE_NAMES = {
+    "ConnectionDoesNotExistError",
+    "CannotConnectNowError",
+    "ConnectionFailureError",
+    "InterfaceError",
+    "AdminShutdownError",
+    "CrashShutdownError",
+}
+
+
+def make_engine(url: str, settings: DatabaseSettings, *, read_only: bool = False) -> AsyncEngine:
+    server_settings = {
+        "statement_timeout": str(settings.statement_timeout_ms),
+        "application_name": "paystream",
+    }
+    if read_only:
+        server_settings["default_transaction_read_only"] = "on"
+    return create_async_engine(
+        url,
+        pool_size=settings.pool_size,
+        max_overflow=settings.max_overflow,
+        pool_pre_ping=False,
+        connect_args={"server_settings": server_settings, "timeout": settings.connect_timeout_s},
+    )
+
+
+class Database:
+    """The primary engine and the replica engines of one process."""
+
+    def __init__(self, settings: DatabaseSettings) -> None:
+        self.settings = settings
+        self.primary = make_engine(settings.primary_url, settings)
+        # Reads that fall back to the primary still run read-only.
+        self._primary_reader = make_engine(settings.primary_url, settings, read_only=True)
+        self.replicas = [make_engine(u, settings, read_only=True) for u in settings.replica_urls]
+        self._next_replica = itertools.cycle(range(len(self.replicas)))
+        self._down_until: dict[int, float] = {}
+        self.replica_retry_s = 2.0
+
+    @asynccontextmanager
+    async def write_session(self) -> AsyncIterator[WriteSession]:
+        """One transaction on the primary: commits at the end of the block, rolls back on error."""
+        async with AsyncSession(self.primary, expire_on_commit=False) as session:
+            async with session.begin():
+                yield WriteSession(session)
+
+    async def read(self, work: Callable[[ReadSession], Awaitable[T]], *, primary: bool = False) -> T:
+        """Run ``work`` in a read-only session: the next healthy replica, round robin, else the
+        primary. A replica that cannot be reached is skipped for a moment and the work retried
+        on the next server, so a replica outage costs a retry, not an error.
+
+        ``primary=True`` reads the primary directly (read-your-writes while a replica lags).
+        """
+        last_error: BaseException | None = None
+        for index, engine in self._readers(primary):
+            try:
+                async with AsyncSession(engine, expire_on_commit=False) as session:
+                    return await work(ReadSession(session))
+            except Exception as exc:
+                if not is_unreachable(exc):
+                    raise
+                last_error = exc
+                if index is not None:
+                    log.warning("replica %d unreachable, trying the next: %s", index, type(exc).__name__)
+                    self._down_until[index] = time.monotonic() + self.replica_retry_s
+        raise ServerUnreachable("no database server answered") from last_error
+
+    def _readers(self, primary: bool) -> list[tuple[int | None, AsyncEngine]]:
+        if primary or not self.replicas:
+            return [(None, self._primary_reader)]
+        now = time.monotonic()
+        start = next(self._next_replica)
+        order = [(start + i) % len(self.replicas) for i in range(len(self.replicas))]
+        healthy: list[tuple[int | None, AsyncEngine]] = [
+            (i, self.replicas[i]) for i in order if self._down_until.get(i, 0.0) <= now
+        ]
+        return [*healthy, (None, self._primary_reader)]
+
+    async def replica_status(self) -> list[bool]:
+        """Whether each replica answers a trivial query now."""
+        results = []
+        for engine in self.replicas:
+            try:
+                async with engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+                results.append(True)
+            except Exception as exc:
+                if not is_unreachable(exc):
+                    raise
+                results.append(False)
+        return results
+
+    async def dispose(self) -> None:
+        for engine in (self.primary, self._primary_reader, *self.replicas):
+            await engine.dispose()

@@ -1,0 +1,97 @@
+"""Partners and their API keys. Keys are stored as sha256 hashes, never in clear."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select, text, update
+from sqlalchemy.dialects.postgresql import insert
+
+from .engine import ReadSession, WriteSession
+from .models import ApiKey, Partner
+
+ALL_SCOPES = ("payments:read", "payments:write")
+KEY_PREFIX = "psk_"
+
+
+def hash_key(key: str) -> str:
+    # Keys are 256-bit random tokens, so a plain sha256 is enough: there is nothing to
+    # brute-force that a slow hash would protect.
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class KeyOwner:
+    """What an API key resolves to."""
+
+    partner_id: uuid.UUID
+    key_id: uuid.UUID
+    scopes: frozenset[str]
+
+
+async def create_partner(session: WriteSession, name: str) -> uuid.UUID:
+    partner_id = uuid.uuid4()
+    session.add(Partner(id=partner_id, name=name))
+    await session.flush()
+    return partner_id
+
+
+async def partner_id_by_name(session: ReadSession | WriteSession, name: str) -> uuid.UUID | None:
+    return (await session.execute(select(Partner.id).where(Partner.name == name))).scalar()
+
+
+async def create_api_key(
+    session: WriteSession, partner_id: uuid.UUID, scopes: tuple[str, ...] = ALL_SCOPES
+) -> str:
+    """Create a key and return it in clear: the only time it is ever seen."""
+    unknown = set(scopes) - set(ALL_SCOPES)
+    if unknown or not scopes:
+        raise ValueError(f"scopes must be among {ALL_SCOPES}, got {sorted(scopes)}")
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    session.add(
+        ApiKey(
+            id=uuid.uuid4(),
+            partner_id=partner_id,
+            key_hash=hash_key(key),
+            prefix=key[:12],
+            scopes=sorted(set(scopes)),
+        )
+    )
+    await session.flush()
+    return key
+
+
+async def owner_of_key(session: ReadSession | WriteSession, key: str) -> KeyOwner | None:
+    """The partner and scopes of a live (not revoked) key, or None."""
+    row = (
+        await session.execute(
+            select(ApiKey.partner_id, ApiKey.id, ApiKey.scopes).where(
+                ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)
+            )
+        )
+    ).first()
+    if row is None:
+        return None
+    return KeyOwner(partner_id=row[0], key_id=row[1], scopes=frozenset(row[2]))
+
+
+async def revoke_api_key(session: WriteSession, key: str) -> bool:
+    result = await session.execute(
+        update(ApiKey)
+        .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+        .values(revoked_at=text("now()"))
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def ensure_partner(session: WriteSession, name: str) -> uuid.UUID:
+    """The partner named ``name``, created if missing (used by the dev seed)."""
+    await session.execute(
+        insert(Partner).values(id=uuid.uuid4(), name=name).on_conflict_do_nothing(index_elements=["name"])
+    )
+    found = await partner_id_by_name(session, name)
+    assert found is not None
+    return found

@@ -1,0 +1,92 @@
+"""Double-entry posting rules for a transfer between two accounts.
+
+The worker locks both accounts, asks :func:`post_transfer` what to do, and writes exactly
+what it returns. Keeping the decision pure means the rules (money is conserved, no balance
+goes negative, a failure moves nothing) are tested without a database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from uuid import UUID
+
+from paystream.domain.status import FailureReason, PaymentStatus
+
+__all__ = ["LedgerEntry", "Posting", "post_transfer"]
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One leg of a posting; ``amount_minor`` is signed (negative debits the account)."""
+
+    account_id: UUID
+    amount_minor: int
+
+
+@dataclass(frozen=True)
+class Posting:
+    """The outcome of a transfer: its status, the entries to write and the new balances.
+
+    A FAILED posting has a ``failure_reason``, no entries and unchanged balances.
+    """
+
+    status: PaymentStatus
+    failure_reason: FailureReason | None
+    entries: tuple[LedgerEntry, ...]
+    source_balance_after: int
+    destination_balance_after: int
+
+
+def post_transfer(
+    *,
+    source_id: UUID,
+    source_balance: int,
+    source_currency: str,
+    destination_id: UUID,
+    destination_balance: int,
+    destination_currency: str,
+    amount_minor: int,
+    currency: str,
+) -> Posting:
+    """Decide the posting of ``amount_minor`` from source to destination.
+
+    Balances are the current (locked) balances in minor units. The payment FAILS, moving
+    nothing, when source and destination are the same account (SAME_ACCOUNT), when the
+    two accounts' currencies differ from each other or from the payment's
+    (CURRENCY_MISMATCH), or when the source balance is below the amount
+    (INSUFFICIENT_FUNDS); checked in that order. Otherwise it SUCCEEDS with two entries
+    that sum to zero.
+
+    Raises :class:`ValueError` for a non-positive amount or a negative balance: those are
+    validated before a request is accepted, so reaching here with one is a bug.
+    """
+    if amount_minor <= 0:
+        raise ValueError(f"amount_minor must be positive, got {amount_minor}")
+    if source_balance < 0 or destination_balance < 0:
+        raise ValueError("account balances must not be negative")
+
+    reason: FailureReason | None = None
+    if source_id == destination_id:
+        reason = FailureReason.SAME_ACCOUNT
+    elif not source_currency == destination_currency == currency:
+        reason = FailureReason.CURRENCY_MISMATCH
+    elif source_balance < amount_minor:
+        reason = FailureReason.INSUFFICIENT_FUNDS
+    if reason is not None:
+        return Posting(
+            status=PaymentStatus.FAILED,
+            failure_reason=reason,
+            entries=(),
+            source_balance_after=source_balance,
+            destination_balance_after=destination_balance,
+        )
+    return Posting(
+        status=PaymentStatus.SUCCEEDED,
+        failure_reason=None,
+        entries=(
+            LedgerEntry(account_id=source_id, amount_minor=-amount_minor),
+            LedgerEntry(account_id=destination_id, amount_minor=amount_minor),
+        ),
+        source_balance_after=source_balance - amount_minor,
+        destination_balance_after=destination_balance + amount_minor,
+    )

@@ -1,0 +1,86 @@
+"""Checks on the scalar inputs of ``createPayment`` other than the amount.
+
+Each refusal is :class:`BadUserInput` naming the GraphQL input field, so a partner can tell
+which value to fix.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from uuid import UUID
+
+from paystream.domain.errors import BadUserInput
+
+__all__ = [
+    "MAX_IDEMPOTENCY_KEY_LENGTH",
+    "MAX_REFERENCE_LENGTH",
+    "parse_account_id",
+    "validate_idempotency_key",
+    "validate_reference",
+]
+
+MAX_REFERENCE_LENGTH = 140
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+# Only the canonical 8-4-4-4-12 form: uuid.UUID() would also take braces, "urn:uuid:" and
+# bare hex, giving one account several spellings in keys, cursors and logs.
+_UUID_TEXT = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII | re.IGNORECASE
+)
+
+
+def _has_control_character(text: str) -> bool:
+    # Cc: C0/C1 controls incl. NUL, tab and newline (NUL breaks PostgreSQL text columns);
+    # Cs: lone surrogates, which cannot be encoded as UTF-8 at all.
+    return any(unicodedata.category(ch) in ("Cc", "Cs") for ch in text)
+
+
+def validate_idempotency_key(key: str) -> str:
+    """Return ``key`` unchanged if it is 1 to 255 characters with no control characters.
+
+    The key is not stripped or normalised: it is the partner's identifier, compared
+    exactly, and " a" and "a" are different keys.
+    """
+    field = "idempotencyKey"
+    if not isinstance(key, str) or not key:
+        raise BadUserInput("idempotencyKey must not be empty", field=field)
+    if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise BadUserInput(
+            f"idempotencyKey must be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters",
+            field=field,
+        )
+    if _has_control_character(key):
+        raise BadUserInput("idempotencyKey must not contain control characters", field=field)
+    return key
+
+
+def validate_reference(ref: str | None) -> str | None:
+    """Return ``ref`` unchanged if absent or at most 140 characters without control characters.
+
+    Newlines and tabs count as control characters: references show up on statements and
+    in one-line logs.
+    """
+    if ref is None:
+        return None
+    field = "reference"
+    if not isinstance(ref, str):
+        raise BadUserInput("reference must be a string", field=field)
+    if len(ref) > MAX_REFERENCE_LENGTH:
+        raise BadUserInput(
+            f"reference must be at most {MAX_REFERENCE_LENGTH} characters", field=field
+        )
+    if _has_control_character(ref):
+        raise BadUserInput("reference must not contain control characters", field=field)
+    return ref
+
+
+def parse_account_id(raw: str, *, field: str) -> UUID:
+    """Parse an account id (a UUID in canonical hyphenated form, any letter case).
+
+    A malformed id is :class:`BadUserInput` on ``field``; a well-formed id that does not
+    exist is the caller's business (NOT_FOUND or a FAILED payment).
+    """
+    if not isinstance(raw, str) or _UUID_TEXT.fullmatch(raw) is None:
+        raise BadUserInput(f"{field} is not a valid account id", field=field)
+    return UUID(raw)
