@@ -1,0 +1,186 @@
+"""The ``paystream`` command.
+
+``paystream dev`` runs everything on embedded servers; ``api``, ``worker`` and ``migrate`` run
+one role against the servers the settings name; ``partner`` and ``account`` administer. Run in
+the directory where ``paystream dev`` runs, the admin commands act on that dev stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import click
+
+from .config import Settings
+from .db import Database
+from .domain.errors import PaystreamError
+
+T = TypeVar("T")
+
+DEV_DIR = ".paystream"
+
+
+def dev_settings(endpoints: object, **overrides: object) -> Settings:
+    """Settings for a dev stack's endpoints (a ``devstack.StackEndpoints``)."""
+    return Settings(
+        dev=True,
+        db={"primary_url": endpoints.primary_url, "replica_urls": [endpoints.replica_url]},  # type: ignore[attr-defined]
+        redis={"url": endpoints.redis_url},  # type: ignore[attr-defined]
+        kafka={"bootstrap_servers": endpoints.kafka_bootstrap},  # type: ignore[attr-defined]
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
+def load_settings() -> Settings:
+    """The running dev stack's settings when in its directory, else the environment's."""
+    try:
+        from .devstack import read_running_stack
+    except ImportError:  # the dev extra is not installed
+        return Settings()
+    endpoints = read_running_stack(Path.cwd() / DEV_DIR)
+    if endpoints is not None:
+        return dev_settings(endpoints)
+    return Settings()
+
+
+def _run_with_db(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+    async def main() -> T:
+        db = Database(settings.db)
+        try:
+            return await work(db)
+        finally:
+            await db.dispose()
+
+    try:
+        return asyncio.run(main())
+    except PaystreamError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+def _settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+def main() -> None:
+    """paystream: a payments API for GraphQL clients."""
+
+
+@main.command()
+@click.option("--port", default=8000, show_default=True, help="GraphQL HTTP port.")
+def dev(port: int) -> None:
+    """Start embedded PostgreSQL (primary + replica), Redis and a Kafka-protocol broker,
+    migrate, seed a demo partner, and run the API and the worker until Ctrl-C."""
+    from .devrun import run_dev
+
+    sys.exit(run_dev(Path.cwd() / DEV_DIR, port=port))
+
+
+@main.command()
+@click.option("--host", default=None, help="Bind address (default from settings).")
+@click.option("--port", default=None, type=int, help="Port (default from settings).")
+@click.option("--workers", default=None, type=int, help="Worker processes (default 1).")
+def api(host: str | None, port: int | None, workers: int | None) -> None:
+    """Serve the GraphQL API with uvicorn against the configured servers."""
+    import uvicorn
+
+    settings = _settings_or_exit()
+    uvicorn.run(
+        "paystream.gateway.asgi:app",
+        factory=True,
+        host=host or settings.api.host,
+        port=port or settings.api.port,
+        workers=workers or settings.api.workers,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@main.command()
+def worker() -> None:
+    """Consume payments.requested, post each payment to the ledger, publish its status."""
+    from .logging import configure_logging
+    from .worker.main import run_worker
+
+    settings = _settings_or_exit()
+    configure_logging(settings)
+    asyncio.run(run_worker(settings))
+
+
+@main.command()
+def migrate() -> None:
+    """Apply the database migrations to the primary."""
+    from .db.migrate import upgrade
+
+    settings = _settings_or_exit()
+    upgrade(settings.db.primary_url)
+    click.echo("migrated")
+
+
+@main.group()
+def partner() -> None:
+    """Partners (tenants) and their API keys."""
+
+
+@partner.command("create")
+@click.argument("name")
+@click.option(
+    "--scope", "scopes", multiple=True, type=click.Choice(["payments:read", "payments:write"]),
+    help="Scope of the new key; repeat for both (default: both).",
+)
+def partner_create(name: str, scopes: tuple[str, ...]) -> None:
+    """Create partner NAME and print its first API key (on the last line, alone)."""
+    from .services.admin import new_partner
+
+    settings = _settings_or_exit()
+    key = _run_with_db(
+        settings, lambda db: new_partner(db, name, scopes or ("payments:read", "payments:write"))
+    )
+    click.echo(f"partner {name} created; its API key (shown once, stored hashed):")
+    click.echo(key)
+
+
+@partner.command("key")
+@click.argument("name")
+@click.option("--scope", "scopes", multiple=True, type=click.Choice(["payments:read", "payments:write"]))
+def partner_key(name: str, scopes: tuple[str, ...]) -> None:
+    """Issue another API key for partner NAME (printed on the last line, alone)."""
+    from .services.admin import new_api_key
+
+    settings = _settings_or_exit()
+    key = _run_with_db(
+        settings, lambda db: new_api_key(db, name, scopes or ("payments:read", "payments:write"))
+    )
+    click.echo(key)
+
+
+@main.group()
+def account() -> None:
+    """Accounts."""
+
+
+@account.command("create")
+@click.option("--partner", required=True, help="Owning partner's name.")
+@click.option("--name", required=True, help="Account name.")
+@click.option("--currency", required=True, help="ISO 4217 code, e.g. USD.")
+@click.option("--balance", default="0", show_default=True, help="Opening balance, e.g. 100.00.")
+def account_create(partner: str, name: str, currency: str, balance: str) -> None:
+    """Create an account and print its id (on the last line, alone)."""
+    from .services.admin import new_account
+
+    settings = _settings_or_exit()
+    account_id = _run_with_db(
+        settings,
+        lambda db: new_account(db, partner=partner, name=name, currency=currency, balance=balance),
+    )
+    click.echo(f"account {name} ({currency}) created for {partner}:")
+    click.echo(str(account_id))

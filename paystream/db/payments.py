@@ -1,0 +1,98 @@
+"""Payments: the idempotent insert of the write path and batched reads."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import any_, delete, select
+from sqlalchemy.dialects.postgresql import insert
+
+from .accounts import uuid_array
+from .engine import ReadSession, WriteSession
+from .models import Payment
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentRow:
+    """A payment as read, detached from any session (safe to cache)."""
+
+    id: uuid.UUID
+    partner_id: uuid.UUID
+    idempotency_key: str
+    request_hash: str
+    source_account_id: uuid.UUID
+    destination_account_id: uuid.UUID
+    amount_minor: int
+    currency: str
+    reference: str | None
+    status: str
+    failure_reason: str | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+COLUMNS = (
+    Payment.id,
+    Payment.partner_id,
+    Payment.idempotency_key,
+    Payment.request_hash,
+    Payment.source_account_id,
+    Payment.destination_account_id,
+    Payment.amount_minor,
+    Payment.currency,
+    Payment.reference,
+    Payment.status,
+    Payment.failure_reason,
+    Payment.version,
+    Payment.created_at,
+    Payment.updated_at,
+)
+
+
+async def insert_pending(session: WriteSession, row: PaymentRow) -> tuple[PaymentRow, bool]:
+    """Insert a PENDING payment unless (partner, idempotency key) exists already.
+
+    Returns the stored row and whether this call created it. Concurrent callers with the same
+    key serialize on the unique index, so exactly one of them creates the payment.
+    """
+    values = {column.key: getattr(row, column.key) for column in COLUMNS}
+    created = (
+        await session.execute(
+            insert(Payment)
+            .values(**values)
+            .on_conflict_do_nothing(constraint="payments_partner_idempotency_key")
+            .returning(*COLUMNS)
+        )
+    ).first()
+    if created is not None:
+        return PaymentRow(*created), True
+    existing = (
+        await session.execute(
+            select(*COLUMNS).where(
+                Payment.partner_id == row.partner_id, Payment.idempotency_key == row.idempotency_key
+            )
+        )
+    ).one()
+    return PaymentRow(*existing), False
+
+
+async def delete_pending(session: WriteSession, payment_id: uuid.UUID) -> bool:
+    """Withdraw a PENDING payment whose request never reached the broker."""
+    result = await session.execute(
+        delete(Payment).where(Payment.id == payment_id, Payment.status == "PENDING")
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def payments_by_ids(
+    session: ReadSession | WriteSession, ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, PaymentRow]:
+    """One statement for any number of ids."""
+    if not ids:
+        return {}
+    rows = await session.execute(select(*COLUMNS).where(Payment.id == any_(uuid_array(ids))))
+    return {row[0]: PaymentRow(*row) for row in rows}

@@ -1,0 +1,116 @@
+"""``paystream dev``: the whole service on embedded real servers, in one process tree."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+
+import click
+
+from .config import Settings
+from .db import Database
+from .logging import configure_logging
+
+log = logging.getLogger("paystream.dev")
+
+DEMO_PARTNER = "demo"
+DEMO_ACCOUNTS = (("Demo USD operating", "USD", "10000.00"), ("Demo USD reserve", "USD", "2500.00"),
+                 ("Demo EUR operating", "EUR", "5000.00"), ("Demo JPY operating", "JPY", "1000000"))
+
+
+async def _seed(db: Database, root: Path) -> dict[str, object]:
+    """Create the demo partner, key and accounts once; later starts reuse them.
+
+    The demo key is kept in clear in ``.paystream/demo.json`` so a restart can print it again:
+    dev only, and production settings refuse to start in dev mode.
+    """
+    from .services.admin import new_account, new_partner
+
+    seed_file = root / "demo.json"
+    if seed_file.exists():
+        return dict(json.loads(seed_file.read_text()))
+    key = await new_partner(db, DEMO_PARTNER)
+    accounts = []
+    for name, currency, balance in DEMO_ACCOUNTS:
+        account_id = await new_account(
+            db, partner=DEMO_PARTNER, name=name, currency=currency, balance=balance
+        )
+        accounts.append({"id": str(account_id), "name": name, "currency": currency})
+    seed = {"partner": DEMO_PARTNER, "key": key, "accounts": accounts}
+    seed_file.write_text(json.dumps(seed, indent=2))
+    seed_file.chmod(0o600)
+    return seed
+
+
+async def _serve(settings: Settings, root: Path, port: int, started: float) -> None:
+    import uvicorn
+
+    from .db.migrate import upgrade_async
+    from .gateway.app import create_app
+    from .worker.main import run_worker
+
+    await upgrade_async(settings.db.primary_url)
+    db = Database(settings.db)
+    try:
+        seed = await _seed(db, root)
+    finally:
+        await db.dispose()
+
+    config = uvicorn.Config(
+        create_app(settings), host=settings.api.host, port=port, log_config=None,
+        lifespan="on", timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    worker = asyncio.create_task(run_worker(settings), name="worker")
+    api = asyncio.create_task(server.serve(), name="api")
+    while not server.started and not api.done():
+        await asyncio.sleep(0.05)
+    if server.started:
+        url = f"http://{settings.api.host}:{port}/graphql"
+        click.echo(f"paystream dev is up in {time.monotonic() - started:.1f} s")
+        click.echo(f"  GraphQL (HTTP + websocket, GraphiQL): {url}")
+        click.echo(f"  primary:  {settings.db.primary_url}")
+        click.echo(f"  replica:  {settings.db.replica_urls[0]}")
+        click.echo(f"  redis:    {settings.redis.url}")
+        click.echo(f"  kafka:    {settings.kafka.bootstrap_servers}  (dev broker: in memory only)")
+        click.echo(f"  demo partner: {seed['partner']}")
+        for account in seed["accounts"]:  # type: ignore[attr-defined]
+            click.echo(f"  account {account['id']}  {account['currency']}  {account['name']}")
+        click.echo("  demo key (Authorization: Bearer <key>):")
+        click.echo(f"  {seed['key']}")
+        click.echo("Ctrl-C stops everything.")
+    try:
+        await api
+    finally:
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+
+
+def run_dev(root: Path, *, port: int) -> int:
+    """Start the stack under ``root``, run until Ctrl-C or SIGTERM, stop everything. Exit code."""
+    from .cli import dev_settings
+    from .devstack import DevStack, StackAlreadyRunning
+
+    started = time.monotonic()
+    root.mkdir(parents=True, exist_ok=True)
+    stack = DevStack(root)
+    try:
+        endpoints = stack.start()
+    except StackAlreadyRunning as exc:
+        click.echo(f"paystream dev is already running here: {exc}", err=True)
+        return 1
+    try:
+        settings = dev_settings(endpoints, api={"host": "127.0.0.1", "port": port})
+        configure_logging(settings)
+        # uvicorn turns SIGINT/SIGTERM into a graceful exit of server.serve().
+        asyncio.run(_serve(settings, root, port, started))
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        click.echo("stopping the dev stack ...")
+        stack.stop()
+        click.echo("stopped.")

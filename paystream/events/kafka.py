@@ -1,0 +1,55 @@
+"""Producer and consumer construction shared by the API, the worker and the relay."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from ..config import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+def make_producer(settings: KafkaSettings, *, linger_ms: int = 0) -> AIOKafkaProducer:
+    """acks=all always; the idempotent producer only where the broker supports it (Apache
+    Kafka, not the dev broker)."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        acks="all",
+        enable_idempotence=settings.enable_idempotence,
+        linger_ms=linger_ms,
+        request_timeout_ms=settings.request_timeout_ms,
+        # Metadata refresh bounded too, so a dead broker is noticed within the produce timeout.
+        metadata_max_age_ms=30_000,
+        retry_backoff_ms=100,
+    )
+
+
+def make_consumer(
+    settings: KafkaSettings, *topics: str, group_id: str | None, **options: object
+) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        request_timeout_ms=max(settings.request_timeout_ms, 40_000),
+        **options,  # type: ignore[arg-type]
+    )
+
+
+async def start_with_retry(client: AIOKafkaProducer | AIOKafkaConsumer, *, attempts: int = 30) -> None:
+    """Start a client, retrying while the broker is not up yet (start order of a deployment)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            await client.start()
+            return
+        except Exception as exc:
+            if attempt == attempts:
+                raise
+            log.warning("broker not reachable (%s), retrying", type(exc).__name__)
+            await asyncio.sleep(min(0.2 * attempt, 2.0))

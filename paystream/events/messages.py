@@ -1,0 +1,148 @@
+"""Message schemas of the two topics, as JSON. Amounts are integer minor units."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+
+class UndecodableMessage(ValueError):
+    """A message that is not valid JSON of the expected shape (goes to the dead-letter topic)."""
+
+
+def _uuid(data: dict[str, Any], name: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(data[name]))
+    except (KeyError, ValueError) as exc:
+        raise UndecodableMessage(f"{name}: {exc!s}") from None
+
+
+def _int(data: dict[str, Any], name: str) -> int:
+    value = data.get(name)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise UndecodableMessage(f"{name}: expected an integer")
+    return value
+
+
+def _str(data: dict[str, Any], name: str, *, optional: bool = False) -> str | None:
+    value = data.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise UndecodableMessage(f"{name}: expected a string")
+    return value
+
+
+def _loads(raw: bytes | None) -> dict[str, Any]:
+    try:
+        data = json.loads(raw or b"")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UndecodableMessage(f"not JSON: {exc!s}") from None
+    if not isinstance(data, dict):
+        raise UndecodableMessage("not a JSON object")
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentRequested:
+    """A createPayment accepted by the API; everything the worker needs to post it."""
+
+    payment_id: uuid.UUID
+    partner_id: uuid.UUID
+    idempotency_key: str
+    request_hash: str
+    source_account_id: uuid.UUID
+    destination_account_id: uuid.UUID
+    amount_minor: int
+    currency: str
+    reference: str | None
+    created_at: str  # ISO 8601
+
+    def encode(self) -> bytes:
+        data = asdict(self)
+        for name in ("payment_id", "partner_id", "source_account_id", "destination_account_id"):
+            data[name] = str(data[name])
+        data["type"] = "payment.requested"
+        data["schema"] = 1
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> PaymentRequested:
+        data = _loads(raw)
+        if data.get("type") != "payment.requested":
+            raise UndecodableMessage("type: expected payment.requested")
+        created_at = _str(data, "created_at") or ""
+        try:
+            datetime.fromisoformat(created_at)
+        except ValueError:
+            raise UndecodableMessage("created_at: not ISO 8601") from None
+        return cls(
+            payment_id=_uuid(data, "payment_id"),
+            partner_id=_uuid(data, "partner_id"),
+            idempotency_key=_str(data, "idempotency_key") or "",
+            request_hash=_str(data, "request_hash") or "",
+            source_account_id=_uuid(data, "source_account_id"),
+            destination_account_id=_uuid(data, "destination_account_id"),
+            amount_minor=_int(data, "amount_minor"),
+            currency=_str(data, "currency") or "",
+            reference=_str(data, "reference", optional=True),
+            created_at=created_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentStatusEvent:
+    """A payment's state after a change, with the balances the posting left.
+
+    ``version`` increases per payment; account versions increase per posting on that account,
+    so a consumer can drop anything older than what it has.
+    """
+
+    payment_id: uuid.UUID
+    version: int
+    status: str
+    failure_reason: str | None
+    partner_id: uuid.UUID
+    source_account_id: uuid.UUID
+    destination_account_id: uuid.UUID
+    source_partner_id: uuid.UUID
+    destination_partner_id: uuid.UUID
+    amount_minor: int
+    currency: str
+    reference: str | None
+    created_at: str
+    updated_at: str
+    source_balance_minor: int | None = None
+    source_account_version: int | None = None
+    destination_balance_minor: int | None = None
+    destination_account_version: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for name, value in data.items():
+            if isinstance(value, uuid.UUID):
+                data[name] = str(value)
+        data["type"] = "payment.status"
+        return data
+
+    def encode(self) -> bytes:
+        return json.dumps(self.to_json(), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PaymentStatusEvent:
+        if data.get("type") != "payment.status":
+            raise UndecodableMessage("type: expected payment.status")
+        uuids = ("payment_id", "partner_id", "source_account_id", "destination_account_id",
+                 "source_partner_id", "destination_partner_id")
+        kwargs = {name: data.get(name) for name in cls.__dataclass_fields__}
+        for name in uuids:
+            kwargs[name] = _uuid(data, name)
+        _int(data, "version")
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> PaymentStatusEvent:
+        return cls.from_json(_loads(raw))

@@ -1,0 +1,37 @@
+"""Readiness: each backing server checked and reported by name."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import text
+
+from ..services.app import Services
+
+
+async def _primary(services: Services) -> bool:
+    try:
+        async with services.db.primary.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return True
+    except Exception:
+        return False
+
+
+async def readiness(services: Services) -> dict[str, object]:
+    """{"ready": all up, "checks": {name: bool}}; each check bounded by a short timeout."""
+
+    async def bounded(coro: object) -> object:
+        try:
+            return await asyncio.wait_for(coro, timeout=2.0)  # type: ignore[arg-type]
+        except (TimeoutError, asyncio.TimeoutError):
+            return False
+
+    primary, replicas = await asyncio.gather(
+        bounded(_primary(services)), bounded(services.db.replica_status())
+    )
+    checks: dict[str, bool] = {"primary": bool(primary)}
+    replica_list = replicas if isinstance(replicas, list) else [False] * len(services.db.replicas)
+    for index, up in enumerate(replica_list):
+        checks[f"replica{index}"] = bool(up)
+    return {"ready": all(checks.values()), "checks": checks}

@@ -1,0 +1,38 @@
+"""The per-request context every resolver receives."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from strawberry.types import Info as StrawberryInfo
+
+from ..domain.errors import Unauthenticated
+
+if TYPE_CHECKING:
+    from ..services.app import Services
+    from ..services.auth import Caller
+    from .loaders import Loaders
+
+
+@dataclass
+class Context:
+    """What a resolver may use: the caller, the request's DataLoaders, the services."""
+
+    services: Services
+    loaders: Loaders
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    caller: Caller | None = None
+    request: Any = None
+    response: Any = None
+    # Set by Strawberry from the websocket connection_init payload.
+    connection_params: dict[str, object] | None = None
+
+    def require_caller(self) -> Caller:
+        if self.caller is None:
+            raise Unauthenticated("send an API key as 'Authorization: Bearer <key>'")
+        return self.caller
+
+
+Info = StrawberryInfo[Context, None]

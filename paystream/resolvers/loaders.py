@@ -1,0 +1,29 @@
+"""DataLoaders, one set per request: every id asked for in one tick becomes one batch."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from strawberry.dataloader import DataLoader
+
+from ..db.accounts import AccountRow
+from ..db.payments import PaymentRow
+from ..services.reads import Reader
+
+
+class Loaders:
+    """The request's loaders. Create one per request so nothing leaks between callers."""
+
+    def __init__(self, reader: Reader) -> None:
+        self._reader = reader
+        self.account = DataLoader[uuid.UUID, AccountRow | None](load_fn=self._load_accounts)
+        self.payment = DataLoader[uuid.UUID, PaymentRow | None](load_fn=self._load_payments)
+
+    async def _load_accounts(self, ids: Sequence[uuid.UUID]) -> list[AccountRow | None]:
+        found = await self._reader.accounts(ids)
+        return [found.get(i) for i in ids]
+
+    async def _load_payments(self, ids: Sequence[uuid.UUID]) -> list[PaymentRow | None]:
+        found = await self._reader.payments(ids)
+        return [found.get(i) for i in ids]

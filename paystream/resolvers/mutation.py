@@ -1,0 +1,33 @@
+"""Mutation resolvers."""
+
+from __future__ import annotations
+
+import strawberry
+
+from ..schema.inputs import CreatePaymentInput
+from ..schema.types import Payment
+from ..services.payments import CreatePayment
+from .context import Info
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(
+        description="Enqueue a payment. Answers PENDING once the broker has it; the same "
+        "idempotencyKey with the same request returns the same payment."
+    )
+    async def create_payment(self, info: Info, input: CreatePaymentInput) -> Payment:
+        caller = info.context.require_caller()
+        row = await info.context.services.payments.create(
+            caller,
+            CreatePayment(
+                idempotency_key=input.idempotency_key,
+                source_account_id=input.source_account_id,
+                destination_account_id=input.destination_account_id,
+                amount=input.amount,
+                currency=input.currency,
+                reference=input.reference,
+            ),
+        )
+        info.context.loaders.payment.prime(row.id, row)
+        return Payment(row=row)

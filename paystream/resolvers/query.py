@@ -1,0 +1,44 @@
+"""Query resolvers: parse the arguments, ask the loaders, apply visibility, wrap the result."""
+
+from __future__ import annotations
+
+import strawberry
+
+from ..schema.types import Account, Payment, parse_id
+from ..services.auth import READ
+from .context import Info
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="An account the caller owns; null when absent or not visible.")
+    async def account(self, info: Info, id: strawberry.ID) -> Account | None:
+        caller = info.context.require_caller()
+        caller.require(READ)
+        account_id = parse_id(id)
+        if account_id is None:
+            return None
+        row = await info.context.loaders.account.load(account_id)
+        if row is None or not caller.owns(row.partner_id):
+            return None
+        return Account(row=row)
+
+    @strawberry.field(description="A payment the caller may see; null when absent or not visible.")
+    async def payment(self, info: Info, id: strawberry.ID) -> Payment | None:
+        caller = info.context.require_caller()
+        caller.require(READ)
+        payment_id = parse_id(id)
+        if payment_id is None:
+            return None
+        loaders = info.context.loaders
+        row = await loaders.payment.load(payment_id)
+        if row is None:
+            return None
+        source, destination = await loaders.account.load_many(
+            [row.source_account_id, row.destination_account_id]
+        )
+        if source is None or destination is None:
+            return None
+        if not caller.may_see_payment(source.partner_id, destination.partner_id):
+            return None
+        return Payment(row=row)

@@ -1,0 +1,53 @@
+"""Error shaping: domain errors keep their stable code; anything unexpected becomes INTERNAL
+with no detail but a request id (the detail goes to the log)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from graphql import GraphQLError
+from strawberry.extensions import SchemaExtension
+
+from ..domain.errors import ErrorCode, PaystreamError
+
+log = logging.getLogger("paystream.errors")
+
+
+def shape_error(error: GraphQLError, request_id: str | None) -> GraphQLError:
+    original = error.original_error
+    if isinstance(original, PaystreamError):
+        extensions = original.graphql_extensions()
+        message = original.message
+    elif original is None:
+        # Syntax and validation errors: the client's query is at fault, say what is wrong.
+        extensions = {"code": ErrorCode.BAD_USER_INPUT.value}
+        message = error.message
+    elif isinstance(original, GraphQLError):
+        return shape_error(original, request_id)
+    else:
+        log.error(
+            "unexpected error in %s (request %s)", ".".join(map(str, error.path or [])), request_id,
+            exc_info=original,
+        )
+        extensions = {"code": ErrorCode.INTERNAL.value}
+        message = "internal error"
+    if request_id:
+        extensions["requestId"] = request_id
+    return GraphQLError(
+        message, nodes=error.nodes, source=error.source, positions=error.positions,
+        path=error.path, original_error=None, extensions=extensions,
+    )
+
+
+class ErrorCodes(SchemaExtension):
+    """Maps every error of a result once, after the operation ran."""
+
+    def on_operation(self) -> Iterator[None]:
+        yield
+        result = self.execution_context.result
+        errors = getattr(result, "errors", None)
+        if result is not None and errors:
+            context = self.execution_context.context
+            request_id = getattr(context, "request_id", None)
+            result.errors = [shape_error(e, request_id) for e in errors]

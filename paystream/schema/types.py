@@ -1,0 +1,113 @@
+"""GraphQL object types. They wrap rows read by services; fields that need more data load it
+through the request's DataLoaders."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal as PyDecimal
+from enum import Enum
+
+import strawberry
+
+from ..db.accounts import AccountRow
+from ..db.payments import PaymentRow
+from ..domain.money import Money
+from ..resolvers.context import Info
+from .scalars import Decimal
+
+
+@strawberry.type(description="A partner's account. Balance is shown to its owner only.")
+class Account:
+    row: strawberry.Private[AccountRow]
+
+    @strawberry.field
+    def id(self) -> strawberry.ID:
+        return strawberry.ID(str(self.row.id))
+
+    @strawberry.field
+    def name(self) -> str:
+        return self.row.name
+
+    @strawberry.field
+    def currency(self) -> str:
+        return self.row.currency
+
+    @strawberry.field(description="Null unless the caller owns the account.")
+    def balance(self, info: Info) -> Decimal | None:
+        caller = info.context.caller
+        if caller is None or not caller.owns(self.row.partner_id):
+            return None
+        return money_decimal(self.row.balance_minor, self.row.currency)
+
+
+def money_decimal(minor: int, currency: str) -> PyDecimal:
+    return Money.from_minor(minor, currency).to_decimal()
+
+
+def parse_id(raw: str) -> uuid.UUID | None:
+    """An id from a client; malformed ids are treated as absent, like foreign ones."""
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        return None
+
+
+@strawberry.enum(description="Where a payment is in its life.")
+class PaymentStatus(Enum):
+    PENDING = "PENDING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+
+@strawberry.type(description="A transfer between two accounts of the same currency.")
+class Payment:
+    row: strawberry.Private[PaymentRow]
+
+    @strawberry.field
+    def id(self) -> strawberry.ID:
+        return strawberry.ID(str(self.row.id))
+
+    @strawberry.field
+    def status(self) -> PaymentStatus:
+        return PaymentStatus(self.row.status)
+
+    @strawberry.field
+    def amount(self) -> Decimal:
+        return money_decimal(self.row.amount_minor, self.row.currency)
+
+    @strawberry.field
+    def currency(self) -> str:
+        return self.row.currency
+
+    @strawberry.field
+    async def source_account(self, info: Info) -> Account:
+        return await _account(info, self.row.source_account_id)
+
+    @strawberry.field
+    async def destination_account(self, info: Info) -> Account:
+        return await _account(info, self.row.destination_account_id)
+
+    @strawberry.field
+    def reference(self) -> str | None:
+        return self.row.reference
+
+    @strawberry.field(description="Why a FAILED payment failed, e.g. INSUFFICIENT_FUNDS.")
+    def failure_reason(self) -> str | None:
+        return self.row.failure_reason
+
+    @strawberry.field
+    def created_at(self) -> datetime:
+        return self.row.created_at
+
+    @strawberry.field
+    def updated_at(self) -> datetime:
+        return self.row.updated_at
+
+
+async def _account(info: Info, account_id: uuid.UUID) -> Account:
+    row = await info.context.loaders.account.load(account_id)
+    if row is None:
+        # Accounts are never deleted and payments reference them by foreign key.
+        raise LookupError(f"account {account_id} of a payment is missing")
+    return Account(row=row)

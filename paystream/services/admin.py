@@ -1,0 +1,51 @@
+"""Administration used by the CLI and the dev seed: partners, keys and accounts."""
+
+from __future__ import annotations
+
+import uuid
+
+from ..db import Database
+from ..db.accounts import create_account
+from ..db.partners import ALL_SCOPES, create_api_key, create_partner, partner_id_by_name
+from ..domain.errors import BadUserInput, NotFound
+from ..domain.money import Money
+
+
+async def new_partner(db: Database, name: str, scopes: tuple[str, ...] = ALL_SCOPES) -> str:
+    """Create a partner and its first API key; returns the key (shown once, stored hashed)."""
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise BadUserInput("partner name must be 1 to 200 characters", field="name")
+    async with db.write_session() as session:
+        if await partner_id_by_name(session, name) is not None:
+            raise BadUserInput(f"a partner named {name!r} exists already", field="name")
+        partner_id = await create_partner(session, name)
+        return await create_api_key(session, partner_id, scopes)
+
+
+async def new_api_key(db: Database, partner: str, scopes: tuple[str, ...] = ALL_SCOPES) -> str:
+    async with db.write_session() as session:
+        partner_id = await partner_id_by_name(session, partner)
+        if partner_id is None:
+            raise NotFound(f"no partner named {partner!r}")
+        return await create_api_key(session, partner_id, scopes)
+
+
+async def new_account(
+    db: Database, *, partner: str, name: str, currency: str, balance: str
+) -> uuid.UUID:
+    """Create an account with an opening balance (a decimal string, e.g. "100.00")."""
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise BadUserInput("account name must be 1 to 200 characters", field="name")
+    opening = Money.from_minor(0, currency) if balance.strip() in ("0", "") else Money.parse(
+        balance, currency, field="balance"
+    )
+    async with db.write_session() as session:
+        partner_id = await partner_id_by_name(session, partner)
+        if partner_id is None:
+            raise NotFound(f"no partner named {partner!r}")
+        return await create_account(
+            session, partner_id=partner_id, name=name, currency=opening.currency,
+            balance_minor=opening.minor,
+        )

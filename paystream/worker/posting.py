@@ -1,0 +1,201 @@
+"""Posting a batch of payment requests to the ledger, in one transaction on the primary.
+
+For each request still PENDING: lock both accounts (all accounts of the batch, in id order,
+in one statement, so two workers never deadlock), apply the domain's posting rule, write the
+status, two ledger entries and the balances, and an outbox row with the status event. A
+request whose payment is no longer PENDING was handled before (redelivery) and changes
+nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import text
+
+from ..db import WriteSession
+from ..domain.ledger import post_transfer
+from ..domain.status import PaymentStatus
+from ..events.messages import PaymentRequested, PaymentStatusEvent
+
+_LOCK_PAYMENTS = text(
+    "SELECT id, status, version, created_at FROM payments"
+    " WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR UPDATE"
+)
+_LOCK_ACCOUNTS = text(
+    "SELECT id, partner_id, currency, balance_minor, version FROM accounts"
+    " WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR UPDATE"
+)
+# Re-creates a payment from its message when the row is missing: the API withdrew it after a
+# produce it believed failed, but the broker had in fact taken the message.
+_INSERT_MISSING = text(
+    "INSERT INTO payments (id, partner_id, idempotency_key, request_hash, source_account_id,"
+    " destination_account_id, amount_minor, currency, reference, status, version, created_at,"
+    " updated_at)"
+    " SELECT :id, :partner_id, :idempotency_key, :request_hash, :source, :destination, :amount,"
+    " :currency, :reference, 'PENDING', 1, CAST(:created_at AS timestamptz), now()"
+    " WHERE EXISTS (SELECT 1 FROM accounts WHERE id = :source)"
+    "   AND EXISTS (SELECT 1 FROM accounts WHERE id = :destination)"
+    " ON CONFLICT DO NOTHING"
+)
+_UPDATE_PAYMENTS = text(
+    "UPDATE payments p SET status = u.status, failure_reason = u.reason, version = p.version + 1,"
+    " updated_at = :now"
+    " FROM unnest(CAST(:ids AS uuid[]), CAST(:statuses AS text[]), CAST(:reasons AS text[]))"
+    "   AS u(id, status, reason)"
+    " WHERE p.id = u.id"
+)
+_UPDATE_ACCOUNTS = text(
+    "UPDATE accounts a SET balance_minor = u.balance, version = u.version, updated_at = :now"
+    " FROM unnest(CAST(:ids AS uuid[]), CAST(:balances AS bigint[]), CAST(:versions AS bigint[]))"
+    "   AS u(id, balance, version)"
+    " WHERE a.id = u.id"
+)
+_INSERT_ENTRIES = text(
+    "INSERT INTO ledger_entries (payment_id, account_id, amount_minor, balance_after_minor)"
+    " SELECT * FROM unnest(CAST(:payments AS uuid[]), CAST(:accounts AS uuid[]),"
+    "   CAST(:amounts AS bigint[]), CAST(:balances AS bigint[]))"
+)
+_INSERT_OUTBOX = text(
+    "INSERT INTO outbox (topic, key, payload)"
+    " SELECT :topic, k, CAST(p AS jsonb) FROM unnest(CAST(:keys AS text[]), CAST(:payloads AS text[]))"
+    "   AS u(k, p)"
+    " RETURNING id"
+)
+
+
+@dataclass
+class _Account:
+    partner_id: uuid.UUID
+    currency: str
+    balance: int
+    version: int
+    touched: bool = False
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one batch did: the events to publish and the outbox rows that carry them."""
+
+    events: list[PaymentStatusEvent]
+    outbox_ids: list[int]
+    skipped: int  # redeliveries of payments already final, or requests with no payment
+
+
+async def post_batch(
+    session: WriteSession, requests: Sequence[PaymentRequested], *, status_topic: str
+) -> BatchResult:
+    """Post every still-PENDING request of the batch. The caller commits."""
+    by_id: dict[uuid.UUID, PaymentRequested] = {}
+    for request in requests:
+        by_id.setdefault(request.payment_id, request)
+    ids = list(by_id)
+    locked = {row.id: row for row in await session.execute(_LOCK_PAYMENTS, {"ids": ids})}
+    missing = [by_id[i] for i in ids if i not in locked]
+    if missing:
+        for request in missing:
+            await session.execute(_INSERT_MISSING, _insert_params(request))
+        again = await session.execute(_LOCK_PAYMENTS, {"ids": [r.payment_id for r in missing]})
+        locked.update({row.id: row for row in again})
+    pending = [by_id[i] for i in ids if i in locked and locked[i].status == "PENDING"]
+    if not pending:
+        return BatchResult(events=[], outbox_ids=[], skipped=len(requests))
+
+    account_ids = sorted({a for r in pending for a in (r.source_account_id, r.destination_account_id)})
+    accounts = {
+        row.id: _Account(row.partner_id, row.currency, row.balance_minor, row.version)
+        for row in await session.execute(_LOCK_ACCOUNTS, {"ids": account_ids})
+    }
+    now = datetime.now(UTC)
+    statuses: list[tuple[uuid.UUID, str, str | None]] = []
+    entries: list[tuple[uuid.UUID, uuid.UUID, int, int]] = []
+    events: list[PaymentStatusEvent] = []
+    for request in pending:
+        source = accounts[request.source_account_id]
+        destination = accounts[request.destination_account_id]
+        posting = post_transfer(
+            source_id=request.source_account_id,
+            source_balance=source.balance,
+            source_currency=source.currency,
+            destination_id=request.destination_account_id,
+            destination_balance=destination.balance,
+            destination_currency=destination.currency,
+            amount_minor=request.amount_minor,
+            currency=request.currency,
+        )
+        reason = posting.failure_reason.value if posting.failure_reason else None
+        statuses.append((request.payment_id, posting.status.value, reason))
+        if posting.status is PaymentStatus.SUCCEEDED:
+            source.balance, destination.balance = (
+                posting.source_balance_after, posting.destination_balance_after,
+            )
+            for account in (source, destination):
+                account.version += 1
+                account.touched = True
+            for entry in posting.entries:
+                after = accounts[entry.account_id].balance
+                entries.append((request.payment_id, entry.account_id, entry.amount_minor, after))
+        events.append(
+            PaymentStatusEvent(
+                payment_id=request.payment_id,
+                version=int(locked[request.payment_id].version) + 1,
+                status=posting.status.value,
+                failure_reason=reason,
+                partner_id=request.partner_id,
+                source_account_id=request.source_account_id,
+                destination_account_id=request.destination_account_id,
+                source_partner_id=source.partner_id,
+                destination_partner_id=destination.partner_id,
+                amount_minor=request.amount_minor,
+                currency=request.currency,
+                reference=request.reference,
+                created_at=locked[request.payment_id].created_at.isoformat(),
+                updated_at=now.isoformat(),
+                source_balance_minor=source.balance,
+                source_account_version=source.version,
+                destination_balance_minor=destination.balance,
+                destination_account_version=destination.version,
+            )
+        )
+
+    await session.execute(
+        _UPDATE_PAYMENTS,
+        {"now": now, "ids": [s[0] for s in statuses], "statuses": [s[1] for s in statuses],
+         "reasons": [s[2] for s in statuses]},
+    )
+    touched = [(i, a) for i, a in accounts.items() if a.touched]
+    if touched:
+        await session.execute(
+            _UPDATE_ACCOUNTS,
+            {"now": now, "ids": [i for i, _ in touched], "balances": [a.balance for _, a in touched],
+             "versions": [a.version for _, a in touched]},
+        )
+    if entries:
+        await session.execute(
+            _INSERT_ENTRIES,
+            {"payments": [e[0] for e in entries], "accounts": [e[1] for e in entries],
+             "amounts": [e[2] for e in entries], "balances": [e[3] for e in entries]},
+        )
+    outbox = await session.execute(
+        _INSERT_OUTBOX,
+        {"topic": status_topic, "keys": [str(e.payment_id) for e in events],
+         "payloads": [json.dumps(e.to_json()) for e in events]},
+    )
+    return BatchResult(
+        events=events, outbox_ids=[row[0] for row in outbox], skipped=len(requests) - len(pending)
+    )
+
+
+def _insert_params(request: PaymentRequested) -> dict[str, Any]:
+    return {
+        "id": request.payment_id, "partner_id": request.partner_id,
+        "idempotency_key": request.idempotency_key, "request_hash": request.request_hash,
+        "source": request.source_account_id, "destination": request.destination_account_id,
+        "amount": request.amount_minor, "currency": request.currency,
+        "reference": request.reference, "created_at": request.created_at,
+    }
