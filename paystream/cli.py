@@ -118,11 +118,13 @@ def worker() -> None:
 
 @main.command()
 def migrate() -> None:
-    """Apply the database migrations to the primary."""
+    """Apply the database migrations to the primary and create the Kafka topics."""
     from .db.migrate import upgrade
+    from .events.kafka import ensure_topics
 
     settings = _settings_or_exit()
     upgrade(settings.db.primary_url)
+    asyncio.run(ensure_topics(settings.kafka))
     click.echo("migrated")
 
 
@@ -184,3 +186,7 @@ def account_create(partner: str, name: str, currency: str, balance: str) -> None
     )
     click.echo(f"account {name} ({currency}) created for {partner}:")
     click.echo(str(account_id))
+
+
+if __name__ == "__main__":
+    main()

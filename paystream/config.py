@@ -42,6 +42,10 @@ class KafkaSettings(BaseModel):
     status_topic: str = "payments.status"
     dlq_topic: str = "payments.requested.dlq"
     worker_group: str = "paystream-worker"
+    # Partitions of payments.requested and payments.status: the most workers that share the
+    # load. Requests are keyed by source account, so one account's payments stay in order.
+    partitions: int = 8
+    replication_factor: int = 1
     # Off for the dev broker (tansu refuses InitProducerId); on for Apache Kafka.
     enable_idempotence: bool = False
     # The dev broker answers a fetch only when this runs out; keep it short for status consumers.

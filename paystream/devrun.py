@@ -49,10 +49,12 @@ async def _serve(settings: Settings, root: Path, port: int, started: float) -> N
     import uvicorn
 
     from .db.migrate import upgrade_async
+    from .events.kafka import ensure_topics
     from .gateway.app import create_app
     from .worker.main import run_worker
 
     await upgrade_async(settings.db.primary_url)
+    await ensure_topics(settings.kafka)
     db = Database(settings.db)
     try:
         seed = await _seed(db, root)

@@ -53,3 +53,32 @@ async def start_with_retry(client: AIOKafkaProducer | AIOKafkaConsumer, *, attem
                 raise
             log.warning("broker not reachable (%s), retrying", type(exc).__name__)
             await asyncio.sleep(min(0.2 * attempt, 2.0))
+
+
+async def ensure_topics(settings: KafkaSettings) -> None:
+    """Create the topics with their partition counts if missing (idempotent).
+
+    Partitions bound how many workers share ``payments.requested``; the broker's
+    auto-creation would give one.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers,
+                                request_timeout_ms=max(settings.request_timeout_ms, 10_000))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(settings.requested_topic, settings.partitions, settings.replication_factor),
+            NewTopic(settings.status_topic, settings.partitions, settings.replication_factor),
+            NewTopic(settings.dlq_topic, 1, settings.replication_factor),
+        ]
+        missing = [t for t in wanted if t.name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another process created them in between
+    finally:
+        await admin.close()

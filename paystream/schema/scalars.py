@@ -30,10 +30,14 @@ def _parse(value: object) -> decimal.Decimal:
 _PLAIN = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 
 
-Decimal = strawberry.scalar(
-    NewType("Decimal", decimal.Decimal),
-    name="Decimal",
-    description='An exact decimal number, serialized as a string: "125.50".',
-    serialize=_serialize,
-    parse_value=_parse,
-)
+Decimal = NewType("Decimal", decimal.Decimal)
+"""Exact decimal, a string on the wire. Used as an annotation; mapped by ``SCALAR_MAP``."""
+
+SCALAR_MAP = {
+    Decimal: strawberry.scalar(
+        name="Decimal",
+        description='An exact decimal number, serialized as a string: "125.50".',
+        serialize=_serialize,
+        parse_value=_parse,
+    )
+}

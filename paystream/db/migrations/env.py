@@ -14,21 +14,27 @@ MIGRATION_LOCK_ID = 0x70617973
 
 
 def _run(connection: Connection) -> None:
-    connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})
-    try:
-        context.configure(connection=connection, target_metadata=None, transaction_per_migration=True)
-        with context.begin_transaction():
-            context.run_migrations()
-    finally:
-        connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": MIGRATION_LOCK_ID})
-        connection.commit()
+    context.configure(connection=connection, target_metadata=None, transaction_per_migration=True)
+    with context.begin_transaction():
+        context.run_migrations()
 
 
 async def _main(url: str) -> None:
     engine = create_async_engine(url)
     try:
-        async with engine.connect() as connection:
-            await connection.run_sync(_run)
+        async with engine.connect() as lock_connection:
+            # A session-level lock on its own connection, held while the migrations run.
+            await lock_connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+            await lock_connection.commit()
+            try:
+                async with engine.connect() as connection:
+                    await connection.run_sync(_run)
+                    await connection.commit()
+            finally:
+                await lock_connection.execute(
+                    text("SELECT pg_advisory_unlock(:id)"), {"id": MIGRATION_LOCK_ID}
+                )
+                await lock_connection.commit()
     finally:
         await engine.dispose()
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from alembic import op
 
+from paystream.db.sqlscript import split_statements
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -129,8 +131,10 @@ DROP TABLE partners;
 
 
 def upgrade() -> None:
-    op.execute(UPGRADE)
+    for statement in split_statements(UPGRADE):
+        op.execute(statement)
 
 
 def downgrade() -> None:
-    op.execute(DOWNGRADE)
+    for statement in split_statements(DOWNGRADE):
+        op.execute(statement)

@@ -1,0 +1,176 @@
+"""Fixtures for tests against the real stack: an HTTP client on the app, partners with fresh
+accounts per test, a running worker, and a watcher of the status topic."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from paystream.config import Settings
+from paystream.services.admin import new_account, new_partner
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+async def client(services: object) -> AsyncIterator[httpx.AsyncClient]:
+    from paystream.gateway.app import create_app
+
+    app = create_app(services.settings, services)  # type: ignore[attr-defined]
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        yield http
+
+
+@dataclass
+class Partner:
+    """A partner made for one test, with its key and a way to open accounts."""
+
+    name: str
+    key: str
+    services: object
+    accounts: list[str] = field(default_factory=list)
+
+    async def account(self, currency: str = "USD", balance: str = "100.00", name: str = "acct") -> str:
+        account_id = await new_account(
+            self.services.db, partner=self.name, name=name, currency=currency, balance=balance  # type: ignore[attr-defined]
+        )
+        self.accounts.append(str(account_id))
+        return str(account_id)
+
+
+@pytest.fixture
+def make_partner(services: object):  # type: ignore[no-untyped-def]
+    async def make(scopes: tuple[str, ...] = ("payments:read", "payments:write")) -> Partner:
+        name = f"partner-{uuid.uuid4().hex[:12]}"
+        key = await new_partner(services.db, name, scopes)  # type: ignore[attr-defined]
+        return Partner(name=name, key=key, services=services)
+
+    return make
+
+
+async def gql(
+    client: httpx.AsyncClient, query: str, variables: dict[str, object] | None = None,
+    *, key: str | None = None,
+) -> dict[str, object]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    response = await client.post("/graphql", json={"query": query, "variables": variables or {}},
+                                 headers=headers)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def start_worker(env: dict[str, str], **extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "paystream.cli", "worker"],
+        env={**env, **extra},
+        stdout=subprocess.DEVNULL,
+        stderr=open(os.devnull, "wb"),
+    )
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def worker(server_env: dict[str, str], migrated: Settings) -> Iterator[subprocess.Popen[bytes]]:
+    """One worker process for the session's default topics."""
+    process = start_worker(server_env)
+    try:
+        yield process
+    finally:
+        stop_process(process)
+
+
+class StatusWatcher:
+    """Follows ``payments.status`` from the end and lets a test await a payment's events."""
+
+    def __init__(self, settings: Settings, topic: str | None = None) -> None:
+        from paystream.events import make_consumer
+
+        self.topic = topic or settings.kafka.status_topic
+        self.consumer = make_consumer(settings.kafka, group_id=None)
+        self.events: dict[str, list[dict[str, object]]] = {}
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        from aiokafka import TopicPartition
+
+        from paystream.events.kafka import start_with_retry
+
+        await start_with_retry(self.consumer)
+        partitions = self.consumer.partitions_for_topic(self.topic)
+        if not partitions:
+            await self.consumer._client.force_metadata_update()  # noqa: SLF001
+            partitions = self.consumer.partitions_for_topic(self.topic)
+        assert partitions, f"topic {self.topic} does not exist"
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        self.consumer.assign(tps)
+        await self.consumer.seek_to_end(*tps)
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        import json
+
+        async for record in self.consumer:
+            event = json.loads(record.value)
+            async with self._changed:
+                self.events.setdefault(event["payment_id"], []).append(event)
+                self._changed.notify_all()
+
+    async def terminal(self, payment_id: str, timeout: float = 30.0) -> dict[str, object]:
+        """The first SUCCEEDED or FAILED event of the payment."""
+
+        def found() -> dict[str, object] | None:
+            for event in self.events.get(payment_id, []):
+                if event["status"] in ("SUCCEEDED", "FAILED"):
+                    return event
+            return None
+
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: found() is not None), timeout)
+        result = found()
+        assert result is not None
+        return result
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.consumer.stop()
+
+
+async def wait_for_replay(db: object, timeout: float = 10.0) -> None:
+    """Wait until every replica has replayed the primary's current WAL position."""
+    from sqlalchemy import text
+
+    async with db.primary.connect() as primary:  # type: ignore[attr-defined]
+        lsn = (await primary.execute(text("SELECT pg_current_wal_insert_lsn()::text"))).scalar()
+    deadline = asyncio.get_running_loop().time() + timeout
+    for engine in db.replicas:  # type: ignore[attr-defined]
+        while True:
+            async with engine.connect() as conn:
+                done = (await conn.execute(
+                    text("SELECT pg_last_wal_replay_lsn() >= CAST(CAST(:lsn AS text) AS pg_lsn)"), {"lsn": lsn}
+                )).scalar()
+            if done:
+                break
+            assert asyncio.get_running_loop().time() < deadline, "replica did not catch up"
+            await asyncio.sleep(0.01)

@@ -1,0 +1,164 @@
+"""The foundation: replica streaming, the schema's money constraints, the CLI, account(id)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from paystream.config import Settings
+from paystream.db import Database
+
+from .conftest import gql, wait_for_replay
+
+pytestmark = pytest.mark.integration
+
+ACCOUNT = "query($id: ID!) { account(id: $id) { id name currency balance } }"
+
+
+async def test_row_written_on_primary_is_read_from_replica(services) -> None:
+    db: Database = services.db
+    marker = uuid.uuid4()
+    async with db.write_session() as session:
+        await session.execute(
+            text("INSERT INTO partners (id, name) VALUES (:id, :name)"),
+            {"id": marker, "name": f"replicated-{marker}"},
+        )
+    await wait_for_replay(db)
+    async with db.replicas[0].connect() as conn:
+        in_recovery = (await conn.execute(text("SELECT pg_is_in_recovery()"))).scalar()
+        name = (
+            await conn.execute(text("SELECT name FROM partners WHERE id = :id"), {"id": marker})
+        ).scalar()
+    assert in_recovery is True
+    assert name == f"replicated-{marker}"
+
+
+async def test_replica_refuses_writes(services) -> None:
+    async with services.db.replicas[0].connect() as conn:
+        with pytest.raises(DBAPIError, match="read-only transaction"):
+            await conn.execute(text("INSERT INTO partners (id, name) VALUES (gen_random_uuid(), 'x')"))
+
+
+async def test_migration_created_schema(services) -> None:
+    async with services.db.primary.connect() as conn:
+        tables = set(
+            (await conn.execute(text(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+            ))).scalars()
+        )
+    assert {"partners", "api_keys", "accounts", "payments", "ledger_entries", "outbox"} <= tables
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE accounts SET balance_minor = -1 WHERE id = :account",
+        "INSERT INTO payments (id, partner_id, idempotency_key, request_hash, source_account_id,"
+        " destination_account_id, amount_minor, currency, status) VALUES (gen_random_uuid(),"
+        " :partner, 'k', repeat('a', 64), :account, :account, 0, 'USD', 'PENDING')",
+        "INSERT INTO payments (id, partner_id, idempotency_key, request_hash, source_account_id,"
+        " destination_account_id, amount_minor, currency, status) VALUES (gen_random_uuid(),"
+        " :partner, 'k', repeat('a', 64), :account, :account, 1000000000000001, 'USD', 'PENDING')",
+    ],
+    ids=["negative-balance", "zero-amount", "amount-over-limit"],
+)
+async def test_constraints_reject_bad_money_rows(services, make_partner, statement: str) -> None:
+    partner = await make_partner()
+    account = await partner.account()
+    async with services.db.primary.connect() as conn:
+        partner_id = (await conn.execute(
+            text("SELECT partner_id FROM accounts WHERE id = :id"), {"id": uuid.UUID(account)}
+        )).scalar()
+        with pytest.raises(IntegrityError):
+            await conn.execute(text(statement), {"account": uuid.UUID(account), "partner": partner_id})
+        await conn.rollback()
+
+
+async def test_unbalanced_ledger_entries_are_refused_at_commit(services, make_partner) -> None:
+    partner = await make_partner()
+    source, destination = await partner.account(), await partner.account()
+    async with services.db.primary.connect() as conn:
+        partner_id = (await conn.execute(
+            text("SELECT partner_id FROM accounts WHERE id = :id"), {"id": uuid.UUID(source)}
+        )).scalar()
+        payment = uuid.uuid4()
+        await conn.execute(text(
+            "INSERT INTO payments (id, partner_id, idempotency_key, request_hash, source_account_id,"
+            " destination_account_id, amount_minor, currency, status) VALUES (:id, :partner, :key,"
+            " repeat('a', 64), :s, :d, 100, 'USD', 'PENDING')"),
+            {"id": payment, "partner": partner_id, "key": str(payment), "s": uuid.UUID(source),
+             "d": uuid.UUID(destination)})
+        await conn.execute(text(
+            "INSERT INTO ledger_entries (payment_id, account_id, amount_minor, balance_after_minor)"
+            " VALUES (:p, :s, -100, 0), (:p, :d, 99, 99)"),
+            {"p": payment, "s": uuid.UUID(source), "d": uuid.UUID(destination)})
+        with pytest.raises(DBAPIError, match="sum to"):
+            await conn.commit()
+
+
+def test_cli_creates_partner_and_account(server_env: dict[str, str], migrated: Settings) -> None:
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+
+    def run(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "paystream.cli", *args], env=server_env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip().splitlines()[-1]
+
+    key = run("partner", "create", name)
+    account_id = run("account", "create", "--partner", name, "--name", "Ops", "--currency", "JPY",
+                     "--balance", "5000")
+    assert key.startswith("psk_") and len(key) > 40
+    assert uuid.UUID(account_id)
+    # The key is stored hashed: nowhere in the api_keys table in clear.
+    dump = subprocess.run(
+        [sys.executable, "-c", "import asyncio,os\n"
+         "from sqlalchemy import text\n"
+         "from sqlalchemy.ext.asyncio import create_async_engine\n"
+         "async def m():\n"
+         " e=create_async_engine(os.environ['PAYSTREAM_DB__PRIMARY_URL'])\n"
+         " async with e.connect() as c: print((await c.execute(text('SELECT string_agg(api_keys::text, chr(10)) FROM api_keys'))).scalar())\n"
+         " await e.dispose()\n"
+         "asyncio.run(m())"],
+        env=server_env, capture_output=True, text=True, timeout=60,
+    )
+    assert dump.returncode == 0, dump.stderr
+    assert key not in dump.stdout and key[4:] not in dump.stdout
+
+
+async def test_account_query_returns_balance_to_owner(client, make_partner) -> None:
+    partner = await make_partner()
+    account = await partner.account(currency="BHD", balance="12.345", name="Main")
+    body = await gql(client, ACCOUNT, {"id": account}, key=partner.key)
+    assert body == {"data": {"account": {"id": account, "name": "Main", "currency": "BHD",
+                                         "balance": "12.345"}}}
+
+
+async def test_unknown_or_foreign_account_is_null(client, make_partner) -> None:
+    owner, stranger = await make_partner(), await make_partner()
+    account = await owner.account()
+    for account_id in (account, str(uuid.uuid4()), "not-a-uuid"):
+        body = await gql(client, ACCOUNT, {"id": account_id}, key=stranger.key)
+        assert body == {"data": {"account": None}}
+
+
+async def test_missing_or_bad_key_is_unauthenticated(client, make_partner) -> None:
+    partner = await make_partner()
+    account = await partner.account()
+    for key in (None, "psk_nope"):
+        body = await gql(client, ACCOUNT, {"id": account}, key=key)
+        assert body["data"] == {"account": None}
+        assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+
+async def test_health_and_readiness(client) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["primary"] is True
+    assert ready.json()["checks"]["replica0"] is True
