@@ -43,7 +43,7 @@ class CreatePayment:
     idempotency_key: str
     source_account_id: str
     destination_account_id: str
-    amount: Decimal
+    amount: str | Decimal
     currency: str
     reference: str | None = None
 

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -69,13 +70,17 @@ async def gql(
     return dict(response.json())
 
 
+LOG_DIR = os.environ.get("PAYSTREAM_TEST_LOG_DIR") or tempfile.mkdtemp(prefix="paystream-logs-")
+
+
 def start_worker(env: dict[str, str], **extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "paystream.cli", "worker"],
-        env={**env, **extra},
-        stdout=subprocess.DEVNULL,
-        stderr=open(os.devnull, "wb"),
-    )
+    """A ``paystream worker`` process; its JSON log goes to a file under LOG_DIR."""
+    log_path = os.path.join(LOG_DIR, f"worker-{uuid.uuid4().hex[:8]}.log")
+    with open(log_path, "wb") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "paystream.cli", "worker"],
+            env={**env, **extra}, stdout=log_file, stderr=subprocess.STDOUT,
+        )
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:

@@ -1,0 +1,209 @@
+"""The write path end to end: createPayment -> broker -> worker -> ledger -> payments.status."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from sqlalchemy import text
+
+from .conftest import StatusWatcher, gql, wait_for_replay
+
+pytestmark = pytest.mark.integration
+
+CREATE = """
+mutation($input: CreatePaymentInput!) {
+  createPayment(input: $input) { id status amount currency failureReason reference
+    sourceAccount { id balance } destinationAccount { id } }
+}
+"""
+PAYMENT = "query($id: ID!) { payment(id: $id) { id status amount failureReason } }"
+BALANCE = "query($id: ID!) { account(id: $id) { balance } }"
+
+
+@pytest.fixture
+async def watcher(migrated, worker):  # type: ignore[no-untyped-def]
+    watcher = StatusWatcher(migrated)
+    await watcher.start()
+    yield watcher
+    await watcher.stop()
+
+
+def payment_input(source: str, destination: str, amount: str, currency: str = "USD",
+                  key: str | None = None, reference: str | None = None) -> dict[str, object]:
+    return {"input": {"idempotencyKey": key or uuid.uuid4().hex, "sourceAccountId": source,
+                      "destinationAccountId": destination, "amount": amount, "currency": currency,
+                      "reference": reference}}
+
+
+async def ledger_state(services, *accounts: str) -> dict[str, int]:
+    async with services.db.primary.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT id::text, balance_minor FROM accounts WHERE id = ANY(CAST(:ids AS uuid[]))"),
+            {"ids": [uuid.UUID(a) for a in accounts]},
+        )
+        return dict(rows.all())
+
+
+async def test_successful_payment_moves_both_balances(client, make_partner, watcher, services) -> None:
+    payer, payee = await make_partner(), await make_partner()
+    source = await payer.account(balance="100.00")
+    destination = await payee.account(balance="5.00")
+
+    body = await gql(client, CREATE, payment_input(source, destination, "30.25", reference="inv 7"),
+                     key=payer.key)
+    created = body["data"]["createPayment"]
+    assert created["status"] == "PENDING" and created["amount"] == "30.25"
+    assert created["reference"] == "inv 7"
+    # Visible at once, before the worker ran.
+    shown = await gql(client, PAYMENT, {"id": created["id"]}, key=payer.key)
+    assert shown["data"]["payment"]["id"] == created["id"]
+
+    event = await watcher.terminal(created["id"])
+    assert event["status"] == "SUCCEEDED"
+    assert event["source_balance_minor"] == 6975 and event["destination_balance_minor"] == 3525
+    assert await ledger_state(services, source, destination) == {source: 6975, destination: 3525}
+    async with services.db.primary.connect() as conn:
+        entries = (await conn.execute(
+            text("SELECT account_id::text, amount_minor FROM ledger_entries WHERE payment_id = :p"),
+            {"p": uuid.UUID(created["id"])},
+        )).all()
+    assert sorted(entries) == sorted([(source, -3025), (destination, 3025)])
+    # The payee sees the payment too, but not the payer's balance (once the replica has it:
+    # read-your-writes during replica lag is the read path's concern).
+    await wait_for_replay(services.db)
+    seen = await gql(client, "query($id: ID!) { payment(id: $id) { status sourceAccount { balance } } }",
+                     {"id": created["id"]}, key=payee.key)
+    assert seen["data"]["payment"] == {"status": "SUCCEEDED", "sourceAccount": {"balance": None}}
+
+
+async def test_insufficient_funds_fails_and_moves_nothing(client, make_partner, watcher, services) -> None:
+    partner = await make_partner()
+    source, destination = await partner.account(balance="10.00"), await partner.account(balance="0")
+    body = await gql(client, CREATE, payment_input(source, destination, "10.01"), key=partner.key)
+    payment_id = body["data"]["createPayment"]["id"]
+    event = await watcher.terminal(payment_id)
+    assert (event["status"], event["failure_reason"]) == ("FAILED", "INSUFFICIENT_FUNDS")
+    assert await ledger_state(services, source, destination) == {source: 1000, destination: 0}
+    await wait_for_replay(services.db)
+    shown = await gql(client, PAYMENT, {"id": payment_id}, key=partner.key)
+    assert shown["data"]["payment"]["failureReason"] == "INSUFFICIENT_FUNDS"
+
+
+async def test_currency_mismatch_is_refused(client, make_partner) -> None:
+    partner = await make_partner()
+    usd, eur = await partner.account("USD"), await partner.account("EUR")
+    body = await gql(client, CREATE, payment_input(usd, eur, "1.00", "USD"), key=partner.key)
+    error = body["errors"][0]
+    assert error["extensions"]["code"] == "BAD_USER_INPUT"
+    assert error["extensions"]["reason"] == "CURRENCY_MISMATCH"
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "field"),
+    [("0.001", "USD", "amount"), ("1.5", "JPY", "amount"), ("1e309", "USD", "amount"),
+     ("NaN", "USD", "amount"), ("-0", "USD", "amount"), ("0", "USD", "amount"),
+     ("10000000000000.01", "USD", "amount"), ("1.00", "usd", "currency"),
+     ("1.00", "XYZ", "currency")],
+)
+async def test_bad_amounts_name_the_field(client, make_partner, amount, currency, field) -> None:
+    partner = await make_partner()
+    a, b = await partner.account(), await partner.account()
+    body = await gql(client, CREATE, payment_input(a, b, amount, currency), key=partner.key)
+    assert body["data"] is None
+    assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert body["errors"][0]["extensions"]["field"] == field
+
+
+async def test_exponents_are_honoured(client, make_partner, watcher) -> None:
+    partner = await make_partner()
+    for currency, amount, opening in (("JPY", "500", "1000"), ("BHD", "1.234", "2.000")):
+        a, b = await partner.account(currency, opening), await partner.account(currency, "0")
+        body = await gql(client, CREATE, payment_input(a, b, amount, currency), key=partner.key)
+        assert body["data"]["createPayment"]["amount"] == amount
+        event = await watcher.terminal(body["data"]["createPayment"]["id"])
+        assert event["status"] == "SUCCEEDED"
+
+
+async def test_idempotent_retry_and_conflict(client, make_partner, watcher, services) -> None:
+    partner = await make_partner()
+    a, b = await partner.account(balance="50.00"), await partner.account(balance="0")
+    key = uuid.uuid4().hex
+    first = await gql(client, CREATE, payment_input(a, b, "20.00", key=key), key=partner.key)
+    again = await gql(client, CREATE, payment_input(a, b, "20.00", key=key), key=partner.key)
+    assert again["data"]["createPayment"]["id"] == first["data"]["createPayment"]["id"]
+    await watcher.terminal(first["data"]["createPayment"]["id"])
+    after = await gql(client, CREATE, payment_input(a, b, "20.00", key=key), key=partner.key)
+    assert after["data"]["createPayment"]["id"] == first["data"]["createPayment"]["id"]
+    assert after["data"]["createPayment"]["status"] == "SUCCEEDED"
+    conflict = await gql(client, CREATE, payment_input(a, b, "20.01", key=key), key=partner.key)
+    assert conflict["errors"][0]["extensions"]["code"] == "IDEMPOTENCY_CONFLICT"
+    assert await ledger_state(services, a, b) == {a: 3000, b: 2000}
+
+
+async def test_concurrent_duplicates_make_one_payment(client, make_partner, watcher, services) -> None:
+    partner = await make_partner()
+    a, b = await partner.account(balance="50.00"), await partner.account(balance="0")
+    variables = payment_input(a, b, "1.00")
+    bodies = await asyncio.gather(*(gql(client, CREATE, variables, key=partner.key) for _ in range(50)))
+    ids = {body["data"]["createPayment"]["id"] for body in bodies}
+    assert len(ids) == 1
+    await watcher.terminal(ids.pop())
+    async with services.db.primary.connect() as conn:
+        count = (await conn.execute(
+            text("SELECT count(*) FROM payments WHERE source_account_id = :a"), {"a": uuid.UUID(a)}
+        )).scalar()
+    assert count == 1
+    assert await ledger_state(services, a, b) == {a: 4900, b: 100}
+
+
+async def test_cannot_pay_from_another_partners_account(client, make_partner, services) -> None:
+    victim, thief = await make_partner(), await make_partner()
+    victim_account = await victim.account(balance="100.00")
+    thief_account = await thief.account(balance="0")
+    body = await gql(client, CREATE, payment_input(victim_account, thief_account, "1.00"), key=thief.key)
+    assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert body["errors"][0]["extensions"]["field"] == "sourceAccountId"
+    # Reported exactly like an account that does not exist.
+    missing = await gql(client, CREATE, payment_input(str(uuid.uuid4()), thief_account, "1.00"),
+                        key=thief.key)
+    assert missing["errors"][0]["message"] == body["errors"][0]["message"]
+    assert await ledger_state(services, victim_account) == {victim_account: 10000}
+
+
+async def test_read_only_key_cannot_pay(client, make_partner) -> None:
+    partner = await make_partner(scopes=("payments:read",))
+    a, b = await partner.account(), await partner.account()
+    body = await gql(client, CREATE, payment_input(a, b, "1.00"), key=partner.key)
+    assert body["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+
+
+async def test_poison_message_goes_to_dead_letter_and_worker_continues(
+    client, make_partner, watcher, migrated
+) -> None:
+    from aiokafka import TopicPartition
+
+    from paystream.events import make_consumer, make_producer
+
+    kafka = migrated.kafka
+    dlq = make_consumer(kafka, group_id=None)
+    await dlq.start()
+    tp = TopicPartition(kafka.dlq_topic, 0)
+    dlq.assign([tp])
+    await dlq.seek_to_end(tp)
+    producer = make_producer(kafka)
+    await producer.start()
+    try:
+        await producer.send_and_wait(kafka.requested_topic, b"\xff not json", key=b"poison")
+        record = await asyncio.wait_for(dlq.getone(), 30)
+        assert dict(record.headers)["reason"].startswith(b"not JSON")
+    finally:
+        await producer.stop()
+        await dlq.stop()
+    # The worker is still posting payments.
+    partner = await make_partner()
+    a, b = await partner.account(), await partner.account()
+    body = await gql(client, CREATE, payment_input(a, b, "1.00"), key=partner.key)
+    event = await watcher.terminal(body["data"]["createPayment"]["id"])
+    assert event["status"] == "SUCCEEDED"
