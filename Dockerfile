@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # paystream: one image for every role (`api`, `worker`, `migrate`); the role is the command.
 #   docker build -t paystream .
 #   docker run --env-file paystream.env paystream api --host 0.0.0.0 --port 8000

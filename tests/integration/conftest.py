@@ -155,6 +155,19 @@ class StatusWatcher:
         assert result is not None
         return result
 
+    def terminal_count(self, payment_ids: list[str]) -> int:
+        return sum(
+            1 for p in payment_ids
+            if any(e["status"] in ("SUCCEEDED", "FAILED") for e in self.events.get(p, []))
+        )
+
+    async def wait_count(self, payment_ids: list[str], *, at_least: int, timeout: float) -> None:
+        """Until at least ``at_least`` of the payments have a terminal event."""
+        async with self._changed:
+            await asyncio.wait_for(
+                self._changed.wait_for(lambda: self.terminal_count(payment_ids) >= at_least), timeout
+            )
+
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
