@@ -1,0 +1,68 @@
+"""Shared bench plumbing: a stack (embedded or configured), tables, JSON results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from paystream.config import Settings
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@contextmanager
+def bench_stack() -> Iterator[tuple[Settings, object | None]]:
+    """Configured servers when PAYSTREAM_DB__PRIMARY_URL is set, else an embedded stack with
+    fsync on (the benchmarks compare against durable commits)."""
+    if os.environ.get("PAYSTREAM_DB__PRIMARY_URL"):
+        yield Settings(dev=True), None
+        return
+    from paystream.cli import dev_settings
+    from paystream.devstack import DevStack
+
+    stack = DevStack(Path(tempfile.mkdtemp(prefix="paystream-bench-")), fsync=True)
+    endpoints = stack.start()
+    try:
+        yield dev_settings(endpoints), stack
+    finally:
+        stack.stop()
+
+
+def server_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYSTREAM_")}
+    env.update(
+        PAYSTREAM_DEV="true",
+        PAYSTREAM_DB__PRIMARY_URL=settings.db.primary_url,
+        PAYSTREAM_DB__REPLICA_URLS=json.dumps(settings.db.replica_urls),
+        PAYSTREAM_REDIS__URL=settings.redis.url,
+        PAYSTREAM_KAFKA__BOOTSTRAP_SERVERS=settings.kafka.bootstrap_servers,
+    )
+    return env
+
+
+def print_table(title: str, rows: list[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    print(f"\n{title}")
+    print("-" * (width + 24))
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+
+
+def write_result(name: str, data: dict[str, object]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    data = {
+        "benchmark": name,
+        "at": datetime.now(UTC).isoformat(),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform()},
+        **data,
+    }
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2))
+    return path
