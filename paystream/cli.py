@@ -113,7 +113,7 @@ def worker() -> None:
 
     settings = _settings_or_exit()
     configure_logging(settings)
-    asyncio.run(run_worker(settings))
+    asyncio.run(run_worker(settings, handle_signals=True))
 
 
 @main.command()

@@ -67,6 +67,16 @@ async def migrated(settings: Settings) -> Settings:
 
     await upgrade_async(settings.db.primary_url)
     await ensure_topics(settings.kafka)
+    # Reads go to the replica: let it replay the schema before any test reads.
+    from paystream.db import Database
+
+    from .integration.conftest import wait_for_replay
+
+    db = Database(settings.db)
+    try:
+        await wait_for_replay(db)
+    finally:
+        await db.dispose()
     return settings
 
 

@@ -18,6 +18,34 @@ async def _primary(services: Services) -> bool:
         return False
 
 
+async def _redis(services: Services) -> bool:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(services.settings.redis.url, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        return bool(await client.ping())
+    except Exception:
+        return False
+    finally:
+        await client.aclose()
+
+
+async def _kafka(services: Services) -> bool:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=services.settings.kafka.bootstrap_servers, request_timeout_ms=1500
+    )
+    try:
+        await admin.start()
+        await admin.list_topics()
+        return True
+    except Exception:
+        return False
+    finally:
+        await admin.close()
+
+
 async def readiness(services: Services) -> dict[str, object]:
     """{"ready": all up, "checks": {name: bool}}; each check bounded by a short timeout."""
 
@@ -27,10 +55,11 @@ async def readiness(services: Services) -> dict[str, object]:
         except (TimeoutError, asyncio.TimeoutError):
             return False
 
-    primary, replicas = await asyncio.gather(
-        bounded(_primary(services)), bounded(services.db.replica_status())
+    primary, replicas, redis, kafka = await asyncio.gather(
+        bounded(_primary(services)), bounded(services.db.replica_status()),
+        bounded(_redis(services)), bounded(_kafka(services)),
     )
-    checks: dict[str, bool] = {"primary": bool(primary)}
+    checks: dict[str, bool] = {"primary": bool(primary), "redis": bool(redis), "kafka": bool(kafka)}
     replica_list = replicas if isinstance(replicas, list) else [False] * len(services.db.replicas)
     for index, up in enumerate(replica_list):
         checks[f"replica{index}"] = bool(up)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -145,9 +146,22 @@ class PaymentWorker:
                 await asyncio.sleep(0.5)
 
 
-async def run_worker(settings: Settings) -> None:
-    """Run one worker until cancelled."""
-    await PaymentWorker(settings).run()
+async def run_worker(settings: Settings, *, handle_signals: bool = False) -> None:
+    """Run one worker until cancelled (or, with ``handle_signals``, until SIGTERM/SIGINT: the
+    batch in hand finishes its transaction or rolls back, and nothing is half-written)."""
+    worker = PaymentWorker(settings)
+    task = asyncio.create_task(worker.run())
+    if handle_signals:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not handle_signals:
+            raise
+    finally:
+        log.info("worker stopped after %d messages", worker.processed)
 
 
 __all__ = ["PaymentWorker", "run_worker"]

@@ -207,3 +207,98 @@ async def test_poison_message_goes_to_dead_letter_and_worker_continues(
     body = await gql(client, CREATE, payment_input(a, b, "1.00"), key=partner.key)
     event = await watcher.terminal(body["data"]["createPayment"]["id"])
     assert event["status"] == "SUCCEEDED"
+
+
+async def test_broker_down_is_unavailable_and_records_nothing(client, make_partner, migrated,
+                                                              watcher, services) -> None:
+    """A broker that cannot be reached: UNAVAILABLE within a few seconds, no payment row; the
+    same request retried once the broker is reachable succeeds exactly once."""
+    import socket
+    import time
+
+    from paystream.services.app import Services
+    from paystream.services.payments import CreatePayment
+
+    with socket.socket() as probe:  # a loopback port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    kafka = migrated.kafka.model_copy(update={"bootstrap_servers": f"127.0.0.1:{dead_port}"})
+    down = Services.create(migrated.model_copy(update={"kafka": kafka}))
+    partner = await make_partner()
+    a, b = await partner.account(balance="10.00"), await partner.account(balance="0")
+    caller = await down.auth.caller_for(f"Bearer {partner.key}")
+    request = CreatePayment(idempotency_key="retry-me", source_account_id=a,
+                            destination_account_id=b, amount="4.00", currency="USD")
+    started = time.monotonic()
+    try:
+        with pytest.raises(Exception) as refused:
+            await down.payments.create(caller, request)
+    finally:
+        await down.close()
+    assert time.monotonic() - started < 5.0
+    assert getattr(refused.value, "code", None) == "UNAVAILABLE"
+    async with services.db.primary.connect() as conn:
+        count = (await conn.execute(text("SELECT count(*) FROM payments WHERE source_account_id = :a"),
+                                    {"a": uuid.UUID(a)})).scalar()
+    assert count == 0
+
+    retried = await gql(client, CREATE, payment_input(a, b, "4.00", key="retry-me"), key=partner.key)
+    again = await gql(client, CREATE, payment_input(a, b, "4.00", key="retry-me"), key=partner.key)
+    payment_id = retried["data"]["createPayment"]["id"]
+    assert again["data"]["createPayment"]["id"] == payment_id
+    assert (await watcher.terminal(payment_id))["status"] == "SUCCEEDED"
+    assert await ledger_state(services, a, b) == {a: 600, b: 400}
+
+
+async def test_two_workers_share_the_partitions(migrated, server_env, make_partner) -> None:
+    import json
+    import os
+    import signal as signals
+
+    from paystream.events.kafka import ensure_topics
+    from paystream.services.app import Services
+    from paystream.services.payments import CreatePayment
+
+    from .conftest import LOG_DIR, start_worker, stop_process
+
+    suffix = uuid.uuid4().hex[:8]
+    kafka = migrated.kafka.model_copy(update={
+        "requested_topic": f"share.requested.{suffix}", "status_topic": f"share.status.{suffix}",
+        "worker_group": f"share-{suffix}"})
+    settings = migrated.model_copy(update={"kafka": kafka})
+    await ensure_topics(kafka)
+    env = {**server_env, "PAYSTREAM_KAFKA__REQUESTED_TOPIC": kafka.requested_topic,
+           "PAYSTREAM_KAFKA__STATUS_TOPIC": kafka.status_topic,
+           "PAYSTREAM_KAFKA__WORKER_GROUP": kafka.worker_group}
+    watcher = StatusWatcher(settings)
+    await watcher.start()
+    before = set(os.listdir(LOG_DIR))
+    workers = [start_worker(env), start_worker(env)]
+    services = Services.create(settings)
+    try:
+        partner = await make_partner()
+        partner.services = services
+        # Many source accounts, so the requests are keyed onto many partitions.
+        accounts = [await partner.account(balance="10.00") for _ in range(24)]
+        caller = await services.auth.caller_for(f"Bearer {partner.key}")
+        ids = [str((await services.payments.create(caller, CreatePayment(
+            idempotency_key=f"share-{i}", source_account_id=accounts[i],
+            destination_account_id=accounts[(i + 1) % 24], amount="1.00", currency="USD"))).id)
+            for i in range(24)]
+        await watcher.wait_count(ids, at_least=24, timeout=90)
+    finally:
+        for worker in workers:
+            worker.send_signal(signals.SIGTERM)
+        for worker in workers:
+            stop_process(worker)
+        await watcher.stop()
+        await services.close()
+    counts = []
+    for name in set(os.listdir(LOG_DIR)) - before:
+        with open(os.path.join(LOG_DIR, name)) as log:
+            for line in log:
+                entry = json.loads(line) if line.startswith("{") else {}
+                if str(entry.get("msg", "")).startswith("worker stopped after"):
+                    counts.append(int(entry["msg"].split()[3]))
+    assert len(counts) == 2 and sum(counts) >= 24
+    assert all(c > 0 for c in counts), f"one worker got no partition: {counts}"
