@@ -143,19 +143,43 @@ def all_pids(stack: DevStack) -> set[int]:
     return pids
 
 
+def still_running(pids: set[int] | list[int], timeout: float) -> list[psutil.Process]:
+    """The processes among `pids` that have not exited within `timeout` seconds."""
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout)
+    # This machine's init does not reap orphans: an unreaped zombie has exited all the same.
+    return [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
 def test_stop_leaves_no_process_and_restart_keeps_data(tmp_path: Path) -> None:
     with DevStack(tmp_path, fsync=False) as dev:
         dev.psql("CREATE TABLE kept (v text); INSERT INTO kept VALUES ('yes')")
         pids = all_pids(dev)
         assert len(pids) > 4  # the four servers and PostgreSQL's helper processes
-    gone, alive = psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)], 5)
-    assert not alive
+    assert not still_running(pids, 5)
     assert not (tmp_path / "stack.json").exists()
     assert read_running_stack(tmp_path) is None
 
     with DevStack(tmp_path, fsync=False) as dev:
         assert dev.psql("SELECT v FROM kept").strip() == "yes"
         eventually(lambda: dev.psql("SELECT v FROM kept", replica=True).strip() == "yes")
+
+
+def test_failed_start_shows_the_log_and_stops_the_rest(tmp_path: Path) -> None:
+    with DevStack(tmp_path, fsync=False):
+        pass
+    with (tmp_path / "pg-primary" / "postgresql.conf").open("a") as conf:
+        conf.write("bogus_setting = 1\n")
+    broken = DevStack(tmp_path, fsync=False)
+    with pytest.raises(RuntimeError, match='unrecognized configuration parameter "bogus_setting"'):
+        broken.start()
+    assert broken.server_pids() == {}  # Redis and the broker, started first, were stopped
+    assert read_running_stack(tmp_path) is None
 
 
 CHILD = """
@@ -180,9 +204,7 @@ def test_killed_parent_takes_its_servers_along(tmp_path: Path) -> None:
         assert len(pids) == 4
         child.send_signal(signal.SIGKILL)
         child.wait(5)
-        procs = [psutil.Process(p) for p in pids if psutil.pid_exists(p)]
-        _, alive = psutil.wait_procs(procs, timeout=10)
-        assert not alive
+        assert not still_running(pids, 10)
     finally:
         child.kill()
         child.wait()

@@ -7,6 +7,7 @@ import ctypes
 import logging
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -20,6 +21,8 @@ from typing import IO
 log = logging.getLogger("paystream.devstack")
 
 _PR_SET_PDEATHSIG = 1
+_ADDRESS_IN_USE = re.compile(r"address (already )?in use", re.IGNORECASE)
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # tansu colours its log lines
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
@@ -111,7 +114,7 @@ def log_tail(path: Path, offset: int = 0, lines: int = 30) -> str:
             data = fh.read()
     except OSError:
         return "(no log)"
-    text = data.decode("utf-8", "replace").rstrip()
+    text = _ANSI_ESCAPE.sub("", data.decode("utf-8", "replace")).rstrip()
     return "\n".join(text.splitlines()[-lines:]) or "(log is empty)"
 
 
@@ -219,7 +222,7 @@ class ServerProcess:
         try:
             self._wait_ready()
         except RuntimeError as exc:
-            if not (retry_port and "already in use" in str(exc).lower()):
+            if not (retry_port and _ADDRESS_IN_USE.search(str(exc))):
                 raise
             self.stop()
             self.port = free_port()

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from . import _postgres
+from . import _pginstall, _postgres
 from ._broker import BrokerServer
 from ._postgres import PostgresServer
 from ._process import RunAs, ServerProcess, free_port, log
@@ -55,12 +55,12 @@ class DevStack:
 
     @cached_property
     def _run_as(self) -> RunAs | None:
-        return _postgres.system_user()
+        return _pginstall.system_user()
 
     @cached_property
     def bin_dir(self) -> Path:
         """The PostgreSQL bin directory the servers run from (reachable by their user)."""
-        return _postgres.install_dir(self._run_as) / "bin"
+        return _pginstall.install_dir(self._run_as) / "bin"
 
     # -- start and stop -------------------------------------------------------------------
 
@@ -96,7 +96,7 @@ class DevStack:
         run_as = self._run_as
         bin_dir = self.bin_dir
         if run_as is not None:
-            _postgres.grant_traverse(self.root)
+            _pginstall.grant_traverse(self.root)
         # Redis and the broker boot while PostgreSQL initialises.
         self._redis = RedisServer(
             work_dir=self.root / "redis", log_path=logs / "redis.log", port=free_port()
@@ -113,7 +113,7 @@ class DevStack:
             log.info("initialising PostgreSQL in %s", primary_dir)
             _postgres.initdb(bin_dir, primary_dir, run_as, self.fsync)
             shutil.rmtree(replica_dir, ignore_errors=True)  # a standby of an older cluster
-        _postgres.own_dir(primary_dir, run_as)
+        _pginstall.own_dir(primary_dir, run_as)
         self._primary = PostgresServer(
             "paystream-primary",
             data_dir=primary_dir,
@@ -131,7 +131,7 @@ class DevStack:
         if not (replica_dir / "PG_VERSION").exists():
             log.info("cloning the replica into %s", replica_dir)
             _postgres.clone_replica(self._primary, replica_dir)
-        _postgres.own_dir(replica_dir, run_as)
+        _pginstall.own_dir(replica_dir, run_as)
         self._replica = PostgresServer(
             "paystream-replica",
             data_dir=replica_dir,
@@ -181,8 +181,8 @@ class DevStack:
         Idempotent, and safe from an atexit hook or a signal handler (a call that interrupts
         a stop in progress returns at once; a call during start() makes start() give up).
         """
+        self._stop_requested = True  # before the lock: a start() in another thread gives up
         with self._lock:
-            self._stop_requested = True
             if self._stopping:
                 return
             self._stopping = True

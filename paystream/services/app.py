@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import Settings
+from ..cache import VersionedCache
 from ..db import Database
 from .auth import Authenticator
 from .payments import LazyProducer, PaymentService
@@ -17,16 +18,19 @@ class Services:
     db: Database
     reader: Reader
     auth: Authenticator
+    cache: VersionedCache
     producer: LazyProducer
     payments: PaymentService
 
     @classmethod
     def create(cls, settings: Settings) -> Services:
         db = Database(settings.db)
-        reader = Reader(db)
+        cache = VersionedCache(settings.redis)
+        reader = Reader(db, cache, settings)
         producer = LazyProducer(settings)
         return cls(
-            settings=settings, db=db, reader=reader, auth=Authenticator(db), producer=producer,
+            settings=settings, db=db, reader=reader, auth=Authenticator(db), cache=cache,
+            producer=producer,
             payments=PaymentService(settings, db, reader, producer),
         )
 
@@ -35,4 +39,5 @@ class Services:
 
     async def close(self) -> None:
         await self.producer.close()
+        await self.cache.close()
         await self.db.dispose()

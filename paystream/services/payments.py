@@ -120,6 +120,8 @@ class PaymentService:
                 async with self._db.write_session() as session:
                     await delete_pending(session, row.id)
             raise
+        # Visible to payment(id) at once, whatever the replica's lag.
+        await self._reader.remember_payment(row)
         return row
 
 

@@ -1,33 +1,81 @@
-"""The read side: batched lookups by id on replica sessions (the cache joins in front later)."""
+"""The read side: Redis first (one MGET per entity type), then one SQL statement on a replica
+for the misses, then the primary for rows the replica does not have yet. Concurrent misses on
+one id share one database read (single-flight); what the database returns is written back to
+the cache with its version, so an older row never replaces a newer cached one."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
-from ..db import Database
+from ..cache import (
+    ACCOUNT, PAYMENT, SingleFlight, VersionedCache, account_entry, account_from, payment_entry,
+    payment_from,
+)
+from ..config import Settings
+from ..db import Database, ReadSession
 from ..db.accounts import AccountRow, accounts_by_ids
 from ..db.payments import PaymentRow, payments_by_ids
 
+Row = TypeVar("Row", AccountRow, PaymentRow)
+
 
 class Reader:
-    """Batch reads used by the DataLoaders: one statement per entity type per batch."""
+    """Batch reads used by the DataLoaders."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, cache: VersionedCache | None = None,
+                 settings: Settings | None = None) -> None:
         self._db = db
+        self.cache = cache
+        self._ttl = settings.redis if settings else None
+        self._account_flight: SingleFlight[uuid.UUID, AccountRow] = SingleFlight()
+        self._payment_flight: SingleFlight[uuid.UUID, PaymentRow] = SingleFlight()
+        self.db_reads = 0
 
     async def accounts(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, AccountRow]:
-        found = await self._db.read(lambda s: accounts_by_ids(s, ids))
-        missing = [i for i in ids if i not in found]
-        if missing:
-            # Created a moment ago and not yet replayed on the replica: ask the primary.
-            found.update(await self._db.read(lambda s: accounts_by_ids(s, missing), primary=True))
-        return found
+        return await self._read(
+            ids, ACCOUNT, account_from, account_entry, accounts_by_ids, self._account_flight,
+            self._ttl.account_ttl_s if self._ttl else 3600,
+        )
 
     async def payments(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, PaymentRow]:
-        found = await self._db.read(lambda s: payments_by_ids(s, ids))
-        missing = [i for i in ids if i not in found]
-        if missing:
-            # Accepted a moment ago: the PENDING row is on the primary before the replica.
-            found.update(await self._db.read(lambda s: payments_by_ids(s, missing), primary=True))
+        return await self._read(
+            ids, PAYMENT, payment_from, payment_entry, payments_by_ids, self._payment_flight,
+            self._ttl.payment_ttl_s if self._ttl else 86400,
+        )
+
+    async def _read(
+        self,
+        ids: Sequence[uuid.UUID],
+        kind: str,
+        decode: Callable[[dict[str, Any]], Row],
+        encode: Callable[[Row], tuple[int, dict[str, Any]]],
+        query: Callable[[ReadSession, Sequence[uuid.UUID]], Awaitable[dict[uuid.UUID, Row]]],
+        flight: SingleFlight[uuid.UUID, Row],
+        ttl_s: int,
+    ) -> dict[uuid.UUID, Row]:
+        found: dict[uuid.UUID, Row] = {}
+        if self.cache is not None:
+            found.update(await self.cache.get_many(kind, ids, decode))  # type: ignore[arg-type]
+        misses = [i for i in ids if i not in found]
+        if misses:
+
+            async def load(keys: list[uuid.UUID]) -> dict[uuid.UUID, Row]:
+                self.db_reads += 1
+                rows = await self._db.read(lambda s: query(s, keys))
+                missing = [k for k in keys if k not in rows]
+                if missing:
+                    # Written a moment ago and not yet replayed on the replica.
+                    rows.update(await self._db.read(lambda s: query(s, missing), primary=True))
+                if self.cache is not None and rows:
+                    await self.cache.put_many(kind, {k: encode(r) for k, r in rows.items()}, ttl_s)
+                return rows
+
+            found.update(await flight.load_many(misses, load))
         return found
+
+    async def remember_payment(self, row: PaymentRow) -> None:
+        """Put a payment this process just wrote into the cache (read-your-writes)."""
+        if self.cache is not None and self._ttl is not None:
+            await self.cache.put_many(PAYMENT, {row.id: payment_entry(row)}, self._ttl.payment_ttl_s)

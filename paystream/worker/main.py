@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
+from ..cache import ACCOUNT, PAYMENT, VersionedCache, account_entry, payment_entry
 from ..config import Settings
 from ..db import Database
 from ..db.engine import is_unreachable
@@ -54,6 +55,7 @@ class PaymentWorker:
         )
         self.producer: AIOKafkaProducer = make_producer(kafka, linger_ms=2)
         self.relay = OutboxRelay(self.db, self.producer, topic=kafka.status_topic)
+        self.cache = VersionedCache(settings.redis)
         self.processed = 0
 
     async def run(self) -> None:
@@ -74,6 +76,7 @@ class PaymentWorker:
             await asyncio.gather(sweeper, return_exceptions=True)
             await self.consumer.stop()
             await self.producer.stop()
+            await self.cache.close()
             await self.db.dispose()
 
     async def _handle(self, tp: TopicPartition, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
@@ -120,6 +123,13 @@ class PaymentWorker:
                 for request in requests:
                     await self._post([request])
                 return
+        # The cache first: a reader sees the committed state even while replicas lag. Versioned
+        # writes, so racing with the API's own cache updates cannot move an entry backwards.
+        redis = self.settings.redis
+        await self.cache.put_many(PAYMENT, {p.id: payment_entry(p) for p in result.payments},
+                                  redis.payment_ttl_s)
+        await self.cache.put_many(ACCOUNT, {a.id: account_entry(a) for a in result.accounts},
+                                  redis.account_ttl_s)
         await self.relay.publish(result.events, result.outbox_ids)
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:

@@ -12,13 +12,15 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
 
 from ..db import WriteSession
+from ..db.accounts import AccountRow
+from ..db.payments import PaymentRow
 from ..domain.ledger import post_transfer
 from ..domain.status import PaymentStatus
 from ..events.messages import PaymentRequested, PaymentStatusEvent
@@ -28,7 +30,7 @@ _LOCK_PAYMENTS = text(
     " WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR UPDATE"
 )
 _LOCK_ACCOUNTS = text(
-    "SELECT id, partner_id, currency, balance_minor, version FROM accounts"
+    "SELECT id, partner_id, currency, balance_minor, version, name, created_at FROM accounts"
     " WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR UPDATE"
 )
 # Re-creates a payment from its message when the row is missing: the API withdrew it after a
@@ -75,6 +77,8 @@ class _Account:
     currency: str
     balance: int
     version: int
+    name: str
+    created_at: datetime
     touched: bool = False
 
 
@@ -85,6 +89,8 @@ class BatchResult:
     events: list[PaymentStatusEvent]
     outbox_ids: list[int]
     skipped: int  # redeliveries of payments already final, or requests with no payment
+    payments: list[PaymentRow] = field(default_factory=list)  # as committed, for the cache
+    accounts: list[AccountRow] = field(default_factory=list)
 
 
 async def post_batch(
@@ -108,7 +114,8 @@ async def post_batch(
 
     account_ids = sorted({a for r in pending for a in (r.source_account_id, r.destination_account_id)})
     accounts = {
-        row.id: _Account(row.partner_id, row.currency, row.balance_minor, row.version)
+        row.id: _Account(row.partner_id, row.currency, row.balance_minor, row.version, row.name,
+                         row.created_at)
         for row in await session.execute(_LOCK_ACCOUNTS, {"ids": account_ids})
     }
     now = datetime.now(UTC)
@@ -186,8 +193,26 @@ async def post_batch(
         {"topic": status_topic, "keys": [str(e.payment_id) for e in events],
          "payloads": [json.dumps(e.to_json()) for e in events]},
     )
+    payments = [
+        PaymentRow(
+            id=r.payment_id, partner_id=r.partner_id, idempotency_key=r.idempotency_key,
+            request_hash=r.request_hash, source_account_id=r.source_account_id,
+            destination_account_id=r.destination_account_id, amount_minor=r.amount_minor,
+            currency=r.currency, reference=r.reference, status=e.status,
+            failure_reason=e.failure_reason, version=e.version,
+            created_at=locked[r.payment_id].created_at, updated_at=now,
+        )
+        for r, e in zip(pending, events, strict=True)
+    ]
+    account_rows = [
+        AccountRow(id=i, partner_id=a.partner_id, name=a.name, currency=a.currency,
+                   balance_minor=a.balance, version=a.version, created_at=a.created_at,
+                   updated_at=now)
+        for i, a in touched
+    ]
     return BatchResult(
-        events=events, outbox_ids=[row[0] for row in outbox], skipped=len(requests) - len(pending)
+        events=events, outbox_ids=[row[0] for row in outbox], skipped=len(requests) - len(pending),
+        payments=payments, accounts=account_rows,
     )
 
 

@@ -1,0 +1,46 @@
+"""Single-flight: concurrent cold misses on one key share one database read."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class SingleFlight(Generic[K, V]):
+    """Per process: a key already being loaded is awaited, not loaded again."""
+
+    def __init__(self) -> None:
+        self._inflight: dict[K, asyncio.Future[V | None]] = {}
+
+    async def load_many(self, keys: Sequence[K],
+                        load: Callable[[list[K]], Awaitable[dict[K, V]]]) -> dict[K, V]:
+        waiting = {k: self._inflight[k] for k in keys if k in self._inflight}
+        mine = [k for k in dict.fromkeys(keys) if k not in waiting]
+        futures: dict[K, asyncio.Future[V | None]] = {}
+        if mine:
+            loop = asyncio.get_running_loop()
+            for key in mine:
+                futures[key] = self._inflight[key] = loop.create_future()
+            try:
+                loaded = await load(mine)
+            except BaseException as exc:
+                for key, future in futures.items():
+                    self._inflight.pop(key, None)
+                    if not future.done():
+                        future.set_exception(exc)
+                        future.exception()  # retrieved here: the waiters re-raise it
+                raise
+            for key, future in futures.items():
+                self._inflight.pop(key, None)
+                future.set_result(loaded.get(key))
+        result: dict[K, V] = {}
+        for key in keys:
+            future = futures.get(key) or waiting.get(key)
+            value = await future if future is not None else None
+            if value is not None:
+                result[key] = value
+        return result

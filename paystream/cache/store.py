@@ -1,0 +1,115 @@
+"""Versioned cache entries in Redis, read with one MGET and written with an atomic
+compare-and-set, so an older version never replaces a newer one.
+
+An entry is ``"<version>|<json>"`` under ``<kind>:<id>``, with a TTL on every key. When Redis
+fails, the store answers "miss" and skips writes for a moment (a circuit breaker), so reads go
+to the database and clients never see a cache error; it tries Redis again after
+``retry_after_failure_s``, without a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from ..config import RedisSettings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# KEYS: the entries; ARGV[1]: ttl seconds; then per key a version and a payload.
+# Replaces an entry only when absent or older; always (re)arms the TTL of what it wrote.
+_CAS = """
+local ttl = tonumber(ARGV[1])
+local written = 0
+for i, key in ipairs(KEYS) do
+  local version = tonumber(ARGV[2 * i])
+  local current = redis.call('GET', key)
+  local current_version = -1
+  if current then
+    current_version = tonumber(string.match(current, '^(%d+)|')) or -1
+  end
+  if version > current_version then
+    redis.call('SET', key, ARGV[2 * i] .. '|' .. ARGV[2 * i + 1], 'EX', ttl)
+    written = written + 1
+  end
+end
+return written
+"""
+
+
+class VersionedCache:
+    """Cache-aside store for versioned entities; every method is failure-tolerant."""
+
+    def __init__(self, settings: RedisSettings, *, redis: Redis | None = None) -> None:
+        self._settings = settings
+        self.redis = redis or Redis.from_url(
+            settings.url, socket_timeout=settings.socket_timeout_s,
+            socket_connect_timeout=settings.socket_timeout_s, health_check_interval=0,
+        )
+        self._cas = self.redis.register_script(_CAS)
+        self._down_until = 0.0
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _failed(self, exc: BaseException) -> None:
+        log.warning("redis unavailable (%s); serving from the database", type(exc).__name__)
+        self._down_until = time.monotonic() + self._settings.retry_after_failure_s
+
+    async def get_many(self, kind: str, ids: Sequence[object],
+                       decode: Callable[[dict[str, Any]], T]) -> dict[object, T]:
+        """One MGET for all ids; misses (and a Redis outage) are simply absent."""
+        if not ids or not self.available:
+            self.misses += len(ids)
+            return {}
+        try:
+            values = await self.redis.mget([f"{kind}:{i}" for i in ids])
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            self.misses += len(ids)
+            return {}
+        found: dict[object, T] = {}
+        for key, value in zip(ids, values, strict=True):
+            if value is not None:
+                _, _, payload = value.partition(b"|")
+                found[key] = decode(json.loads(payload))
+        self.hits += len(found)
+        self.misses += len(ids) - len(found)
+        return found
+
+    async def put_many(self, kind: str, entries: Mapping[object, tuple[int, dict[str, Any]]],
+                       ttl_s: int) -> int:
+        """Compare-and-set each (version, payload); returns how many were written."""
+        if not entries or not self.available:
+            return 0
+        keys = [f"{kind}:{i}" for i in entries]
+        args: list[object] = [ttl_s]
+        for version, payload in entries.values():
+            args += [version, json.dumps(payload, separators=(",", ":"), default=str)]
+        try:
+            return int(await self._cas(keys=keys, args=args))
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return 0
+
+    async def delete(self, *keys: str) -> None:
+        if not keys or not self.available:
+            return
+        try:
+            await self.redis.delete(*keys)
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
