@@ -1,0 +1,92 @@
+"""The read path: versioned cache writes, single-flight, read-your-writes while the replica
+lags, and reads that survive a Redis outage."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from paystream.cache import PAYMENT, VersionedCache
+from paystream.services.reads import Reader
+
+from .conftest import gql, wait_for_replay
+from .test_write_path import CREATE, payment_input, watcher  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.integration
+
+
+async def test_older_version_never_overwrites_newer(migrated) -> None:
+    cache = VersionedCache(migrated.redis)
+    key = uuid.uuid4()
+    try:
+        assert await cache.put_many(PAYMENT, {key: (2, {"status": "SUCCEEDED"})}, 60) == 1
+        assert await cache.put_many(PAYMENT, {key: (1, {"status": "PENDING"})}, 60) == 0
+        assert await cache.put_many(PAYMENT, {key: (2, {"status": "PENDING"})}, 60) == 0
+        found = await cache.get_many(PAYMENT, [key], lambda d: d)
+        assert found == {key: {"status": "SUCCEEDED"}}
+        ttl = await cache.redis.ttl(f"{PAYMENT}:{key}")
+        assert 0 < ttl <= 60
+        assert await cache.put_many(PAYMENT, {key: (3, {"status": "FAILED"})}, 60) == 1
+        assert await cache.get_many(PAYMENT, [key], lambda d: d) == {key: {"status": "FAILED"}}
+    finally:
+        await cache.close()
+
+
+async def test_single_flight_cold_misses_make_one_database_read(services, make_partner) -> None:
+    partner = await make_partner()
+    account = uuid.UUID(await partner.account())
+    reader = Reader(services.db, services.cache, services.settings)
+    await services.cache.delete(f"account:{account}")
+    results = await asyncio.gather(*(reader.accounts([account]) for _ in range(100)))
+    assert all(r[account].id == account for r in results)
+    assert reader.db_reads == 1
+
+
+async def test_read_your_writes_while_replica_replay_is_paused(
+    client, make_partner, watcher, devstack  # noqa: F811
+) -> None:
+    if devstack is None:
+        pytest.skip("needs the embedded stack to pause the replica")
+    partner = await make_partner()
+    a, b = await partner.account(balance="20.00"), await partner.account(balance="1.00")
+    # The replica has the accounts (so a stale read is possible) and then stops replaying.
+    await wait_for_replay(partner.services.db)
+    devstack.pause_replica_replay()
+    try:
+        body = await gql(client, CREATE, payment_input(a, b, "7.50"), key=partner.key)
+        payment_id = body["data"]["createPayment"]["id"]
+        await watcher.terminal(payment_id)
+        shown = await gql(
+            client,
+            "query($p: ID!, $a: ID!, $b: ID!) { payment(id: $p) { status } "
+            "a: account(id: $a) { balance } b: account(id: $b) { balance } }",
+            {"p": payment_id, "a": a, "b": b}, key=partner.key,
+        )
+        assert shown["data"] == {"payment": {"status": "SUCCEEDED"}, "a": {"balance": "12.50"},
+                                 "b": {"balance": "8.50"}}
+    finally:
+        devstack.resume_replica_replay()
+
+
+async def test_reads_survive_redis_outage_and_use_it_again(client, make_partner, services,
+                                                            devstack) -> None:
+    if devstack is None:
+        pytest.skip("needs the embedded stack to stop Redis")
+    partner = await make_partner()
+    account = await partner.account(balance="3.00")
+    query = "query($id: ID!) { account(id: $id) { balance } }"
+    devstack.stop_redis()
+    try:
+        for _ in range(3):
+            body = await gql(client, query, {"id": account}, key=partner.key)
+            assert body == {"data": {"account": {"balance": "3.00"}}}
+    finally:
+        devstack.start_redis()
+    # Back without a restart once the breaker's pause is over.
+    await asyncio.sleep(services.settings.redis.retry_after_failure_s)
+    hits = services.cache.hits
+    await gql(client, query, {"id": account}, key=partner.key)
+    await gql(client, query, {"id": account}, key=partner.key)
+    assert services.cache.hits > hits
