@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
-from sqlalchemy import any_, delete, select
+from sqlalchemy import any_, delete, select, text
 from sqlalchemy.dialects.postgresql import insert
 
 from .accounts import uuid_array
@@ -96,3 +96,42 @@ async def payments_by_ids(
         return {}
     rows = await session.execute(select(*COLUMNS).where(Payment.id == any_(uuid_array(ids))))
     return {row[0]: PaymentRow(*row) for row in rows}
+
+
+# Newest first across both roles of the account; each half walks its own index.
+_PAGE = """
+SELECT * FROM (
+  (SELECT {cols} FROM payments
+    WHERE source_account_id = :account AND (created_at, id) < (:before_at, :before_id)
+    {visible} ORDER BY created_at DESC, id DESC LIMIT :limit)
+  UNION ALL
+  (SELECT {cols} FROM payments
+    WHERE destination_account_id = :account AND source_account_id <> :account
+      AND (created_at, id) < (:before_at, :before_id)
+    {visible} ORDER BY created_at DESC, id DESC LIMIT :limit)
+) page ORDER BY created_at DESC, id DESC LIMIT :limit
+"""
+# Only payments whose other side belongs to the caller (a counterparty's account).
+_VISIBLE = (
+    "AND EXISTS (SELECT 1 FROM accounts o WHERE o.partner_id = :viewer"
+    " AND o.id IN (payments.source_account_id, payments.destination_account_id))"
+)
+_COLUMN_NAMES = ", ".join(column.key for column in COLUMNS)
+_FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
+_MAX_UUID = uuid.UUID(int=(1 << 128) - 1)
+
+
+async def account_page(
+    session: ReadSession | WriteSession, account_id: uuid.UUID, *, limit: int,
+    before: tuple[datetime, uuid.UUID] | None, viewer: uuid.UUID | None,
+) -> list[PaymentRow]:
+    """Up to ``limit`` payments touching the account, newest first, strictly after the cursor
+    ``before`` (created_at, id). ``viewer`` restricts to payments whose accounts it owns."""
+    before_at, before_id = before or (_FAR_FUTURE, _MAX_UUID)
+    sql = _PAGE.format(cols=_COLUMN_NAMES, visible=_VISIBLE if viewer else "")
+    params: dict[str, object] = {"account": account_id, "before_at": before_at,
+                                 "before_id": before_id, "limit": limit}
+    if viewer:
+        params["viewer"] = viewer
+    rows = await session.execute(text(sql), params)
+    return [PaymentRow(*row) for row in rows]

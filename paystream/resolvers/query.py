@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import strawberry
 
-from ..schema.types import Account, Payment, parse_id
+from ..schema.types import Account, Payment, PaymentConnection, parse_id, payment_connection
+from ..schema.pagination import PageInfo, decode_cursor
 from ..services.auth import READ
 from .context import Info
 
@@ -42,3 +43,19 @@ class Query:
         if not caller.may_see_payment(source.partner_id, destination.partner_id):
             return None
         return Payment(row=row)
+
+    @strawberry.field(description="An account's payments, newest first; empty when the account "
+                      "is absent or not the caller's.")
+    async def payments(self, info: Info, account_id: strawberry.ID, first: int | None = 20,
+                       after: str | None = None) -> PaymentConnection:
+        caller = info.context.require_caller()
+        caller.require(READ)
+        account = None
+        parsed = parse_id(account_id)
+        if parsed is not None:
+            account = await info.context.loaders.account.load(parsed)
+        if account is None or not caller.owns(account.partner_id):
+            decode_cursor(after)  # a bad cursor is still BAD_USER_INPUT
+            return PaymentConnection(edges=[], page_info=PageInfo(has_next_page=False, end_cursor=None))
+        return await payment_connection(info, account, first, after)
+

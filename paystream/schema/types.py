@@ -14,6 +14,7 @@ from ..db.accounts import AccountRow
 from ..db.payments import PaymentRow
 from ..domain.money import Money
 from ..resolvers.context import Info
+from .pagination import PageInfo, decode_cursor, encode_cursor, page_size
 from .scalars import Decimal
 
 
@@ -39,6 +40,33 @@ class Account:
         if caller is None or not caller.owns(self.row.partner_id):
             return None
         return money_decimal(self.row.balance_minor, self.row.currency)
+
+    @strawberry.field(description="Newest first; only the payments the caller may see.")
+    async def payments(self, info: Info, first: int | None = 20,
+                       after: str | None = None) -> PaymentConnection:
+        return await payment_connection(info, self.row, first, after)
+
+
+async def payment_connection(info: Info, account: AccountRow, first: int | None,
+                             after: str | None) -> PaymentConnection:
+    """A page of the account's payments; the caller sees all of an account it owns, and of a
+    counterparty's account only the payments with its own accounts."""
+    caller = info.context.require_caller()
+    limit = page_size(first, info.context.services.settings.limits.max_page_size)
+    before = decode_cursor(after)
+    viewer = None if caller.owns(account.partner_id) else caller.partner_id
+    rows = await info.context.services.reader.account_page(
+        account.id, limit=limit + 1, before=before, viewer=viewer
+    )
+    page = rows[:limit]
+    for row in page:
+        info.context.loaders.payment.prime(row.id, row)
+    edges = [PaymentEdge(cursor=encode_cursor(r), node=Payment(row=r)) for r in page]
+    return PaymentConnection(
+        edges=edges,
+        page_info=PageInfo(has_next_page=len(rows) > limit,
+                           end_cursor=edges[-1].cursor if edges else None),
+    )
 
 
 def money_decimal(minor: int, currency: str) -> PyDecimal:
@@ -111,3 +139,15 @@ async def _account(info: Info, account_id: uuid.UUID) -> Account:
         # Accounts are never deleted and payments reference them by foreign key.
         raise LookupError(f"account {account_id} of a payment is missing")
     return Account(row=row)
+
+
+@strawberry.type
+class PaymentEdge:
+    cursor: str
+    node: Payment
+
+
+@strawberry.type
+class PaymentConnection:
+    edges: list[PaymentEdge]
+    page_info: PageInfo

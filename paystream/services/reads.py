@@ -6,6 +6,7 @@ the cache with its version, so an older row never replaces a newer cached one.""
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -16,7 +17,7 @@ from ..cache import (
 from ..config import Settings
 from ..db import Database, ReadSession
 from ..db.accounts import AccountRow, accounts_by_ids
-from ..db.payments import PaymentRow, payments_by_ids
+from ..db.payments import PaymentRow, account_page, payments_by_ids
 
 Row = TypeVar("Row", AccountRow, PaymentRow)
 
@@ -79,3 +80,17 @@ class Reader:
         """Put a payment this process just wrote into the cache (read-your-writes)."""
         if self.cache is not None and self._ttl is not None:
             await self.cache.put_many(PAYMENT, {row.id: payment_entry(row)}, self._ttl.payment_ttl_s)
+
+    async def account_page(self, account_id: uuid.UUID, *, limit: int,
+                           before: tuple[datetime, uuid.UUID] | None,
+                           viewer: uuid.UUID | None) -> list[PaymentRow]:
+        """One SQL statement on a replica; the rows are fresh from the database, so they also
+        refresh the cache (versioned: never backwards)."""
+        rows = await self._db.read(
+            lambda s: account_page(s, account_id, limit=limit, before=before, viewer=viewer)
+        )
+        if self.cache is not None and self._ttl is not None and rows:
+            await self.cache.put_many(
+                PAYMENT, {r.id: payment_entry(r) for r in rows}, self._ttl.payment_ttl_s
+            )
+        return rows

@@ -1,0 +1,49 @@
+"""Cursor pagination: opaque cursors over (created_at, id), newest first.
+
+A cursor names the last row a client saw, so rows inserted meanwhile (always newer) never
+shift the pages after it.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import datetime
+
+import strawberry
+
+from ..db.payments import PaymentRow
+from ..domain.errors import BadUserInput
+
+
+def encode_cursor(row: PaymentRow) -> str:
+    raw = f"{row.created_at.isoformat()}|{row.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
+    if cursor is None:
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created_at, _, payment_id = base64.urlsafe_b64decode(padded).decode().partition("|")
+        parsed = datetime.fromisoformat(created_at)
+        if parsed.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return parsed, uuid.UUID(payment_id)
+    except (ValueError, UnicodeDecodeError):
+        raise BadUserInput("after: not a cursor this API issued", field="after") from None
+
+
+def page_size(first: int | None, cap: int) -> int:
+    size = 20 if first is None else first
+    if size < 0:
+        raise BadUserInput("first must be 0 or more", field="first")
+    # Capped rather than refused: a client asking for more simply gets fewer per page.
+    return min(size, cap)
+
+
+@strawberry.type
+class PageInfo:
+    has_next_page: bool
+    end_cursor: str | None

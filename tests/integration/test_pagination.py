@@ -1,0 +1,113 @@
+"""Cursor pagination and DataLoader batching on a nested query."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import event, text
+
+from .conftest import gql, wait_for_replay
+
+pytestmark = pytest.mark.integration
+
+PAGE = """query($a: ID!, $first: Int, $after: String) {
+  payments(accountId: $a, first: $first, after: $after) {
+    edges { cursor node { id amount sourceAccount { id name balance } destinationAccount { id name } } }
+    pageInfo { hasNextPage endCursor } } }"""
+
+
+async def _seed(services, partner, count: int) -> tuple[str, list[str]]:
+    """``count`` committed payments from one account to a few others, inserted directly."""
+    source = await partner.account(balance="1000.00")
+    others = [await partner.account(balance="0") for _ in range(5)]
+    ids = []
+    async with services.db.write_session() as session:
+        partner_id = (await session.execute(text("SELECT partner_id FROM accounts WHERE id = :a"),
+                                            {"a": uuid.UUID(source)})).scalar()
+        for i in range(count):
+            payment_id = uuid.uuid4()
+            ids.append(str(payment_id))
+            await session.execute(text(
+                "INSERT INTO payments (id, partner_id, idempotency_key, request_hash,"
+                " source_account_id, destination_account_id, amount_minor, currency, status,"
+                " created_at) VALUES (:id, :p, :k, repeat('a', 64), :s, :d, :amt, 'USD',"
+                " 'PENDING', now() - make_interval(secs => :age))"),
+                {"id": payment_id, "p": partner_id, "k": str(payment_id), "s": uuid.UUID(source),
+                 "d": uuid.UUID(others[i % 5]), "amt": 100 + i, "age": count - i})
+    await wait_for_replay(services.db)
+    return source, list(reversed(ids))  # newest first
+
+
+async def test_pages_walk_newest_first_without_gaps(client, services, make_partner) -> None:
+    partner = await make_partner()
+    source, newest_first = await _seed(services, partner, 45)
+    seen, after = [], None
+    while True:
+        body = await gql(client, PAGE, {"a": source, "first": 20, "after": after}, key=partner.key)
+        page = body["data"]["payments"]
+        seen += [edge["node"]["id"] for edge in page["edges"]]
+        if not page["pageInfo"]["hasNextPage"]:
+            break
+        after = page["pageInfo"]["endCursor"]
+    assert seen == newest_first
+
+
+async def test_first_is_capped_and_bad_cursor_refused(client, services, make_partner) -> None:
+    partner = await make_partner()
+    source, _ = await _seed(services, partner, 105)
+    body = await gql(client, PAGE, {"a": source, "first": 1000}, key=partner.key)
+    assert len(body["data"]["payments"]["edges"]) == 100
+    bad = await gql(client, PAGE, {"a": source, "after": "bm90LWEtY3Vyc29y"}, key=partner.key)
+    assert bad["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+
+
+async def test_foreign_account_lists_nothing(client, services, make_partner) -> None:
+    owner, stranger = await make_partner(), await make_partner()
+    source, _ = await _seed(services, owner, 3)
+    body = await gql(client, PAGE, {"a": source}, key=stranger.key)
+    assert body["data"]["payments"] == {"edges": [], "pageInfo": {"hasNextPage": False,
+                                                                   "endCursor": None}}
+
+
+async def test_nested_fifty_payments_batch_sql_and_redis(client, services, make_partner) -> None:
+    partner = await make_partner()
+    source, _ = await _seed(services, partner, 50)
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        if "api_keys" not in statement:  # authentication is not part of the query
+            statements.append(statement)
+
+    engines = [services.db.primary, services.db._primary_reader, *services.db.replicas]  # noqa: SLF001
+    commands: list[str] = []
+    redis = services.cache.redis
+    original = redis.execute_command
+
+    async def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        commands.append(str(args[0]))
+        return await original(*args, **kwargs)
+
+    for engine in engines:
+        event.listen(engine.sync_engine, "before_cursor_execute", count)
+    redis.execute_command = counting
+    try:
+        await services.cache.delete(*[f"account:{a}" for a in partner.accounts])
+        commands.clear()
+        cold = await gql(client, PAGE, {"a": source, "first": 50}, key=partner.key)
+        cold_sql, cold_redis = len(statements), list(commands)
+        statements.clear()
+        commands.clear()
+        warm = await gql(client, PAGE, {"a": source, "first": 50}, key=partner.key)
+        warm_sql, warm_redis = len(statements), list(commands)
+    finally:
+        redis.execute_command = original
+        for engine in engines:
+            event.remove(engine.sync_engine, "before_cursor_execute", count)
+    assert len(cold["data"]["payments"]["edges"]) == 50
+    assert warm["data"] == cold["data"]
+    # The page (1 statement) + accounts (1 statement for the misses, on the replica).
+    assert cold_sql == 2, statements
+    # One MGET for the accounts; the CAS writes of what the database returned.
+    assert cold_redis.count("MGET") == 1
+    assert warm_sql == 2 and warm_redis.count("MGET") == 1
