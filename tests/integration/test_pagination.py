@@ -106,8 +106,10 @@ async def test_nested_fifty_payments_batch_sql_and_redis(client, services, make_
             event.remove(engine.sync_engine, "before_cursor_execute", count)
     assert len(cold["data"]["payments"]["edges"]) == 50
     assert warm["data"] == cold["data"]
-    # The page (1 statement) + accounts (1 statement for the misses, on the replica).
-    assert cold_sql == 2, statements
-    # One MGET for the accounts; the CAS writes of what the database returned.
-    assert cold_redis.count("MGET") == 1
-    assert warm_sql == 2 and warm_redis.count("MGET") == 1
+    # Per nesting level, one statement and one MGET per entity type: the listed account
+    # (level 0), the page (level 1), the 50 payments' accounts (level 2, one batch).
+    assert cold_sql == 3
+    assert cold_redis.count("MGET") == 2
+    # Warm: the accounts come from Redis; only the page itself is read.
+    assert warm_sql == 1
+    assert warm_redis.count("MGET") == 2
