@@ -16,7 +16,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from ..config import RedisSettings
 
@@ -50,12 +53,20 @@ class VersionedCache:
 
     def __init__(self, settings: RedisSettings, *, redis: Redis | None = None) -> None:
         self._settings = settings
+        # One immediate retry on a connection error: after a Redis restart the pooled
+        # connections are dead, and the first command on each fails once before reconnecting.
         self.redis = redis or Redis.from_url(
             settings.url, socket_timeout=settings.socket_timeout_s,
             socket_connect_timeout=settings.socket_timeout_s, health_check_interval=0,
+            retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError, TimeoutError],
         )
         self._cas = self.redis.register_script(_CAS)
         self._down_until = 0.0
+        # Writes that failed while Redis was unreachable, replayed once it answers again (the
+        # compare-and-set makes a late replay harmless). Without this, an entry written just
+        # before an outage would keep its older version until its TTL ran out.
+        self._unwritten: dict[tuple[str, object], tuple[int, dict[str, Any], int]] = {}
+        self.max_unwritten = 100_000
         self.hits = 0
         self.misses = 0
 
@@ -90,9 +101,42 @@ class VersionedCache:
 
     async def put_many(self, kind: str, entries: Mapping[object, tuple[int, dict[str, Any]]],
                        ttl_s: int) -> int:
-        """Compare-and-set each (version, payload); returns how many were written."""
-        if not entries or not self.available:
+        """Compare-and-set each (version, payload); returns how many were written. Entries
+        that cannot be written now are kept and replayed by :meth:`flush_unwritten`."""
+        if not entries:
             return 0
+        if not self.available:
+            self._keep(kind, entries, ttl_s)
+            return 0
+        written = await self._cas_many(kind, entries, ttl_s)
+        if written is None:
+            self._keep(kind, entries, ttl_s)
+            return 0
+        return written
+
+    def _keep(self, kind: str, entries: Mapping[object, tuple[int, dict[str, Any]]],
+              ttl_s: int) -> None:
+        for key, (version, payload) in entries.items():
+            held = self._unwritten.get((kind, key))
+            if held is None or held[0] < version:
+                if len(self._unwritten) >= self.max_unwritten:
+                    return  # bounded: past this, TTLs are the backstop
+                self._unwritten[(kind, key)] = (version, payload, ttl_s)
+
+    async def flush_unwritten(self) -> int:
+        """Replay writes kept during an outage; returns how many are still waiting."""
+        if not self._unwritten or not self.available:
+            return len(self._unwritten)
+        held, self._unwritten = self._unwritten, {}
+        by_kind: dict[tuple[str, int], dict[object, tuple[int, dict[str, Any]]]] = {}
+        for (kind, key), (version, payload, ttl_s) in held.items():
+            by_kind.setdefault((kind, ttl_s), {})[key] = (version, payload)
+        for (kind, ttl_s), entries in by_kind.items():
+            await self.put_many(kind, entries, ttl_s)
+        return len(self._unwritten)
+
+    async def _cas_many(self, kind: str, entries: Mapping[object, tuple[int, dict[str, Any]]],
+                        ttl_s: int) -> int | None:
         keys = [f"{kind}:{i}" for i in entries]
         args: list[object] = [ttl_s]
         for version, payload in entries.values():
@@ -101,7 +145,7 @@ class VersionedCache:
             return int(await self._cas(keys=keys, args=args))
         except (RedisError, OSError) as exc:
             self._failed(exc)
-            return 0
+            return None
 
     async def delete(self, *keys: str) -> None:
         if not keys or not self.available:

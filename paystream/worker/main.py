@@ -71,6 +71,7 @@ class PaymentWorker:
                 )
                 for tp, records in batches.items():
                     await self._handle(tp, records)
+                await self.cache.flush_unwritten()
         finally:
             sweeper.cancel()
             await asyncio.gather(sweeper, return_exceptions=True)
@@ -123,6 +124,7 @@ class PaymentWorker:
                 for request in requests:
                     await self._post([request])
                 return
+        log.info("batch posted=%d skipped=%d", len(result.events), result.skipped)
         # The cache first: a reader sees the committed state even while replicas lag. Versioned
         # writes, so racing with the API's own cache updates cannot move an entry backwards.
         redis = self.settings.redis

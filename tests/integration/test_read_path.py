@@ -90,3 +90,22 @@ async def test_reads_survive_redis_outage_and_use_it_again(client, make_partner,
     await gql(client, query, {"id": account}, key=partner.key)
     await gql(client, query, {"id": account}, key=partner.key)
     assert services.cache.hits > hits
+
+
+async def test_writes_missed_during_outage_are_replayed(migrated, devstack) -> None:
+    if devstack is None:
+        pytest.skip("needs the embedded stack to stop Redis")
+    cache = VersionedCache(migrated.redis)
+    key = uuid.uuid4()
+    try:
+        await cache.put_many(PAYMENT, {key: (1, {"status": "PENDING"})}, 60)
+        devstack.stop_redis()
+        try:
+            assert await cache.put_many(PAYMENT, {key: (2, {"status": "SUCCEEDED"})}, 60) == 0
+        finally:
+            devstack.start_redis()
+        await asyncio.sleep(migrated.redis.retry_after_failure_s)
+        assert await cache.flush_unwritten() == 0
+        assert await cache.get_many(PAYMENT, [key], lambda d: d) == {key: {"status": "SUCCEEDED"}}
+    finally:
+        await cache.close()
