@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from paystream.config import Settings
+from paystream.config import Settings, environment_for
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -35,15 +35,7 @@ def bench_stack() -> Iterator[tuple[Settings, object | None]]:
 
 
 def server_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYSTREAM_")}
-    env.update(
-        PAYSTREAM_DEV="true",
-        PAYSTREAM_DB__PRIMARY_URL=settings.db.primary_url,
-        PAYSTREAM_DB__REPLICA_URLS=json.dumps(settings.db.replica_urls),
-        PAYSTREAM_REDIS__URL=settings.redis.url,
-        PAYSTREAM_KAFKA__BOOTSTRAP_SERVERS=settings.kafka.bootstrap_servers,
-    )
-    return env
+    return environment_for(settings, dict(os.environ))
 
 
 def print_table(title: str, rows: list[tuple[str, str]]) -> None:

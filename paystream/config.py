@@ -110,3 +110,19 @@ class Settings(BaseSettings):
                 + " (run `paystream dev` for a local stack, or set them)"
             )
         return self
+
+
+def environment_for(settings: Settings, base: dict[str, str]) -> dict[str, str]:
+    """``base`` (a process environment) with the PAYSTREAM_* variables that reproduce
+    ``settings``'s servers and dev mode: for child processes (worker, api) in tests and benches."""
+    import json
+
+    env = {k: v for k, v in base.items() if not k.startswith("PAYSTREAM_")}
+    env.update(
+        PAYSTREAM_DEV="true" if settings.dev else "false",
+        PAYSTREAM_DB__PRIMARY_URL=settings.db.primary_url,
+        PAYSTREAM_DB__REPLICA_URLS=json.dumps(settings.db.replica_urls),
+        PAYSTREAM_REDIS__URL=settings.redis.url,
+        PAYSTREAM_KAFKA__BOOTSTRAP_SERVERS=settings.kafka.bootstrap_servers,
+    )
+    return env

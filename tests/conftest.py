@@ -46,17 +46,9 @@ def settings(devstack: object | None) -> Settings:
 @pytest.fixture(scope="session")
 def server_env(settings: Settings) -> dict[str, str]:
     """Environment for subprocesses (CLI, worker, api) that points at the test stack."""
-    import json
+    from paystream.config import environment_for
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYSTREAM_")}
-    env.update(
-        PAYSTREAM_DEV="true",
-        PAYSTREAM_DB__PRIMARY_URL=settings.db.primary_url,
-        PAYSTREAM_DB__REPLICA_URLS=json.dumps(settings.db.replica_urls),
-        PAYSTREAM_REDIS__URL=settings.redis.url,
-        PAYSTREAM_KAFKA__BOOTSTRAP_SERVERS=settings.kafka.bootstrap_servers,
-    )
-    return env
+    return environment_for(settings, dict(os.environ))
 
 
 @pytest.fixture(scope="session")
