@@ -109,3 +109,19 @@ async def test_writes_missed_during_outage_are_replayed(migrated, devstack) -> N
         assert await cache.get_many(PAYMENT, [key], lambda d: d) == {key: {"status": "SUCCEEDED"}}
     finally:
         await cache.close()
+
+
+async def test_replica_stopped_reads_fall_back_to_primary(client, make_partner, services,
+                                                          devstack) -> None:
+    if devstack is None:
+        pytest.skip("needs the embedded stack to stop the replica")
+    partner = await make_partner()
+    account = await partner.account(balance="9.99")
+    await services.cache.delete(f"account:{account}")
+    devstack.stop_replica()
+    try:
+        body = await gql(client, "query($id: ID!) { account(id: $id) { balance } }",
+                         {"id": account}, key=partner.key)
+        assert body == {"data": {"account": {"balance": "9.99"}}}
+    finally:
+        devstack.start_replica()
