@@ -110,6 +110,11 @@ class VersionedCache:
             return 0
         written = await self._cas_many(kind, entries, ttl_s)
         if written is None:
+            # After a Redis restart every pooled connection is dead and fails once; a second
+            # attempt gets a fresh connection. Only if that fails too is Redis really down.
+            self._down_until = 0.0
+            written = await self._cas_many(kind, entries, ttl_s)
+        if written is None:
             self._keep(kind, entries, ttl_s)
             return 0
         return written
