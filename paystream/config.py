@@ -75,6 +75,15 @@ class ApiSettings(BaseModel):
     workers: int = 1
 
 
+class SubscriptionSettings(BaseModel):
+    """Websocket subscriptions (graphql-transport-ws and graphql-ws)."""
+
+    # Events queued for one subscriber before it is judged too slow and disconnected.
+    max_queued_events: int = 100
+    max_per_connection: int = 100
+    connection_init_timeout_s: float = 10.0
+
+
 class Settings(BaseSettings):
     """All of paystream's settings.
 
@@ -92,6 +101,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    subscriptions: SubscriptionSettings = Field(default_factory=SubscriptionSettings)
 
     @model_validator(mode="after")
     def _require_servers(self) -> Settings:

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..db.accounts import AccountRow
 from ..db.payments import PaymentRow
+from ..events.messages import PaymentStatusEvent
 
 PAYMENT = "payment"
 ACCOUNT = "account"
@@ -52,3 +53,34 @@ def account_from(data: dict[str, Any]) -> AccountRow:
         version=int(data["version"]), created_at=datetime.fromisoformat(data["created_at"]),
         updated_at=datetime.fromisoformat(data["updated_at"]),
     )
+
+
+def status_event(payment: PaymentRow, source: AccountRow, destination: AccountRow, *,
+                 with_accounts: bool = True) -> PaymentStatusEvent:
+    """The event for a payment's state, carrying the same snapshots the cache stores.
+
+    ``with_accounts`` is False for the API's PENDING event: the accounts did not change, and
+    their balances as the API read them may already be older than the cache's.
+    """
+    return PaymentStatusEvent(
+        payment_id=payment.id, version=payment.version, status=payment.status,
+        failure_reason=payment.failure_reason, partner_id=payment.partner_id,
+        source_account_id=payment.source_account_id,
+        destination_account_id=payment.destination_account_id,
+        source_partner_id=source.partner_id, destination_partner_id=destination.partner_id,
+        amount_minor=payment.amount_minor, currency=payment.currency,
+        reference=payment.reference, created_at=payment.created_at.isoformat(),
+        updated_at=payment.updated_at.isoformat(),
+        source_balance_minor=source.balance_minor if with_accounts else None,
+        source_account_version=source.version if with_accounts else None,
+        destination_balance_minor=destination.balance_minor if with_accounts else None,
+        destination_account_version=destination.version if with_accounts else None,
+        payment=_dump(payment),
+        accounts=[_dump(source), _dump(destination)] if with_accounts else None,
+    )
+
+
+def event_rows(event: PaymentStatusEvent) -> tuple[PaymentRow | None, list[AccountRow]]:
+    """The snapshots an event carries (none from an event published before they were added)."""
+    payment = payment_from(event.payment) if event.payment else None
+    return payment, [account_from(a) for a in event.accounts or ()]

@@ -84,3 +84,11 @@ def parse_account_id(raw: str, *, field: str) -> UUID:
     if not isinstance(raw, str) or _UUID_TEXT.fullmatch(raw) is None:
         raise BadUserInput(f"{field} is not a valid account id", field=field)
     return UUID(raw)
+
+
+def parse_uuid(raw: str) -> UUID | None:
+    """An id from a client, or None when malformed (treated like an id that does not exist)."""
+    try:
+        return UUID(raw)
+    except (ValueError, TypeError):
+        return None

@@ -30,12 +30,12 @@ def make_producer(settings: KafkaSettings, *, linger_ms: int = 0) -> AIOKafkaPro
 def make_consumer(
     settings: KafkaSettings, *topics: str, group_id: str | None, **options: object
 ) -> AIOKafkaConsumer:
+    options.setdefault("auto_offset_reset", "earliest")
     return AIOKafkaConsumer(
         *topics,
         bootstrap_servers=settings.bootstrap_servers,
         group_id=group_id,
         enable_auto_commit=False,
-        auto_offset_reset="earliest",
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         request_timeout_ms=max(settings.request_timeout_ms, 40_000),
         **options,  # type: ignore[arg-type]

@@ -119,6 +119,19 @@ class PaymentStatusEvent:
     source_account_version: int | None = None
     destination_balance_minor: int | None = None
     destination_account_version: int | None = None
+    # Whole snapshots as the cache stores them (``cache.entities``), so a consumer can replace
+    # cache entries and render the payment without reading the database. ``accounts`` is
+    # absent on the PENDING event the API publishes.
+    payment: dict[str, Any] | None = None
+    accounts: list[dict[str, Any]] | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status != "PENDING"
+
+    @property
+    def account_ids(self) -> tuple[uuid.UUID, uuid.UUID]:
+        return self.source_account_id, self.destination_account_id
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -141,6 +154,10 @@ class PaymentStatusEvent:
         for name in uuids:
             kwargs[name] = _uuid(data, name)
         _int(data, "version")
+        if not isinstance(data.get("payment"), dict | None):
+            raise UndecodableMessage("payment: expected an object")
+        if not isinstance(data.get("accounts"), list | None):
+            raise UndecodableMessage("accounts: expected a list")
         return cls(**kwargs)  # type: ignore[arg-type]
 
     @classmethod

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
+from datetime import timedelta
 from typing import Any
 
 from starlette.applications import Starlette
@@ -14,6 +16,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.types.unset import UNSET
 
 from ..config import Settings
 from ..domain.errors import PaystreamError
@@ -24,6 +27,7 @@ from ..services.app import Services
 from .health import readiness
 
 log = logging.getLogger("paystream.gateway")
+_DROP = "paystream.drop_connection"
 
 
 class PaystreamGraphQL(GraphQL[Context, None]):
@@ -31,12 +35,38 @@ class PaystreamGraphQL(GraphQL[Context, None]):
 
     def __init__(self, services: Services) -> None:
         settings = services.settings
+        subscriptions = settings.subscriptions
         super().__init__(
             build_schema(settings),
             graphql_ide="graphiql" if settings.dev else None,
             allow_queries_via_get=True,
+            keep_alive=True,  # graphql-ws "ka" messages; graphql-transport-ws clients ping
+            keep_alive_interval=15,
+            connection_init_wait_timeout=timedelta(seconds=subscriptions.connection_init_timeout_s),
+            max_subscriptions_per_connection=subscriptions.max_per_connection,
         )
         self.services = services
+
+    async def run(self, request: Any, context: Any = UNSET, root_value: Any = UNSET) -> Any:
+        if not isinstance(request, WebSocket):
+            return await super().run(request, context, root_value)
+        # The protocol handler runs in its own task so that a subscriber too slow to keep up
+        # can be cut off: its sends are stuck behind a full socket buffer, so closing it
+        # politely would wait forever. Its subscriptions end; the socket is closed.
+        dropped = asyncio.Event()
+        request.scope[_DROP] = dropped.set
+        handler = asyncio.create_task(super().run(request, context, root_value))
+        drop = asyncio.create_task(dropped.wait())
+        try:
+            await asyncio.wait({handler, drop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            drop.cancel()
+            if not handler.done():
+                handler.cancel()
+                log.warning("subscriber too slow: connection dropped")
+                with suppress(asyncio.CancelledError):
+                    await handler
+        return request
 
     async def get_context(self, request: Any, response: Any) -> Context:
         context = Context(
@@ -45,7 +75,9 @@ class PaystreamGraphQL(GraphQL[Context, None]):
             request=request,
             response=response,
         )
-        if isinstance(request, Request):
+        if isinstance(request, WebSocket):
+            context.drop_connection = request.scope.get(_DROP)
+        elif isinstance(request, Request):
             authorization = request.headers.get("authorization")
             if authorization is not None:
                 # A bad key fails the operation that needs it, with UNAUTHENTICATED.

@@ -59,7 +59,8 @@ async def readiness(services: Services) -> dict[str, object]:
         bounded(_primary(services)), bounded(services.db.replica_status()),
         bounded(_redis(services)), bounded(_kafka(services)),
     )
-    checks: dict[str, bool] = {"primary": bool(primary), "redis": bool(redis), "kafka": bool(kafka)}
+    checks: dict[str, bool] = {"primary": bool(primary), "redis": bool(redis), "kafka": bool(kafka),
+                               "status_stream": services.hub.positioned.is_set()}
     replica_list = replicas if isinstance(replicas, list) else [False] * len(services.db.replicas)
     for index, up in enumerate(replica_list):
         checks[f"replica{index}"] = bool(up)

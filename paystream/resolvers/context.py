@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,8 @@ class Context:
     response: Any = None
     # Set by Strawberry from the websocket connection_init payload.
     connection_params: dict[str, object] | None = None
+    # Websocket only: cuts the connection of a subscriber too slow to keep up.
+    drop_connection: Callable[[], None] | None = None
 
     def require_caller(self) -> Caller:
         if self.caller is None:

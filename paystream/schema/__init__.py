@@ -18,6 +18,7 @@ from graphql.validation import NoSchemaIntrospectionCustomRule
 from ..config import Settings
 from ..resolvers.mutation import Mutation
 from ..resolvers.query import Query
+from ..resolvers.subscription import Subscription
 from .errors import ErrorCodes
 from .scalars import SCALAR_MAP
 
@@ -49,6 +50,7 @@ def build_schema(settings: Settings) -> PaystreamSchema:
     return PaystreamSchema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         extensions=extensions,  # type: ignore[arg-type]
         config=StrawberryConfig(auto_camel_case=True, scalar_map=SCALAR_MAP),
     )

@@ -16,6 +16,8 @@ log = logging.getLogger("paystream.errors")
 
 def shape_error(error: GraphQLError, request_id: str | None) -> GraphQLError:
     original = error.original_error
+    if original is None and error.extensions and "code" in error.extensions:
+        return error  # shaped already (a streamed result, then the operation's last result)
     if isinstance(original, PaystreamError):
         extensions = original.graphql_extensions()
         message = original.message
@@ -45,9 +47,15 @@ class ErrorCodes(SchemaExtension):
 
     def on_operation(self) -> Iterator[None]:
         yield
-        result = self.execution_context.result
+        self._shape(self.execution_context.result)
+
+    def on_stream_result(self, result: object) -> Iterator[None]:  # type: ignore[override]
+        """Each result a subscription streams, before it is sent."""
+        self._shape(result)
+        yield
+
+    def _shape(self, result: object) -> None:
         errors = getattr(result, "errors", None)
         if result is not None and errors:
-            context = self.execution_context.context
-            request_id = getattr(context, "request_id", None)
-            result.errors = [shape_error(e, request_id) for e in errors]
+            request_id = getattr(self.execution_context.context, "request_id", None)
+            result.errors = [shape_error(e, request_id) for e in errors]  # type: ignore[attr-defined]

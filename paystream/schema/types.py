@@ -91,6 +91,9 @@ class PaymentStatus(Enum):
 @strawberry.type(description="A transfer between two accounts of the same currency.")
 class Payment:
     row: strawberry.Private[PaymentRow]
+    # Account states that came with the payment (a status event's snapshots): shown as they
+    # were at that change, without a read.
+    accounts: strawberry.Private[dict[uuid.UUID, AccountRow] | None] = None
 
     @strawberry.field
     def id(self) -> strawberry.ID:
@@ -110,11 +113,11 @@ class Payment:
 
     @strawberry.field
     async def source_account(self, info: Info) -> Account:
-        return await _account(info, self.row.source_account_id)
+        return await self._account(info, self.row.source_account_id)
 
     @strawberry.field
     async def destination_account(self, info: Info) -> Account:
-        return await _account(info, self.row.destination_account_id)
+        return await self._account(info, self.row.destination_account_id)
 
     @strawberry.field
     def reference(self) -> str | None:
@@ -133,7 +136,12 @@ class Payment:
         return self.row.updated_at
 
 
-async def _account(info: Info, account_id: uuid.UUID) -> Account:
+    async def _account(self, info: Info, account_id: uuid.UUID) -> Account:
+        known = self.accounts.get(account_id) if self.accounts else None
+        return Account(row=known) if known is not None else await _load_account(info, account_id)
+
+
+async def _load_account(info: Info, account_id: uuid.UUID) -> Account:
     row = await info.context.loaders.account.load(account_id)
     if row is None:
         # Accounts are never deleted and payments reference them by foreign key.

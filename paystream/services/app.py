@@ -10,6 +10,8 @@ from ..db import Database
 from .auth import Authenticator
 from .payments import LazyProducer, PaymentService
 from .reads import Reader
+from .status_hub import StatusHub
+from .subscriptions import Subscriptions
 
 
 @dataclass
@@ -21,6 +23,8 @@ class Services:
     cache: VersionedCache
     producer: LazyProducer
     payments: PaymentService
+    hub: StatusHub
+    subscriptions: Subscriptions
 
     @classmethod
     def create(cls, settings: Settings) -> Services:
@@ -28,16 +32,21 @@ class Services:
         cache = VersionedCache(settings.redis)
         reader = Reader(db, cache, settings)
         producer = LazyProducer(settings)
+        hub = StatusHub(settings, cache)
         return cls(
             settings=settings, db=db, reader=reader, auth=Authenticator(db), cache=cache,
             producer=producer,
             payments=PaymentService(settings, db, reader, producer),
+            hub=hub, subscriptions=Subscriptions(db, reader, hub),
         )
 
     async def start(self) -> None:
-        pass
+        """Start the status stream (it connects in the background: the API serves queries
+        while the broker is still down)."""
+        self.hub.start()
 
     async def close(self) -> None:
+        await self.hub.close()
         await self.producer.close()
         await self.cache.close()
         await self.db.dispose()

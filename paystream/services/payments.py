@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from ..config import Settings
+from ..cache.entities import status_event
 from ..db import Database
 from ..db.payments import PaymentRow, delete_pending, insert_pending
 from ..domain.currency import currency_exponent
@@ -122,6 +123,13 @@ class PaymentService:
             raise
         # Visible to payment(id) at once, whatever the replica's lag.
         await self._reader.remember_payment(row)
+        if created:
+            # Account activity subscribers learn of the new payment; not awaited, since
+            # nobody loses anything if it is lost (a watcher starts from the current state).
+            event = status_event(row, source, destination, with_accounts=False)
+            await self._producer.send_nowait(
+                self._settings.kafka.status_topic, event.encode(), key=str(row.id).encode()
+            )
         return row
 
 
@@ -132,6 +140,11 @@ def _message(row: PaymentRow) -> PaymentRequested:
         destination_account_id=row.destination_account_id, amount_minor=row.amount_minor,
         currency=row.currency, reference=row.reference, created_at=row.created_at.isoformat(),
     )
+
+
+def _log_failure(future: "asyncio.Future[object]") -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("unacknowledged produce failed: %s", type(future.exception()).__name__)
 
 
 class LazyProducer:
@@ -176,6 +189,16 @@ class LazyProducer:
             raise Unavailable(
                 "the payment queue is unavailable; retry with the same idempotencyKey"
             ) from exc
+
+    async def send_nowait(self, topic: str, value: bytes, *, key: bytes) -> None:
+        """Produce without waiting for the acknowledgement; a failure is only logged."""
+        try:
+            producer = await self._get()
+            future = await producer.send(topic, value, key=key)
+        except (KafkaError, OSError, TimeoutError, Unavailable) as exc:
+            log.warning("produce to %s failed: %s", topic, type(exc).__name__)
+            return
+        future.add_done_callback(_log_failure)
 
     async def close(self) -> None:
         if self._producer is not None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from ..cache.entities import status_event
 from ..db import WriteSession
 from ..db.accounts import AccountRow
 from ..db.payments import PaymentRow
@@ -30,7 +31,8 @@ _LOCK_PAYMENTS = text(
     " WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR UPDATE"
 )
 _LOCK_ACCOUNTS = text(
-    "SELECT id, partner_id, currency, balance_minor, version, name, created_at FROM accounts"
+    "SELECT id, partner_id, currency, balance_minor, version, name, created_at, updated_at"
+    " FROM accounts"
     " WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR UPDATE"
 )
 # Re-creates a payment from its message when the row is missing: the API withdrew it after a
@@ -79,7 +81,14 @@ class _Account:
     version: int
     name: str
     created_at: datetime
+    updated_at: datetime
     touched: bool = False
+
+    def row(self, account_id: uuid.UUID) -> AccountRow:
+        return AccountRow(id=account_id, partner_id=self.partner_id, name=self.name,
+                          currency=self.currency, balance_minor=self.balance,
+                          version=self.version, created_at=self.created_at,
+                          updated_at=self.updated_at)
 
 
 @dataclass(frozen=True)
@@ -115,13 +124,14 @@ async def post_batch(
     account_ids = sorted({a for r in pending for a in (r.source_account_id, r.destination_account_id)})
     accounts = {
         row.id: _Account(row.partner_id, row.currency, row.balance_minor, row.version, row.name,
-                         row.created_at)
+                         row.created_at, row.updated_at)
         for row in await session.execute(_LOCK_ACCOUNTS, {"ids": account_ids})
     }
     now = datetime.now(UTC)
     statuses: list[tuple[uuid.UUID, str, str | None]] = []
     entries: list[tuple[uuid.UUID, uuid.UUID, int, int]] = []
     events: list[PaymentStatusEvent] = []
+    payments: list[PaymentRow] = []
     for request in pending:
         source = accounts[request.source_account_id]
         destination = accounts[request.destination_account_id]
@@ -143,32 +153,26 @@ async def post_batch(
             )
             for account in (source, destination):
                 account.version += 1
+                account.updated_at = now
                 account.touched = True
             for entry in posting.entries:
                 after = accounts[entry.account_id].balance
                 entries.append((request.payment_id, entry.account_id, entry.amount_minor, after))
-        events.append(
-            PaymentStatusEvent(
-                payment_id=request.payment_id,
-                version=int(locked[request.payment_id].version) + 1,
-                status=posting.status.value,
-                failure_reason=reason,
-                partner_id=request.partner_id,
-                source_account_id=request.source_account_id,
-                destination_account_id=request.destination_account_id,
-                source_partner_id=source.partner_id,
-                destination_partner_id=destination.partner_id,
-                amount_minor=request.amount_minor,
-                currency=request.currency,
-                reference=request.reference,
-                created_at=locked[request.payment_id].created_at.isoformat(),
-                updated_at=now.isoformat(),
-                source_balance_minor=source.balance,
-                source_account_version=source.version,
-                destination_balance_minor=destination.balance,
-                destination_account_version=destination.version,
-            )
+        payment = PaymentRow(
+            id=request.payment_id, partner_id=request.partner_id,
+            idempotency_key=request.idempotency_key, request_hash=request.request_hash,
+            source_account_id=request.source_account_id,
+            destination_account_id=request.destination_account_id,
+            amount_minor=request.amount_minor, currency=request.currency,
+            reference=request.reference, status=posting.status.value, failure_reason=reason,
+            version=int(locked[request.payment_id].version) + 1,
+            created_at=locked[request.payment_id].created_at, updated_at=now,
         )
+        payments.append(payment)
+        events.append(status_event(
+            payment, source.row(request.source_account_id),
+            destination.row(request.destination_account_id),
+        ))
 
     await session.execute(
         _UPDATE_PAYMENTS,
@@ -193,23 +197,7 @@ async def post_batch(
         {"topic": status_topic, "keys": [str(e.payment_id) for e in events],
          "payloads": [json.dumps(e.to_json()) for e in events]},
     )
-    payments = [
-        PaymentRow(
-            id=r.payment_id, partner_id=r.partner_id, idempotency_key=r.idempotency_key,
-            request_hash=r.request_hash, source_account_id=r.source_account_id,
-            destination_account_id=r.destination_account_id, amount_minor=r.amount_minor,
-            currency=r.currency, reference=r.reference, status=e.status,
-            failure_reason=e.failure_reason, version=e.version,
-            created_at=locked[r.payment_id].created_at, updated_at=now,
-        )
-        for r, e in zip(pending, events, strict=True)
-    ]
-    account_rows = [
-        AccountRow(id=i, partner_id=a.partner_id, name=a.name, currency=a.currency,
-                   balance_minor=a.balance, version=a.version, created_at=a.created_at,
-                   updated_at=now)
-        for i, a in touched
-    ]
+    account_rows = [a.row(i) for i, a in touched]
     return BatchResult(
         events=events, outbox_ids=[row[0] for row in outbox], skipped=len(requests) - len(pending),
         payments=payments, accounts=account_rows,

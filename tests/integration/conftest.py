@@ -93,6 +93,74 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ApiProcess:
+    """A ``paystream api`` process on its own port."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/graphql"
+
+    def log(self) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as log_file:
+            return log_file.read()
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until the process serves and its status stream is positioned (it would otherwise
+        not see events published before that)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        async with httpx.AsyncClient(base_url=self.url, timeout=2.0) as http:
+            while True:
+                assert self.process.poll() is None, f"api exited:\n{self.log()}"
+                try:
+                    response = await http.get("/readyz")
+                    if response.json()["checks"].get("status_stream"):
+                        return
+                except httpx.TransportError:
+                    pass
+                assert asyncio.get_running_loop().time() < deadline, f"api not ready:\n{self.log()}"
+                await asyncio.sleep(0.05)
+
+
+def start_api(env: dict[str, str], **extra: str) -> ApiProcess:
+    """A ``paystream api`` process (one uvicorn worker); its log goes under LOG_DIR."""
+    port = free_port()
+    log_path = os.path.join(LOG_DIR, f"api-{port}.log")
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "paystream.cli", "api", "--port", str(port)],
+            env={**env, **extra}, stdout=log_file, stderr=subprocess.STDOUT,
+        )
+    return ApiProcess(process, port, log_path)
+
+
+@pytest.fixture(scope="session")
+async def api(server_env: dict[str, str], migrated: Settings) -> AsyncIterator[ApiProcess]:
+    """One API process for the session, for tests that need a real server (websockets)."""
+    process = start_api(server_env)
+    try:
+        await process.wait_ready()
+        yield process
+    finally:
+        stop_process(process.process)
+
+
 @pytest.fixture(scope="session")
 def worker(server_env: dict[str, str], migrated: Settings) -> Iterator[subprocess.Popen[bytes]]:
     """One worker process for the session's default topics."""

@@ -1,0 +1,184 @@
+"""A small typed client for paystream: queries and mutations over HTTP, subscriptions over
+either websocket protocol. Used by the tests and the benchmarks, and an example for partners.
+
+    async with PaystreamClient("http://localhost:8000", key) as api:
+        payment = await api.create_payment(idempotency_key="order-1", source_account_id=a,
+                                           destination_account_id=b, amount="12.50",
+                                           currency="USD")
+        async with api.subscriptions() as ws:
+            async for update in ws.subscribe(PAYMENT_STATUS, {"id": payment["id"]}):
+                print(update["paymentStatus"]["status"])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+
+Protocol = Literal["graphql-transport-ws", "graphql-ws"]
+
+PAYMENT_FIELDS = """
+  id status amount currency reference failureReason createdAt updatedAt
+  sourceAccount { id name currency balance }
+  destinationAccount { id name currency balance }
+"""
+PAYMENT_STATUS = f"subscription($id: ID!) {{ paymentStatus(id: $id) {{ {PAYMENT_FIELDS} }} }}"
+ACCOUNT_ACTIVITY = (
+    f"subscription($id: ID!) {{ accountActivity(accountId: $id) {{ {PAYMENT_FIELDS} }} }}"
+)
+CREATE_PAYMENT = f"""
+mutation($input: CreatePaymentInput!) {{ createPayment(input: $input) {{ {PAYMENT_FIELDS} }} }}
+"""
+
+
+class GraphQLErrors(Exception):
+    """The server answered with GraphQL errors; ``errors`` holds them as sent."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__("; ".join(f"{e.get('extensions', {}).get('code')}: {e.get('message')}"
+                                   for e in errors))
+        self.errors = errors
+
+    @property
+    def codes(self) -> list[str | None]:
+        return [e.get("extensions", {}).get("code") for e in self.errors]
+
+
+class PaystreamClient:
+    def __init__(self, base_url: str, key: str, *, timeout: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.key = key
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, timeout=timeout,
+            headers={"Authorization": f"Bearer {key}"},
+        )
+
+    async def __aenter__(self) -> PaystreamClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._http.aclose()
+
+    async def execute(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``data`` of the response; GraphQL errors raise :class:`GraphQLErrors`."""
+        response = await self._http.post("/graphql", json={"query": query,
+                                                            "variables": variables or {}})
+        body = response.json()
+        if body.get("errors"):
+            raise GraphQLErrors(body["errors"])
+        response.raise_for_status()
+        return dict(body["data"])
+
+    async def create_payment(self, *, idempotency_key: str, source_account_id: str,
+                             destination_account_id: str, amount: str, currency: str,
+                             reference: str | None = None) -> dict[str, Any]:
+        data = await self.execute(CREATE_PAYMENT, {"input": {
+            "idempotencyKey": idempotency_key, "sourceAccountId": source_account_id,
+            "destinationAccountId": destination_account_id, "amount": amount,
+            "currency": currency, "reference": reference,
+        }})
+        return dict(data["createPayment"])
+
+    @asynccontextmanager
+    async def subscriptions(self, protocol: Protocol = "graphql-transport-ws"
+                            ) -> AsyncIterator[Subscriptions]:
+        url = "ws" + self.base_url.removeprefix("http") + "/graphql"
+        async with Subscriptions(url, self.key, protocol) as ws:
+            yield ws
+
+
+class Subscriptions:
+    """One websocket connection carrying any number of subscriptions."""
+
+    def __init__(self, url: str, key: str, protocol: Protocol = "graphql-transport-ws",
+                 **connect_options: Any) -> None:
+        self.url, self.key, self.protocol = url, key, protocol
+        self._connect_options = connect_options
+        self._ids = itertools.count(1)
+        self._queues: dict[str, asyncio.Queue[dict[str, Any] | None]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self.ws: ClientConnection | None = None
+        self.close_code: int | None = None
+
+    async def __aenter__(self) -> Subscriptions:
+        self.ws = await connect(self.url, subprotocols=[self.protocol],  # type: ignore[list-item]
+                                **self._connect_options)
+        await self.send({"type": "connection_init",
+                         "payload": {"authorization": f"Bearer {self.key}"}})
+        while True:
+            message = json.loads(await self.ws.recv())
+            if message["type"] == "connection_ack":
+                break
+            if message["type"] == "connection_error":
+                raise GraphQLErrors([{"message": str(message.get("payload")),
+                                      "extensions": {"code": "UNAUTHENTICATED"}}])
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        if self.ws is not None:
+            await self.ws.close()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        assert self.ws is not None
+        await self.ws.send(json.dumps(message))
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        try:
+            async for raw in self.ws:
+                message = json.loads(raw)
+                kind = message.get("type")
+                if kind == "ping":
+                    await self.send({"type": "pong"})
+                queue = self._queues.get(message.get("id", ""))
+                if queue is not None:
+                    await queue.put(message)
+        finally:
+            self.close_code = self.ws.close_code
+            for queue in self._queues.values():
+                queue.put_nowait(None)  # the connection ended
+
+    async def start(self, query: str, variables: dict[str, Any] | None = None) -> str:
+        """Send a subscribe (or legacy start) message; returns the operation id."""
+        op_id = str(next(self._ids))
+        self._queues[op_id] = asyncio.Queue()
+        payload = {"query": query, "variables": variables or {}}
+        kind = "subscribe" if self.protocol == "graphql-transport-ws" else "start"
+        await self.send({"id": op_id, "type": kind, "payload": payload})
+        return op_id
+
+    async def results(self, op_id: str) -> AsyncIterator[dict[str, Any]]:
+        """Each result's ``data``; ends on complete; errors raise :class:`GraphQLErrors`;
+        a dropped connection raises ``ConnectionError``."""
+        queue = self._queues[op_id]
+        while True:
+            message = await queue.get()
+            if message is None:
+                raise ConnectionError(f"connection closed ({self.close_code})")
+            kind = message["type"]
+            if kind in ("next", "data"):
+                payload = message["payload"]
+                if payload.get("errors"):
+                    raise GraphQLErrors(payload["errors"])
+                yield payload["data"]
+            elif kind == "error":
+                errors = message["payload"]
+                raise GraphQLErrors(errors if isinstance(errors, list) else [errors])
+            elif kind == "complete":
+                return
+
+    async def subscribe(self, query: str, variables: dict[str, Any] | None = None
+                        ) -> AsyncIterator[dict[str, Any]]:
+        async for data in self.results(await self.start(query, variables)):
+            yield data

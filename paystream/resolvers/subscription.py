@@ -1,0 +1,42 @@
+"""Subscription resolvers: a caller, a service stream, GraphQL types out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+import strawberry
+
+from ..schema.types import Payment
+from ..services.subscriptions import PaymentUpdate
+from .context import Info
+from .loaders import Loaders
+
+
+def _payment(info: Info, update: PaymentUpdate) -> Payment:
+    # The connection's context lives as long as the socket: fresh loaders per event, so a
+    # nested field never shows what an earlier event loaded.
+    info.context.loaders = Loaders(info.context.services.reader)
+    return Payment(row=update.payment, accounts=update.accounts)
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(
+        description="The payment's current state, then each change; completes after a terminal "
+        "status (SUCCEEDED or FAILED)."
+    )
+    async def payment_status(self, info: Info, id: strawberry.ID) -> AsyncGenerator[Payment, None]:
+        stream = info.context.services.subscriptions.payment_status(
+            info.context.require_caller(), id, info.context.drop_connection)
+        async for update in stream:
+            yield _payment(info, update)
+
+    @strawberry.subscription(
+        description="Every status change of a payment touching an account the caller owns."
+    )
+    async def account_activity(self, info: Info,
+                               account_id: strawberry.ID) -> AsyncGenerator[Payment, None]:
+        stream = info.context.services.subscriptions.account_activity(
+            info.context.require_caller(), account_id, info.context.drop_connection)
+        async for update in stream:
+            yield _payment(info, update)

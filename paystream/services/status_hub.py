@@ -1,0 +1,221 @@
+"""The status stream of one API process: one consumer of ``payments.status`` that keeps the
+cache current and fans each event out in memory to the process's subscribers.
+
+The consumer has no group: every API process reads every event (each has its own
+subscribers). It starts at the end of the topic; a subscriber reads the current state from
+the primary after registering here, so nothing between the two is missed.
+
+Each watch has a bounded queue. The hub never waits for a subscriber: when a queue is full the
+watch is closed and its ``on_overflow`` callback cuts the connection, so one stalled client
+cannot delay the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+
+from ..cache import ACCOUNT, PAYMENT, VersionedCache
+from ..config import Settings
+from ..domain.errors import Unavailable
+from ..events.kafka import make_consumer
+from ..events.messages import PaymentStatusEvent, UndecodableMessage
+
+log = logging.getLogger("paystream.status")
+
+
+class WatchClosed(Exception):
+    """The watch ended: its queue overflowed, or the process is shutting down."""
+
+
+class Watch:
+    """One subscriber's view of the stream: the events for some payments or accounts."""
+
+    def __init__(self, hub: StatusHub, payments: Iterable[uuid.UUID], accounts: Iterable[uuid.UUID],
+                 max_queued: int) -> None:
+        self._hub = hub
+        self.payments = frozenset(payments)
+        self.accounts = frozenset(accounts)
+        self._queue: deque[PaymentStatusEvent] = deque()
+        self._max_queued = max_queued
+        self._waiter: asyncio.Future[None] | None = None
+        self.closed: str | None = None
+        self.on_overflow: Callable[[], None] | None = None
+
+    def push(self, event: PaymentStatusEvent) -> None:
+        if self.closed is not None:
+            return
+        if len(self._queue) >= self._max_queued:
+            self.close("subscriber too slow")
+            if self.on_overflow is not None:
+                self.on_overflow()
+            return
+        self._queue.append(event)
+        self._wake()
+
+    async def next(self) -> PaymentStatusEvent:
+        """The next event, in the order the hub received them."""
+        while not self._queue:
+            if self.closed is not None:
+                raise WatchClosed(self.closed)
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._queue.popleft()
+
+    def close(self, reason: str = "closed") -> None:
+        if self.closed is None:
+            self.closed = reason
+            self._hub._forget(self)
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class StatusHub:
+    """Consumes ``payments.status``: cache first, then the subscribers."""
+
+    def __init__(self, settings: Settings, cache: VersionedCache | None) -> None:
+        self._settings = settings
+        self._cache = cache
+        self._by_payment: dict[uuid.UUID, set[Watch]] = {}
+        self._by_account: dict[uuid.UUID, set[Watch]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        # Set once the consumer knows its starting offsets: from then on no event is skipped.
+        self.positioned = asyncio.Event()
+        self.events_seen = 0
+        self.lag = 0
+        self.open_watches = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="status-hub")
+
+    async def close(self) -> None:
+        for watch in {w for ws in (*self._by_payment.values(), *self._by_account.values()) for w in ws}:
+            watch.close("server shutting down")
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def watch(self, *, payments: Iterable[uuid.UUID] = (),
+                    accounts: Iterable[uuid.UUID] = ()) -> Watch:
+        """Register a watch; the caller reads the current state after this returns."""
+        if not self.positioned.is_set():
+            try:
+                await asyncio.wait_for(self.positioned.wait(), self._settings.kafka.produce_timeout_s)
+            except TimeoutError:
+                raise Unavailable("the status stream is unavailable; retry shortly") from None
+        watch = Watch(self, payments, accounts, self._settings.subscriptions.max_queued_events)
+        for payment_id in watch.payments:
+            self._by_payment.setdefault(payment_id, set()).add(watch)
+        for account_id in watch.accounts:
+            self._by_account.setdefault(account_id, set()).add(watch)
+        self.open_watches += 1
+        return watch
+
+    def _forget(self, watch: Watch) -> None:
+        for index, keys in ((self._by_payment, watch.payments), (self._by_account, watch.accounts)):
+            for key in keys:
+                watchers = index.get(key)
+                if watchers is not None:
+                    watchers.discard(watch)
+                    if not watchers:
+                        del index[key]
+        self.open_watches -= 1
+
+    async def _run(self) -> None:
+        while True:
+            consumer = make_consumer(self._settings.kafka, self._settings.kafka.status_topic,
+                                     group_id=None, auto_offset_reset="latest")
+            try:
+                await consumer.start()
+                self._consumer = consumer
+                await self._position(consumer)
+                while True:
+                    batches = await consumer.getmany(timeout_ms=1000)
+                    events = [e for records in batches.values() for e in _decode(records)]
+                    if events:
+                        await self.apply(events)
+                    await self._measure_lag(consumer)
+                    if self._cache is not None:
+                        await self._cache.flush_unwritten()
+            except asyncio.CancelledError:
+                raise
+            except (KafkaError, OSError) as exc:
+                log.warning("status stream interrupted (%s); reconnecting", type(exc).__name__)
+                await asyncio.sleep(0.5)
+            finally:
+                self._consumer = None
+                self.positioned.clear()
+                await consumer.stop()
+
+    async def _position(self, consumer: AIOKafkaConsumer) -> None:
+        # Without a group the consumer takes every partition, but the starting offsets are
+        # only looked up on the first fetch; asking for them now pins "the end, as of now".
+        while not consumer.assignment():
+            await asyncio.sleep(0.05)  # the assignment follows the first metadata response
+        for tp in consumer.assignment():
+            await consumer.position(tp)
+        self.positioned.set()
+
+    async def _measure_lag(self, consumer: AIOKafkaConsumer) -> None:
+        lag = 0
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                lag += max(0, highwater - await consumer.position(tp))
+        self.lag = lag
+
+    async def apply(self, events: list[PaymentStatusEvent]) -> None:
+        """Update the cache from the events (versioned, so replays and other processes' writes
+        of the same event are harmless), then hand them to the subscribers."""
+        self.events_seen += len(events)
+        if self._cache is not None:
+            redis = self._settings.redis
+            payments = {e.payment_id: (e.version, e.payment) for e in events if e.payment}
+            accounts: dict[uuid.UUID, tuple[int, dict[str, Any]]] = {}
+            for event in events:
+                for account in event.accounts or ():
+                    key, version = uuid.UUID(account["id"]), int(account["version"])
+                    if key not in accounts or accounts[key][0] < version:
+                        accounts[key] = (version, account)
+            await self._cache.put_many(PAYMENT, payments, redis.payment_ttl_s)
+            await self._cache.put_many(ACCOUNT, accounts, redis.account_ttl_s)
+        for event in events:
+            watchers = set(self._by_payment.get(event.payment_id, ()))
+            for account_id in event.account_ids:
+                watchers.update(self._by_account.get(account_id, ()))
+            for watch in watchers:
+                watch.push(event)
+
+
+def _decode(records: Iterable[object]) -> list[PaymentStatusEvent]:
+    events = []
+    for record in records:
+        try:
+            events.append(PaymentStatusEvent.decode(record.value))  # type: ignore[attr-defined]
+        except UndecodableMessage as exc:
+            log.warning("undecodable status event skipped: %s", exc)
+    return events

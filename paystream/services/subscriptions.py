@@ -1,0 +1,126 @@
+"""What the subscription resolvers stream: a payment's states, an account's activity.
+
+``payment_status`` registers with the status hub *before* it reads the current state from the
+primary, so an event published in between is queued rather than lost; events at or below the
+version already sent are dropped, so each newer status arrives exactly once and in order.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from ..cache.entities import event_rows
+from ..db import Database, ReadSession
+from ..db.accounts import AccountRow, accounts_by_ids
+from ..db.payments import PaymentRow, payments_by_ids
+from ..domain.errors import NotFound
+from ..domain.validation import parse_uuid
+from .auth import READ, Caller
+from .reads import Reader
+from .status_hub import StatusHub
+
+TERMINAL = frozenset({"SUCCEEDED", "FAILED"})
+# Per accountActivity subscriber: the payments whose latest version it was sent.
+_REMEMBERED_PAYMENTS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentUpdate:
+    """A payment's state and, when known with it, its two accounts at that moment."""
+
+    payment: PaymentRow
+    accounts: dict[uuid.UUID, AccountRow] = field(default_factory=dict)
+
+
+class Subscriptions:
+    def __init__(self, db: Database, reader: Reader, hub: StatusHub) -> None:
+        self._db = db
+        self._reader = reader
+        self.hub = hub
+
+    async def payment_status(self, caller: Caller, raw_id: str,
+                             on_overflow: Callable[[], None] | None = None
+                             ) -> AsyncIterator[PaymentUpdate]:
+        """The current state, then each newer one; ends after a terminal status."""
+        caller.require(READ)
+        payment_id = parse_uuid(raw_id)
+        if payment_id is None:
+            raise NotFound("no such payment")
+        with await self.hub.watch(payments=[payment_id]) as watch:
+            watch.on_overflow = on_overflow
+            current = await self._current(payment_id)
+            if current is None or not _visible(caller, current):
+                raise NotFound("no such payment")
+            yield current
+            sent = current.payment.version
+            while current.payment.status not in TERMINAL:
+                event = await watch.next()
+                if event.version <= sent:
+                    continue  # a replay, or a state the first read already showed
+                current = await self._update(event.payment_id, event_rows(event))
+                sent = current.payment.version
+                yield current
+
+    async def account_activity(self, caller: Caller, raw_id: str,
+                               on_overflow: Callable[[], None] | None = None
+                               ) -> AsyncIterator[PaymentUpdate]:
+        """Every status change of a payment touching an account the caller owns."""
+        caller.require(READ)
+        account_id = parse_uuid(raw_id)
+        account = None
+        if account_id is not None:
+            account = (await self._reader.accounts([account_id])).get(account_id)
+        if account is None or not caller.owns(account.partner_id):
+            raise NotFound("no such account")
+        sent: OrderedDict[uuid.UUID, int] = OrderedDict()
+        with await self.hub.watch(accounts=[account.id]) as watch:
+            watch.on_overflow = on_overflow
+            while True:
+                event = await watch.next()
+                if sent.get(event.payment_id, 0) >= event.version:
+                    continue
+                sent[event.payment_id] = event.version
+                sent.move_to_end(event.payment_id)
+                if len(sent) > _REMEMBERED_PAYMENTS:
+                    sent.popitem(last=False)
+                yield await self._update(event.payment_id, event_rows(event))
+
+    async def _update(self, payment_id: uuid.UUID,
+                      rows: tuple[PaymentRow | None, list[AccountRow]]) -> PaymentUpdate:
+        payment, accounts = rows
+        if payment is None:
+            # An event without snapshots (published by an older release): read it.
+            current = await self._current(payment_id)
+            if current is None:
+                raise NotFound("no such payment")
+            return current
+        if not accounts:
+            # The API's PENDING event: the accounts did not change; the cache has them.
+            found = await self._reader.accounts(
+                [payment.source_account_id, payment.destination_account_id])
+            accounts = list(found.values())
+        return PaymentUpdate(payment, {a.id: a for a in accounts})
+
+    async def _current(self, payment_id: uuid.UUID) -> PaymentUpdate | None:
+        """From the primary: a replica may not have the latest state, and the event that
+        changed it may have passed before this subscriber registered."""
+
+        async def read(session: ReadSession) -> PaymentUpdate | None:
+            payment = (await payments_by_ids(session, [payment_id])).get(payment_id)
+            if payment is None:
+                return None
+            accounts = await accounts_by_ids(
+                session, [payment.source_account_id, payment.destination_account_id])
+            return PaymentUpdate(payment, accounts)
+
+        return await self._db.read(read, primary=True)
+
+
+def _visible(caller: Caller, update: PaymentUpdate) -> bool:
+    source = update.accounts.get(update.payment.source_account_id)
+    destination = update.accounts.get(update.payment.destination_account_id)
+    return (source is not None and destination is not None
+            and caller.may_see_payment(source.partner_id, destination.partner_id))
