@@ -78,10 +78,25 @@ class ApiSettings(BaseModel):
 class SubscriptionSettings(BaseModel):
     """Websocket subscriptions (graphql-transport-ws and graphql-ws)."""
 
-    # Events queued for one subscriber before it is judged too slow and disconnected.
-    max_queued_events: int = 100
+    # Events queued for one subscriber before it is judged too slow and disconnected. The
+    # queue holds references to events shared by all subscribers, so it is cheap; it must
+    # exceed the burst one consumed batch can bring for one hot account.
+    max_queued_events: int = 1000
+    # Events the status consumer hands out at once; a subscriber that keeps up can still see
+    # a whole batch arrive together, so the queue must hold several.
+    stream_batch_size: int = 200
     max_per_connection: int = 100
+    # Bytes sent to a client but not yet taken by its socket; past this it is disconnected.
+    max_buffered_bytes: int = 1 << 20
     connection_init_timeout_s: float = 10.0
+
+
+    @model_validator(mode="after")
+    def _queue_holds_bursts(self) -> SubscriptionSettings:
+        if self.max_queued_events < 2 * self.stream_batch_size:
+            raise ValueError("subscriptions.max_queued_events must be at least twice "
+                             "subscriptions.stream_batch_size")
+        return self
 
 
 class Settings(BaseSettings):

@@ -7,9 +7,11 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -25,13 +27,15 @@ from ..resolvers.loaders import Loaders
 from ..schema import build_schema
 from ..services.app import Services
 from .health import readiness
+from .websocket import DROP, BoundedWebSocketAdapter, TransportMiddleware, drop
 
 log = logging.getLogger("paystream.gateway")
-_DROP = "paystream.drop_connection"
 
 
 class PaystreamGraphQL(GraphQL[Context, None]):
     """Strawberry's ASGI view with paystream's context and websocket authentication."""
+
+    websocket_adapter_class = BoundedWebSocketAdapter  # type: ignore[assignment]
 
     def __init__(self, services: Services) -> None:
         settings = services.settings
@@ -46,6 +50,10 @@ class PaystreamGraphQL(GraphQL[Context, None]):
             max_subscriptions_per_connection=subscriptions.max_per_connection,
         )
         self.services = services
+        self.websocket_adapter_class = type(
+            "WebSocketAdapter", (BoundedWebSocketAdapter,),
+            {"max_buffered_bytes": subscriptions.max_buffered_bytes},
+        )
 
     async def run(self, request: Any, context: Any = UNSET, root_value: Any = UNSET) -> Any:
         if not isinstance(request, WebSocket):
@@ -54,16 +62,15 @@ class PaystreamGraphQL(GraphQL[Context, None]):
         # can be cut off: its sends are stuck behind a full socket buffer, so closing it
         # politely would wait forever. Its subscriptions end; the socket is closed.
         dropped = asyncio.Event()
-        request.scope[_DROP] = dropped.set
+        request.scope[DROP] = dropped.set
         handler = asyncio.create_task(super().run(request, context, root_value))
-        drop = asyncio.create_task(dropped.wait())
+        dropping = asyncio.create_task(dropped.wait())
         try:
-            await asyncio.wait({handler, drop}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({handler, dropping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            drop.cancel()
+            dropping.cancel()
             if not handler.done():
                 handler.cancel()
-                log.warning("subscriber too slow: connection dropped")
                 with suppress(asyncio.CancelledError):
                     await handler
         return request
@@ -76,7 +83,7 @@ class PaystreamGraphQL(GraphQL[Context, None]):
             response=response,
         )
         if isinstance(request, WebSocket):
-            context.drop_connection = request.scope.get(_DROP)
+            context.drop_connection = partial(drop, request, "too many events queued")
         elif isinstance(request, Request):
             authorization = request.headers.get("authorization")
             if authorization is not None:
@@ -126,6 +133,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             Route("/readyz", readyz),
         ],
         lifespan=lifespan,
+        middleware=[Middleware(TransportMiddleware)],
     )
     app.state.services = services
     return app

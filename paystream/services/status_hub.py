@@ -53,6 +53,7 @@ class Watch:
         if self.closed is not None:
             return
         if len(self._queue) >= self._max_queued:
+            log.warning("subscriber queue full (%d events): closing its watch", len(self._queue))
             self.close("subscriber too slow")
             if self.on_overflow is not None:
                 self.on_overflow()
@@ -148,7 +149,8 @@ class StatusHub:
     async def _run(self) -> None:
         while True:
             consumer = make_consumer(self._settings.kafka, self._settings.kafka.status_topic,
-                                     group_id=None, auto_offset_reset="latest")
+                                     group_id=None, auto_offset_reset="latest",
+                                     max_poll_records=self._settings.subscriptions.stream_batch_size)
             try:
                 await consumer.start()
                 self._consumer = consumer

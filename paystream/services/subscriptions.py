@@ -16,11 +16,12 @@ from ..cache.entities import event_rows
 from ..db import Database, ReadSession
 from ..db.accounts import AccountRow, accounts_by_ids
 from ..db.payments import PaymentRow, payments_by_ids
-from ..domain.errors import NotFound
+from ..domain.errors import NotFound, Unavailable
+from ..events.messages import PaymentStatusEvent
 from ..domain.validation import parse_uuid
 from .auth import READ, Caller
 from .reads import Reader
-from .status_hub import StatusHub
+from .status_hub import StatusHub, Watch, WatchClosed
 
 TERMINAL = frozenset({"SUCCEEDED", "FAILED"})
 # Per accountActivity subscriber: the payments whose latest version it was sent.
@@ -57,7 +58,7 @@ class Subscriptions:
             yield current
             sent = current.payment.version
             while current.payment.status not in TERMINAL:
-                event = await watch.next()
+                event = await _next(watch)
                 if event.version <= sent:
                     continue  # a replay, or a state the first read already showed
                 current = await self._update(event.payment_id, event_rows(event))
@@ -79,7 +80,7 @@ class Subscriptions:
         with await self.hub.watch(accounts=[account.id]) as watch:
             watch.on_overflow = on_overflow
             while True:
-                event = await watch.next()
+                event = await _next(watch)
                 if sent.get(event.payment_id, 0) >= event.version:
                     continue
                 sent[event.payment_id] = event.version
@@ -117,6 +118,15 @@ class Subscriptions:
             return PaymentUpdate(payment, accounts)
 
         return await self._db.read(read, primary=True)
+
+
+async def _next(watch: Watch) -> PaymentStatusEvent:
+    try:
+        return await watch.next()
+    except WatchClosed as exc:
+        # Not "complete": the client should subscribe again (elsewhere, if this process is
+        # going away) and will get the current state first.
+        raise Unavailable(f"subscription ended ({exc}); subscribe again") from None
 
 
 def _visible(caller: Caller, update: PaymentUpdate) -> bool:

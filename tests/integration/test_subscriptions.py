@@ -17,7 +17,9 @@ from paystream.client import (
     ACCOUNT_ACTIVITY, PAYMENT_STATUS, GraphQLErrors, PaystreamClient, Subscriptions,
 )
 
-from .conftest import ApiProcess, Partner
+from .conftest import (
+    ApiProcess, Partner, start_api, start_worker, stop_process, wait_for_replay,
+)
 
 PROTOCOLS = ["graphql-transport-ws", "graphql-ws"]
 
@@ -141,3 +143,214 @@ async def test_foreign_or_missing_payment_subscription_is_refused_alike(
             refusals.append([(e["message"], e["extensions"]["code"]) for e in refused.value.errors])
     assert refusals[0] == refusals[1] == [("no such payment", "NOT_FOUND")]
     assert refusals[2] == refusals[3] == [("no such account", "NOT_FOUND")]
+
+
+@pytest.fixture
+async def second_api(server_env: dict[str, str], api: ApiProcess) -> Any:
+    """Another API process beside the session's."""
+    process = start_api(server_env)
+    try:
+        await process.wait_ready()
+        yield process
+    finally:
+        stop_process(process.process)
+
+
+async def test_payment_created_through_one_process_reaches_subscribers_of_another(
+    api: ApiProcess, second_api: ApiProcess, worker: subprocess.Popen[bytes], make_partner: Any,
+) -> None:
+    partner = await make_partner()
+    source, destination = await partner.account(), await partner.account()
+    async with Subscriptions(second_api.ws_url, partner.key) as ws:
+        with held(worker):
+            payment = await pay(api, partner, source, destination)
+            stream = ws.subscribe(PAYMENT_STATUS, {"id": payment["id"]})
+            assert (await anext(stream))["paymentStatus"]["status"] == "PENDING"
+        assert [p["status"] for p in await collect(stream, "paymentStatus")] == ["SUCCEEDED"]
+
+
+async def test_subscriber_reconnects_after_its_process_is_killed_and_misses_nothing(
+    api: ApiProcess, second_api: ApiProcess, worker: subprocess.Popen[bytes], make_partner: Any,
+) -> None:
+    partner = await make_partner()
+    source, destination = await partner.account(), await partner.account()
+    with held(worker):
+        payment = await pay(api, partner, source, destination)
+        async with Subscriptions(second_api.ws_url, partner.key) as ws:
+            stream = ws.subscribe(PAYMENT_STATUS, {"id": payment["id"]})
+            assert (await anext(stream))["paymentStatus"]["status"] == "PENDING"
+            second_api.process.kill()
+            with pytest.raises(ConnectionError):
+                await collect(stream, "paymentStatus", timeout=10)
+        # The worker posts while the subscriber is away; reconnecting elsewhere it gets the
+        # current state first, so the terminal status is not missed.
+    async with Subscriptions(api.ws_url, partner.key) as ws:
+        states = await collect(ws.subscribe(PAYMENT_STATUS, {"id": payment["id"]}), "paymentStatus")
+    assert states[-1]["status"] == "SUCCEEDED"
+    assert [s["status"] for s in states] in (["PENDING", "SUCCEEDED"], ["SUCCEEDED"])
+
+
+async def test_sigterm_closes_subscriptions_with_a_reconnect_code(
+    second_api: ApiProcess, worker: subprocess.Popen[bytes], make_partner: Any,
+) -> None:
+    partner = await make_partner()
+    source, destination = await partner.account(), await partner.account()
+    with held(worker):
+        payment = await pay(second_api, partner, source, destination)
+        async with Subscriptions(second_api.ws_url, partner.key) as ws:
+            stream = ws.subscribe(PAYMENT_STATUS, {"id": payment["id"]})
+            assert (await anext(stream))["paymentStatus"]["status"] == "PENDING"
+            second_api.process.send_signal(signal.SIGTERM)
+            with pytest.raises(ConnectionError):
+                await collect(stream, "paymentStatus", timeout=15)
+            # 1012 "service restart": the client should reconnect (to another process).
+            assert ws.close_code == 1012
+    # uvicorn re-raises the signal once it has shut down cleanly.
+    assert second_api.process.wait(15) in (0, -signal.SIGTERM)
+    assert "Application shutdown complete." in second_api.log()
+
+
+async def test_cache_shows_terminal_status_from_the_event_before_the_replica_replays(
+    settings: Any, server_env: dict[str, str], services: Any, make_partner: Any,
+) -> None:
+    """A worker that cannot reach Redis: only the API process's status consumer can put the
+    SUCCEEDED state in the cache. The replica's replay is paused, so a read that went past
+    the cache would show PENDING."""
+    from sqlalchemy import text
+
+    from paystream.events.kafka import ensure_topics
+
+    suffix = uuid.uuid4().hex[:8]
+    topics = {"PAYSTREAM_KAFKA__REQUESTED_TOPIC": f"requested-{suffix}",
+              "PAYSTREAM_KAFKA__STATUS_TOPIC": f"status-{suffix}",
+              "PAYSTREAM_KAFKA__DLQ_TOPIC": f"dlq-{suffix}",
+              "PAYSTREAM_KAFKA__WORKER_GROUP": f"worker-{suffix}"}
+    kafka = settings.kafka.model_copy(update={
+        "requested_topic": topics["PAYSTREAM_KAFKA__REQUESTED_TOPIC"],
+        "status_topic": topics["PAYSTREAM_KAFKA__STATUS_TOPIC"],
+        "dlq_topic": topics["PAYSTREAM_KAFKA__DLQ_TOPIC"]})
+    await ensure_topics(kafka)
+    api = start_api(server_env, **topics)
+    blind_worker = start_worker(server_env, **topics, PAYSTREAM_REDIS__URL="redis://127.0.0.1:9")
+    partner = await make_partner()
+    source, destination = await partner.account(), await partner.account()
+    replica = services.db.replicas[0]
+    try:
+        await api.wait_ready()
+        await wait_for_replay(services.db)  # the accounts, before the pause
+        async with replica.connect() as conn:
+            await conn.execute(text("SELECT pg_wal_replay_pause()"))
+            await conn.commit()
+        async with PaystreamClient(api.url, partner.key) as http:
+            payment = await http.create_payment(
+                idempotency_key="k", source_account_id=source, destination_account_id=destination,
+                amount="25.00", currency="USD")
+            async with Subscriptions(api.ws_url, partner.key) as ws:
+                states = await collect(ws.subscribe(PAYMENT_STATUS, {"id": payment["id"]}),
+                                       "paymentStatus", timeout=60)
+            assert states[-1]["status"] == "SUCCEEDED"
+            read = await http.execute(
+                "query($id: ID!) { payment(id: $id) { status sourceAccount { balance } "
+                "destinationAccount { balance } } }", {"id": payment["id"]})
+        async with replica.connect() as conn:
+            on_replica = (await conn.execute(
+                text("SELECT status FROM payments WHERE id = :id"), {"id": payment["id"]})).scalar()
+        assert on_replica in (None, "PENDING")  # the replica is still behind
+        assert read["payment"] == {"status": "SUCCEEDED", "sourceAccount": {"balance": "75.00"},
+                                   "destinationAccount": {"balance": "125.00"}}
+    finally:
+        async with replica.connect() as conn:
+            await conn.execute(text("SELECT pg_wal_replay_resume()"))
+            await conn.commit()
+        stop_process(blind_worker)
+        stop_process(api.process)
+
+
+async def test_stalled_subscriber_is_dropped_without_delaying_the_others(
+    server_env: dict[str, str], worker: subprocess.Popen[bytes], make_partner: Any,
+) -> None:
+    import json
+    import socket
+    import statistics
+    import time
+
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    # Small bounds, so that the test overflows them soon.
+    api = start_api(server_env, PAYSTREAM_SUBSCRIPTIONS__MAX_QUEUED_EVENTS="100",
+                    PAYSTREAM_SUBSCRIPTIONS__STREAM_BATCH_SIZE="20",
+                    PAYSTREAM_SUBSCRIPTIONS__MAX_BUFFERED_BYTES="200000")
+    partner, other = await make_partner(), await make_partner()
+    source = await partner.account(balance="1000.00")
+    destination = await other.account(balance="0")
+    # payment id -> client -> when its first update arrived (PENDING, or the terminal status
+    # when the worker's event overtook the API's PENDING one: the older one is then dropped)
+    received: dict[str, dict[str, float]] = {}
+    arrived = asyncio.Condition()
+
+    async def follow(name: str, ws: Subscriptions, op_id: str) -> None:
+        async for data in ws.results(op_id):
+            update = data["accountActivity"]
+            async with arrived:
+                received.setdefault(update["id"], {}).setdefault(name, time.monotonic())
+                arrived.notify_all()
+
+    async def round_of(count: int) -> list[float]:
+        """Create payments one by one; each one's delay until both healthy clients have it."""
+        delays = []
+        for _ in range(count):
+            payment = await pay(api, partner, source, destination, "1.00")
+            created = time.monotonic()
+            async with arrived:
+                await asyncio.wait_for(arrived.wait_for(
+                    lambda: len(received.get(payment["id"], {})) == 2), 10)
+            delays.append(max(received[payment["id"]].values()) - created)
+        return delays
+
+    try:
+        await api.wait_ready()
+        async with Subscriptions(api.ws_url, partner.key, "graphql-transport-ws") as a, \
+                Subscriptions(api.ws_url, partner.key, "graphql-ws") as b:
+            followers = [asyncio.create_task(follow(name, ws, await ws.start(
+                ACCOUNT_ACTIVITY, {"id": source}))) for name, ws in (("a", a), ("b", b))]
+            await round_of(1)  # both subscriptions are live
+            baseline = await round_of(10)
+
+            # A client that subscribes 50 times to the same account and then reads nothing:
+            # its socket buffers fill, its queues overflow.
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", api.port))
+            sock.setblocking(False)
+            stalled = await connect(api.ws_url, subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
+                                    max_queue=1, sock=sock, compression=None)
+            await stalled.send(json.dumps({"type": "connection_init", "payload": {
+                "authorization": f"Bearer {partner.key}"}}))
+            assert json.loads(await stalled.recv())["type"] == "connection_ack"
+            query = "subscription($id: ID!) { accountActivity(accountId: $id) { id status reference " \
+                    "createdAt updatedAt sourceAccount { id name currency balance } } }"
+            for n in range(50):
+                await stalled.send(json.dumps({"id": str(n), "type": "subscribe", "payload": {
+                    "query": query, "variables": {"id": source}}}))
+            # Until the server gives up on it (bounded): the socket buffers absorb a lot first.
+            during: list[float] = []
+            while "subscriber dropped" not in api.log():
+                assert len(during) < 600, "the stalled subscriber was never dropped"
+                during += await round_of(5)
+            for task in followers:
+                task.cancel()
+
+        assert "subscriber dropped: " in api.log()
+        # Reading again, the stalled client gets what was buffered, then the end.
+        drained = 0
+        with pytest.raises(ConnectionClosed):
+            async with asyncio.timeout(30):
+                async for _ in stalled:
+                    drained += 1
+        assert drained < 50 * 2 * len(during)
+        # The others were not held up: their delays stayed where they were before the stall.
+        usual = statistics.median(baseline)
+        assert statistics.median(during) <= max(5 * usual, usual + 0.25), (baseline, during)
+    finally:
+        stop_process(api.process)

@@ -1,0 +1,72 @@
+"""Websocket plumbing: a subscriber that stops reading is cut off before it costs memory.
+
+uvicorn does not make a websocket ``send`` wait while the client is not reading: what the
+socket does not take piles up in the transport's write buffer, without bound. Before each
+message, the adapter looks at that buffer; past ``max_buffered_bytes`` the connection is
+dropped (its transport aborted, so the memory is freed at once and the client sees the
+connection end and can reconnect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
+from strawberry.asgi import ASGIWebSocketAdapter
+
+log = logging.getLogger("paystream.gateway")
+
+DROP = "paystream.drop_connection"
+TRANSPORT = "paystream.transport"
+
+
+class TransportMiddleware:
+    """Outermost ASGI layer: remembers a websocket's transport in its scope. uvicorn passes
+    its protocol's bound ``send`` as the ASGI send callable; on servers that do not, there
+    is no transport and only the subscriber queue bound applies."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            transport = getattr(getattr(send, "__self__", None), "transport", None)
+            if hasattr(transport, "get_write_buffer_size"):
+                scope[TRANSPORT] = transport
+        await self.app(scope, receive, send)
+
+
+def transport_of(websocket: WebSocket) -> asyncio.WriteTransport | None:
+    return websocket.scope.get(TRANSPORT)
+
+
+def drop(websocket: WebSocket, reason: str) -> None:
+    """Cut the connection now: the handler task is cancelled and the socket aborted."""
+    log.warning("subscriber dropped: %s", reason)
+    transport = transport_of(websocket)
+    if transport is not None:
+        transport.abort()
+    cancel = websocket.scope.get(DROP)
+    if cancel is not None:
+        cancel()
+
+
+class BoundedWebSocketAdapter(ASGIWebSocketAdapter):
+    """Strawberry's adapter, refusing to buffer more than a limit for a client."""
+
+    max_buffered_bytes = 1 << 20
+
+    def __init__(self, view: Any, request: WebSocket, response: WebSocket) -> None:
+        super().__init__(view, request, response)
+        self._transport = transport_of(response)
+
+    async def send_json(self, message: Mapping[str, object]) -> None:
+        transport = self._transport
+        if transport is not None and transport.get_write_buffer_size() > self.max_buffered_bytes:
+            drop(self.ws, f"{transport.get_write_buffer_size()} bytes unread")
+            return
+        await super().send_json(message)
