@@ -129,6 +129,19 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _refuse_dev_only_outside_dev(self) -> Settings:
+        for origin in self.api.cors_origins:
+            if origin == "*" and not self.dev:
+                raise ValueError(
+                    "PAYSTREAM_API__CORS_ORIGINS may not contain '*' outside dev mode: "
+                    "list the frontend origins"
+                )
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(f"PAYSTREAM_API__CORS_ORIGINS: {origin!r} is not an origin "
+                                 "like https://app.example.com")
+        return self
+
 
 def environment_for(settings: Settings, base: dict[str, str]) -> dict[str, str]:
     """``base`` (a process environment) with the PAYSTREAM_* variables that reproduce

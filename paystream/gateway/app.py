@@ -8,20 +8,28 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http import GraphQLRequestData
+from strawberry.types import ExecutionResult
 
 from ..config import Settings
 from ..domain.errors import PaystreamError
+from ..metrics import CONTENT_TYPE_LATEST, render, watch_cache
 from ..resolvers.context import Context
 from ..resolvers.loaders import Loaders
 from ..schema import build_schema
 from ..services.app import Services
 from .health import readiness
+from .middleware import BodyLimitMiddleware, RequestIdMiddleware, request_id_of
+from .operations import OperationGate
+from .production import check_production
 
 log = logging.getLogger("paystream.gateway")
 
@@ -35,8 +43,12 @@ class PaystreamGraphQL(GraphQL[Context, None]):
             build_schema(settings),
             graphql_ide="graphiql" if settings.dev else None,
             allow_queries_via_get=True,
+            # Browsers' websocket handshakes: an absent Origin (not a browser) and the same
+            # origin pass; any other origin must be listed.
+            allowed_origins=settings.api.cors_origins,
         )
         self.services = services
+        self.gate = OperationGate(services)
 
     async def get_context(self, request: Any, response: Any) -> Context:
         context = Context(
@@ -45,6 +57,9 @@ class PaystreamGraphQL(GraphQL[Context, None]):
             request=request,
             response=response,
         )
+        request_id = request_id_of(request.scope) if hasattr(request, "scope") else None
+        if request_id is not None:
+            context.request_id = request_id
         if isinstance(request, Request):
             authorization = request.headers.get("authorization")
             if authorization is not None:
@@ -54,6 +69,22 @@ class PaystreamGraphQL(GraphQL[Context, None]):
                 except PaystreamError:
                     context.caller = None
         return context
+
+    def should_render_graphql_ide(self, request: Any) -> bool:
+        # A persisted-query GET carries no `query` either: it is an operation, not a page load.
+        return "extensions" not in request.query_params and super().should_render_graphql_ide(request)
+
+    async def execute_single(  # type: ignore[override]
+        self, *, request: Any, request_adapter: Any, sub_response: Any, context: Context,
+        root_value: None, request_data: GraphQLRequestData,
+    ) -> ExecutionResult:
+        async def execute(data: GraphQLRequestData) -> ExecutionResult:
+            return await super(PaystreamGraphQL, self).execute_single(
+                request=request, request_adapter=request_adapter, sub_response=sub_response,
+                context=context, root_value=root_value, request_data=data,
+            )
+
+        return await self.gate.run(request_data, context, sub_response, execute)
 
     async def on_ws_connect(self, context: Context) -> None:
         params = context.connection_params or {}
@@ -70,9 +101,11 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     """The ASGI app. ``services`` may be given (tests); otherwise built from ``settings``."""
     services = services or Services.create(settings)
     graphql = PaystreamGraphQL(services)
+    watch_cache(lambda: (services.cache.hits, services.cache.misses))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await check_production(services)
         await services.start()
         try:
             yield
@@ -86,14 +119,26 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         report = await readiness(services)
         return JSONResponse(report, status_code=200 if report["ready"] else 503)
 
+    async def metrics(request: Request) -> Response:
+        return Response(render(), media_type=CONTENT_TYPE_LATEST)
+
     app = Starlette(
         routes=[
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/metrics", metrics),
         ],
         lifespan=lifespan,
+        middleware=[
+            Middleware(RequestIdMiddleware),
+            Middleware(CORSMiddleware, allow_origins=settings.api.cors_origins,
+                       allow_methods=["GET", "POST"],
+                       allow_headers=["authorization", "content-type", "x-request-id"],
+                       expose_headers=["x-request-id", "retry-after"], max_age=600),
+            Middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes),
+        ],
     )
     app.state.services = services
     return app

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 from graphql import (
@@ -53,8 +53,10 @@ def token_limit_error(error: GraphQLError) -> QueryTooComplex | None:
     return None
 
 
+@cache
 def cached_parser(maxsize: int) -> Callable[..., DocumentNode]:
-    """An LRU-cached ``parse``; one per schema, so its size is exactly the setting."""
+    """An LRU-cached ``parse``, one per size: the schema and the gateway (which reads the
+    operation type for rate limits) share it, so a document is parsed once."""
     return lru_cache(maxsize=maxsize)(parse)
 
 
