@@ -73,10 +73,10 @@ class LimitsSettings(BaseModel):
     validation_cache_size: int = 1024
     # Token buckets per API key (per client address without a valid key): `burst` requests
     # at once, refilled at `per_s` a second; queries and mutations have separate buckets.
-    query_rate_per_s: float = 50.0
-    query_burst: int = 100
-    mutation_rate_per_s: float = 10.0
-    mutation_burst: int = 20
+    query_rate_per_s: float = 100.0
+    query_burst: int = 200
+    mutation_rate_per_s: float = 50.0
+    mutation_burst: int = 100
 
 
 class ApiSettings(BaseModel):
