@@ -15,9 +15,20 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 __all__ = [
-    "CONTENT_TYPE_LATEST", "CONSUMER_LAG", "DATALOADER_BATCH_SIZE", "ERRORS", "OPEN_SUBSCRIPTIONS",
-    "REGISTRY", "REQUESTS", "REQUEST_SECONDS", "RATE_LIMITED", "PERSISTED_QUERIES",
-    "watch_cache", "render", "subscription_opened", "subscription_closed",
+    "CONSUMER_LAG",
+    "CONTENT_TYPE_LATEST",
+    "DATALOADER_BATCH_SIZE",
+    "ERRORS",
+    "OPEN_SUBSCRIPTIONS",
+    "PERSISTED_QUERIES",
+    "RATE_LIMITED",
+    "REGISTRY",
+    "REQUESTS",
+    "REQUEST_SECONDS",
+    "render",
+    "subscription_closed",
+    "subscription_opened",
+    "watch_cache",
 ]
 
 REGISTRY = CollectorRegistry(auto_describe=True)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import strawberry
-from strawberry.extensions import AddValidationRules, ValidationCache
-from strawberry.schema.config import StrawberryConfig
 from graphql import GraphQLError
 from graphql.validation import ASTValidationRule, NoSchemaIntrospectionCustomRule
+from strawberry.extensions import AddValidationRules, ValidationCache
+from strawberry.schema.config import BatchingConfig, StrawberryConfig
 
 from ..config import Settings
 from ..resolvers.mutation import Mutation
@@ -40,13 +40,13 @@ def build_schema(settings: Settings) -> PaystreamSchema:
         lambda: AddValidationRules(rules),
         lambda: ValidationCache(maxsize=limits.validation_cache_size),
     ]
-    batching = {"max_operations": limits.max_batch_operations}
+    batching: BatchingConfig = {"max_operations": limits.max_batch_operations}
     return PaystreamSchema(
         query=Query,
         mutation=Mutation,
         extensions=extensions,  # type: ignore[arg-type]
         config=StrawberryConfig(
             auto_camel_case=True, scalar_map=SCALAR_MAP,
-            batching_config=batching if limits.max_batch_operations > 1 else None,  # type: ignore[typeddict-item]
+            batching_config=batching if limits.max_batch_operations > 1 else None,
         ),
     )

@@ -14,7 +14,6 @@ import httpx
 import pytest
 
 from paystream.config import Settings
-from paystream.gateway.app import create_app
 from paystream.logging import JsonFormatter
 from paystream.services.app import Services
 
@@ -220,7 +219,7 @@ async def test_metrics_expose_the_series_and_count_a_real_request(settings, make
 
 
 async def test_request_id_on_responses_errors_and_logs(settings) -> None:
-    async with app_client(settings) as (http, services):
+    async with app_client(settings) as (http, _):
         given = await http.post("/graphql", json={"query": "{ account(id: \"x\") { id } }"},
                                 headers={"X-Request-ID": "edge-42.a"})
         assert given.headers["x-request-id"] == "edge-42.a"
@@ -363,7 +362,7 @@ async def test_cors_and_websocket_origins(settings) -> None:
         foreign = await http.get("/healthz", headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in foreign.headers
 
-        app = http._transport.app  # type: ignore[attr-defined]  # noqa: SLF001
+        app = http._transport.app  # type: ignore[attr-defined]
         for origin in (allowed, None):  # a listed origin; no Origin (not a browser)
             answer = await websocket_handshake(app, origin)
             assert answer["type"] == "websocket.accept", answer

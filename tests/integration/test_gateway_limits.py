@@ -77,7 +77,7 @@ async def test_token_limit(client, make_partner, settings) -> None:
     padding = limit - tokens(base)
     # Repeated fields, spread over several names: graphql-core's overlap check recurses per
     # repeated name and aborts validation past a few hundred of one name.
-    names = "id status amount currency reference failureReason createdAt updatedAt".split()
+    names = ["id", "status", "amount", "currency", "reference", "failureReason", "createdAt", "updatedAt"]
 
     def fields(count: int) -> str:
         return "{ " + " ".join(names[i % len(names)] for i in range(count)) + " }"

@@ -30,7 +30,8 @@ async def test_api_command_serves_with_workers_and_stops_gracefully(
     port = free_port()
     env = {**server_env, "PAYSTREAM_DEV": "false"}
     with tempfile.TemporaryDirectory() as cwd, tempfile.TemporaryFile() as output:
-        process = subprocess.Popen(
+        # Popen returns at once (output goes to a file), so it does not block the loop.
+        process = subprocess.Popen(  # noqa: ASYNC220
             [sys.executable, "-m", "paystream.cli", "api", "--workers", "2", "--port", str(port)],
             env=env, cwd=cwd, stdout=output, stderr=subprocess.STDOUT,
         )
