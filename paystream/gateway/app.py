@@ -16,8 +16,6 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
-from strawberry.http import GraphQLRequestData
-from strawberry.types import ExecutionResult
 
 from ..config import Settings
 from ..domain.errors import PaystreamError
@@ -28,13 +26,13 @@ from ..schema import build_schema
 from ..services.app import Services
 from .health import readiness
 from .middleware import BodyLimitMiddleware, RequestIdMiddleware, request_id_of
-from .operations import OperationGate
+from .operations import GatedOperations
 from .production import check_production
 
 log = logging.getLogger("paystream.gateway")
 
 
-class PaystreamGraphQL(GraphQL[Context, None]):
+class PaystreamGraphQL(GatedOperations, GraphQL[Context, None]):
     """Strawberry's ASGI view with paystream's context and websocket authentication."""
 
     def __init__(self, services: Services) -> None:
@@ -43,23 +41,18 @@ class PaystreamGraphQL(GraphQL[Context, None]):
             build_schema(settings),
             graphql_ide="graphiql" if settings.dev else None,
             allow_queries_via_get=True,
-            # Browsers' websocket handshakes: an absent Origin (not a browser) and the same
-            # origin pass; any other origin must be listed.
-            allowed_origins=settings.api.cors_origins,
         )
+        self.set_up_gate(services)
         self.services = services
-        self.gate = OperationGate(services)
 
     async def get_context(self, request: Any, response: Any) -> Context:
         context = Context(
             services=self.services,
             loaders=Loaders(self.services.reader),
+            request_id=request_id_of(request.scope),
             request=request,
             response=response,
         )
-        request_id = request_id_of(request.scope) if hasattr(request, "scope") else None
-        if request_id is not None:
-            context.request_id = request_id
         if isinstance(request, Request):
             authorization = request.headers.get("authorization")
             if authorization is not None:
@@ -69,22 +62,6 @@ class PaystreamGraphQL(GraphQL[Context, None]):
                 except PaystreamError:
                     context.caller = None
         return context
-
-    def should_render_graphql_ide(self, request: Any) -> bool:
-        # A persisted-query GET carries no `query` either: it is an operation, not a page load.
-        return "extensions" not in request.query_params and super().should_render_graphql_ide(request)
-
-    async def execute_single(  # type: ignore[override]
-        self, *, request: Any, request_adapter: Any, sub_response: Any, context: Context,
-        root_value: None, request_data: GraphQLRequestData,
-    ) -> ExecutionResult:
-        async def execute(data: GraphQLRequestData) -> ExecutionResult:
-            return await super(PaystreamGraphQL, self).execute_single(
-                request=request, request_adapter=request_adapter, sub_response=sub_response,
-                context=context, root_value=root_value, request_data=data,
-            )
-
-        return await self.gate.run(request_data, context, sub_response, execute)
 
     async def on_ws_connect(self, context: Context) -> None:
         params = context.connection_params or {}

@@ -15,11 +15,14 @@ REQUEST_ID_HEADER = "x-request-id"
 _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
-def request_id_of(scope: Scope) -> str | None:
-    """The id the middleware gave this request (None outside it)."""
-    state = scope.get("state") or {}
-    value = state.get("request_id")
-    return value if isinstance(value, str) else None
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def request_id_of(scope: Scope) -> str:
+    """The id the middleware gave this request (a fresh one outside it)."""
+    value = (scope.get("state") or {}).get("request_id")
+    return value if isinstance(value, str) else new_request_id()
 
 
 class RequestIdMiddleware:
@@ -38,7 +41,7 @@ class RequestIdMiddleware:
             if name == REQUEST_ID_HEADER.encode():
                 incoming = value.decode("latin-1")
                 break
-        request_id = incoming if incoming and _SANE_ID.fullmatch(incoming) else uuid.uuid4().hex
+        request_id = incoming if incoming and _SANE_ID.fullmatch(incoming) else new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
 

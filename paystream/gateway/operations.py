@@ -1,5 +1,6 @@
 """What the gateway does around each HTTP GraphQL operation (each one of a batch): resolve a
-persisted query, take a rate-limit token, then execute and record metrics."""
+persisted query, take a rate-limit token, then execute and record metrics. Also the view's
+websocket Origin list."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from graphql import DocumentNode, GraphQLError
 from graphql.utilities import get_operation_ast
 from strawberry.http import GraphQLRequestData
+from strawberry.http.websocket_origin import normalize_allowed_origins
 from strawberry.types import ExecutionResult
 
 from ..domain.errors import RateLimited
@@ -104,3 +106,35 @@ def client_key(context: Context) -> str:
         return f"key:{context.caller.key_id}"
     client = getattr(context.request, "client", None)
     return f"addr:{client.host if client else 'unknown'}"
+
+
+class GatedOperations:
+    """Mixin for the GraphQL view (before Strawberry's class in the bases): every HTTP
+    operation passes the :class:`OperationGate`."""
+
+    gate: OperationGate
+    allowed_origins: Any
+
+    def set_up_gate(self, services: Services) -> None:
+        self.gate = OperationGate(services)
+        # Browsers' websocket handshakes: an absent Origin (not a browser) and the same origin
+        # pass; any other origin must be listed (the CORS list).
+        self.allowed_origins = normalize_allowed_origins(services.settings.api.cors_origins)
+
+    def should_render_graphql_ide(self, request: Any) -> bool:
+        # A persisted-query GET carries no `query` either: it is an operation, not a page load.
+        return ("extensions" not in request.query_params
+                and super().should_render_graphql_ide(request))  # type: ignore[misc]
+
+    async def execute_single(  # noqa: PLR0917  (Strawberry's signature)
+        self, request: Any, request_adapter: Any, sub_response: Any, context: Any,
+        root_value: Any, request_data: GraphQLRequestData,
+    ) -> ExecutionResult:
+        async def execute(data: GraphQLRequestData) -> ExecutionResult:
+            result: ExecutionResult = await super(GatedOperations, self).execute_single(  # type: ignore[misc]
+                request=request, request_adapter=request_adapter, sub_response=sub_response,
+                context=context, root_value=root_value, request_data=data,
+            )
+            return result
+
+        return await self.gate.run(request_data, context, sub_response, execute)
