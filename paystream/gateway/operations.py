@@ -126,7 +126,7 @@ class GatedOperations:
         return ("extensions" not in request.query_params
                 and super().should_render_graphql_ide(request))  # type: ignore[misc]
 
-    async def execute_single(  # noqa: PLR0917  (Strawberry's signature)
+    async def execute_single(  # Strawberry's signature
         self, request: Any, request_adapter: Any, sub_response: Any, context: Any,
         root_value: Any, request_data: GraphQLRequestData,
     ) -> ExecutionResult:
