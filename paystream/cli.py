@@ -101,7 +101,7 @@ def api(host: str | None, port: int | None, workers: int | None) -> None:
         loop="uvloop",
         http="httptools",
         log_config=None,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=settings.api.graceful_shutdown_s,
     )
 
 

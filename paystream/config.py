@@ -56,15 +56,27 @@ class KafkaSettings(BaseModel):
 
 
 class LimitsSettings(BaseModel):
-    """Request limits enforced by the gateway."""
+    """Request limits enforced by the gateway (docs/decisions.md explains each default)."""
 
+    # `first` above this is capped, not refused.
     max_page_size: int = 100
+    # Field levels: `{ payment { id } }` is 2.
     max_query_depth: int = 10
     max_aliases: int = 30
     max_tokens: int = 2000
+    # Estimated fields resolved: each field counts once per object it may be resolved on.
+    max_query_cost: int = 10_000
     max_body_bytes: int = 256 * 1024
+    # Operations in one JSON-array (batched) request; 1 refuses batching.
+    max_batch_operations: int = 10
     parser_cache_size: int = 1024
     validation_cache_size: int = 1024
+    # Token buckets per API key (per client address without a valid key): `burst` requests
+    # at once, refilled at `per_s` a second; queries and mutations have separate buckets.
+    query_rate_per_s: float = 100.0
+    query_burst: int = 200
+    mutation_rate_per_s: float = 50.0
+    mutation_burst: int = 100
 
 
 class ApiSettings(BaseModel):
@@ -73,6 +85,12 @@ class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
+    # Seconds uvicorn lets running requests finish after SIGTERM.
+    graceful_shutdown_s: int = 10
+    # Browser origins (scheme://host[:port]) allowed by CORS and the websocket Origin check.
+    cors_origins: list[str] = Field(default_factory=list)
+    # Automatic persisted queries: how long a registered query is kept in Redis.
+    persisted_query_ttl_s: int = 7 * 24 * 3600
 
 
 class SubscriptionSettings(BaseModel):
@@ -134,6 +152,19 @@ class Settings(BaseSettings):
                 "missing settings: " + ", ".join(missing)
                 + " (run `paystream dev` for a local stack, or set them)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_dev_only_outside_dev(self) -> Settings:
+        for origin in self.api.cors_origins:
+            if origin == "*" and not self.dev:
+                raise ValueError(
+                    "PAYSTREAM_API__CORS_ORIGINS may not contain '*' outside dev mode: "
+                    "list the frontend origins"
+                )
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(f"PAYSTREAM_API__CORS_ORIGINS: {origin!r} is not an origin "
+                                 "like https://app.example.com")
         return self
 
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
 
 from .config import Settings
+
+# The request being served (set by the gateway's middleware): every log line carries it.
+request_id_var: ContextVar[str | None] = ContextVar("paystream_request_id", default=None)
 
 
 class JsonFormatter(logging.Formatter):
@@ -18,7 +22,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        request_id = getattr(record, "request_id", None)
+        request_id = getattr(record, "request_id", None) or request_id_var.get()
         if request_id:
             entry["request_id"] = request_id
         if record.exc_info:

@@ -7,7 +7,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from .engine import ReadSession, WriteSession
@@ -95,3 +95,11 @@ async def ensure_partner(session: WriteSession, name: str) -> uuid.UUID:
     found = await partner_id_by_name(session, name)
     assert found is not None
     return found
+
+
+async def live_key_count(session: ReadSession | WriteSession, partner_name: str) -> int:
+    """How many unrevoked keys the partner named ``partner_name`` has (0 if it does not exist)."""
+    return int((await session.execute(
+        select(func.count()).select_from(ApiKey).join(Partner, Partner.id == ApiKey.partner_id)
+        .where(Partner.name == partner_name, ApiKey.revoked_at.is_(None))
+    )).scalar_one())

@@ -12,6 +12,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -22,17 +23,21 @@ from strawberry.types.unset import UNSET
 
 from ..config import Settings
 from ..domain.errors import PaystreamError
+from ..metrics import CONTENT_TYPE_LATEST, render, watch_cache
 from ..resolvers.context import Context
 from ..resolvers.loaders import Loaders
 from ..schema import build_schema
 from ..services.app import Services
 from .health import readiness
+from .middleware import BodyLimitMiddleware, RequestIdMiddleware, request_id_of
+from .operations import GatedOperations
+from .production import check_production
 from .websocket import DROP, BoundedWebSocketAdapter, TransportMiddleware, drop
 
 log = logging.getLogger("paystream.gateway")
 
 
-class PaystreamGraphQL(GraphQL[Context, None]):
+class PaystreamGraphQL(GatedOperations, GraphQL[Context, None]):
     """Strawberry's ASGI view with paystream's context and websocket authentication."""
 
     websocket_adapter_class = BoundedWebSocketAdapter  # type: ignore[assignment]
@@ -49,6 +54,7 @@ class PaystreamGraphQL(GraphQL[Context, None]):
             connection_init_wait_timeout=timedelta(seconds=subscriptions.connection_init_timeout_s),
             max_subscriptions_per_connection=subscriptions.max_per_connection,
         )
+        self.set_up_gate(services)
         self.services = services
         self.websocket_adapter_class = type(
             "WebSocketAdapter", (BoundedWebSocketAdapter,),
@@ -79,6 +85,7 @@ class PaystreamGraphQL(GraphQL[Context, None]):
         context = Context(
             services=self.services,
             loaders=Loaders(self.services.reader),
+            request_id=request_id_of(request.scope),
             request=request,
             response=response,
         )
@@ -109,9 +116,11 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     """The ASGI app. ``services`` may be given (tests); otherwise built from ``settings``."""
     services = services or Services.create(settings)
     graphql = PaystreamGraphQL(services)
+    watch_cache(lambda: (services.cache.hits, services.cache.misses))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await check_production(services)
         await services.start()
         try:
             yield
@@ -125,15 +134,28 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         report = await readiness(services)
         return JSONResponse(report, status_code=200 if report["ready"] else 503)
 
+    async def metrics(request: Request) -> Response:
+        return Response(render(), media_type=CONTENT_TYPE_LATEST)
+
     app = Starlette(
         routes=[
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/metrics", metrics),
         ],
         lifespan=lifespan,
-        middleware=[Middleware(TransportMiddleware)],
+        middleware=[
+            # Outermost: it needs the server's own send callable (see gateway.websocket).
+            Middleware(TransportMiddleware),
+            Middleware(RequestIdMiddleware),
+            Middleware(CORSMiddleware, allow_origins=settings.api.cors_origins,
+                       allow_methods=["GET", "POST"],
+                       allow_headers=["authorization", "content-type", "x-request-id"],
+                       expose_headers=["x-request-id", "retry-after"], max_age=600),
+            Middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes),
+        ],
     )
     app.state.services = services
     return app

@@ -9,6 +9,7 @@ from strawberry.dataloader import DataLoader
 
 from ..db.accounts import AccountRow
 from ..db.payments import PaymentRow
+from ..metrics import DATALOADER_BATCH_SIZE
 from ..services.reads import Reader
 
 
@@ -21,9 +22,11 @@ class Loaders:
         self.payment = DataLoader[uuid.UUID, PaymentRow | None](load_fn=self._load_payments)
 
     async def _load_accounts(self, ids: Sequence[uuid.UUID]) -> list[AccountRow | None]:
+        DATALOADER_BATCH_SIZE.labels("account").observe(len(ids))
         found = await self._reader.accounts(ids)
         return [found.get(i) for i in ids]
 
     async def _load_payments(self, ids: Sequence[uuid.UUID]) -> list[PaymentRow | None]:
+        DATALOADER_BATCH_SIZE.labels("payment").observe(len(ids))
         found = await self._reader.payments(ids)
         return [found.get(i) for i in ids]

@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import strawberry
-from strawberry.extensions import (
-    AddValidationRules,
-    MaxAliasesLimiter,
-    MaxTokensLimiter,
-    ParserCache,
-    QueryDepthLimiter,
-    ValidationCache,
-)
-from strawberry.schema.config import StrawberryConfig
 from graphql import GraphQLError
-from graphql.validation import NoSchemaIntrospectionCustomRule
+from graphql.validation import ASTValidationRule, NoSchemaIntrospectionCustomRule
+from strawberry.extensions import AddValidationRules, ValidationCache
+from strawberry.schema.config import BatchingConfig, StrawberryConfig
 
 from ..config import Settings
 from ..resolvers.mutation import Mutation
 from ..resolvers.query import Query
 from ..resolvers.subscription import Subscription
 from .errors import ErrorCodes
+from .limits import CachedParse, cached_parser, query_limits_rule
 from .scalars import SCALAR_MAP
 
 
@@ -34,23 +28,27 @@ class PaystreamSchema(strawberry.Schema):
 def build_schema(settings: Settings) -> PaystreamSchema:
     """The schema with limits from settings; introspection only in dev mode."""
     limits = settings.limits
-    # Factories, not instances: each request gets fresh extension state. The parse and
-    # validation caches live at module level in Strawberry, shared across requests; their
-    # sizes are explicit because Strawberry's defaults changed between releases.
+    # Factories, not instances: each request gets fresh extension state. The caches are
+    # shared across requests, with explicit sizes (Strawberry's defaults changed between
+    # releases). The rule classes are made once here: the validation cache is keyed by them.
+    parse = cached_parser(limits.parser_cache_size)
+    rules: list[type[ASTValidationRule]] = [query_limits_rule(limits)]
+    if not settings.dev:
+        rules.append(NoSchemaIntrospectionCustomRule)
     extensions: list[object] = [
         ErrorCodes,
-        lambda: MaxTokensLimiter(max_token_count=limits.max_tokens),
-        lambda: ParserCache(maxsize=limits.parser_cache_size),
+        lambda: CachedParse(parse, limits.max_tokens),
+        lambda: AddValidationRules(rules),
         lambda: ValidationCache(maxsize=limits.validation_cache_size),
-        lambda: QueryDepthLimiter(max_depth=limits.max_query_depth),
-        lambda: MaxAliasesLimiter(max_alias_count=limits.max_aliases),
     ]
-    if not settings.dev:
-        extensions.append(lambda: AddValidationRules([NoSchemaIntrospectionCustomRule]))
+    batching: BatchingConfig = {"max_operations": limits.max_batch_operations}
     return PaystreamSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
         extensions=extensions,  # type: ignore[arg-type]
-        config=StrawberryConfig(auto_camel_case=True, scalar_map=SCALAR_MAP),
+        config=StrawberryConfig(
+            auto_camel_case=True, scalar_map=SCALAR_MAP,
+            batching_config=batching if limits.max_batch_operations > 1 else None,
+        ),
     )

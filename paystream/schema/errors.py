@@ -10,6 +10,7 @@ from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
 
 from ..domain.errors import ErrorCode, PaystreamError
+from .limits import token_limit_error
 
 log = logging.getLogger("paystream.errors")
 
@@ -21,6 +22,9 @@ def shape_error(error: GraphQLError, request_id: str | None) -> GraphQLError:
     if isinstance(original, PaystreamError):
         extensions = original.graphql_extensions()
         message = original.message
+    elif original is None and (too_complex := token_limit_error(error)) is not None:
+        extensions = too_complex.graphql_extensions()
+        message = too_complex.message
     elif original is None:
         # Syntax and validation errors: the client's query is at fault, say what is wrong.
         extensions = {"code": ErrorCode.BAD_USER_INPUT.value}

@@ -27,6 +27,7 @@ from ..config import Settings
 from ..domain.errors import Unavailable
 from ..events.kafka import make_consumer
 from ..events.messages import PaymentStatusEvent, UndecodableMessage
+from ..metrics import CONSUMER_LAG, subscription_closed, subscription_opened
 
 log = logging.getLogger("paystream.status")
 
@@ -134,6 +135,7 @@ class StatusHub:
         for account_id in watch.accounts:
             self._by_account.setdefault(account_id, set()).add(watch)
         self.open_watches += 1
+        subscription_opened()
         return watch
 
     def _forget(self, watch: Watch) -> None:
@@ -145,6 +147,7 @@ class StatusHub:
                     if not watchers:
                         del index[key]
         self.open_watches -= 1
+        subscription_closed()
 
     async def _run(self) -> None:
         while True:
@@ -187,7 +190,9 @@ class StatusHub:
         for tp in consumer.assignment():
             highwater = consumer.highwater(tp)
             if highwater is not None:
-                lag += max(0, highwater - await consumer.position(tp))
+                behind = max(0, highwater - await consumer.position(tp))
+                CONSUMER_LAG.labels("api-status-stream", tp.topic, str(tp.partition)).set(behind)
+                lag += behind
         self.lag = lag
 
     async def apply(self, events: list[PaymentStatusEvent]) -> None:

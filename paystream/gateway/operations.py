@@ -1,0 +1,140 @@
+"""What the gateway does around each HTTP GraphQL operation (each one of a batch): resolve a
+persisted query, take a rate-limit token, then execute and record metrics. Also the view's
+websocket Origin list."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from graphql import DocumentNode, GraphQLError
+from graphql.utilities import get_operation_ast
+from strawberry.http import GraphQLRequestData
+from strawberry.http.websocket_origin import normalize_allowed_origins
+from strawberry.types import ExecutionResult
+
+from ..domain.errors import RateLimited
+from ..metrics import ERRORS, RATE_LIMITED, REQUEST_SECONDS, REQUESTS
+from ..resolvers.context import Context
+from ..schema.limits import cached_parser
+from ..services.app import Services
+from .apq import PersistedQueries, PersistedQueryError
+from .ratelimit import RateLimiter, retry_after_header
+from .redis_guard import RedisGuard
+
+Execute = Callable[[GraphQLRequestData], Awaitable[ExecutionResult]]
+
+# Operation names come from clients: past this many distinct names, the rest are counted under
+# "other", so a client cannot grow the metrics without bound.
+MAX_OPERATION_NAMES = 500
+
+
+class OperationGate:
+    def __init__(self, services: Services) -> None:
+        settings = services.settings
+        guard = RedisGuard(settings.redis.retry_after_failure_s)
+        redis = services.cache.redis
+        self.persisted = PersistedQueries(redis, settings.api.persisted_query_ttl_s, guard)
+        self.limiter = RateLimiter(redis, settings.limits, guard)
+        # The schema's own parse cache (same size, same arguments): parsed once per document.
+        self._parse: Callable[..., DocumentNode] = cached_parser(settings.limits.parser_cache_size)
+        self._max_tokens = settings.limits.max_tokens
+        self._names: set[str] = set()
+
+    async def run(self, data: GraphQLRequestData, context: Context, sub_response: Any,
+                  execute: Execute) -> ExecutionResult:
+        name, kind = "unknown", "query"
+        started = time.perf_counter()
+        result: ExecutionResult | None = None
+        try:
+            try:
+                query = await self.persisted.resolve(data.query, data.extensions)
+            except PersistedQueryError as exc:
+                result = ExecutionResult(data=None, errors=[exc.error])
+                return result
+            name, kind = self._describe(query, data.operation_name)
+            wait = await self.limiter.retry_after(kind, client_key(context))
+            if wait is not None:
+                result = self._refuse(kind, wait, context, sub_response)
+                return result
+            result = await execute(dataclasses.replace(data, query=query))
+            return result
+        finally:
+            REQUESTS.labels(name, kind).inc()
+            REQUEST_SECONDS.labels(name, kind).observe(time.perf_counter() - started)
+            for error in (result.errors or []) if result is not None else []:
+                ERRORS.labels(str((error.extensions or {}).get("code", "UNKNOWN"))).inc()
+
+    def _describe(self, query: str | None, operation_name: str | None) -> tuple[str, str]:
+        """(operation name for metrics, type); a document that does not parse counts as a
+        query, so malformed requests use the query bucket too."""
+        if query is None:
+            return "unknown", "query"
+        try:
+            document = self._parse(query, max_tokens=self._max_tokens)
+        except GraphQLError:
+            return "invalid", "query"
+        operation = get_operation_ast(document, operation_name)
+        if operation is None:
+            return "unknown", "query"
+        name = operation.name.value if operation.name else "anonymous"
+        if name not in self._names:
+            if len(self._names) >= MAX_OPERATION_NAMES:
+                name = "other"
+            else:
+                self._names.add(name)
+        return name, operation.operation.value
+
+    def _refuse(self, kind: str, wait: float, context: Context,
+                sub_response: Any) -> ExecutionResult:
+        RATE_LIMITED.labels(kind).inc()
+        seconds = round(wait, 3)
+        error = RateLimited(f"rate limit for {kind} operations reached; retry in {seconds} s",
+                            retry_after_seconds=seconds)
+        extensions = {**error.graphql_extensions(), "requestId": context.request_id}
+        sub_response.status_code = 429
+        sub_response.headers["Retry-After"] = retry_after_header(wait)
+        return ExecutionResult(data=None, errors=[GraphQLError(error.message,
+                                                               extensions=extensions)])
+
+
+def client_key(context: Context) -> str:
+    """Whose bucket: the API key; without a valid key, the client address."""
+    if context.caller is not None:
+        return f"key:{context.caller.key_id}"
+    client = getattr(context.request, "client", None)
+    return f"addr:{client.host if client else 'unknown'}"
+
+
+class GatedOperations:
+    """Mixin for the GraphQL view (before Strawberry's class in the bases): every HTTP
+    operation passes the :class:`OperationGate`."""
+
+    gate: OperationGate
+    allowed_origins: Any
+
+    def set_up_gate(self, services: Services) -> None:
+        self.gate = OperationGate(services)
+        # Browsers' websocket handshakes: an absent Origin (not a browser) and the same origin
+        # pass; any other origin must be listed (the CORS list).
+        self.allowed_origins = normalize_allowed_origins(services.settings.api.cors_origins)
+
+    def should_render_graphql_ide(self, request: Any) -> bool:
+        # A persisted-query GET carries no `query` either: it is an operation, not a page load.
+        return ("extensions" not in request.query_params
+                and super().should_render_graphql_ide(request))  # type: ignore[misc]
+
+    async def execute_single(  # Strawberry's signature
+        self, request: Any, request_adapter: Any, sub_response: Any, context: Any,
+        root_value: Any, request_data: GraphQLRequestData,
+    ) -> ExecutionResult:
+        async def execute(data: GraphQLRequestData) -> ExecutionResult:
+            result: ExecutionResult = await super(GatedOperations, self).execute_single(  # type: ignore[misc]
+                request=request, request_adapter=request_adapter, sub_response=sub_response,
+                context=context, root_value=root_value, request_data=data,
+            )
+            return result
+
+        return await self.gate.run(request_data, context, sub_response, execute)
