@@ -305,3 +305,33 @@ async def scrape(server: Server, name: str) -> float:
 
 def server_env_for(settings: Settings) -> dict[str, str]:
     return server_env(settings)
+
+
+async def check_query(server: Server, query: str, variables: dict[str, Any], key: str) -> dict[str, Any]:
+    """One request before a load phase: the load must measure answers, not errors."""
+    async with httpx.AsyncClient(base_url=server.url, timeout=10.0) as http:
+        response = await http.post("/graphql", json={"query": query, "variables": variables},
+                                   headers={"Authorization": f"Bearer {key}"})
+    body = response.json()
+    if response.status_code != 200 or body.get("errors"):
+        raise RuntimeError(f"{server.name} answered {response.status_code}: {body}")
+    return dict(body["data"])
+
+
+async def redis_commands(url: str) -> int:
+    """Commands the Redis server has executed so far (all clients)."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        stats = await client.info("commandstats")
+        return sum(int(v["calls"]) for k, v in stats.items() if k.startswith("cmdstat_")
+                   and k not in ("cmdstat_info",))
+    finally:
+        await client.aclose()
+
+
+def scripts_dir() -> Path:
+    path = LOGS / "lua"
+    path.mkdir(exist_ok=True)
+    return path

@@ -25,6 +25,7 @@ __all__ = [
     "REGISTRY",
     "REQUESTS",
     "REQUEST_SECONDS",
+    "SQL_STATEMENTS",
     "render",
     "subscription_closed",
     "subscription_opened",
@@ -61,6 +62,10 @@ DATALOADER_BATCH_SIZE = Histogram(
 CONSUMER_LAG = Gauge(
     "paystream_consumer_lag", "Messages behind the end of the partition, per consumer.",
     ["group", "topic", "partition"], registry=REGISTRY,
+)
+SQL_STATEMENTS = Counter(
+    "paystream_sql_statements", "SQL statements sent, by server role (primary or replica).",
+    ["role"], registry=REGISTRY,
 )
 OPEN_SUBSCRIPTIONS = Gauge(
     "paystream_open_subscriptions", "GraphQL subscriptions open in this process.",

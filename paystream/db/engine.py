@@ -11,11 +11,12 @@ from contextlib import asynccontextmanager
 from collections.abc import Awaitable, Callable
 from typing import NewType, TypeVar
 
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError, InterfaceError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from ..config import DatabaseSettings
+from ..metrics import SQL_STATEMENTS
 
 log = logging.getLogger(__name__)
 
@@ -57,20 +58,25 @@ _UNREACHABLE_NAMES = {
 }
 
 
-def make_engine(url: str, settings: DatabaseSettings, *, read_only: bool = False) -> AsyncEngine:
+def make_engine(url: str, settings: DatabaseSettings, *, read_only: bool = False,
+                role: str = "primary") -> AsyncEngine:
     server_settings = {
         "statement_timeout": str(settings.statement_timeout_ms),
         "application_name": "paystream",
     }
     if read_only:
         server_settings["default_transaction_read_only"] = "on"
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
         pool_pre_ping=False,
         connect_args={"server_settings": server_settings, "timeout": settings.connect_timeout_s},
     )
+    counter = SQL_STATEMENTS.labels(role)
+    event.listen(engine.sync_engine, "before_cursor_execute",
+                 lambda *args, **kwargs: counter.inc())
+    return engine
 
 
 class Database:
@@ -81,7 +87,8 @@ class Database:
         self.primary = make_engine(settings.primary_url, settings)
         # Reads that fall back to the primary still run read-only.
         self._primary_reader = make_engine(settings.primary_url, settings, read_only=True)
-        self.replicas = [make_engine(u, settings, read_only=True) for u in settings.replica_urls]
+        self.replicas = [make_engine(u, settings, read_only=True, role="replica")
+                         for u in settings.replica_urls]
         self._next_replica = itertools.cycle(range(len(self.replicas)))
         self._down_until: dict[int, float] = {}
         self.replica_retry_s = 2.0

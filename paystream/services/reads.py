@@ -84,13 +84,26 @@ class Reader:
     async def account_page(self, account_id: uuid.UUID, *, limit: int,
                            before: tuple[datetime, uuid.UUID] | None,
                            viewer: uuid.UUID | None) -> list[PaymentRow]:
-        """One SQL statement on a replica; the rows are fresh from the database, so they also
-        refresh the cache (versioned: never backwards)."""
+        """One SQL statement on a replica for the page, then one MGET: where the cache holds a
+        newer version of a payment than the replica (a status the caller may already have
+        seen), the newer one is shown. Rows the cache lacks or holds older are written back."""
         rows = await self._db.read(
             lambda s: account_page(s, account_id, limit=limit, before=before, viewer=viewer)
         )
-        if self.cache is not None and self._ttl is not None and rows:
+        if self.cache is None or self._ttl is None or not rows:
+            return rows
+        cached = await self.cache.get_many(PAYMENT, [r.id for r in rows], payment_from)
+        newest: list[PaymentRow] = []
+        stale: dict[uuid.UUID, PaymentRow] = {}
+        for row in rows:
+            known = cached.get(row.id)
+            if known is not None and known.version >= row.version:
+                newest.append(known)  # type: ignore[arg-type]
+            else:
+                newest.append(row)
+                stale[row.id] = row
+        if stale:
             await self.cache.put_many(
-                PAYMENT, {r.id: payment_entry(r) for r in rows}, self._ttl.payment_ttl_s
+                PAYMENT, {i: payment_entry(r) for i, r in stale.items()}, self._ttl.payment_ttl_s
             )
-        return rows
+        return newest

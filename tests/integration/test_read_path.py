@@ -125,3 +125,35 @@ async def test_replica_stopped_reads_fall_back_to_primary(client, make_partner, 
         assert body == {"data": {"account": {"balance": "9.99"}}}
     finally:
         devstack.start_replica()
+
+
+async def test_list_shows_the_cached_status_when_the_replica_is_behind(
+    client, make_partner, watcher, worker, devstack  # noqa: F811
+) -> None:
+    """A page read from a lagging replica still shows each payment at its newest known
+    state: the status the caller was already shown by payment(id) never goes backwards."""
+    import signal
+
+    if devstack is None:
+        pytest.skip("needs the embedded stack to pause the replica")
+    partner = await make_partner()
+    a, b = await partner.account(balance="20.00"), await partner.account(balance="1.00")
+    worker.send_signal(signal.SIGSTOP)
+    try:
+        body = await gql(client, CREATE, payment_input(a, b, "2.00"), key=partner.key)
+        payment_id = body["data"]["createPayment"]["id"]
+        await wait_for_replay(partner.services.db)  # the replica has it, PENDING
+    finally:
+        devstack.pause_replica_replay()
+        worker.send_signal(signal.SIGCONT)
+    try:
+        await watcher.terminal(payment_id)
+        shown = await gql(client, "query($id: ID!) { payment(id: $id) { status } }",
+                          {"id": payment_id}, key=partner.key)
+        listed = await gql(client, "query($a: ID!) { payments(accountId: $a) { edges { node { "
+                           "id status } } } }", {"a": a}, key=partner.key)
+    finally:
+        devstack.resume_replica_replay()
+    assert shown["data"]["payment"]["status"] == "SUCCEEDED"
+    assert listed["data"]["payments"]["edges"] == [
+        {"node": {"id": payment_id, "status": "SUCCEEDED"}}]
