@@ -61,7 +61,7 @@ def counting(services: Services) -> Iterator[Counters]:
             counters.sql += 1
 
     db = services.db
-    engines = [db.primary, db._primary_reader, *db.replicas]  # noqa: SLF001
+    engines = [db.primary, db._primary_reader, *db.replicas]
     redis = services.cache.redis
     original = redis.execute_command
 
@@ -197,11 +197,11 @@ async def main() -> None:
     print_table(
         f"nested query: {args.payments} payments with both accounts (per request)",
         [("SQL statements, cold", f"{cold['sql_statements']} (+{cold['auth_sql_statements']} auth)"),
-         ("SQL statements, warm", f"{warm['sql_statements_per_request']:g}"
-                                  f" (+{warm['auth_sql_statements_per_request']:g} auth)"),
+         ("SQL statements, warm", (f"{warm['sql_statements_per_request']:g}"
+                                  f" (+{warm['auth_sql_statements_per_request']:g} auth)")),
          ("Redis commands, cold", f"{cold['redis_commands']}  {' '.join(cold['redis_command_names'])}"),
-         ("Redis commands, warm", f"{warm['redis_commands_per_request']:g}"
-                                  f"  {' '.join(warm['redis_command_names'])}"),
+         ("Redis commands, warm", (f"{warm['redis_commands_per_request']:g}"
+                                  f"  {' '.join(warm['redis_command_names'])}")),
          (f"entity cache hit ratio, {args.requests} warm requests",
           f"{cache['hit_ratio']:.3f} ({cache['entity_hits']} hits, {cache['entity_misses']} misses)"),
          ("entity batches read from the database, warm", str(cache["entity_db_reads"])),

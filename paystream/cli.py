@@ -188,5 +188,31 @@ def account_create(partner: str, name: str, currency: str, balance: str) -> None
     click.echo(str(account_id))
 
 
+@main.group()
+def dlq() -> None:
+    """The dead-letter topic of payments.requested."""
+
+
+@dlq.command("redrive")
+@click.option("--dry-run", is_flag=True, help="Only list the dead letters; produce and commit nothing.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Handle at most N dead letters.")
+@click.option("--from-beginning", is_flag=True,
+              help="Look at the whole topic again, not only what arrived since the last run.")
+def dlq_redrive(dry_run: bool, limit: int | None, from_beginning: bool) -> None:
+    """Print each dead letter with its reason and re-produce to payments.requested those that
+    now decode and validate; the ones still refused stay in the topic and are reported.
+    Progress is kept by the consumer group ``<worker group>.dlq-redrive``."""
+    from .worker.redrive import redrive
+
+    settings = _settings_or_exit()
+    report = asyncio.run(redrive(
+        settings.kafka, dry_run=dry_run, limit=limit, from_beginning=from_beginning,
+        on_letter=lambda letter: click.echo(letter.describe()),
+    ))
+    verb = "would redrive" if dry_run else "redriven"
+    click.echo(f"examined {report.examined}, {verb} {report.examined - report.kept},"
+               f" still refused {report.kept}")
+
+
 if __name__ == "__main__":
     main()
