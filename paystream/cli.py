@@ -106,14 +106,16 @@ def api(host: str | None, port: int | None, workers: int | None) -> None:
 
 
 @main.command()
-def worker() -> None:
+@click.option("--heartbeat-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Touch this file about once a second while polling (for health checks).")
+def worker(heartbeat_file: Path | None) -> None:
     """Consume payments.requested, post each payment to the ledger, publish its status."""
     from .logging import configure_logging
     from .worker.main import run_worker
 
     settings = _settings_or_exit()
     configure_logging(settings)
-    asyncio.run(run_worker(settings, handle_signals=True))
+    asyncio.run(run_worker(settings, handle_signals=True, heartbeat=heartbeat_file))
 
 
 @main.command()
