@@ -106,14 +106,16 @@ def api(host: str | None, port: int | None, workers: int | None) -> None:
 
 
 @main.command()
-def worker() -> None:
+@click.option("--heartbeat-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Touch this file about once a second while polling (for health checks).")
+def worker(heartbeat_file: Path | None) -> None:
     """Consume payments.requested, post each payment to the ledger, publish its status."""
     from .logging import configure_logging
     from .worker.main import run_worker
 
     settings = _settings_or_exit()
     configure_logging(settings)
-    asyncio.run(run_worker(settings, handle_signals=True))
+    asyncio.run(run_worker(settings, handle_signals=True, heartbeat=heartbeat_file))
 
 
 @main.command()
@@ -186,6 +188,32 @@ def account_create(partner: str, name: str, currency: str, balance: str) -> None
     )
     click.echo(f"account {name} ({currency}) created for {partner}:")
     click.echo(str(account_id))
+
+
+@main.group()
+def dlq() -> None:
+    """The dead-letter topic of payments.requested."""
+
+
+@dlq.command("redrive")
+@click.option("--dry-run", is_flag=True, help="Only list the dead letters; produce and commit nothing.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Handle at most N dead letters.")
+@click.option("--from-beginning", is_flag=True,
+              help="Look at the whole topic again, not only what arrived since the last run.")
+def dlq_redrive(dry_run: bool, limit: int | None, from_beginning: bool) -> None:
+    """Print each dead letter with its reason and re-produce to payments.requested those that
+    now decode and validate; the ones still refused stay in the topic and are reported.
+    Progress is kept by the consumer group ``<worker group>.dlq-redrive``."""
+    from .worker.redrive import redrive
+
+    settings = _settings_or_exit()
+    report = asyncio.run(redrive(
+        settings.kafka, dry_run=dry_run, limit=limit, from_beginning=from_beginning,
+        on_letter=lambda letter: click.echo(letter.describe()),
+    ))
+    verb = "would redrive" if dry_run else "redriven"
+    click.echo(f"examined {report.examined}, {verb} {report.examined - report.kept},"
+               f" still refused {report.kept}")
 
 
 if __name__ == "__main__":

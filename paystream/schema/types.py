@@ -14,6 +14,7 @@ from ..db.accounts import AccountRow
 from ..db.payments import PaymentRow
 from ..domain.money import Money
 from ..resolvers.context import Info
+from ..services.auth import READ
 from .pagination import PageInfo, decode_cursor, encode_cursor, page_size
 from .scalars import Decimal
 
@@ -39,6 +40,8 @@ class Account:
         caller = info.context.caller
         if caller is None or not caller.owns(self.row.partner_id):
             return None
+        # Reachable through createPayment's answer too: a write-only key may not read it.
+        caller.require(READ)
         return money_decimal(self.row.balance_minor, self.row.currency)
 
     @strawberry.field(description="Newest first; only the payments the caller may see.")
@@ -52,6 +55,7 @@ async def payment_connection(info: Info, account: AccountRow, first: int | None,
     """A page of the account's payments; the caller sees all of an account it owns, and of a
     counterparty's account only the payments with its own accounts."""
     caller = info.context.require_caller()
+    caller.require(READ)  # also reached from createPayment's answer
     limit = page_size(first, info.context.services.settings.limits.max_page_size)
     before = decode_cursor(after)
     viewer = None if caller.owns(account.partner_id) else caller.partner_id

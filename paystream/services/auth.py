@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass
 
 from ..db import Database
+from ..db.engine import ServerUnreachable
 from ..db.partners import KeyOwner, owner_of_key
 from ..domain.errors import Forbidden, Unauthenticated
 
@@ -45,8 +46,10 @@ def bearer_token(header: str | None) -> str | None:
 
 
 class Authenticator:
-    """Resolves API keys. Reads the replica first and the primary on a miss, so a key created
-    a moment ago works before the replica has it."""
+    """Resolves API keys on the primary, so a key revoked a moment ago is refused at once
+    (a lagging replica would still have it live). The lookup is one index probe on the
+    unique key hash. Only when the primary cannot be reached does it read a replica: reads
+    keep working through a primary outage, and no revocation can be committed meanwhile."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -61,7 +64,7 @@ class Authenticator:
         return Caller(partner_id=owner.partner_id, key_id=owner.key_id, scopes=owner.scopes)
 
     async def _lookup(self, token: str) -> KeyOwner | None:
-        owner = await self._db.read(lambda s: owner_of_key(s, token))
-        if owner is None:
-            owner = await self._db.read(lambda s: owner_of_key(s, token), primary=True)
-        return owner
+        try:
+            return await self._db.read(lambda s: owner_of_key(s, token), primary=True)
+        except ServerUnreachable:
+            return await self._db.read(lambda s: owner_of_key(s, token))

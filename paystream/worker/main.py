@@ -13,7 +13,9 @@ import asyncio
 import json
 import logging
 import signal
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
@@ -45,8 +47,11 @@ def validate_request(request: PaymentRequested) -> None:
 class PaymentWorker:
     """One member of the worker consumer group."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, heartbeat: Path | None = None) -> None:
         self.settings = settings
+        # Touched while the poll loop turns: a container health check reads its age.
+        self.heartbeat = heartbeat
+        self._last_beat = 0.0
         self.db = Database(settings.db)
         kafka = settings.kafka
         self.consumer: AIOKafkaConsumer = make_consumer(
@@ -72,6 +77,7 @@ class PaymentWorker:
                 for tp, records in batches.items():
                     await self._handle(tp, records)
                 await self.cache.flush_unwritten()
+                self._beat()
         finally:
             sweeper.cancel()
             await asyncio.gather(sweeper, return_exceptions=True)
@@ -79,6 +85,12 @@ class PaymentWorker:
             await self.producer.stop()
             await self.cache.close()
             await self.db.dispose()
+
+    def _beat(self) -> None:
+        now = time.monotonic()
+        if self.heartbeat is not None and now - self._last_beat >= 1.0:
+            self.heartbeat.touch()
+            self._last_beat = now
 
     async def _handle(self, tp: TopicPartition, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         requests: list[PaymentRequested] = []
@@ -158,10 +170,12 @@ class PaymentWorker:
                 await asyncio.sleep(0.5)
 
 
-async def run_worker(settings: Settings, *, handle_signals: bool = False) -> None:
+async def run_worker(settings: Settings, *, handle_signals: bool = False,
+                     heartbeat: Path | None = None) -> None:
     """Run one worker until cancelled (or, with ``handle_signals``, until SIGTERM/SIGINT: the
-    batch in hand finishes its transaction or rolls back, and nothing is half-written)."""
-    worker = PaymentWorker(settings)
+    batch in hand finishes its transaction or rolls back, and nothing is half-written).
+    ``heartbeat``: a file touched about once a second while the worker polls."""
+    worker = PaymentWorker(settings, heartbeat=heartbeat)
     task = asyncio.create_task(worker.run())
     if handle_signals:
         loop = asyncio.get_running_loop()

@@ -98,8 +98,10 @@ async def test_nested_fifty_payments_batch_sql_and_redis(client, services, make_
         cold_sql, cold_redis = len(statements), list(commands)
         statements.clear()
         commands.clear()
+        hits, misses = services.cache.hits, services.cache.misses
         warm = await gql(client, PAGE, {"a": source, "first": 50}, key=partner.key)
         warm_sql, warm_redis = len(statements), list(commands)
+        warm_hits, warm_misses = services.cache.hits - hits, services.cache.misses - misses
     finally:
         redis.execute_command = original
         for engine in engines:
@@ -114,3 +116,6 @@ async def test_nested_fifty_payments_batch_sql_and_redis(client, services, make_
     # Warm: the accounts come from Redis; only the page itself is read.
     assert warm_sql == 1
     assert warm_redis.count("MGET") == 3
+    # After warm-up every entity lookup is a hit: the listed account, the 50 payments of the
+    # page and the five accounts of the 50 payments (the loader asks once per id per request).
+    assert (warm_hits, warm_misses) == (56, 0)

@@ -1,0 +1,132 @@
+"""Re-driving the dead-letter topic (``paystream dlq redrive``): a request the database once
+refused is posted after re-driving; a poison message is reported with its reason and stays.
+
+A worker of its own on topics of their own, so the session's dead letters do not mix in."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+
+import pytest
+from aiokafka import TopicPartition
+from sqlalchemy import text
+
+from paystream.events import make_consumer, make_producer
+from paystream.events.kafka import ensure_topics
+from paystream.services.app import Services
+from paystream.services.payments import CreatePayment
+from paystream.worker.redrive import DeadLetter, redrive
+
+from .conftest import StatusWatcher, start_worker, stop_process
+
+pytestmark = pytest.mark.integration
+
+
+async def _end_offset(settings, topic: str) -> int:  # type: ignore[no-untyped-def]
+    consumer = make_consumer(settings, group_id=None)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        return int((await consumer.end_offsets([tp]))[tp])
+    finally:
+        await consumer.stop()
+
+
+async def test_redrive_posts_what_now_passes_and_keeps_poison(
+    migrated, server_env, make_partner, tmp_path
+) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    kafka = migrated.kafka.model_copy(update={
+        "requested_topic": f"redrive.requested.{suffix}", "status_topic": f"redrive.status.{suffix}",
+        "dlq_topic": f"redrive.dlq.{suffix}", "worker_group": f"redrive-{suffix}",
+        "partitions": 1,
+    })
+    settings = migrated.model_copy(update={"kafka": kafka})
+    await ensure_topics(kafka)
+    env = {**server_env, "PAYSTREAM_KAFKA__REQUESTED_TOPIC": kafka.requested_topic,
+           "PAYSTREAM_KAFKA__STATUS_TOPIC": kafka.status_topic,
+           "PAYSTREAM_KAFKA__DLQ_TOPIC": kafka.dlq_topic,
+           "PAYSTREAM_KAFKA__WORKER_GROUP": kafka.worker_group,
+           # A locked account makes the worker's statement time out: the database refuses
+           # the request and the worker parks it.
+           "PAYSTREAM_DB__STATEMENT_TIMEOUT_MS": "1000"}
+
+    services = Services.create(settings)
+    watcher = StatusWatcher(settings)
+    dead_letters = make_consumer(kafka, group_id=None)
+    producer = make_producer(kafka)
+    worker = start_worker(env)
+    await watcher.start()
+    await dead_letters.start()
+    await producer.start()
+    try:
+        dead_letters.assign([TopicPartition(kafka.dlq_topic, 0)])
+        partner = await make_partner()
+        partner.services = services
+        source, destination = await partner.account(balance="10.00"), await partner.account(balance="0")
+        caller = await services.auth.caller_for(f"Bearer {partner.key}")
+
+        # 1. The worker cannot lock the source account: the request is dead-lettered.
+        async with services.db.primary.connect() as conn:
+            # NO KEY UPDATE: the API's insert (a foreign key share lock) passes, the worker's
+            # FOR UPDATE waits.
+            await conn.execute(text("SELECT 1 FROM accounts WHERE id = :a FOR NO KEY UPDATE"),
+                               {"a": uuid.UUID(source)})
+            row = await services.payments.create(caller, CreatePayment(
+                idempotency_key="redrive-1", source_account_id=source,
+                destination_account_id=destination, amount="4.00", currency="USD"))
+            refused = await asyncio.wait_for(dead_letters.getone(), 60)
+            await conn.rollback()
+        assert dict(refused.headers)["reason"].startswith(b"database refused")
+        # 2. A poison message: undecodable now and forever.
+        await producer.send_and_wait(kafka.requested_topic, b"\xff not json", key=b"poison")
+        poison = await asyncio.wait_for(dead_letters.getone(), 60)
+        assert dict(poison.headers)["reason"].startswith(b"not JSON")
+
+        # A dry run lists both with their reasons, and produces and commits nothing.
+        requested_end = await _end_offset(kafka, kafka.requested_topic)
+        listed: list[DeadLetter] = []
+        report = await redrive(kafka, dry_run=True, on_letter=listed.append)
+        assert (report.examined, report.redriven, report.kept) == (2, 0, 1)
+        assert [(d.offset, d.action) for d in listed] == [(refused.offset, "would redrive"),
+                                                          (poison.offset, "kept")]
+        assert listed[0].reason.startswith("database refused")
+        assert listed[0].request is not None and listed[0].request.payment_id == row.id
+        assert listed[1].reason.startswith("not JSON") and listed[1].request is None
+        assert await _end_offset(kafka, kafka.requested_topic) == requested_end
+
+        # The command line prints the same, reason included.
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "paystream.cli", "dlq", "redrive", "--dry-run",
+            env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(cli.communicate(), 60)
+        assert cli.returncode == 0, err.decode()
+        lines = out.decode().splitlines()
+        assert f"payment {row.id}" in lines[0] and "would redrive" in lines[0]
+        assert "kept" in lines[1] and "reason: not JSON" in lines[1]
+        assert lines[-1] == "examined 2, would redrive 1, still refused 1"
+
+        # The real run re-produces the refused request; the worker now posts it.
+        report = await redrive(kafka)
+        assert (report.examined, report.redriven, report.kept) == (2, 1, 1)
+        event = await watcher.terminal(str(row.id), timeout=60)
+        assert event["status"] == "SUCCEEDED"
+        async with services.db.primary.connect() as conn:
+            balances = dict((await conn.execute(text(
+                "SELECT id::text, balance_minor FROM accounts WHERE id = ANY(CAST(:ids AS uuid[]))"),
+                {"ids": [uuid.UUID(source), uuid.UUID(destination)]})).all())
+        assert balances == {source: 600, destination: 400}
+
+        # Progress is kept: a second run finds nothing new; the poison is still in the topic.
+        assert (await redrive(kafka)).examined == 0
+        again: list[DeadLetter] = []
+        await redrive(kafka, dry_run=True, from_beginning=True, on_letter=again.append)
+        assert [d.offset for d in again if d.problem] == [poison.offset]
+    finally:
+        stop_process(worker)
+        await producer.stop()
+        await dead_letters.stop()
+        await watcher.stop()
+        await services.close()
