@@ -22,7 +22,8 @@ from strawberry.exceptions import ConnectionRejectionError
 from strawberry.types.unset import UNSET
 
 from ..config import Settings
-from ..domain.errors import PaystreamError
+from ..db.engine import ServerUnreachable
+from ..domain.errors import PaystreamError, Unavailable
 from ..metrics import CONTENT_TYPE_LATEST, render, watch_cache
 from ..resolvers.context import Context
 from ..resolvers.loaders import Loaders
@@ -99,6 +100,10 @@ class PaystreamGraphQL(GatedOperations, GraphQL[Context, None]):
                     context.caller = await self.services.auth.caller_for(authorization)
                 except PaystreamError:
                     context.caller = None
+                except ServerUnreachable:
+                    # No database answered the key lookup: the operation that needs the
+                    # caller fails with UNAVAILABLE, not a bare 500.
+                    context.auth_failure = Unavailable("cannot check the API key now; retry")
         return context
 
     async def on_ws_connect(self, context: Context) -> None:
@@ -108,6 +113,9 @@ class PaystreamGraphQL(GatedOperations, GraphQL[Context, None]):
             context.caller = await self.services.auth.caller_for(
                 authorization if isinstance(authorization, str) else None
             )
+        except ServerUnreachable:
+            raise ConnectionRejectionError({"code": "UNAVAILABLE",
+                                            "message": "cannot check the API key now; retry"})
         except PaystreamError as exc:
             raise ConnectionRejectionError({"code": exc.code.value, "message": exc.message}) from exc
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from strawberry.types import Info as StrawberryInfo
 
-from ..domain.errors import Unauthenticated
+from ..domain.errors import PaystreamError, Unauthenticated
 
 if TYPE_CHECKING:
     from ..services.app import Services
@@ -29,10 +29,14 @@ class Context:
     response: Any = None
     # Set by Strawberry from the websocket connection_init payload.
     connection_params: dict[str, object] | None = None
+    # Set when the key could not be checked (no database answered).
+    auth_failure: PaystreamError | None = None
     # Websocket only: cuts the connection of a subscriber too slow to keep up.
     drop_connection: Callable[[], None] | None = None
 
     def require_caller(self) -> Caller:
+        if self.auth_failure is not None:
+            raise self.auth_failure
         if self.caller is None:
             raise Unauthenticated("send an API key as 'Authorization: Bearer <key>'")
         return self.caller

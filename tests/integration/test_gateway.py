@@ -369,3 +369,14 @@ async def test_cors_and_websocket_origins(settings) -> None:
             assert answer["subprotocol"] == "graphql-transport-ws"
         answer = await websocket_handshake(app, "https://evil.example")
         assert answer["type"] in ("websocket.close", "websocket.http.response.start"), answer
+
+
+async def test_key_lookup_with_no_database_answering_is_unavailable_not_500(settings) -> None:
+    from .conftest import free_port
+
+    dead = f"postgresql+asyncpg://nobody@127.0.0.1:{free_port()}/none"
+    async with app_client(settings, db={"primary_url": dead, "replica_urls": []}) as (http, _):
+        response = await http.post("/graphql", json={"query": "{ account(id: \"x\") { id } }"},
+                                   headers={"Authorization": "Bearer psk_anything"})
+    assert response.status_code == 200
+    assert [e["extensions"]["code"] for e in response.json()["errors"]] == ["UNAVAILABLE"]
