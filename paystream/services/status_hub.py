@@ -3,7 +3,8 @@ cache current and fans each event out in memory to the process's subscribers.
 
 The consumer has no group: every API process reads every event (each has its own
 subscribers). It starts at the end of the topic; a subscriber reads the current state from
-the primary after registering here, so nothing between the two is missed.
+the primary after registering here, so nothing between the two is missed. After a lost
+connection it resumes where it left off, not at the end.
 
 Each watch has a bounded queue. The hub never waits for a subscriber: when a queue is full the
 watch is closed and its ``on_overflow`` callback cuts the connection, so one stalled client
@@ -19,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from ..cache import ACCOUNT, PAYMENT, VersionedCache
@@ -100,7 +101,7 @@ class StatusHub:
         self._by_payment: dict[uuid.UUID, set[Watch]] = {}
         self._by_account: dict[uuid.UUID, set[Watch]] = {}
         self._task: asyncio.Task[None] | None = None
-        self._consumer: AIOKafkaConsumer | None = None
+        self._positions: dict[TopicPartition, int] = {}
         # Set once the consumer knows its starting offsets: from then on no event is skipped.
         self.positioned = asyncio.Event()
         self.events_seen = 0
@@ -151,12 +152,11 @@ class StatusHub:
 
     async def _run(self) -> None:
         while True:
-            consumer = make_consumer(self._settings.kafka, self._settings.kafka.status_topic,
-                                     group_id=None, auto_offset_reset="latest",
+            consumer = make_consumer(self._settings.kafka, group_id=None,
+                                     auto_offset_reset="latest",
                                      max_poll_records=self._settings.subscriptions.stream_batch_size)
             try:
                 await consumer.start()
-                self._consumer = consumer
                 await self._position(consumer)
                 while True:
                     batches = await consumer.getmany(timeout_ms=1000)
@@ -172,25 +172,37 @@ class StatusHub:
                 log.warning("status stream interrupted (%s); reconnecting", type(exc).__name__)
                 await asyncio.sleep(0.5)
             finally:
-                self._consumer = None
                 self.positioned.clear()
                 await consumer.stop()
 
     async def _position(self, consumer: AIOKafkaConsumer) -> None:
-        # Without a group the consumer takes every partition, but the starting offsets are
-        # only looked up on the first fetch; asking for them now pins "the end, as of now".
-        while not consumer.assignment():
-            await asyncio.sleep(0.05)  # the assignment follows the first metadata response
-        for tp in consumer.assignment():
-            await consumer.position(tp)
+        """Every partition, from where this hub left off (after a reconnect: nothing in
+        between is skipped), else from the end as of now; pinned before watches are served."""
+        topic = self._settings.kafka.status_topic
+        partitions = consumer.partitions_for_topic(topic)
+        while not partitions:
+            await consumer._client.force_metadata_update()  # noqa: SLF001
+            partitions = consumer.partitions_for_topic(topic)
+            if not partitions:
+                await asyncio.sleep(0.5)  # the topic is not created yet
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        for tp in tps:
+            if tp in self._positions:
+                consumer.seek(tp, self._positions[tp])
+            else:
+                await consumer.seek_to_end(tp)
+            self._positions[tp] = await consumer.position(tp)
         self.positioned.set()
 
     async def _measure_lag(self, consumer: AIOKafkaConsumer) -> None:
         lag = 0
         for tp in consumer.assignment():
+            # Where to resume after a reconnect, as well as the lag.
+            self._positions[tp] = position = await consumer.position(tp)
             highwater = consumer.highwater(tp)
             if highwater is not None:
-                behind = max(0, highwater - await consumer.position(tp))
+                behind = max(0, highwater - position)
                 CONSUMER_LAG.labels("api-status-stream", tp.topic, str(tp.partition)).set(behind)
                 lag += behind
         self.lag = lag
