@@ -158,3 +158,15 @@ async def test_status_page_routes_and_headers(client: httpx.AsyncClient) -> None
     assert page.headers["referrer-policy"] == "no-referrer"
     assert (await client.get("/status/not-an-id")).status_code == 404
     assert (await client.get("/status/assets/missing.js")).status_code == 404
+
+
+async def test_status_page_shows_not_found_for_a_payment_the_key_may_not_see(
+    api: ApiProcess, worker: subprocess.Popen[bytes], make_partner: Any, page: Page,
+) -> None:
+    owner, stranger = await make_partner(), await make_partner()
+    payment = await pay(api, owner, await owner.account(), await owner.account())
+    await page.goto(f"{api.url}/status/{payment['id']}#key={stranger.key}")
+    await expect(page.locator("#error")).to_have_text("NOT_FOUND: no such payment",
+                                                      timeout=TIMEOUT_MS)
+    await expect(page.locator("#connection")).to_have_text("ended with an error")
+    await expect(page.locator("#status")).to_have_text("…")

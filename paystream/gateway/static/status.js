@@ -13,6 +13,9 @@
   // Close codes after which reconnecting cannot help (graphql-transport-ws 44xx: bad key,
   // bad message, init timeout...).
   const FINAL_CLOSE = (code) => code >= 4400 && code < 4500;
+  // Errors after which subscribing again can succeed: the server ended the subscription
+  // ("subscription ended ...; subscribe again") or could not reach a backing server.
+  const RETRYABLE = new Set(["UNAVAILABLE", "INTERNAL"]);
 
   const $ = (id) => document.getElementById(id);
 
@@ -99,6 +102,11 @@
     row.querySelector(".c-updated").textContent = p.updatedAt;
   }
 
+  function codesOf(errors) {
+    return (Array.isArray(errors) ? errors : [errors])
+      .map((e) => e && e.extensions && e.extensions.code);
+  }
+
   function errorText(errors) {
     const list = Array.isArray(errors) ? errors : [errors];
     return list.map((e) => {
@@ -122,6 +130,8 @@
       setConnection("connecting", "connecting…");
       socket = new WebSocket(url, "graphql-transport-ws");
       let done = false;
+      let retryable = false;
+      let failed = false;
       socket.onopen = () => {
         socket.send(JSON.stringify({
           type: "connection_init", payload: { authorization: "Bearer " + key },
@@ -146,6 +156,8 @@
             const payload = message.payload || {};
             if (payload.errors && payload.errors.length) {
               showError(errorText(payload.errors));
+              retryable = codesOf(payload.errors).some((code) => RETRYABLE.has(code));
+              failed = true;
             }
             if (payload.data && payload.data[field]) {
               showError("");
@@ -156,11 +168,19 @@
           case "error":
             done = true;
             showError(errorText(message.payload));
+            setConnection("failed", "refused");
             socket.close(1000);
             break;
           case "complete":
-            done = true;
-            setConnection("done", "complete: final status reached");
+            // Ended by an error worth retrying: close and let onclose reconnect; the current
+            // state comes first again.
+            done = !retryable;
+            if (done && failed) {
+              setConnection("failed", "ended with an error");
+            } else if (done) {
+              setConnection("done", what.kind === "payment"
+                ? "complete: final status reached" : "subscription ended");
+            }
             socket.close(1000);
             break;
         }
