@@ -167,6 +167,33 @@ def partner_key(name: str, scopes: tuple[str, ...]) -> None:
     click.echo(key)
 
 
+@partner.command("keys")
+@click.argument("name")
+def partner_keys(name: str) -> None:
+    """List partner NAME's API keys: id, prefix, scopes, created, revoked (never the keys)."""
+    from .services.admin import api_keys
+
+    settings = _settings_or_exit()
+    for key in _run_with_db(settings, lambda db: api_keys(db, name)):
+        revoked = f"revoked {key.revoked_at.isoformat()}" if key.revoked_at else "live"
+        click.echo(f"{key.id}  {key.prefix}...  {','.join(key.scopes)}  "
+                   f"created {key.created_at.isoformat()}  {revoked}")
+
+
+@partner.command("revoke")
+@click.argument("key")
+def partner_revoke(key: str) -> None:
+    """Revoke an API key, named by its id (see `partner keys`) or given in clear.
+
+    Requests with it fail from then on; websocket connections it opened earlier stay open
+    until they close."""
+    from .services.admin import revoke_key
+
+    settings = _settings_or_exit()
+    _run_with_db(settings, lambda db: revoke_key(db, key))
+    click.echo("revoked")
+
+
 @main.group()
 def account() -> None:
     """Accounts."""

@@ -6,8 +6,9 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import ColumnElement, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from .engine import ReadSession, WriteSession
@@ -79,12 +80,41 @@ async def owner_of_key(session: ReadSession | WriteSession, key: str) -> KeyOwne
 
 
 async def revoke_api_key(session: WriteSession, key: str) -> bool:
+    """Revoke a live key given in clear; False when there is none."""
+    return await _revoke(session, ApiKey.key_hash == hash_key(key))
+
+
+async def revoke_api_key_by_id(session: WriteSession, key_id: uuid.UUID) -> bool:
+    """Revoke a live key by its id (as ``key_listing`` shows it); False when there is none."""
+    return await _revoke(session, ApiKey.id == key_id)
+
+
+async def _revoke(session: WriteSession, which: ColumnElement[bool]) -> bool:
     result = await session.execute(
-        update(ApiKey)
-        .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
-        .values(revoked_at=text("now()"))
+        update(ApiKey).where(which, ApiKey.revoked_at.is_(None)).values(revoked_at=text("now()"))
     )
     return bool(getattr(result, "rowcount", 0))
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """An API key as an operator may see it: never the key, only its first characters."""
+
+    id: uuid.UUID
+    prefix: str
+    scopes: tuple[str, ...]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+async def key_listing(session: ReadSession | WriteSession, partner_id: uuid.UUID) -> list[KeyInfo]:
+    """The partner's keys, oldest first, revoked ones included."""
+    rows = await session.execute(
+        select(ApiKey.id, ApiKey.prefix, ApiKey.scopes, ApiKey.created_at, ApiKey.revoked_at)
+        .where(ApiKey.partner_id == partner_id).order_by(ApiKey.created_at, ApiKey.id)
+    )
+    return [KeyInfo(id=r[0], prefix=r[1], scopes=tuple(r[2]), created_at=r[3], revoked_at=r[4])
+            for r in rows]
 
 
 async def ensure_partner(session: WriteSession, name: str) -> uuid.UUID:

@@ -1,4 +1,5 @@
-"""The Starlette application: /graphql over HTTP and websocket, health and readiness."""
+"""The Starlette application: /graphql over HTTP and websocket, health and readiness, and the
+status page for frontends (``/status/...``)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from .health import readiness
 from .middleware import BodyLimitMiddleware, RequestIdMiddleware, request_id_of
 from .operations import GatedOperations
 from .production import check_production
+from .status_page import status_page_routes
 from .websocket import DROP, BoundedWebSocketAdapter, TransportMiddleware, drop
 
 log = logging.getLogger("paystream.gateway")
@@ -152,6 +154,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
+            *status_page_routes(),
         ],
         lifespan=lifespan,
         middleware=[

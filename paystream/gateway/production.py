@@ -20,6 +20,7 @@ async def check_production(services: Services) -> None:
     if count:
         raise UnsafeForProduction(
             f"the database has {count} live API key(s) of the dev demo partner "
-            f"{DEMO_PARTNER!r} (seeded by `paystream dev`); revoke them or use a fresh database "
+            f"{DEMO_PARTNER!r} (seeded by `paystream dev`); revoke them (`paystream partner keys "
+            f"{DEMO_PARTNER}`, then `paystream partner revoke KEY_ID`) or use a fresh database "
             "before running in production mode (PAYSTREAM_DEV=false)"
         )

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import uuid
 
-from ..db import Database
+from ..db import Database, ReadSession
 from ..db.accounts import create_account
-from ..db.partners import ALL_SCOPES, create_api_key, create_partner, partner_id_by_name
+from ..db.partners import (
+    ALL_SCOPES,
+    KEY_PREFIX,
+    KeyInfo,
+    create_api_key,
+    create_partner,
+    key_listing,
+    partner_id_by_name,
+    revoke_api_key,
+    revoke_api_key_by_id,
+)
 from ..domain.errors import BadUserInput, NotFound
 from ..domain.money import Money
 
@@ -29,6 +39,40 @@ async def new_api_key(db: Database, partner: str, scopes: tuple[str, ...] = ALL_
         if partner_id is None:
             raise NotFound(f"no partner named {partner!r}")
         return await create_api_key(session, partner_id, scopes)
+
+
+async def api_keys(db: Database, partner: str) -> list[KeyInfo]:
+    """The keys of partner ``partner`` (ids, prefixes, scopes, dates), from the primary."""
+
+    async def read(session: ReadSession) -> list[KeyInfo] | None:
+        partner_id = await partner_id_by_name(session, partner)
+        return None if partner_id is None else await key_listing(session, partner_id)
+
+    keys = await db.read(read, primary=True)
+    if keys is None:
+        raise NotFound(f"no partner named {partner!r}")
+    return keys
+
+
+async def revoke_key(db: Database, key: str) -> None:
+    """Revoke a key named by its id (from ``api_keys``) or given in clear (a leaked key).
+    New requests with it fail at once; websocket connections it opened stay open until they
+    close (authentication happens at connection_init)."""
+    key = key.strip()
+    key_id = None
+    if not key.startswith(KEY_PREFIX):
+        try:
+            key_id = uuid.UUID(key)
+        except ValueError:
+            raise BadUserInput("give a key id (from `paystream partner keys`) or the key itself",
+                               field="key") from None
+    async with db.write_session() as session:
+        if key_id is not None:
+            revoked = await revoke_api_key_by_id(session, key_id)
+        else:
+            revoked = await revoke_api_key(session, key)
+    if not revoked:
+        raise NotFound("no live key matches (unknown, or revoked already)")
 
 
 async def new_account(

@@ -162,3 +162,46 @@ async def test_health_and_readiness(client) -> None:
     assert ready.status_code == 200
     assert ready.json()["checks"]["primary"] is True
     assert ready.json()["checks"]["replica0"] is True
+
+
+async def replayed(settings: Settings) -> None:
+    db = Database(settings.db)
+    try:
+        await wait_for_replay(db)
+    finally:
+        await db.dispose()
+
+
+async def test_cli_rotates_a_key_by_listing_and_revoking(
+    server_env: dict[str, str], client, migrated: Settings,
+) -> None:
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+
+    def run(*args: str, ok: bool = True) -> list[str]:
+        done = subprocess.run([sys.executable, "-m", "paystream.cli", *args], env=server_env,
+                              capture_output=True, text=True, timeout=60)
+        assert (done.returncode == 0) == ok, (done.stdout, done.stderr)
+        return (done.stdout if ok else done.stderr).strip().splitlines()
+
+    old = run("partner", "create", name)[-1]
+    new = run("partner", "key", name, "--scope", "payments:read")[-1]
+    listing = run("partner", "keys", name)
+    assert len(listing) == 2 and all(line.endswith("live") for line in listing)
+    assert listing[0].split()[1] == old[:12] + "..."  # oldest first, shown by prefix only
+    assert listing[1].split()[2] == "payments:read"
+    assert old not in "\n".join(listing) and new not in "\n".join(listing)
+
+    assert run("partner", "revoke", listing[0].split()[0]) == ["revoked"]
+    assert "revoked" in run("partner", "keys", name)[0] and run("partner", "keys", name)[1].endswith("live")
+    assert "no live key" in run("partner", "revoke", listing[0].split()[0], ok=False)[-1]
+    # Keys are looked up on a replica first: a revoked key passes until the replica replays.
+    await replayed(migrated)
+    body = await gql(client, "query { payment(id: \"x\") { id } }", key=old)
+    assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+    body = await gql(client, "query { payment(id: \"x\") { id } }", key=new)
+    assert body == {"data": {"payment": None}}
+    # A leaked key can be revoked by itself, too.
+    assert run("partner", "revoke", new) == ["revoked"]
+    await replayed(migrated)
+    body = await gql(client, "query { payment(id: \"x\") { id } }", key=new)
+    assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
