@@ -46,13 +46,17 @@ _COLUMNS = (
 )
 
 
+# Built once (see payments.insert_pending); the ids are bound at execution.
+_BY_IDS = select(*_COLUMNS).where(Account.id == any_(uuid_array([])))
+
+
 async def accounts_by_ids(
     session: ReadSession | WriteSession, ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, AccountRow]:
     """One statement (``WHERE id = ANY(...)``) for any number of ids."""
     if not ids:
         return {}
-    rows = await session.execute(select(*_COLUMNS).where(Account.id == any_(uuid_array(ids))))
+    rows = await session.execute(_BY_IDS, {"ids": sorted(set(ids))})
     return {row[0]: AccountRow(*row) for row in rows}
 
 

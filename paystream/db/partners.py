@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, func, select, text, update
+from sqlalchemy import ColumnElement, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from .engine import ReadSession, WriteSession
@@ -65,15 +65,14 @@ async def create_api_key(
     return key
 
 
+_OWNER = select(ApiKey.partner_id, ApiKey.id, ApiKey.scopes).where(
+    ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None)
+)
+
+
 async def owner_of_key(session: ReadSession | WriteSession, key: str) -> KeyOwner | None:
     """The partner and scopes of a live (not revoked) key, or None."""
-    row = (
-        await session.execute(
-            select(ApiKey.partner_id, ApiKey.id, ApiKey.scopes).where(
-                ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)
-            )
-        )
-    ).first()
+    row = (await session.execute(_OWNER, {"key_hash": hash_key(key)})).first()
     if row is None:
         return None
     return KeyOwner(partner_id=row[0], key_id=row[1], scopes=frozenset(row[2]))

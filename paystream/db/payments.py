@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import any_, delete, select, text
+from sqlalchemy import any_, bindparam, delete, select, text
 from sqlalchemy.dialects.postgresql import insert
 
 from .accounts import uuid_array
@@ -53,6 +53,15 @@ COLUMNS = (
 )
 
 
+# Built once: a statement built per call costs its cache-key walk on every payment.
+_INSERT_PENDING = (
+    insert(Payment)
+    .values({column.key: bindparam(column.key) for column in COLUMNS})
+    .on_conflict_do_nothing(constraint="payments_partner_idempotency_key")
+    .returning(*COLUMNS)
+)
+
+
 async def insert_pending(session: WriteSession, row: PaymentRow) -> tuple[PaymentRow, bool]:
     """Insert a PENDING payment unless (partner, idempotency key) exists already.
 
@@ -60,14 +69,7 @@ async def insert_pending(session: WriteSession, row: PaymentRow) -> tuple[Paymen
     key serialize on the unique index, so exactly one of them creates the payment.
     """
     values = {column.key: getattr(row, column.key) for column in COLUMNS}
-    created = (
-        await session.execute(
-            insert(Payment)
-            .values(**values)
-            .on_conflict_do_nothing(constraint="payments_partner_idempotency_key")
-            .returning(*COLUMNS)
-        )
-    ).first()
+    created = (await session.execute(_INSERT_PENDING, values)).first()
     if created is not None:
         return PaymentRow(*created), True
     existing = (
@@ -88,13 +90,16 @@ async def delete_pending(session: WriteSession, payment_id: uuid.UUID) -> bool:
     return bool(getattr(result, "rowcount", 0))
 
 
+_BY_IDS = select(*COLUMNS).where(Payment.id == any_(uuid_array([])))
+
+
 async def payments_by_ids(
     session: ReadSession | WriteSession, ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, PaymentRow]:
     """One statement for any number of ids."""
     if not ids:
         return {}
-    rows = await session.execute(select(*COLUMNS).where(Payment.id == any_(uuid_array(ids))))
+    rows = await session.execute(_BY_IDS, {"ids": sorted(set(ids))})
     return {row[0]: PaymentRow(*row) for row in rows}
 
 
