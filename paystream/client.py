@@ -17,7 +17,7 @@ import itertools
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
@@ -60,7 +60,7 @@ class PaystreamClient:
             headers={"Authorization": f"Bearer {key}"},
         )
 
-    async def __aenter__(self) -> PaystreamClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -107,7 +107,7 @@ class Subscriptions:
         self.ws: ClientConnection | None = None
         self.close_code: int | None = None
 
-    async def __aenter__(self) -> Subscriptions:
+    async def __aenter__(self) -> Self:
         self.ws = await connect(self.url, subprotocols=[self.protocol],  # type: ignore[list-item]
                                 **self._connect_options)
         await self.send({"type": "connection_init",

@@ -35,6 +35,6 @@ def configure_logging(settings: Settings) -> None:
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.INFO if not settings.dev else logging.INFO)
+    root.setLevel(logging.INFO)
     # aiokafka logs every reconnect attempt at ERROR; keep them but not as a flood.
     logging.getLogger("aiokafka").setLevel(logging.WARNING)

@@ -6,9 +6,8 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from collections.abc import Awaitable, Callable
 from typing import NewType, TypeVar
 
 from sqlalchemy import event, text
@@ -96,9 +95,8 @@ class Database:
     @asynccontextmanager
     async def write_session(self) -> AsyncIterator[WriteSession]:
         """One transaction on the primary: commits at the end of the block, rolls back on error."""
-        async with AsyncSession(self.primary, expire_on_commit=False) as session:
-            async with session.begin():
-                yield WriteSession(session)
+        async with AsyncSession(self.primary, expire_on_commit=False) as session, session.begin():
+            yield WriteSession(session)
 
     async def read(self, work: Callable[[ReadSession], Awaitable[T]], *, primary: bool = False) -> T:
         """Run ``work`` in a read-only session: the next healthy replica, round robin, else the

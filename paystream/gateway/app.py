@@ -172,4 +172,4 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     return app
 
 
-__all__ = ["create_app", "WebSocket"]
+__all__ = ["WebSocket", "create_app"]

@@ -14,7 +14,7 @@ async def _primary(services: Services) -> bool:
         async with services.db.primary.connect() as conn:
             await conn.execute(text("SELECT 1"))
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001 (any failure means not ready; the reason is not for clients)
         return False
 
 
@@ -24,7 +24,7 @@ async def _redis(services: Services) -> bool:
     client = Redis.from_url(services.settings.redis.url, socket_timeout=1, socket_connect_timeout=1)
     try:
         return bool(await client.ping())
-    except Exception:
+    except Exception:  # noqa: BLE001 (any failure means not ready; the reason is not for clients)
         return False
     finally:
         await client.aclose()
@@ -40,7 +40,7 @@ async def _kafka(services: Services) -> bool:
         await admin.start()
         await admin.list_topics()
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001 (any failure means not ready; the reason is not for clients)
         return False
     finally:
         await admin.close()
@@ -52,7 +52,7 @@ async def readiness(services: Services) -> dict[str, object]:
     async def bounded(coro: object) -> object:
         try:
             return await asyncio.wait_for(coro, timeout=2.0)  # type: ignore[arg-type]
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             return False
 
     primary, replicas, redis, kafka = await asyncio.gather(

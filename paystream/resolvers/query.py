@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import strawberry
 
-from ..schema.types import Account, Payment, PaymentConnection, parse_id, payment_connection
 from ..schema.pagination import PageInfo, decode_cursor
+from ..schema.types import Account, Payment, PaymentConnection, parse_id, payment_connection
 from ..services.auth import READ
 from .context import Info
 

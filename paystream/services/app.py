@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import Settings
 from ..cache import VersionedCache
+from ..config import Settings
 from ..db import Database
 from .auth import Authenticator
 from .payments import LazyProducer, PaymentService

@@ -22,8 +22,8 @@ from decimal import Decimal
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from ..config import Settings
 from ..cache.entities import status_event
+from ..config import Settings
 from ..db import Database
 from ..db.payments import PaymentRow, delete_pending, insert_pending
 from ..domain.currency import currency_exponent
@@ -60,7 +60,7 @@ def request_hash(partner_id: uuid.UUID, source: uuid.UUID, destination: uuid.UUI
 
 
 class PaymentService:
-    def __init__(self, settings: Settings, db: Database, reader: Reader, producer: "LazyProducer") -> None:
+    def __init__(self, settings: Settings, db: Database, reader: Reader, producer: LazyProducer) -> None:
         self._settings = settings
         self._db = db
         self._reader = reader
@@ -142,7 +142,7 @@ def _message(row: PaymentRow) -> PaymentRequested:
     )
 
 
-def _log_failure(future: "asyncio.Future[object]") -> None:
+def _log_failure(future: asyncio.Future[object]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.warning("unacknowledged produce failed: %s", type(future.exception()).__name__)
 

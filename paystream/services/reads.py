@@ -6,12 +6,18 @@ the cache with its version, so an older row never replaces a newer cached one.""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 from ..cache import (
-    ACCOUNT, PAYMENT, SingleFlight, VersionedCache, account_entry, account_from, payment_entry,
+    ACCOUNT,
+    PAYMENT,
+    SingleFlight,
+    VersionedCache,
+    account_entry,
+    account_from,
+    payment_entry,
     payment_from,
 )
 from ..config import Settings

@@ -17,8 +17,8 @@ from ..db import Database, ReadSession
 from ..db.accounts import AccountRow, accounts_by_ids
 from ..db.payments import PaymentRow, payments_by_ids
 from ..domain.errors import NotFound, Unavailable
-from ..events.messages import PaymentStatusEvent
 from ..domain.validation import parse_uuid
+from ..events.messages import PaymentStatusEvent
 from .auth import READ, Caller
 from .reads import Reader
 from .status_hub import StatusHub, Watch, WatchClosed

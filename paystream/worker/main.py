@@ -24,8 +24,8 @@ from ..cache import ACCOUNT, PAYMENT, VersionedCache, account_entry, payment_ent
 from ..config import Settings
 from ..db import Database
 from ..db.engine import is_unreachable
-from ..domain.money import MAX_MINOR_UNITS
 from ..domain.currency import CURRENCY_EXPONENTS
+from ..domain.money import MAX_MINOR_UNITS
 from ..events import PaymentRequested, UndecodableMessage, make_consumer, make_producer
 from ..events.kafka import ensure_topics, start_with_retry
 from .outbox import OutboxRelay
@@ -120,7 +120,7 @@ class PaymentWorker:
                         session, requests, status_topic=self.settings.kafka.status_topic
                     )
                 break
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (classified just below: retry or isolate)
                 if is_unreachable(exc):
                     log.warning("primary unreachable, retrying the batch in %.1f s", delay)
                     await asyncio.sleep(delay)

@@ -8,7 +8,6 @@ highest version it has seen per payment.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Sequence
 
@@ -73,7 +72,7 @@ class OutboxRelay:
             try:
                 while await self.sweep_once() > 0:
                     pass
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (the sweep must outlive any one failure)
                 log.warning("outbox sweep failed (%s)", type(exc).__name__)
             await asyncio.sleep(interval_s)
 
