@@ -39,7 +39,7 @@ async def _seed(db: Database, root: Path) -> dict[str, object]:
             db, partner=DEMO_PARTNER, name=name, currency=currency, balance=balance
         )
         accounts.append({"id": str(account_id), "name": name, "currency": currency})
-    seed = {"partner": DEMO_PARTNER, "key": key, "accounts": accounts}
+    seed: dict[str, object] = {"partner": DEMO_PARTNER, "key": key, "accounts": accounts}
     seed_file.write_text(json.dumps(seed, indent=2))
     seed_file.chmod(0o600)
     return seed

@@ -39,8 +39,8 @@ class SingleFlight(Generic[K, V]):
                 future.set_result(loaded.get(key))
         result: dict[K, V] = {}
         for key in keys:
-            future = futures.get(key) or waiting.get(key)
-            value = await future if future is not None else None
+            pending = futures.get(key) or waiting.get(key)
+            value = await pending if pending is not None else None
             if value is not None:
                 result[key] = value
         return result

@@ -93,13 +93,14 @@ class VersionedCache:
         found: dict[object, T] = {}
         for key, value in zip(ids, values, strict=True):
             if value is not None:
-                _, _, payload = value.partition(b"|")
+                raw = value.encode() if isinstance(value, str) else value
+                _, _, payload = raw.partition(b"|")
                 found[key] = decode(json.loads(payload))
         self.hits += len(found)
         self.misses += len(ids) - len(found)
         return found
 
-    async def put_many(self, kind: str, entries: Mapping[object, tuple[int, dict[str, Any]]],
+    async def put_many(self, kind: str, entries: Mapping[Any, tuple[int, dict[str, Any]]],
                        ttl_s: int) -> int:
         """Compare-and-set each (version, payload); returns how many were written. Entries
         that cannot be written now are kept and replayed by :meth:`flush_unwritten`."""
@@ -119,7 +120,7 @@ class VersionedCache:
             return 0
         return written
 
-    def _keep(self, kind: str, entries: Mapping[object, tuple[int, dict[str, Any]]],
+    def _keep(self, kind: str, entries: Mapping[Any, tuple[int, dict[str, Any]]],
               ttl_s: int) -> None:
         for key, (version, payload) in entries.items():
             held = self._unwritten.get((kind, key))
@@ -140,10 +141,10 @@ class VersionedCache:
             await self.put_many(kind, entries, ttl_s)
         return len(self._unwritten)
 
-    async def _cas_many(self, kind: str, entries: Mapping[object, tuple[int, dict[str, Any]]],
+    async def _cas_many(self, kind: str, entries: Mapping[Any, tuple[int, dict[str, Any]]],
                         ttl_s: int) -> int | None:
         keys = [f"{kind}:{i}" for i in entries]
-        args: list[object] = [ttl_s]
+        args: list[str | int] = [ttl_s]
         for version, payload in entries.values():
             args += [version, json.dumps(payload, separators=(",", ":"), default=str)]
         try:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import any_, bindparam, select
+from sqlalchemy import BindParameter, any_, bindparam, select
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 
 from .engine import ReadSession, WriteSession
@@ -28,10 +28,10 @@ class AccountRow:
     updated_at: datetime
 
 
-def uuid_array(ids: Sequence[uuid.UUID], name: str = "ids") -> object:
+def uuid_array(ids: Sequence[uuid.UUID], name: str = "ids") -> BindParameter[list[uuid.UUID]]:
     """One array parameter, so the statement text (and its prepared plan) is the same for
     any number of ids."""
-    return bindparam(name, sorted(set(ids)), type_=ARRAY(UUID(as_uuid=True)))
+    return bindparam(name, sorted(set(ids)), type_=ARRAY(UUID(as_uuid=True)))  # type: ignore[arg-type]
 
 
 _COLUMNS = (

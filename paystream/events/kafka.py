@@ -38,7 +38,7 @@ def make_consumer(
         enable_auto_commit=False,
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         request_timeout_ms=max(settings.request_timeout_ms, 40_000),
-        **options,  # type: ignore[arg-type]
+        **options,
     )
 
 

@@ -43,7 +43,7 @@ log = logging.getLogger("paystream.gateway")
 class PaystreamGraphQL(GatedOperations, GraphQL[Context, None]):
     """Strawberry's ASGI view with paystream's context and websocket authentication."""
 
-    websocket_adapter_class = BoundedWebSocketAdapter  # type: ignore[assignment]
+    websocket_adapter_class = BoundedWebSocketAdapter
 
     def __init__(self, services: Services) -> None:
         settings = services.settings
@@ -59,7 +59,7 @@ class PaystreamGraphQL(GatedOperations, GraphQL[Context, None]):
         )
         self.set_up_gate(services)
         self.services = services
-        self.websocket_adapter_class = type(
+        self.websocket_adapter_class = type(  # type: ignore[assignment]  # a subclass
             "WebSocketAdapter", (BoundedWebSocketAdapter,),
             {"max_buffered_bytes": subscriptions.max_buffered_bytes},
         )

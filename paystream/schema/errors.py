@@ -53,7 +53,7 @@ class ErrorCodes(SchemaExtension):
         yield
         self._shape(self.execution_context.result)
 
-    def on_stream_result(self, result: object) -> Iterator[None]:  # type: ignore[override]
+    def on_stream_result(self, result: object) -> Iterator[None]:
         """Each result a subscription streams, before it is sent."""
         self._shape(result)
         yield

@@ -6,6 +6,7 @@ import decimal
 from typing import NewType
 
 import strawberry
+from strawberry.types.scalar import ScalarDefinition
 
 from ..domain.errors import BadUserInput
 
@@ -26,7 +27,7 @@ def _parse(value: object) -> str:
 Decimal = NewType("Decimal", decimal.Decimal)
 """Exact decimal, a string on the wire. Used as an annotation; mapped by ``SCALAR_MAP``."""
 
-SCALAR_MAP = {
+SCALAR_MAP: dict[object, ScalarDefinition] = {
     Decimal: strawberry.scalar(
         name="Decimal",
         description='An exact decimal number, serialized as a string: "125.50".',

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from decimal import Decimal as PyDecimal
 from enum import Enum
 
 import strawberry
@@ -73,8 +72,8 @@ async def payment_connection(info: Info, account: AccountRow, first: int | None,
     )
 
 
-def money_decimal(minor: int, currency: str) -> PyDecimal:
-    return Money.from_minor(minor, currency).to_decimal()
+def money_decimal(minor: int, currency: str) -> Decimal:
+    return Decimal(Money.from_minor(minor, currency).to_decimal())
 
 
 def parse_id(raw: str) -> uuid.UUID | None:

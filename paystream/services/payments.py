@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -155,7 +156,7 @@ class LazyProducer:
         from ..events.kafka import make_producer
 
         self._settings = settings
-        self._make = lambda: make_producer(settings.kafka)
+        self._make: Callable[[], AIOKafkaProducer] = lambda: make_producer(settings.kafka)
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
 

@@ -104,7 +104,7 @@ class Reader:
         for row in rows:
             known = cached.get(row.id)
             if known is not None and known.version >= row.version:
-                newest.append(known)  # type: ignore[arg-type]
+                newest.append(known)
             else:
                 newest.append(row)
                 stale[row.id] = row

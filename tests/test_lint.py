@@ -1,0 +1,23 @@
+"""The package stays typed (mypy --strict) and lint-clean (ruff), as STYLE.md asks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, capture_output=True, text=True)
+
+
+def test_ruff_is_clean_on_the_package() -> None:
+    done = run("ruff", "check", "paystream")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_mypy_strict_is_clean_on_the_package() -> None:
+    done = run("mypy", "paystream")
+    assert done.returncode == 0, done.stdout + done.stderr
