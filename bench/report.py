@@ -1,5 +1,6 @@
 """The report of a bench run: PNG plots under ``docs/`` and the generated part of
 ``docs/benchmarks.md`` (between ``<!-- bench:begin -->`` and ``<!-- bench:end -->``).
+``python -m bench.report`` redoes both from ``bench/results/`` without running anything.
 
 Plots are drawn only for the scenarios in the run: the latency distribution of
 ``subscribe_latency``, memory and delivery against subscriptions for
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -81,15 +83,21 @@ def _latency_cdf(scenario: Scenario) -> str:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     series = [("createPayment -> SUCCEEDED at subscriber", data.get("latencies_ms", [])),
               ("createPayment round trip", data.get("roundtrip_ms", [])),
+              ("mutation's answer -> SUCCEEDED at subscriber", data.get("after_answer_ms", [])),
               ("one broker hop (baseline)", data.get("probe_ms", []))]
+    payments = int(data.get("payments", 0))
     for label, values in series:
         if values:
+            # Fractions of every scheduled payment: one never answered or seen keeps its
+            # curve below 1.
+            total = max(len(values), payments) if "hop" not in label else len(values)
             ordered = sorted(values)
-            fraction = [(i + 1) / len(ordered) for i in range(len(ordered))]
-            ax.step(ordered, fraction, where="post", label=f"{label} (n={len(ordered):,})")
+            fraction = [(i + 1) / total for i in range(len(ordered))]
+            ax.step(ordered, fraction, where="post", label=f"{label} ({len(ordered):,} of {total:,})")
     ax.axvline(50, color="red", linestyle="--", linewidth=1, label="target p99 50 ms")
     ax.axhline(0.99, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log")
+    ax.set_xlim(left=0.5)
     ax.set_xlabel("milliseconds (log scale)")
     ax.set_ylabel("fraction of payments")
     ax.set_title(f"createPayment -> SUCCEEDED seen by a subscriber, "
@@ -134,15 +142,17 @@ def _baselines(results: list[Scenario]) -> str:
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     rows = [row for scenario in results for row in scenario.rows if row.baseline]
-    fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.5))
-    labels = [f"{row.scenario}: {row.metric}\nvs {row.baseline_name}"[:140] for row in rows]
+    fig, ax = plt.subplots(figsize=(11, 0.6 * len(rows) + 1.5))
+    labels = [textwrap.fill(f"{row.scenario}: {row.metric}", 70) + f"\nvs {row.baseline_name}"
+              for row in rows]
     ratios = [row.ratio or 0.0 for row in rows]
     colors = ["tab:red" if row.met is False else "tab:green" if row.met else "tab:blue"
               for row in rows]
     bars = ax.barh(range(len(rows)), ratios, color=colors)
     for bar, row in zip(bars, rows, strict=True):
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
-                f" {row.value:,.4g} / {row.baseline:,.4g} {row.unit}", va="center", fontsize=7)
+                f" {_number(row.value)} / {_number(row.baseline or 0.0)} {row.unit}",
+                va="center", fontsize=7)
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_yticks(range(len(rows)), labels, fontsize=7)
     ax.invert_yaxis()
@@ -153,6 +163,10 @@ def _baselines(results: list[Scenario]) -> str:
     ax.set_xlabel("value / same-run baseline (log scale); green: target met, red: missed")
     ax.grid(True, axis="x", which="both", alpha=0.3)
     return _save(fig, "bench-baselines.png")
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
 def _save(fig: Any, name: str) -> str:
@@ -199,3 +213,28 @@ def _write_page(section: str) -> None:
     else:
         page = page.rstrip() + "\n\n" + section + "\n"
     PAGE.write_text(page)
+
+
+def from_results() -> None:
+    """Rewrite the plots and the page from ``bench/results/``: each scenario's latest run,
+    so scenarios run separately (``--only``) still make one page."""
+    import json
+
+    from .__main__ import SCENARIOS, table
+    from .common import RESULTS
+    from .harness import Row
+
+    results = []
+    for name in SCENARIOS:
+        path = RESULTS / f"{name}.json"
+        if path.exists():
+            saved = json.loads(path.read_text())
+            results.append(Scenario(name, [Row(**row) for row in saved["rows"]],
+                                    saved.get("data", {}),
+                                    [f"(run of {saved['at'][:16]}) {note}"
+                                     for note in saved.get("notes", [])]))
+    write_report(results, table(results))
+
+
+if __name__ == "__main__":
+    from_results()

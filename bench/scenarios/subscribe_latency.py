@@ -2,10 +2,12 @@
 
 The load generator (``bench.loadgen.latency``, one separate process) holds one websocket per
 source account with an ``accountActivity`` subscription, sends createPayment on a fixed
-schedule (open loop) and times each payment from just before its request to its SUCCEEDED
-update. That path crosses the broker twice (the request to the worker, the status event back
-to the API) around a durable commit, so the baseline is one broker hop timed in the same run,
-by the same process: a producer (acks=all) and a consumer with the same ``fetch_max_wait_ms``.
+schedule (open loop) over keep-alive HTTP connections and times each payment from its
+scheduled send (just before its request is written, unless every connection is still busy
+with earlier ones) to its SUCCEEDED update. That path crosses the broker twice (the request to
+the worker, the status event back to the API) around a durable commit, so the baseline is one
+broker hop timed in the same run, by the same process: a producer (acks=all) and a consumer
+with the same ``fetch_max_wait_ms``.
 
 Length: 60 s (the issue's); 10 s with ``--quick``; an explicit ``--seconds N`` other than the
 runner's default runs N seconds: ``--seconds 5`` is issue 5's 1,000 payments.
@@ -24,6 +26,7 @@ SECONDS = 60.0
 QUICK_SECONDS = 10.0
 RUNNER_DEFAULT_SECONDS = 20.0  # python -m bench's --seconds default
 TARGET_P99_MS = 50.0
+SETTLE_S = 30.0  # after the schedule, how long the generator waits for stragglers
 
 
 def duration(ctx: BenchContext) -> float:
@@ -48,40 +51,56 @@ async def run(ctx: BenchContext) -> Scenario:
             "--sources", ",".join(sources), "--destinations", ",".join(destinations),
             "--bootstrap", ctx.settings.kafka.bootstrap_servers,
             "--fetch-max-wait-ms", ctx.settings.kafka.fetch_max_wait_ms,
-            "--rate", RATE, "--payments", payments, env=ctx.env, timeout=seconds + 120)
+            "--rate", RATE, "--payments", payments, "--settle", SETTLE_S,
+            env=ctx.env, timeout=seconds + SETTLE_S + 300)
     finally:
         server.stop()
     await ctx.wait_drained()
     latencies, probe, roundtrips = (result["latencies_ms"], result["probe_ms"],
                                     result["roundtrip_ms"])
     p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+    if len(latencies) < payments:  # the unseen ones are the slowest
+        ranked = sorted(latencies) + [max(latencies, default=0.0)] * (payments - len(latencies))
+        p50, p99 = percentile(ranked, 50), percentile(ranked, 99)
     hop50, hop99 = percentile(probe, 50), percentile(probe, 99)
     rt50, rt99 = percentile(roundtrips, 50), percentile(roundtrips, 99)
-    hop = f"one broker hop (produce acks=all -> consume, fetch wait " \
-          f"{result['fetch_max_wait_ms']} ms)"
+    after = result["after_answer_ms"]
+    after50, after99 = percentile(after, 50), percentile(after, 99)
+    hop = "one broker hop, same run"
+    # Payments never answered or never seen count as slower than any seen: past 1% of them,
+    # the p99 shown is only a lower bound, and the metric says so.
+    unseen = payments - len(latencies)
+    bound = f" (lower bound: {unseen:,} not seen)" if unseen > payments // 100 else ""
     rows = [
         Row(LABEL, "createPayment -> SUCCEEDED at subscriber, p50", p50, "ms", hop50, hop),
-        Row(LABEL, "createPayment -> SUCCEEDED at subscriber, p99", p99, "ms", hop99, hop,
+        Row(LABEL, f"createPayment -> SUCCEEDED at subscriber, p99{bound}", p99, "ms", hop99, hop,
             target=f"p99 <= {TARGET_P99_MS:.0f} ms", met=p99 <= TARGET_P99_MS),
         Row(LABEL, "createPayment round trip under this load, p99", rt99, "ms"),
+        Row(LABEL, "SUCCEEDED at subscriber after the mutation's answer, p99", after99, "ms",
+            hop99, hop),
     ]
     lateness = result["send_lateness_ms"]
     notes = [
-        (f"load generator: 1 process (bench.loadgen.latency), {result['connections']} websocket "
-        f"connections with 1 accountActivity subscription each, and httpx for the mutations; "
-        f"{payments} payments sent at {result['achieved_rate']:.1f}/s (target {RATE:.0f}/s), "
-        f"schedule lateness p99 {percentile(lateness, 99):.1f} ms"),
-        (f"latencies: {len(latencies)} of {payments} payments; missing {result['missing']}, "
-        f"errors {result['errors']}"),
-        (f"createPayment round trip p50 {rt50:.1f} ms, p99 {rt99:.1f} ms; broker hop p50 "
-        f"{hop50:.1f} ms, p99 {hop99:.1f} ms over {len(probe)} probe messages"),
-        ("the path crosses the broker twice plus a durable (fsync) commit, so ~2 broker hops "
-        "is its floor here"),
+        (f"load generator: 1 process (bench.loadgen.latency): {result['connections']} websocket "
+         f"connections with 1 accountActivity subscription each, {result['http_connections']} "
+         f"keep-alive HTTP connections for the mutations; {payments} payments scheduled over "
+         f"{result['schedule_s']:.1f} s (schedule lateness p99 {percentile(lateness, 99):.1f} ms)"),
+        (f"{result['answered']} of {payments} mutations answered within {SETTLE_S:.0f} s of the "
+         f"schedule's end ({result['errors']} with errors); {len(latencies)} SUCCEEDED updates "
+         f"seen, {result['missing']} answered payments never seen"),
+        (f"broker hop: produce (acks=all) to consume with fetch_max_wait_ms "
+         f"{result['fetch_max_wait_ms']}, {result['probe_rate']:.0f} messages/s during the load"),
+        (f"createPayment round trip p50 {rt50:.1f} ms, p99 {rt99:.1f} ms; from the answer to "
+         f"SUCCEEDED at the subscriber p50 {after50:.1f} ms, p99 {after99:.1f} ms; broker hop p50 "
+         f"{hop50:.1f} ms, p99 {hop99:.1f} ms over {len(probe)} probe messages"),
+        ("the path crosses the broker twice around a durable (fsync) commit, so about two broker "
+         "hops is its floor here; latencies run from each request's scheduled send time"),
     ]
     return Scenario(NAME, rows, data={
         "latencies_ms": latencies, "probe_ms": probe, "roundtrip_ms": roundtrips,
-        "payments": payments, "rate": RATE, "achieved_rate": result["achieved_rate"],
-        "missing": result["missing"], "errors": result["errors"],
-        "error_samples": result["error_samples"],
+        "after_answer_ms": after, "payments": payments, "rate": RATE, "schedule_s": result["schedule_s"],
+        "answered": result["answered"], "missing": result["missing"],
+        "errors": result["errors"], "error_samples": result["error_samples"],
         "send_lateness_p99_ms": percentile(lateness, 99), "connections": result["connections"],
+        "http_connections": result["http_connections"],
     }, notes=notes)
