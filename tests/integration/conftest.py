@@ -247,15 +247,14 @@ async def wait_for_replay(db: object, timeout: float = 10.0) -> None:
     """Wait until every replica has replayed everything committed on the primary so far."""
     from sqlalchemy import text
 
-    # The test stack commits asynchronously (synchronous_commit off), and the insert position
-    # may end in a record nobody flushes (a RUNNING_XACTS, say), which is never streamed: a
-    # replica would never "reach" it. A synchronous commit of a transaction with an xid
-    # flushes all WAL before it; the flushed position is then a target that is streamed.
+    # The test stack commits asynchronously (synchronous_commit off): the WAL of recent commits
+    # may not be written yet, so not streamed, and the insert position may end in a record
+    # nobody flushes, which a replica never "reaches". A WAL message written with flush=true
+    # flushes everything before it; its end is a target that is streamed.
     async with db.primary.connect() as primary:  # type: ignore[attr-defined]
-        await primary.execute(text("SET LOCAL synchronous_commit = on"))
-        await primary.execute(text("SELECT pg_current_xact_id()"))
-        await primary.commit()
+        await primary.execute(text("SELECT pg_logical_emit_message(false, 'paystream', '', true)"))
         lsn = (await primary.execute(text("SELECT pg_current_wal_flush_lsn()::text"))).scalar()
+        await primary.commit()
     deadline = asyncio.get_running_loop().time() + timeout
     for engine in db.replicas:  # type: ignore[attr-defined]
         while True:
