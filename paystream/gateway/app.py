@@ -32,6 +32,7 @@ from .health import readiness
 from .middleware import BodyLimitMiddleware, RequestIdMiddleware, request_id_of
 from .operations import GatedOperations
 from .production import check_production
+from .request_body import decode_json, parse_request_json
 from .websocket import DROP, BoundedWebSocketAdapter, TransportMiddleware, drop
 
 log = logging.getLogger("paystream.gateway")
@@ -80,6 +81,12 @@ class PaystreamGraphQL(GatedOperations, GraphQL[Context, None]):
                 with suppress(asyncio.CancelledError):
                     await handler
         return request
+
+    def parse_json(self, data: str | bytes) -> Any:
+        """Strawberry passes a POST body as bytes (checked whole, see :mod:`.request_body`)
+        and a GET request's ``variables`` or ``extensions`` parameter as text (decoded only;
+        Strawberry checks their types)."""
+        return parse_request_json(data) if isinstance(data, bytes) else decode_json(data)
 
     async def get_context(self, request: Any, response: Any) -> Context:
         context = Context(
