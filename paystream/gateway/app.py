@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -81,6 +82,13 @@ class PaystreamGraphQL(GatedOperations, GraphQL[Context, None]):
                 with suppress(asyncio.CancelledError):
                     await handler
         return request
+
+    def decode_json(self, data: str | bytes) -> object:
+        """Websocket messages: nesting past the recursion limit is invalid JSON too."""
+        try:
+            return json.loads(data)
+        except RecursionError as exc:
+            raise json.JSONDecodeError("nested too deeply", "", 0) from exc
 
     def parse_json(self, data: str | bytes) -> Any:
         """Strawberry passes a POST body as bytes (checked whole, see :mod:`.request_body`)
