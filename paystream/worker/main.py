@@ -21,7 +21,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from ..cache import ACCOUNT, PAYMENT, VersionedCache, account_entry, payment_entry
 from ..config import Settings
 from ..db import Database
-from ..db.engine import is_unreachable
+from ..db.engine import is_transient, is_unreachable
 from ..domain.money import MAX_MINOR_UNITS
 from ..domain.currency import CURRENCY_EXPONENTS
 from ..events import PaymentRequested, UndecodableMessage, make_consumer, make_producer
@@ -109,8 +109,9 @@ class PaymentWorker:
                     )
                 break
             except Exception as exc:
-                if is_unreachable(exc):
-                    log.warning("primary unreachable, retrying the batch in %.1f s", delay)
+                if is_unreachable(exc) or is_transient(exc):
+                    what = "primary unreachable" if is_unreachable(exc) else "transaction conflict"
+                    log.warning("%s, retrying the batch in %.1f s", what, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
                     continue
