@@ -25,7 +25,7 @@ from ..db.engine import is_transient, is_unreachable
 from ..domain.money import MAX_MINOR_UNITS
 from ..domain.currency import CURRENCY_EXPONENTS
 from ..events import PaymentRequested, UndecodableMessage, make_consumer, make_producer
-from ..events.kafka import ensure_topics, start_with_retry
+from ..events.kafka import ensure_topics_with_retry, start_with_retry
 from .outbox import OutboxRelay
 from .posting import post_batch
 
@@ -59,7 +59,7 @@ class PaymentWorker:
         self.processed = 0
 
     async def run(self) -> None:
-        await ensure_topics(self.settings.kafka)
+        await ensure_topics_with_retry(self.settings.kafka)
         await start_with_retry(self.producer)
         await start_with_retry(self.consumer)
         sweeper = asyncio.create_task(self.relay.sweep_forever(), name="outbox-sweep")
