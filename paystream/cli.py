@@ -102,6 +102,9 @@ def api(host: str | None, port: int | None, workers: int | None) -> None:
         http="httptools",
         log_config=None,
         timeout_graceful_shutdown=settings.api.graceful_shutdown_s,
+        # A websocket message is a GraphQL request too: the same size limit as a body
+        # (uvicorn's default is 16 MiB), closed with 1009 before it is read whole.
+        ws_max_size=settings.limits.max_body_bytes,
     )
 
 

@@ -46,6 +46,20 @@ def is_unreachable(exc: BaseException) -> bool:
     return False
 
 
+# Conflicts between concurrent transactions: the same work retried later succeeds.
+_TRANSIENT_SQLSTATES = {"40P01", "40001"}  # deadlock_detected, serialization_failure
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a conflict with another transaction (a deadlock victim, a
+    serialization failure): not the request's fault, so it is retried, never dead-lettered."""
+    if isinstance(exc, DBAPIError):
+        orig = getattr(exc, "orig", None)
+        cause = getattr(orig, "__cause__", None) or orig
+        return getattr(cause, "sqlstate", None) in _TRANSIENT_SQLSTATES
+    return False
+
+
 # asyncpg's names for a lost or refused connection, and a server still starting up.
 _UNREACHABLE_NAMES = {
     "ConnectionDoesNotExistError",

@@ -195,8 +195,10 @@ def currency_exponent(code: str) -> int:
     """
     exponent = CURRENCY_EXPONENTS.get(code) if isinstance(code, str) else None
     if exponent is None:
+        # Shortened: the message must not echo a giant value back.
+        shown = code[:16] if isinstance(code, str) else code
         raise BadUserInput(
-            f"unknown currency {code!r}: use an upper-case ISO 4217 code such as 'USD'",
+            f"unknown currency {shown!r}: use an upper-case ISO 4217 code such as 'USD'",
             field="currency",
         )
     return exponent

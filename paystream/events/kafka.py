@@ -55,6 +55,20 @@ async def start_with_retry(client: AIOKafkaProducer | AIOKafkaConsumer, *, attem
             await asyncio.sleep(min(0.2 * attempt, 2.0))
 
 
+async def ensure_topics_with_retry(settings: KafkaSettings, *, attempts: int = 30) -> None:
+    """:func:`ensure_topics`, retried while the broker is not reachable (a worker started
+    during a broker restart waits for it instead of exiting)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            await ensure_topics(settings)
+            return
+        except Exception as exc:
+            if attempt == attempts:
+                raise
+            log.warning("broker not reachable for topic setup (%s), retrying", type(exc).__name__)
+            await asyncio.sleep(min(0.2 * attempt, 2.0))
+
+
 async def ensure_topics(settings: KafkaSettings) -> None:
     """Create the topics with their partition counts if missing (idempotent).
 

@@ -4,6 +4,7 @@ status page for frontends (``/status/...``)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -34,6 +35,7 @@ from .health import readiness
 from .middleware import BodyLimitMiddleware, RequestIdMiddleware, request_id_of
 from .operations import GatedOperations
 from .production import check_production
+from .request_body import decode_json, parse_request_json
 from .status_page import status_page_routes
 from .websocket import DROP, BoundedWebSocketAdapter, TransportMiddleware, drop
 
@@ -83,6 +85,19 @@ class PaystreamGraphQL(GatedOperations, GraphQL[Context, None]):
                 with suppress(asyncio.CancelledError):
                     await handler
         return request
+
+    def decode_json(self, data: str | bytes) -> object:
+        """Websocket messages: nesting past the recursion limit is invalid JSON too."""
+        try:
+            return json.loads(data)
+        except RecursionError as exc:
+            raise json.JSONDecodeError("nested too deeply", "", 0) from exc
+
+    def parse_json(self, data: str | bytes) -> Any:
+        """Strawberry passes a POST body as bytes (checked whole, see :mod:`.request_body`)
+        and a GET request's ``variables`` or ``extensions`` parameter as text (decoded only;
+        Strawberry checks their types)."""
+        return parse_request_json(data) if isinstance(data, bytes) else decode_json(data)
 
     async def get_context(self, request: Any, response: Any) -> Context:
         context = Context(

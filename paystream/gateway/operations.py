@@ -15,7 +15,7 @@ from strawberry.http import GraphQLRequestData
 from strawberry.http.websocket_origin import normalize_allowed_origins
 from strawberry.types import ExecutionResult
 
-from ..domain.errors import RateLimited
+from ..domain.errors import BadUserInput, RateLimited
 from ..metrics import ERRORS, RATE_LIMITED, REQUEST_SECONDS, REQUESTS
 from ..resolvers.context import Context
 from ..schema.limits import cached_parser
@@ -55,6 +55,13 @@ class OperationGate:
                 result = ExecutionResult(data=None, errors=[exc.error])
                 return result
             name, kind = self._describe(query, data.operation_name)
+            if kind == "subscription":
+                # Strawberry would run it as a single result and fail it as INTERNAL.
+                error = BadUserInput("subscriptions are served over the websocket at /graphql")
+                result = ExecutionResult(data=None, errors=[GraphQLError(
+                    error.message, extensions={**error.graphql_extensions(),
+                                               "requestId": context.request_id})])
+                return result
             wait = await self.limiter.retry_after(kind, client_key(context))
             if wait is not None:
                 result = self._refuse(kind, wait, context, sub_response)
@@ -64,8 +71,8 @@ class OperationGate:
         finally:
             REQUESTS.labels(name, kind).inc()
             REQUEST_SECONDS.labels(name, kind).observe(time.perf_counter() - started)
-            for error in (result.errors or []) if result is not None else []:
-                ERRORS.labels(str((error.extensions or {}).get("code", "UNKNOWN"))).inc()
+            for returned in (result.errors or []) if result is not None else []:
+                ERRORS.labels(str((returned.extensions or {}).get("code", "UNKNOWN"))).inc()
 
     def _describe(self, query: str | None, operation_name: str | None) -> tuple[str, str]:
         """(operation name for metrics, type); a document that does not parse counts as a

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import ASGIWebSocketAdapter
+from strawberry.http.exceptions import NonJsonMessageReceived
 
 log = logging.getLogger("paystream.gateway")
 
@@ -55,14 +56,45 @@ def drop(websocket: WebSocket, reason: str) -> None:
         cancel()
 
 
+_OPERATION_FIELDS: dict[str, tuple[type, ...]] = {
+    "query": (str,), "variables": (dict, type(None)), "operationName": (str, type(None)),
+    "extensions": (dict, type(None)),
+}
+
+
+def well_formed(message: object) -> bool:
+    """Whether a decoded message has the shape both protocols' handlers assume: Strawberry
+    indexes ``type``, hashes ``id`` and reads the operation's fields without checking, so a
+    message such as ``{"id": {}}`` or one without a type crashed the connection's handler."""
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        return False
+    if not isinstance(message.get("id", ""), str):
+        return False
+    if message["type"] in ("subscribe", "start"):
+        payload = message.get("payload")
+        if not isinstance(payload, dict):
+            return False
+        return all(isinstance(payload.get(k), types) for k, types in _OPERATION_FIELDS.items())
+    return True
+
+
 class BoundedWebSocketAdapter(ASGIWebSocketAdapter):
-    """Strawberry's adapter, refusing to buffer more than a limit for a client."""
+    """Strawberry's adapter, refusing to buffer more than a limit for a client, and passing on
+    only well-formed messages: a malformed one is an invalid message (graphql-transport-ws
+    closes with 4400) or, where the protocol ignores what it cannot parse (graphql-ws), skipped."""
 
     max_buffered_bytes = 1 << 20
 
     def __init__(self, view: Any, request: WebSocket, response: WebSocket) -> None:
         super().__init__(view, request, response)
         self._transport = transport_of(response)
+
+    async def iter_json(self, *, ignore_parsing_errors: bool = False) -> AsyncGenerator[object, None]:
+        async for message in super().iter_json(ignore_parsing_errors=ignore_parsing_errors):
+            if well_formed(message):
+                yield message
+            elif not ignore_parsing_errors:
+                raise NonJsonMessageReceived
 
     async def send_json(self, message: Mapping[str, object]) -> None:
         transport = self._transport

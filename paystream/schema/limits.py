@@ -42,14 +42,20 @@ from ..config import LimitsSettings
 from ..domain.errors import QueryTooComplex
 
 _TOKEN_LIMIT_MESSAGE = "tokens. Parsing aborted."
+# graphql-core 3.3's parser stops at a fixed nesting (of selections or of list and object
+# values) before Python's recursion limit; too deep for any depth limit of ours.
+_NESTING_LIMIT_MESSAGE = "Document is nested too deeply. Parsing aborted."
 
 
 def token_limit_error(error: GraphQLError) -> QueryTooComplex | None:
-    """The QUERY_TOO_COMPLEX error for graphql-core's "more than N tokens" syntax error."""
+    """The QUERY_TOO_COMPLEX error for graphql-core's "more than N tokens" and "nested too
+    deeply" syntax errors (both refuse the document before it is parsed whole)."""
     if error.message.endswith(_TOKEN_LIMIT_MESSAGE):
         return QueryTooComplex(
             "the query has too many tokens", extensions={"limit": "tokens"}
         )
+    if error.message.endswith(_NESTING_LIMIT_MESSAGE):
+        return QueryTooComplex("the query is nested too deeply", extensions={"limit": "depth"})
     return None
 
 

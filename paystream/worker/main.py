@@ -23,11 +23,11 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from ..cache import ACCOUNT, PAYMENT, VersionedCache, account_entry, payment_entry
 from ..config import Settings
 from ..db import Database
-from ..db.engine import is_unreachable
+from ..db.engine import is_transient, is_unreachable
 from ..domain.currency import CURRENCY_EXPONENTS
 from ..domain.money import MAX_MINOR_UNITS
 from ..events import PaymentRequested, UndecodableMessage, make_consumer, make_producer
-from ..events.kafka import ensure_topics, start_with_retry
+from ..events.kafka import ensure_topics_with_retry, start_with_retry
 from .outbox import OutboxRelay
 from .posting import post_batch
 
@@ -64,7 +64,7 @@ class PaymentWorker:
         self.processed = 0
 
     async def run(self) -> None:
-        await ensure_topics(self.settings.kafka)
+        await ensure_topics_with_retry(self.settings.kafka)
         await start_with_retry(self.producer)
         await start_with_retry(self.consumer)
         sweeper = asyncio.create_task(self.relay.sweep_forever(), name="outbox-sweep")
@@ -121,8 +121,9 @@ class PaymentWorker:
                     )
                 break
             except Exception as exc:  # noqa: BLE001 (classified just below: retry or isolate)
-                if is_unreachable(exc):
-                    log.warning("primary unreachable, retrying the batch in %.1f s", delay)
+                if is_unreachable(exc) or is_transient(exc):
+                    what = "primary unreachable" if is_unreachable(exc) else "transaction conflict"
+                    log.warning("%s, retrying the batch in %.1f s", what, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
                     continue

@@ -26,14 +26,18 @@ from ..domain.ledger import post_transfer
 from ..domain.status import PaymentStatus
 from ..events.messages import PaymentRequested, PaymentStatusEvent
 
+# FOR NO KEY UPDATE, not FOR UPDATE: the posting changes no key, and FOR UPDATE would conflict
+# with the KEY SHARE locks that every foreign-key check takes. The API's INSERT of a new
+# payment KEY SHARE-locks its two accounts (in the order of its constraints, not by id), so a
+# worker holding one of them FOR UPDATE and waiting for the other deadlocked with it under load.
 _LOCK_PAYMENTS = text(
     "SELECT id, status, version, created_at FROM payments"
-    " WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR UPDATE"
+    " WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR NO KEY UPDATE"
 )
 _LOCK_ACCOUNTS = text(
     "SELECT id, partner_id, currency, balance_minor, version, name, created_at, updated_at"
     " FROM accounts"
-    " WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR UPDATE"
+    " WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR NO KEY UPDATE"
 )
 # Re-creates a payment from its message when the row is missing: the API withdrew it after a
 # produce it believed failed, but the broker had in fact taken the message.

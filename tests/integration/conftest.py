@@ -244,17 +244,18 @@ class StatusWatcher:
 
 
 async def wait_for_replay(db: object, timeout: float = 10.0) -> None:
-    """Wait until every replica has replayed everything the primary has written so far."""
+    """Wait until every replica has replayed everything committed on the primary so far."""
     from sqlalchemy import text
 
+    # The test stack commits asynchronously (synchronous_commit off): the WAL of recent commits
+    # may not be written yet, so not streamed, and the insert position may end in a record
+    # nobody flushes, which a replica never "reaches". A WAL message written with flush=true
+    # flushes everything before it; its end is a target that is streamed.
     async with db.primary.connect() as primary:  # type: ignore[attr-defined]
-        lsn = (await primary.execute(text("SELECT pg_current_wal_insert_lsn()::text"))).scalar()
+        await primary.execute(text("SELECT pg_logical_emit_message(false, 'paystream', '', true)"))
+        lsn = (await primary.execute(text("SELECT pg_current_wal_flush_lsn()::text"))).scalar()
+        await primary.commit()
     target = wal_position(str(lsn))
-    # When the last record ended exactly at a page boundary, the insert position points past
-    # the next page's header (24 bytes, 40 at a segment start), which no record fills until
-    # the next write: the replica's replay position stops short of it while nothing is written.
-    if target % 8192 in (24, 40):
-        target -= target % 8192
     deadline = asyncio.get_running_loop().time() + timeout
     for engine in db.replicas:  # type: ignore[attr-defined]
         while True:
