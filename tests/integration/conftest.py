@@ -12,6 +12,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import pytest
@@ -150,24 +151,40 @@ def start_api(env: dict[str, str], **extra: str) -> ApiProcess:
     return ApiProcess(process, port, log_path)
 
 
+# Session processes shared with other directories whose conftest imports these fixtures
+# (tests/reliability): pytest would otherwise start a second API process and a second worker,
+# and a test that stops "the" worker (SIGSTOP) would leave the other one posting.
+_SHARED: dict[str, Any] = {}
+
+
 @pytest.fixture(scope="session")
 async def api(server_env: dict[str, str], migrated: Settings) -> AsyncIterator[ApiProcess]:
     """One API process for the session, for tests that need a real server (websockets)."""
+    if "api" in _SHARED:  # defined again by tests/reliability/conftest.py: the same process
+        yield _SHARED["api"]
+        return
     process = start_api(server_env)
     try:
         await process.wait_ready()
+        _SHARED["api"] = process
         yield process
     finally:
+        _SHARED.pop("api", None)
         stop_process(process.process)
 
 
 @pytest.fixture(scope="session")
 def worker(server_env: dict[str, str], migrated: Settings) -> Iterator[subprocess.Popen[bytes]]:
     """One worker process for the session's default topics."""
+    if "worker" in _SHARED:  # one worker, whichever directory's fixture asks first
+        yield _SHARED["worker"]
+        return
     process = start_worker(server_env)
+    _SHARED["worker"] = process
     try:
         yield process
     finally:
+        _SHARED.pop("worker", None)
         stop_process(process)
 
 

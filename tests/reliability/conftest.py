@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from tests.integration.conftest import *  # noqa: F403  (the shared fixtures)
+from tests.integration.conftest import *
 from tests.integration.conftest import LOG_DIR, StatusWatcher, gql  # noqa: F401
 
 HEAVY = os.environ.get("PAYSTREAM_HEAVY", "") not in ("", "0")

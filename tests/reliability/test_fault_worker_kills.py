@@ -18,11 +18,15 @@ from typing import Any
 import pytest
 
 from paystream.events.kafka import ensure_topics
-
 from tests.integration._gateway import app_client
 
 from .conftest import StatusWatcher, sized, start_worker, stop_process
-from .invariants import assert_cache_agrees, assert_ledger_sound, assert_one_payment_per_key, balances
+from .invariants import (
+    assert_cache_agrees,
+    assert_ledger_sound,
+    assert_one_payment_per_key,
+    balances,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -59,8 +59,8 @@ async def settled(abused: ApiProcess, worker: Any, make_partner_module: Any) -> 
 
 @pytest.fixture(scope="module")
 def make_partner_module(services: Any) -> Any:
-    from tests.integration.conftest import Partner
     from paystream.services.admin import new_partner
+    from tests.integration.conftest import Partner
 
     async def make() -> Partner:
         name = f"partner-{uuid.uuid4().hex[:12]}"

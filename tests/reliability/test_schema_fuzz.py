@@ -6,13 +6,14 @@ PAYSTREAM_HEAVY=1 runs 1,500."""
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import hypothesis_graphql
 import pytest
 from graphql import StringValueNode
-from hypothesis import HealthCheck, Phase, given, seed, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, Phase, given, seed
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from tests.integration._gateway import app_client
 

@@ -25,7 +25,6 @@ from websockets.exceptions import ConnectionClosed
 
 from paystream.client import PAYMENT_STATUS, GraphQLErrors, Subscriptions
 from paystream.db.partners import revoke_api_key
-
 from tests.integration._gateway import app_client
 
 from .conftest import gql
