@@ -132,7 +132,6 @@ async def post_batch(
         for row in await session.execute(_LOCK_ACCOUNTS, {"ids": account_ids})
     }
     now = datetime.now(UTC)
-    statuses: list[tuple[uuid.UUID, str, str | None]] = []
     entries: list[tuple[uuid.UUID, uuid.UUID, int, int]] = []
     events: list[PaymentStatusEvent] = []
     payments: list[PaymentRow] = []
@@ -150,7 +149,6 @@ async def post_batch(
             currency=request.currency,
         )
         reason = posting.failure_reason.value if posting.failure_reason else None
-        statuses.append((request.payment_id, posting.status.value, reason))
         if posting.status is PaymentStatus.SUCCEEDED:
             source.balance, destination.balance = (
                 posting.source_balance_after, posting.destination_balance_after,
@@ -180,8 +178,8 @@ async def post_batch(
 
     await session.execute(
         _UPDATE_PAYMENTS,
-        {"now": now, "ids": [s[0] for s in statuses], "statuses": [s[1] for s in statuses],
-         "reasons": [s[2] for s in statuses]},
+        {"now": now, "ids": [p.id for p in payments], "statuses": [p.status for p in payments],
+         "reasons": [p.failure_reason for p in payments]},
     )
     touched = [(i, a) for i, a in accounts.items() if a.touched]
     if touched:
