@@ -104,9 +104,6 @@ class StatusHub:
         self._positions: dict[TopicPartition, int] = {}
         # Set once the consumer knows its starting offsets: from then on no event is skipped.
         self.positioned = asyncio.Event()
-        self.events_seen = 0
-        self.lag = 0
-        self.open_watches = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="status-hub")
@@ -135,7 +132,6 @@ class StatusHub:
             self._by_payment.setdefault(payment_id, set()).add(watch)
         for account_id in watch.accounts:
             self._by_account.setdefault(account_id, set()).add(watch)
-        self.open_watches += 1
         subscription_opened()
         return watch
 
@@ -147,7 +143,6 @@ class StatusHub:
                     watchers.discard(watch)
                     if not watchers:
                         del index[key]
-        self.open_watches -= 1
         subscription_closed()
 
     async def _run(self) -> None:
@@ -196,21 +191,17 @@ class StatusHub:
         self.positioned.set()
 
     async def _measure_lag(self, consumer: AIOKafkaConsumer) -> None:
-        lag = 0
         for tp in consumer.assignment():
             # Where to resume after a reconnect, as well as the lag.
             self._positions[tp] = position = await consumer.position(tp)
             highwater = consumer.highwater(tp)
             if highwater is not None:
-                behind = max(0, highwater - position)
-                CONSUMER_LAG.labels("api-status-stream", tp.topic, str(tp.partition)).set(behind)
-                lag += behind
-        self.lag = lag
+                CONSUMER_LAG.labels("api-status-stream", tp.topic, str(tp.partition)).set(
+                    max(0, highwater - position))
 
     async def apply(self, events: list[PaymentStatusEvent]) -> None:
         """Update the cache from the events (versioned, so replays and other processes' writes
         of the same event are harmless), then hand them to the subscribers."""
-        self.events_seen += len(events)
         if self._cache is not None:
             redis = self._settings.redis
             payments = {e.payment_id: (e.version, e.payment) for e in events if e.payment}
