@@ -21,7 +21,7 @@ from paystream.events.kafka import ensure_topics
 from paystream.services.app import Services
 
 from .common import bench_stack, server_env, write_result
-from .harness import BenchContext, Row, Scenario, progress, seed
+from .harness import BenchContext, Scenario, progress, seed
 
 SCENARIOS = [
     "cached_query", "nested_list", "create_payment", "drain", "subscribe_latency",

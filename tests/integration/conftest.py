@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from paystream.config import Settings
+from paystream.devstack import free_port
 from paystream.services.admin import new_account, new_partner
 
 pytestmark = pytest.mark.integration
@@ -92,14 +93,6 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
