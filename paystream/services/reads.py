@@ -1,7 +1,12 @@
 """The read side: Redis first (one MGET per entity type), then one SQL statement on a replica
 for the misses, then the primary for rows the replica does not have yet. Concurrent misses on
 one id share one database read (single-flight); what the database returns is written back to
-the cache with its version, so an older row never replaces a newer cached one."""
+the cache with its version, so an older row never replaces a newer cached one.
+
+Read-your-writes while a replica lags comes from the cache: the worker and the status stream
+put each committed version there. When Redis cannot be reached there is nothing to tell a
+lagging replica's row from a current one, so reads go to the primary until Redis answers
+again: an outage costs primary load, never a balance or status going backwards."""
 
 from __future__ import annotations
 
@@ -70,8 +75,9 @@ class Reader:
 
             async def load(keys: list[uuid.UUID]) -> dict[uuid.UUID, Row]:
                 self.db_reads += 1
-                rows = await self._db.read(lambda s: query(s, keys))
-                missing = [k for k in keys if k not in rows]
+                primary = not self._cache_answers()
+                rows = await self._db.read(lambda s: query(s, keys), primary=primary)
+                missing = [] if primary else [k for k in keys if k not in rows]
                 if missing:
                     # Written a moment ago and not yet replayed on the replica.
                     rows.update(await self._db.read(lambda s: query(s, missing), primary=True))
@@ -81,6 +87,10 @@ class Reader:
 
             found.update(await flight.load_many(misses, load))
         return found
+
+    def _cache_answers(self) -> bool:
+        """Whether the cache can vouch for freshness: Redis answered its last command."""
+        return self.cache is not None and self.cache.available
 
     async def remember_payment(self, row: PaymentRow) -> None:
         """Put a payment this process just wrote into the cache (read-your-writes)."""
@@ -93,12 +103,20 @@ class Reader:
         """One SQL statement on a replica for the page, then one MGET: where the cache holds a
         newer version of a payment than the replica (a status the caller may already have
         seen), the newer one is shown. Rows the cache lacks or holds older are written back."""
-        rows = await self._db.read(
-            lambda s: account_page(s, account_id, limit=limit, before=before, viewer=viewer)
-        )
-        if self.cache is None or self._ttl is None or not rows:
+        async def page(primary: bool) -> list[PaymentRow]:
+            return await self._db.read(
+                lambda s: account_page(s, account_id, limit=limit, before=before, viewer=viewer),
+                primary=primary,
+            )
+
+        if self.cache is None or self._ttl is None or not self._cache_answers():
+            return await page(primary=True)
+        rows = await page(primary=False)
+        if not rows:
             return rows
         cached = await self.cache.get_many(PAYMENT, [r.id for r in rows], payment_from)
+        if not self._cache_answers():
+            return await page(primary=True)  # Redis failed just now: the replica's rows may lag
         newest: list[PaymentRow] = []
         stale: dict[uuid.UUID, PaymentRow] = {}
         for row in rows:
