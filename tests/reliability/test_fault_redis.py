@@ -41,9 +41,7 @@ async def test_redis_killed_and_restarted_during_traffic(client, migrated, worke
         await load.stop()
     try:
         assert load.errors == []
-        # Not asserted: load.stale. With Redis gone (and again when it comes back empty),
-        # reads are served by the replica, which may lag: a client can be shown a balance
-        # older than one it saw before. See docs/reliability.md, "Known limits".
+        assert load.stale == []
         ids = load.payment_ids
         await watcher.wait_count(ids, at_least=len(ids), timeout=120)
     finally:
