@@ -52,11 +52,22 @@ class GraphQLErrors(Exception):
 
 
 class PaystreamClient:
-    def __init__(self, base_url: str, key: str, *, timeout: float = 10.0) -> None:
+    """Queries and mutations over HTTP.
+
+    A request refused with RATE_LIMITED was not executed, so it is sent again after the
+    server's hint (``extensions.retryAfter``), for at most ``max_rate_limit_wait`` seconds in
+    all; past that the RATE_LIMITED error is raised. Retrying a mutation is safe for that
+    reason, and createPayment carries an idempotency key besides."""
+
+    def __init__(self, base_url: str, key: str, *, timeout: float = 10.0,
+                 max_rate_limit_wait: float = 30.0,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.key = key
+        self.max_rate_limit_wait = max_rate_limit_wait
+        self.rate_limited = 0  # requests refused with RATE_LIMITED and sent again
         self._http = httpx.AsyncClient(
-            base_url=self.base_url, timeout=timeout,
+            base_url=self.base_url, timeout=timeout, transport=transport,
             headers={"Authorization": f"Bearer {key}"},
         )
 
@@ -68,9 +79,17 @@ class PaystreamClient:
 
     async def execute(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
         """``data`` of the response; GraphQL errors raise :class:`GraphQLErrors`."""
-        response = await self._http.post("/graphql", json={"query": query,
-                                                            "variables": variables or {}})
-        body = response.json()
+        waited = 0.0
+        while True:
+            response = await self._http.post("/graphql", json={"query": query,
+                                                                "variables": variables or {}})
+            body = response.json()
+            wait = _rate_limit_wait(body)
+            if wait is None or waited + wait > self.max_rate_limit_wait:
+                break
+            self.rate_limited += 1
+            waited += wait
+            await asyncio.sleep(wait)
         if body.get("errors"):
             raise GraphQLErrors(body["errors"])
         response.raise_for_status()
@@ -92,6 +111,15 @@ class PaystreamClient:
         url = "ws" + self.base_url.removeprefix("http") + "/graphql"
         async with Subscriptions(url, self.key, protocol) as ws:
             yield ws
+
+
+def _rate_limit_wait(body: dict[str, Any]) -> float | None:
+    """Seconds to wait before sending a RATE_LIMITED request again; None for other answers."""
+    for error in body.get("errors") or []:
+        extensions = error.get("extensions") or {}
+        if extensions.get("code") == "RATE_LIMITED":
+            return max(float(extensions.get("retryAfter") or 1.0), 0.001)
+    return None
 
 
 class Subscriptions:

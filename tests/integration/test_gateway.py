@@ -380,3 +380,29 @@ async def test_key_lookup_with_no_database_answering_is_unavailable_not_500(sett
                                    headers={"Authorization": "Bearer psk_anything"})
     assert response.status_code == 200
     assert [e["extensions"]["code"] for e in response.json()["errors"]] == ["UNAVAILABLE"]
+
+
+async def test_client_waits_out_rate_limits_within_its_budget(settings, make_partner) -> None:
+    """The typed client sends a RATE_LIMITED request again after the server's hint, and gives
+    up with the RATE_LIMITED error once its waiting budget would be exceeded."""
+    from paystream.client import GraphQLErrors, PaystreamClient
+
+    limits = {"query_burst": 1, "query_rate_per_s": 5.0}
+    async with app_client(settings, limits=limits) as (http, _):
+        partner, other = await make_partner(), await make_partner()
+        account = await partner.account()
+        query = "query($id: ID!) { account(id: $id) { id } }"
+        patient = PaystreamClient("http://test", partner.key, transport=http._transport)
+        async with patient:
+            for _ in range(3):
+                assert await patient.execute(query, {"id": account}) == {"account": {"id": account}}
+            assert patient.rate_limited >= 2  # the bucket holds one: the others waited
+        # A fresh bucket of one: the second query comes well within the 200 ms refill.
+        hasty = PaystreamClient("http://test", other.key, transport=http._transport,
+                                max_rate_limit_wait=0.0)
+        async with hasty:
+            with pytest.raises(GraphQLErrors) as refused:
+                for _ in range(2):
+                    await hasty.execute(query, {"id": account})
+            assert refused.value.codes == ["RATE_LIMITED"]
+            assert hasty.rate_limited == 0
