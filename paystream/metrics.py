@@ -26,6 +26,7 @@ __all__ = [
     "REQUESTS",
     "REQUEST_SECONDS",
     "SQL_STATEMENTS",
+    "SUBSCRIPTION_UPDATES",
     "render",
     "subscription_closed",
     "subscription_opened",
@@ -70,6 +71,13 @@ SQL_STATEMENTS = Counter(
 OPEN_SUBSCRIPTIONS = Gauge(
     "paystream_open_subscriptions", "GraphQL subscriptions open in this process.",
     registry=REGISTRY,
+)
+
+SUBSCRIPTION_UPDATES = Counter(
+    "paystream_subscription_updates",
+    "Status updates executed for subscribers: 'executed' ran the selection set, 'shared' reused "
+    "the result of a subscriber with the same document, variables and audience.",
+    ["execution"], registry=REGISTRY,
 )
 
 

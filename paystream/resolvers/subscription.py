@@ -16,7 +16,14 @@ def _payment(info: Info, update: PaymentUpdate) -> Payment:
     # The connection's context lives as long as the socket: fresh loaders per event, so a
     # nested field never shows what an earlier event loaded.
     info.context.loaders = Loaders(info.context.services.reader)
-    return Payment(row=update.payment, accounts=update.accounts)
+    # One Payment per update, whoever it is sent to: the executed result is kept on it and
+    # shared by subscribers with the same document and audience (schema/sharing.py).
+    payment = update.shared.get("payment")
+    if payment is None:
+        payment = update.shared["payment"] = Payment(row=update.payment,
+                                                     accounts=update.accounts, executions={})
+    assert isinstance(payment, Payment)
+    return payment
 
 
 @strawberry.type

@@ -15,6 +15,7 @@ from ..resolvers.subscription import Subscription
 from .errors import ErrorCodes
 from .limits import CachedParse, cached_parser, query_limits_rule
 from .scalars import SCALAR_MAP
+from .sharing import SharedEventExecutor
 
 
 class PaystreamSchema(strawberry.Schema):
@@ -47,6 +48,7 @@ def build_schema(settings: Settings) -> PaystreamSchema:
         mutation=Mutation,
         subscription=Subscription,
         extensions=extensions,  # type: ignore[arg-type]
+        execution_context_class=SharedEventExecutor,
         config=StrawberryConfig(
             auto_camel_case=True, scalar_map=SCALAR_MAP,
             batching_config=batching if limits.max_batch_operations > 1 else None,

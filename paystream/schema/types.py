@@ -97,6 +97,9 @@ class Payment:
     # Account states that came with the payment (a status event's snapshots): shown as they
     # were at that change, without a read.
     accounts: strawberry.Private[dict[uuid.UUID, AccountRow] | None] = None
+    # Set on a subscription update: results of executing documents on it, shared by its
+    # subscribers (schema/sharing.py).
+    executions: strawberry.Private[dict[object, object] | None] = None
 
     @strawberry.field
     def id(self) -> strawberry.ID:

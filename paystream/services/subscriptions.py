@@ -3,14 +3,20 @@
 ``payment_status`` registers with the status hub *before* it reads the current state from the
 primary, so an event published in between is queued rather than lost; events at or below the
 version already sent are dropped, so each newer status arrives exactly once and in order.
+
+Every subscriber an event reaches is given the same :class:`PaymentUpdate` for it (built once,
+with at most one read), so work done on it for one subscriber can serve the others: the
+GraphQL layer keeps the executed result on it (``schema/sharing.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..cache.entities import event_rows
 from ..db import Database, ReadSession
@@ -26,6 +32,9 @@ from .status_hub import StatusHub, Watch, WatchClosed
 TERMINAL = frozenset({"SUCCEEDED", "FAILED"})
 # Per accountActivity subscriber: the payments whose latest version it was sent.
 _REMEMBERED_PAYMENTS = 10_000
+# Updates kept for subscribers still draining their queues: a subscriber more than this many
+# events behind builds its own (correct, just not shared).
+_SHARED_UPDATES = 4_096
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +43,8 @@ class PaymentUpdate:
 
     payment: PaymentRow
     accounts: dict[uuid.UUID, AccountRow] = field(default_factory=dict)
+    # Scratch space shared by every subscriber sent this update (the GraphQL view of it).
+    shared: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 class Subscriptions:
@@ -41,6 +52,8 @@ class Subscriptions:
         self._db = db
         self._reader = reader
         self.hub = hub
+        self._updates: OrderedDict[tuple[uuid.UUID, int], asyncio.Future[PaymentUpdate]] = (
+            OrderedDict())
 
     async def payment_status(self, caller: Caller, raw_id: str,
                              on_overflow: Callable[[], None] | None = None
@@ -61,7 +74,7 @@ class Subscriptions:
                 event = await _next(watch)
                 if event.version <= sent:
                     continue  # a replay, or a state the first read already showed
-                current = await self._update(event.payment_id, event_rows(event))
+                current = await self._shared_update(event)
                 sent = current.payment.version
                 yield current
 
@@ -87,7 +100,24 @@ class Subscriptions:
                 sent.move_to_end(event.payment_id)
                 if len(sent) > _REMEMBERED_PAYMENTS:
                     sent.popitem(last=False)
-                yield await self._update(event.payment_id, event_rows(event))
+                yield await self._shared_update(event)
+
+    async def _shared_update(self, event: PaymentStatusEvent) -> PaymentUpdate:
+        """The update for ``event``, built once for all the subscribers it reaches."""
+        key = (event.payment_id, event.version)
+        update = self._updates.get(key)
+        if update is None:
+            update = asyncio.ensure_future(self._update(event.payment_id, event_rows(event)))
+
+            def forget_failure(done: asyncio.Future[PaymentUpdate]) -> None:
+                if done.cancelled() or done.exception() is not None:
+                    self._updates.pop(key, None)  # the next subscriber tries again
+
+            update.add_done_callback(forget_failure)
+            self._updates[key] = update
+            while len(self._updates) > _SHARED_UPDATES:
+                self._updates.popitem(last=False)
+        return await asyncio.shield(update)
 
     async def _update(self, payment_id: uuid.UUID,
                       rows: tuple[PaymentRow | None, list[AccountRow]]) -> PaymentUpdate:

@@ -4,6 +4,7 @@ the real worker and the real broker."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import uuid
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
 import pytest
 
 from paystream.client import (
@@ -354,3 +356,48 @@ async def test_stalled_subscriber_is_dropped_without_delaying_the_others(
         assert statistics.median(during) <= max(5 * usual, usual + 0.25), (baseline, during)
     finally:
         stop_process(api.process)
+
+
+def updates_counted(metrics: str) -> dict[str, float]:
+    counted = {"executed": 0.0, "shared": 0.0}
+    for line in metrics.splitlines():
+        for kind in counted:
+            if line.startswith(f'paystream_subscription_updates_total{{execution="{kind}"}}'):
+                counted[kind] = float(line.split()[-1])
+    return counted
+
+
+async def test_subscribers_share_an_execution_per_audience_and_see_only_their_own(
+    api: ApiProcess, worker: subprocess.Popen[bytes], make_partner: Any,
+) -> None:
+    """Three subscribers of the payer and three of the payee watch one payment with the same
+    document and variables: its update is executed once per partner and shared with that
+    partner's other subscribers, and sharing never shows one partner what only the other may
+    see (its balance)."""
+    payer, payee = await make_partner(), await make_partner()
+    source = await payer.account(balance="100.00")
+    destination = await payee.account(balance="0")
+    partners = [payer] * 3 + [payee] * 3
+    async with contextlib.AsyncExitStack() as stack, httpx.AsyncClient(base_url=api.url) as http:
+        sockets = [await stack.enter_async_context(Subscriptions(api.ws_url, p.key))
+                   for p in partners]
+        with held(worker):
+            payment = await pay(api, payer, source, destination, "10.00")
+            streams = [ws.subscribe(PAYMENT_STATUS, {"id": payment["id"]}) for ws in sockets]
+            # Each subscriber's first state is its own read; the change after it is shared.
+            firsts = [await anext(s) for s in streams]
+            assert {f["paymentStatus"]["status"] for f in firsts} == {"PENDING"}
+            before = updates_counted((await http.get("/metrics")).text)
+        rests = await asyncio.gather(*(collect(s, "paymentStatus") for s in streams))
+        after = updates_counted((await http.get("/metrics")).text)
+
+    assert [[u["status"] for u in rest] for rest in rests] == [["SUCCEEDED"]] * 6
+    assert after["executed"] - before["executed"] == 2  # once per partner
+    assert after["shared"] - before["shared"] == 4
+    final = [rest[0] for rest in rests]
+    assert all(f == final[0] for f in final[:3]) and all(f == final[3] for f in final[3:])
+    payer_view, payee_view = final[0], final[3]
+    assert (payer_view["sourceAccount"]["balance"], payer_view["destinationAccount"]["balance"]) \
+        == ("90.00", None)
+    assert (payee_view["sourceAccount"]["balance"], payee_view["destinationAccount"]["balance"]) \
+        == (None, "10.00")
