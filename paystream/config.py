@@ -18,6 +18,9 @@ class DatabaseSettings(BaseModel):
     replica_urls: list[str] = Field(default_factory=list)
     pool_size: int = 10
     max_overflow: int = 10
+    # Longest wait for a pooled connection; past it the request answers UNAVAILABLE (the
+    # process is overloaded) instead of hanging.
+    pool_timeout_s: float = 5.0
     # A replica that does not answer within this many seconds is skipped for the request.
     connect_timeout_s: float = 2.0
     statement_timeout_ms: int = 10_000

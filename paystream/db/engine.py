@@ -12,9 +12,11 @@ from typing import NewType, TypeVar
 
 from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError, InterfaceError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from ..config import DatabaseSettings
+from ..domain.errors import Unavailable
 from ..metrics import SQL_STATEMENTS
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,14 @@ T = TypeVar("T")
 
 class ServerUnreachable(Exception):
     """No database server that could serve the request answered."""
+
+
+class DatabaseBusy(Unavailable):
+    """No pooled connection came free within ``pool_timeout_s``: this process has more work
+    in flight than connections. The request was not executed; it may be retried."""
+
+    def __init__(self) -> None:
+        super().__init__("the service is busy; retry shortly")
 
 
 def is_unreachable(exc: BaseException) -> bool:
@@ -83,6 +93,7 @@ def make_engine(url: str, settings: DatabaseSettings, *, read_only: bool = False
         url,
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
+        pool_timeout=settings.pool_timeout_s,
         pool_pre_ping=False,
         connect_args={"server_settings": server_settings, "timeout": settings.connect_timeout_s},
     )
@@ -109,8 +120,12 @@ class Database:
     @asynccontextmanager
     async def write_session(self) -> AsyncIterator[WriteSession]:
         """One transaction on the primary: commits at the end of the block, rolls back on error."""
-        async with AsyncSession(self.primary, expire_on_commit=False) as session, session.begin():
-            yield WriteSession(session)
+        try:
+            async with AsyncSession(self.primary, expire_on_commit=False) as session, \
+                    session.begin():
+                yield WriteSession(session)
+        except PoolTimeout:
+            raise DatabaseBusy() from None
 
     async def read(self, work: Callable[[ReadSession], Awaitable[T]], *, primary: bool = False) -> T:
         """Run ``work`` in a read-only session: the next healthy replica, round robin, else the
@@ -124,6 +139,8 @@ class Database:
             try:
                 async with AsyncSession(engine, expire_on_commit=False) as session:
                     return await work(ReadSession(session))
+            except PoolTimeout:
+                raise DatabaseBusy() from None
             except Exception as exc:
                 if not is_unreachable(exc):
                     raise

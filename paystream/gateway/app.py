@@ -115,6 +115,8 @@ class PaystreamGraphQL(GatedOperations, GraphQL[Context, None]):
                 # A bad key fails the operation that needs it, with UNAUTHENTICATED.
                 try:
                     context.caller = await self.services.auth.caller_for(authorization)
+                except Unavailable as exc:
+                    context.auth_failure = exc  # busy: the operation answers UNAVAILABLE
                 except PaystreamError:
                     context.caller = None
                 except ServerUnreachable:

@@ -23,7 +23,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from ..cache import ACCOUNT, PAYMENT, VersionedCache, account_entry, payment_entry
 from ..config import Settings
 from ..db import Database
-from ..db.engine import is_transient, is_unreachable
+from ..db.engine import DatabaseBusy, is_transient, is_unreachable
 from ..domain.currency import CURRENCY_EXPONENTS
 from ..domain.money import MAX_MINOR_UNITS
 from ..events import PaymentRequested, UndecodableMessage, make_consumer, make_producer
@@ -121,8 +121,10 @@ class PaymentWorker:
                     )
                 break
             except Exception as exc:  # noqa: BLE001 (classified just below: retry or isolate)
-                if is_unreachable(exc) or is_transient(exc):
-                    what = "primary unreachable" if is_unreachable(exc) else "transaction conflict"
+                if is_unreachable(exc) or is_transient(exc) or isinstance(exc, DatabaseBusy):
+                    what = ("primary unreachable" if is_unreachable(exc) else
+                            "no free connection" if isinstance(exc, DatabaseBusy) else
+                            "transaction conflict")
                     log.warning("%s, retrying the batch in %.1f s", what, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)

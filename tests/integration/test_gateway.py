@@ -9,9 +9,11 @@ import io
 import json
 import logging
 import uuid
+from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from paystream.config import Settings
 from paystream.logging import JsonFormatter
@@ -406,3 +408,39 @@ async def test_client_waits_out_rate_limits_within_its_budget(settings, make_par
                     await hasty.execute(query, {"id": account})
             assert refused.value.codes == ["RATE_LIMITED"]
             assert hasty.rate_limited == 0
+
+
+async def test_no_free_database_connection_answers_unavailable_at_once(settings, make_partner) -> None:
+    """An overloaded process (every pooled connection busy) answers UNAVAILABLE after the pool
+    timeout, for the key lookup and for a resolver alike, and serves again once one frees."""
+    async with app_client(settings, db={"pool_size": 1, "max_overflow": 0,
+                                        "pool_timeout_s": 0.2}) as (http, services):
+        partner = await make_partner()
+        account = await partner.account(balance="4.00")
+        query = "query($id: ID!) { account(id: $id) { balance } }"
+
+        async def while_held(primary: bool) -> dict[str, object]:
+            """The request, sent while the pool it needs has its one connection checked out."""
+            held, release = asyncio.Event(), asyncio.Event()
+
+            async def hold(session: Any) -> None:
+                await session.execute(text("SELECT 1"))
+                held.set()
+                await release.wait()
+
+            holder = asyncio.create_task(services.db.read(hold, primary=primary))
+            await held.wait()
+            try:
+                return await gql(http, query, {"id": account}, key=partner.key)
+            finally:
+                release.set()
+                await holder
+
+        for primary in (True, False):  # the key lookup's pool, then the replica's
+            await services.cache.delete(f"account:{account}")
+            busy = await while_held(primary)
+            assert busy["data"] == {"account": None}
+            assert [e["extensions"]["code"] for e in busy["errors"]] == ["UNAVAILABLE"]
+            assert busy["errors"][0]["message"] == "the service is busy; retry shortly"
+        assert await gql(http, query, {"id": account}, key=partner.key) == {
+            "data": {"account": {"balance": "4.00"}}}
