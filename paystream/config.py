@@ -54,7 +54,8 @@ class KafkaSettings(BaseModel):
     # The dev broker answers a fetch only when this runs out; keep it short for status consumers.
     fetch_max_wait_ms: int = 10
     produce_timeout_s: float = 3.0
-    request_timeout_ms: int = 3000
+    # How long createPayment waits for the broker's acknowledgement before UNAVAILABLE.
+    request_timeout_ms: int = 2000
     worker_batch_size: int = 500
 
 
