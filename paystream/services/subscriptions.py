@@ -34,7 +34,7 @@ TERMINAL = frozenset({"SUCCEEDED", "FAILED"})
 _REMEMBERED_PAYMENTS = 10_000
 # Updates kept for subscribers still draining their queues: a subscriber more than this many
 # events behind builds its own (correct, just not shared).
-_SHARED_UPDATES = 4_096
+_SHARED_UPDATES = 1_024
 
 
 @dataclass(frozen=True, slots=True)
