@@ -162,4 +162,8 @@ class VersionedCache:
             self._failed(exc)
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        try:
+            await self.redis.aclose()
+        except (RedisError, OSError) as exc:
+            # Shutting down: a connection that does not close in time is dropped anyway.
+            log.warning("redis connections not closed cleanly (%s)", type(exc).__name__)

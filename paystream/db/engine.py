@@ -30,8 +30,13 @@ ReadSession = NewType("ReadSession", AsyncSession)
 T = TypeVar("T")
 
 
-class ServerUnreachable(Exception):
-    """No database server that could serve the request answered."""
+class ServerUnreachable(Unavailable):
+    """No database server that could serve the request answered (or the connection was lost
+    mid-request). The caller may retry; createPayment's idempotency key makes that safe even
+    when the connection was lost around a commit."""
+
+    def __init__(self, message: str = "the database is unavailable; retry shortly") -> None:
+        super().__init__(message)
 
 
 class DatabaseBusy(Unavailable):
@@ -126,6 +131,10 @@ class Database:
                 yield WriteSession(session)
         except PoolTimeout:
             raise DatabaseBusy() from None
+        except Exception as exc:
+            if is_unreachable(exc):
+                raise ServerUnreachable() from exc
+            raise
 
     async def read(self, work: Callable[[ReadSession], Awaitable[T]], *, primary: bool = False) -> T:
         """Run ``work`` in a read-only session: the next healthy replica, round robin, else the
@@ -148,7 +157,7 @@ class Database:
                 if index is not None:
                     log.warning("replica %d unreachable, trying the next: %s", index, type(exc).__name__)
                     self._down_until[index] = time.monotonic() + self.replica_retry_s
-        raise ServerUnreachable("no database server answered") from last_error
+        raise ServerUnreachable() from last_error
 
     def _readers(self, primary: bool) -> list[tuple[int | None, AsyncEngine]]:
         if primary or not self.replicas:

@@ -24,7 +24,6 @@ from strawberry.exceptions import ConnectionRejectionError
 from strawberry.types.unset import UNSET
 
 from ..config import Settings
-from ..db.engine import ServerUnreachable
 from ..domain.errors import PaystreamError, Unavailable
 from ..metrics import CONTENT_TYPE_LATEST, render, watch_cache
 from ..resolvers.context import Context
@@ -115,14 +114,12 @@ class PaystreamGraphQL(GatedOperations, GraphQL[Context, None]):
                 # A bad key fails the operation that needs it, with UNAUTHENTICATED.
                 try:
                     context.caller = await self.services.auth.caller_for(authorization)
-                except Unavailable as exc:
-                    context.auth_failure = exc  # busy: the operation answers UNAVAILABLE
+                except Unavailable:
+                    # No database answered the key lookup, or none had a free connection:
+                    # the operation that needs the caller fails with UNAVAILABLE.
+                    context.auth_failure = Unavailable("cannot check the API key now; retry")
                 except PaystreamError:
                     context.caller = None
-                except ServerUnreachable:
-                    # No database answered the key lookup: the operation that needs the
-                    # caller fails with UNAVAILABLE, not a bare 500.
-                    context.auth_failure = Unavailable("cannot check the API key now; retry")
         return context
 
     async def on_ws_connect(self, context: Context) -> None:
@@ -132,7 +129,7 @@ class PaystreamGraphQL(GatedOperations, GraphQL[Context, None]):
             context.caller = await self.services.auth.caller_for(
                 authorization if isinstance(authorization, str) else None
             )
-        except ServerUnreachable:
+        except Unavailable:
             raise ConnectionRejectionError({"code": "UNAVAILABLE",
                                             "message": "cannot check the API key now; retry"})
         except PaystreamError as exc:

@@ -23,8 +23,9 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from ..cache import ACCOUNT, PAYMENT, VersionedCache, account_entry, payment_entry
 from ..config import Settings
 from ..db import Database
-from ..db.engine import DatabaseBusy, is_transient, is_unreachable
+from ..db.engine import is_transient, is_unreachable
 from ..domain.currency import CURRENCY_EXPONENTS
+from ..domain.errors import Unavailable
 from ..domain.money import MAX_MINOR_UNITS
 from ..events import PaymentRequested, UndecodableMessage, make_consumer, make_producer
 from ..events.kafka import ensure_topics_with_retry, start_with_retry
@@ -121,10 +122,8 @@ class PaymentWorker:
                     )
                 break
             except Exception as exc:  # noqa: BLE001 (classified just below: retry or isolate)
-                if is_unreachable(exc) or is_transient(exc) or isinstance(exc, DatabaseBusy):
-                    what = ("primary unreachable" if is_unreachable(exc) else
-                            "no free connection" if isinstance(exc, DatabaseBusy) else
-                            "transaction conflict")
+                if isinstance(exc, Unavailable) or is_unreachable(exc) or is_transient(exc):
+                    what = "transaction conflict" if is_transient(exc) else str(exc)
                     log.warning("%s, retrying the batch in %.1f s", what, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)

@@ -20,7 +20,7 @@ from paystream.logging import JsonFormatter
 from paystream.services.app import Services
 
 from ._gateway import app_client, changed
-from .conftest import gql
+from .conftest import gql, wait_for_replay
 
 pytestmark = pytest.mark.integration
 
@@ -441,6 +441,30 @@ async def test_no_free_database_connection_answers_unavailable_at_once(settings,
             busy = await while_held(primary)
             assert busy["data"] == {"account": None}
             assert [e["extensions"]["code"] for e in busy["errors"]] == ["UNAVAILABLE"]
-            assert busy["errors"][0]["message"] == "the service is busy; retry shortly"
+            assert busy["errors"][0]["message"] == (
+                "cannot check the API key now; retry" if primary else
+                "the service is busy; retry shortly")
         assert await gql(http, query, {"id": account}, key=partner.key) == {
             "data": {"account": {"balance": "4.00"}}}
+
+
+async def test_primary_unreachable_answers_unavailable_not_internal(settings, make_partner) -> None:
+    """With the primary gone, reads keep working from the replica (the key lookup too) and
+    createPayment answers UNAVAILABLE, a code the client retries on, recording nothing."""
+    from paystream.devstack import free_port
+
+    partner = await make_partner()
+    source, destination = await partner.account(balance="5.00"), await partner.account()
+    await wait_for_replay(partner.services.db)
+    nowhere = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/paystream"
+    async with app_client(settings, db={"primary_url": nowhere}) as (http, _):
+        read = await gql(http, "query($id: ID!) { account(id: $id) { balance } }",
+                         {"id": source}, key=partner.key)
+        assert read == {"data": {"account": {"balance": "5.00"}}}
+        created = await gql(http, "mutation($input: CreatePaymentInput!) { createPayment("
+                            "input: $input) { id } }", {"input": {
+                                "idempotencyKey": uuid.uuid4().hex, "sourceAccountId": source,
+                                "destinationAccountId": destination, "amount": "1.00",
+                                "currency": "USD"}}, key=partner.key)
+        assert [e["extensions"]["code"] for e in created["errors"]] == ["UNAVAILABLE"]
+        assert created["errors"][0]["message"] == "the database is unavailable; retry shortly"
