@@ -54,10 +54,11 @@ class GraphQLErrors(Exception):
 class PaystreamClient:
     """Queries and mutations over HTTP.
 
-    A request refused with RATE_LIMITED was not executed, so it is sent again after the
-    server's hint (``extensions.retryAfter``), for at most ``max_rate_limit_wait`` seconds in
-    all; past that the RATE_LIMITED error is raised. Retrying a mutation is safe for that
-    reason, and createPayment carries an idempotency key besides."""
+    A request refused with a retry hint (``extensions.retryAfter``: RATE_LIMITED, or
+    UNAVAILABLE from a process too busy to admit it) was not executed, so it is sent again
+    after the hint, for at most ``max_rate_limit_wait`` seconds in all; past that the error is
+    raised. Retrying a mutation is safe for that reason, and createPayment carries an
+    idempotency key besides."""
 
     def __init__(self, base_url: str, key: str, *, timeout: float = 10.0,
                  max_rate_limit_wait: float = 30.0,
@@ -114,11 +115,12 @@ class PaystreamClient:
 
 
 def _rate_limit_wait(body: dict[str, Any]) -> float | None:
-    """Seconds to wait before sending a RATE_LIMITED request again; None for other answers."""
+    """Seconds to wait before sending a request the server did not execute again (its answer
+    carries ``retryAfter``); None for other answers."""
     for error in body.get("errors") or []:
         extensions = error.get("extensions") or {}
-        if extensions.get("code") == "RATE_LIMITED":
-            return max(float(extensions.get("retryAfter") or 1.0), 0.001)
+        if extensions.get("code") in ("RATE_LIMITED", "UNAVAILABLE") and "retryAfter" in extensions:
+            return max(float(extensions["retryAfter"]), 0.001)
     return None
 
 

@@ -95,6 +95,10 @@ class ApiSettings(BaseModel):
     cors_origins: list[str] = Field(default_factory=list)
     # Automatic persisted queries: how long a registered query is kept in Redis.
     persisted_query_ttl_s: int = 7 * 24 * 3600
+    # Admission control per process: GraphQL HTTP requests executing at once (0: no limit),
+    # and how long one waits for a slot before 503 UNAVAILABLE (it has not run; retry).
+    max_in_flight: int = 128
+    queue_timeout_s: float = 5.0
 
 
 class SubscriptionSettings(BaseModel):

@@ -49,7 +49,9 @@ ERRORS = Counter(
     ["code"], registry=REGISTRY,
 )
 RATE_LIMITED = Counter(
-    "paystream_rate_limited", "Operations refused by the rate limiter.", ["bucket"],
+    "paystream_rate_limited",
+    "Operations refused by a rate limit (bucket: query, mutation) or, bucket 'admission', "
+    "after waiting for a free execution slot.", ["bucket"],
     registry=REGISTRY,
 )
 PERSISTED_QUERIES = Counter(

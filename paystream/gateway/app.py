@@ -30,6 +30,7 @@ from ..resolvers.context import Context
 from ..resolvers.loaders import Loaders
 from ..schema import build_schema
 from ..services.app import Services
+from .admission import AdmissionMiddleware
 from .health import readiness
 from .middleware import BodyLimitMiddleware, RequestIdMiddleware, request_id_of
 from .operations import GatedOperations
@@ -179,6 +180,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
                        allow_methods=["GET", "POST"],
                        allow_headers=["authorization", "content-type", "x-request-id"],
                        expose_headers=["x-request-id", "retry-after"], max_age=600),
+            Middleware(AdmissionMiddleware, max_in_flight=settings.api.max_in_flight,
+                       queue_timeout_s=settings.api.queue_timeout_s),
             Middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes),
         ],
     )

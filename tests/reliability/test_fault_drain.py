@@ -5,7 +5,9 @@ conserved. (PAYSTREAM_HEAVY=1: 5,000.)"""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
+import time
 import uuid
 
 import pytest
@@ -35,13 +37,15 @@ async def test_concurrent_payments_drain_one_account(migrated, worker, make_part
     await watcher.start()
     try:
         async with app_client(migrated, limits=NO_RATE_LIMIT) as (http, _):
+            jitter = random.Random(7)
 
             async def pay(amount: int) -> str:
                 variables = {"input": {
                     "idempotencyKey": uuid.uuid4().hex, "sourceAccountId": source,
                     "destinationAccountId": rng.choice(destinations),
                     "amount": f"{amount / 100:.2f}", "currency": "USD"}}
-                for attempt in range(20):
+                deadline = time.monotonic() + sized(60, 300)
+                for attempt in itertools.count():
                     response = await http.post("/graphql", json={"query": CREATE,
                                                                  "variables": variables},
                                                headers={"Authorization": f"Bearer {payer.key}"})
@@ -49,8 +53,10 @@ async def test_concurrent_payments_drain_one_account(migrated, worker, make_part
                     if [e["extensions"]["code"] for e in body.get("errors") or []] != ["UNAVAILABLE"]:
                         break
                     # More requests in flight than pooled connections (the heavy size): the
-                    # process says it is busy, and the client retries with the same key.
-                    await asyncio.sleep(0.1 * (attempt + 1))
+                    # process says it is busy, and the client retries with the same key, with
+                    # jittered backoff, as a partner's client would.
+                    assert time.monotonic() < deadline, body
+                    await asyncio.sleep(jitter.uniform(0.5, 1.5) * min(5.0, 0.1 * 2 ** attempt))
                 assert not body.get("errors"), body
                 return str(body["data"]["createPayment"]["id"])
 
