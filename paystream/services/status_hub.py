@@ -204,9 +204,14 @@ class StatusHub:
         of the same event are harmless), then hand them to the subscribers."""
         if self._cache is not None:
             redis = self._settings.redis
-            payments = {e.payment_id: (e.version, e.payment) for e in events if e.payment}
+            # The newest version of each entity in the batch, whatever the order: an API's
+            # PENDING event can land after the worker's terminal one for the same payment.
+            payments: dict[uuid.UUID, tuple[int, dict[str, Any]]] = {}
             accounts: dict[uuid.UUID, tuple[int, dict[str, Any]]] = {}
             for event in events:
+                if event.payment and (event.payment_id not in payments
+                                      or payments[event.payment_id][0] < event.version):
+                    payments[event.payment_id] = (event.version, event.payment)
                 for account in event.accounts or ():
                     key, version = uuid.UUID(account["id"]), int(account["version"])
                     if key not in accounts or accounts[key][0] < version:

@@ -188,3 +188,38 @@ async def test_read_your_writes_with_redis_down_and_the_replica_behind(
         "payment": {"status": "SUCCEEDED"}, "a": {"balance": "12.50"}, "b": {"balance": "8.50"},
         "payments": {"edges": [{"node": {"id": payment_id, "status": "SUCCEEDED"}}]},
     }
+
+
+async def test_status_stream_caches_the_newest_version_whatever_the_batch_order(migrated) -> None:
+    """One consumed batch can hold a payment's terminal event before its PENDING one (the
+    API publishes PENDING without waiting; the worker may be quicker): the cache keeps the
+    terminal state, for the payment and for both balances."""
+    import dataclasses
+    from datetime import UTC, datetime
+
+    from paystream.cache import ACCOUNT, account_from, payment_from
+    from paystream.cache.entities import status_event
+    from paystream.db.accounts import AccountRow
+    from paystream.db.payments import PaymentRow
+    from paystream.services.status_hub import StatusHub
+
+    now = datetime.now(UTC)
+    partner = uuid.uuid4()
+    source = AccountRow(uuid.uuid4(), partner, "a", "USD", 1000, 1, now, now)
+    destination = AccountRow(uuid.uuid4(), partner, "b", "USD", 0, 1, now, now)
+    pending = PaymentRow(uuid.uuid4(), partner, "k", "h" * 64, source.id, destination.id, 250,
+                         "USD", None, "PENDING", None, 1, now, now)
+    done = dataclasses.replace(pending, status="SUCCEEDED", version=2)
+    posted = [dataclasses.replace(source, balance_minor=750, version=2),
+              dataclasses.replace(destination, balance_minor=250, version=2)]
+    cache = VersionedCache(migrated.redis)
+    try:
+        await StatusHub(migrated, cache).apply([
+            status_event(done, *posted), status_event(pending, source, destination,
+                                                      with_accounts=False)])
+        payment = await cache.get_many(PAYMENT, [pending.id], payment_from)
+        balances = await cache.get_many(ACCOUNT, [source.id, destination.id], account_from)
+    finally:
+        await cache.close()
+    assert (payment[pending.id].status, payment[pending.id].version) == ("SUCCEEDED", 2)
+    assert {a.balance_minor for a in balances.values()} == {750, 250}
