@@ -10,8 +10,19 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
+class _LoaderCancelled(Exception):
+    """The request reading a key was cancelled before it finished; its waiters read it."""
+
+
 class SingleFlight(Generic[K, V]):
-    """Per process: a key already being loaded is awaited, not loaded again."""
+    """Per process: a key already being loaded is awaited, not loaded again.
+
+    Requests come and go independently, so cancellation never crosses between them: a
+    waiter that is cancelled stops waiting without cancelling the shared read (it is
+    shielded), and when the request doing the read is cancelled its waiters read the key
+    themselves instead of inheriting the cancellation. (Inheriting it killed the waiters'
+    DataLoader batch tasks, and their requests then hung in ``load()``.)
+    """
 
     def __init__(self) -> None:
         self._inflight: dict[K, asyncio.Future[V | None]] = {}
@@ -28,19 +39,29 @@ class SingleFlight(Generic[K, V]):
             try:
                 loaded = await load(mine)
             except BaseException as exc:
+                failure = _LoaderCancelled() if isinstance(exc, asyncio.CancelledError) else exc
                 for key, future in futures.items():
                     self._inflight.pop(key, None)
                     if not future.done():
-                        future.set_exception(exc)
+                        future.set_exception(failure)
                         future.exception()  # retrieved here: the waiters re-raise it
                 raise
             for key, future in futures.items():
                 self._inflight.pop(key, None)
                 future.set_result(loaded.get(key))
         result: dict[K, V] = {}
+        orphaned: list[K] = []
         for key in keys:
             pending = futures.get(key) or waiting.get(key)
-            value = await pending if pending is not None else None
+            if pending is None:
+                continue
+            try:
+                value = await asyncio.shield(pending)
+            except _LoaderCancelled:
+                orphaned.append(key)
+                continue
             if value is not None:
                 result[key] = value
+        if orphaned:
+            result.update(await self.load_many(orphaned, load))
         return result
