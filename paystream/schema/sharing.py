@@ -55,6 +55,8 @@ class SharedEventExecutor(StrawberryGraphQLCoreExecutionContext):
             shared = memo[key] = (self.operation, task)
         outcome: ExecutionResult | asyncio.Future[ExecutionResult] = shared[1]
         if isinstance(outcome, asyncio.Future):
+            if outcome.done() and not outcome.cancelled() and outcome.exception() is None:
+                return outcome.result()  # the usual case: most subscribers come after the first
             # Shielded: a subscriber that leaves mid-execution must not cancel it for the rest.
             return asyncio.shield(outcome)
         return outcome

@@ -117,6 +117,8 @@ class Subscriptions:
             self._updates[key] = update
             while len(self._updates) > _SHARED_UPDATES:
                 self._updates.popitem(last=False)
+        if update.done() and not update.cancelled() and update.exception() is None:
+            return update.result()  # built already, for an earlier subscriber
         return await asyncio.shield(update)
 
     async def _update(self, payment_id: uuid.UUID,
