@@ -4,6 +4,7 @@ through the request's DataLoaders."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable
 from datetime import datetime
 from enum import Enum
 
@@ -117,13 +118,16 @@ class Payment:
     def currency(self) -> str:
         return self.row.currency
 
+    # Synchronous resolvers that return an awaitable only when a read is needed (graphql-core
+    # awaits whatever a resolver returns): a subscription update carries both accounts, so it
+    # executes without a task and one subscriber's result is there for the next at once.
     @strawberry.field
-    async def source_account(self, info: Info) -> Account:
-        return await self._account(info, self.row.source_account_id)
+    def source_account(self, info: Info) -> Account:
+        return self._account(info, self.row.source_account_id)  # type: ignore[return-value]
 
     @strawberry.field
-    async def destination_account(self, info: Info) -> Account:
-        return await self._account(info, self.row.destination_account_id)
+    def destination_account(self, info: Info) -> Account:
+        return self._account(info, self.row.destination_account_id)  # type: ignore[return-value]
 
     @strawberry.field
     def reference(self) -> str | None:
@@ -142,9 +146,9 @@ class Payment:
         return self.row.updated_at
 
 
-    async def _account(self, info: Info, account_id: uuid.UUID) -> Account:
+    def _account(self, info: Info, account_id: uuid.UUID) -> Account | Awaitable[Account]:
         known = self.accounts.get(account_id) if self.accounts else None
-        return Account(row=known) if known is not None else await _load_account(info, account_id)
+        return Account(row=known) if known is not None else _load_account(info, account_id)
 
 
 async def _load_account(info: Info, account_id: uuid.UUID) -> Account:
