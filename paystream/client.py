@@ -66,7 +66,7 @@ class PaystreamClient:
         self.base_url = base_url.rstrip("/")
         self.key = key
         self.max_rate_limit_wait = max_rate_limit_wait
-        self.rate_limited = 0  # requests refused with RATE_LIMITED and sent again
+        self.rate_limited = 0  # answers with a retry hint (not executed) whose request was sent again
         self._http = httpx.AsyncClient(
             base_url=self.base_url, timeout=timeout, transport=transport,
             headers={"Authorization": f"Bearer {key}"},
@@ -85,7 +85,7 @@ class PaystreamClient:
             response = await self._http.post("/graphql", json={"query": query,
                                                                 "variables": variables or {}})
             body = response.json()
-            wait = _rate_limit_wait(body)
+            wait = _retry_wait(body)
             if wait is None or waited + wait > self.max_rate_limit_wait:
                 break
             self.rate_limited += 1
@@ -114,7 +114,7 @@ class PaystreamClient:
             yield ws
 
 
-def _rate_limit_wait(body: dict[str, Any]) -> float | None:
+def _retry_wait(body: dict[str, Any]) -> float | None:
     """Seconds to wait before sending a request the server did not execute again (its answer
     carries ``retryAfter``); None for other answers."""
     for error in body.get("errors") or []:
