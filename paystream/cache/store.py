@@ -69,12 +69,14 @@ class VersionedCache:
         self.max_unwritten = 100_000
         self.hits = 0
         self.misses = 0
+        self.failures = 0  # Redis errors so far: a change means an outage (it may be empty now)
 
     @property
     def available(self) -> bool:
         return time.monotonic() >= self._down_until
 
     def _failed(self, exc: BaseException) -> None:
+        self.failures += 1
         log.warning("redis unavailable (%s); serving from the database", type(exc).__name__)
         self._down_until = time.monotonic() + self._settings.retry_after_failure_s
 

@@ -170,6 +170,33 @@ class Database:
         ]
         return [*healthy, (None, self._primary_reader)]
 
+    async def primary_wal_position(self) -> str:
+        """Where the primary's WAL ends now: everything committed so far is before it."""
+        async def position(session: ReadSession) -> str:
+            lsn = await session.execute(text("SELECT pg_current_wal_insert_lsn()::text"))
+            return str(lsn.scalar())
+
+        return await self.read(position, primary=True)
+
+    async def replicas_replayed(self, position: str) -> bool:
+        """Whether every replica has replayed the primary's WAL up to ``position``. A replica
+        that does not answer has not (it may come back behind)."""
+        for engine in self.replicas:
+            try:
+                async with engine.connect() as conn:
+                    caught_up = (await conn.execute(
+                        text("SELECT pg_last_wal_replay_lsn() >= CAST(CAST(:position AS text) AS pg_lsn)"),
+                        {"position": position})).scalar()
+            except PoolTimeout:
+                return False
+            except Exception as exc:
+                if not is_unreachable(exc):
+                    raise
+                return False
+            if not caught_up:
+                return False
+        return True
+
     async def replica_status(self) -> list[bool]:
         """Whether each replica answers a trivial query now."""
         results = []

@@ -5,11 +5,15 @@ the cache with its version, so an older row never replaces a newer cached one.
 
 Read-your-writes while a replica lags comes from the cache: the worker and the status stream
 put each committed version there. When Redis cannot be reached there is nothing to tell a
-lagging replica's row from a current one, so reads go to the primary until Redis answers
-again: an outage costs primary load, never a balance or status going backwards."""
+lagging replica's row from a current one, so reads go to the primary. When it answers again
+it may have come back empty, so replicas are trusted again only once they have replayed the
+primary's WAL as it stood at that moment (everything a caller could have been shown during
+the outage). An outage costs primary load, never a balance or status going backwards."""
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -29,6 +33,9 @@ from ..config import Settings
 from ..db import Database, ReadSession
 from ..db.accounts import AccountRow, accounts_by_ids
 from ..db.payments import PaymentRow, account_page, payments_by_ids
+from ..domain.errors import Unavailable
+
+log = logging.getLogger(__name__)
 
 Row = TypeVar("Row", AccountRow, PaymentRow)
 
@@ -44,6 +51,12 @@ class Reader:
         self._account_flight: SingleFlight[uuid.UUID, AccountRow] = SingleFlight()
         self._payment_flight: SingleFlight[uuid.UUID, PaymentRow] = SingleFlight()
         self.db_reads = 0
+        # After a Redis outage: the primary's WAL position the replicas must replay before
+        # their rows are trusted again ("" while it is being read).
+        self._failures_seen = 0
+        self._fence: str | None = None
+        self._fence_checked = 0.0
+        self.fence_check_interval_s = 0.5
 
     async def accounts(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, AccountRow]:
         return await self._read(
@@ -75,7 +88,7 @@ class Reader:
 
             async def load(keys: list[uuid.UUID]) -> dict[uuid.UUID, Row]:
                 self.db_reads += 1
-                primary = not self._cache_answers()
+                primary = not await self._replicas_trusted()
                 rows = await self._db.read(lambda s: query(s, keys), primary=primary)
                 missing = [] if primary else [k for k in keys if k not in rows]
                 if missing:
@@ -91,6 +104,39 @@ class Reader:
     def _cache_answers(self) -> bool:
         """Whether the cache can vouch for freshness: Redis answered its last command."""
         return self.cache is not None and self.cache.available
+
+    @property
+    def replicas_fenced(self) -> bool:
+        """Whether reads are held on the primary until the replicas replay past an outage."""
+        return self._fence is not None
+
+    async def _replicas_trusted(self) -> bool:
+        """Whether a replica's rows may be served: the cache answers, and since its last
+        outage the replicas have replayed what the primary had when it came back."""
+        if not self._cache_answers():
+            return False
+        assert self.cache is not None
+        if self.cache.failures != self._failures_seen:
+            self._failures_seen = self.cache.failures
+            self._fence = ""  # other reads go to the primary meanwhile
+            try:
+                self._fence = await self._db.primary_wal_position()
+            except Unavailable:
+                # The primary is down too: the replicas are all there is.
+                log.warning("no WAL position from the primary after a Redis outage; "
+                            "trusting the replicas")
+                self._fence = None
+            self._fence_checked = 0.0
+        if self._fence is None:
+            return True
+        now = time.monotonic()
+        if not self._fence or now - self._fence_checked < self.fence_check_interval_s:
+            return False
+        self._fence_checked = now
+        if await self._db.replicas_replayed(self._fence):
+            self._fence = None
+            return True
+        return False
 
     async def remember_payment(self, row: PaymentRow) -> None:
         """Put a payment this process just wrote into the cache (read-your-writes)."""
@@ -109,7 +155,7 @@ class Reader:
                 primary=primary,
             )
 
-        if self.cache is None or self._ttl is None or not self._cache_answers():
+        if self.cache is None or self._ttl is None or not await self._replicas_trusted():
             return await page(primary=True)
         rows = await page(primary=False)
         if not rows:

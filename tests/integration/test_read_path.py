@@ -7,6 +7,7 @@ import asyncio
 import uuid
 
 import pytest
+from sqlalchemy import text
 
 from paystream.cache import PAYMENT, VersionedCache
 from paystream.services.reads import Reader
@@ -223,3 +224,49 @@ async def test_status_stream_caches_the_newest_version_whatever_the_batch_order(
         await cache.close()
     assert (payment[pending.id].status, payment[pending.id].version) == ("SUCCEEDED", 2)
     assert {a.balance_minor for a in balances.values()} == {750, 250}
+
+
+async def test_replicas_are_trusted_again_only_once_they_replay_past_a_redis_outage(
+    migrated, make_partner, devstack
+) -> None:
+    """Redis down: reads from the primary show a new balance. Redis back, empty, while the
+    replica still lags: a miss must not fall to the replica and show the older balance; it
+    does once the replica has replayed what the primary had when Redis came back."""
+    if devstack is None:
+        pytest.skip("needs the embedded stack to stop Redis and pause the replica")
+    from paystream.db import Database
+
+    partner = await make_partner()
+    account = uuid.UUID(await partner.account(balance="5.00"))
+    db, cache = Database(migrated.db), VersionedCache(migrated.redis)
+    reader = Reader(db, cache, migrated)  # its own cache client: no status stream refills it
+    balance = "SELECT balance_minor FROM accounts WHERE id = :id"
+    try:
+        await wait_for_replay(db)
+        devstack.pause_replica_replay()
+        try:
+            async with db.write_session() as session:
+                await session.execute(text("UPDATE accounts SET balance_minor = 700, "
+                                           "version = version + 1 WHERE id = :id"), {"id": account})
+            devstack.stop_redis()
+            try:
+                assert (await reader.accounts([account]))[account].balance_minor == 700
+            finally:
+                devstack.start_redis()
+            while not cache.available:  # the breaker's pause
+                await asyncio.sleep(0.05)
+            async with db.replicas[0].connect() as replica:  # the replica is behind
+                assert (await replica.execute(text(balance), {"id": account})).scalar() == 500
+            await cache.delete(f"account:{account}")
+            assert (await reader.accounts([account]))[account].balance_minor == 700
+            assert reader.replicas_fenced  # that read went to the primary
+        finally:
+            devstack.resume_replica_replay()
+        await wait_for_replay(db)
+        reader.fence_check_interval_s = 0.0
+        await cache.delete(f"account:{account}")
+        assert (await reader.accounts([account]))[account].balance_minor == 700
+        assert not reader.replicas_fenced  # caught up: replicas trusted again
+    finally:
+        await cache.close()
+        await db.dispose()
