@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import strawberry
 from graphql import GraphQLError
 from graphql.validation import ASTValidationRule, NoSchemaIntrospectionCustomRule
 from strawberry.extensions import AddValidationRules, ValidationCache
 from strawberry.schema.config import BatchingConfig, StrawberryConfig
+from strawberry.types.graphql import OperationType
 
 from ..config import Settings
 from ..resolvers.mutation import Mutation
@@ -24,6 +28,20 @@ class PaystreamSchema(strawberry.Schema):
 
     def process_errors(self, errors: list[GraphQLError], execution_context: object = None) -> None:
         return None
+
+    async def stream(
+        self, query: str | None, variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None, root_value: Any | None = None,
+        operation_name: str | None = None, operation_extensions: dict[str, Any] | None = None,
+        allowed_operation_types: Iterable[OperationType] | None = None,
+    ) -> Any:
+        """Streaming transports (the websocket) carry subscriptions only. Strawberry would run
+        queries and mutations there too, past the HTTP gateway: its rate limits, admission
+        control, persisted queries and metrics. They are refused; HTTP serves them."""
+        return await super().stream(
+            query, variable_values, context_value, root_value, operation_name,
+            operation_extensions, allowed_operation_types=(OperationType.SUBSCRIPTION,),
+        )
 
 
 def build_schema(settings: Settings) -> PaystreamSchema:

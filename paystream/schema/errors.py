@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 
 from ..domain.errors import ErrorCode, PaystreamError
 from .limits import token_limit_error
@@ -27,6 +28,14 @@ def shape_error(error: GraphQLError, request_id: str | None) -> GraphQLError:
         message = too_complex.message
     elif original is None:
         # Syntax and validation errors: the client's query is at fault, say what is wrong.
+        extensions = {"code": ErrorCode.BAD_USER_INPUT.value}
+        message = error.message
+    elif isinstance(original, InvalidOperationTypeError):
+        # Only subscriptions run over the websocket (PaystreamSchema.stream).
+        extensions = {"code": ErrorCode.BAD_USER_INPUT.value}
+        message = (f"{error.message} over the websocket, which carries subscriptions; send "
+                   "queries and mutations over HTTP to /graphql")
+    elif isinstance(original, CannotGetOperationTypeError):
         extensions = {"code": ErrorCode.BAD_USER_INPUT.value}
         message = error.message
     elif isinstance(original, GraphQLError):

@@ -401,3 +401,28 @@ async def test_subscribers_share_an_execution_per_audience_and_see_only_their_ow
         == ("90.00", None)
     assert (payee_view["sourceAccount"]["balance"], payee_view["destinationAccount"]["balance"]) \
         == (None, "10.00")
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_queries_and_mutations_are_refused_over_the_websocket(
+    api: ApiProcess, make_partner: Any, protocol: str,
+) -> None:
+    """The socket carries subscriptions only: a mutation sent over it would skip the HTTP
+    gateway's rate limits and admission control, so it is refused and nothing is recorded."""
+    partner = await make_partner()
+    source, destination = await partner.account(balance="10.00"), await partner.account()
+    key = uuid.uuid4().hex
+    mutation = ("mutation($input: CreatePaymentInput!) { createPayment(input: $input) { id } }")
+    variables = {"input": {"idempotencyKey": key, "sourceAccountId": source,
+                           "destinationAccountId": destination, "amount": "1.00",
+                           "currency": "USD"}}
+    async with Subscriptions(api.ws_url, partner.key, protocol) as ws:  # type: ignore[arg-type]
+        for document, args in ((mutation, variables), ("{ __typename }", {})):
+            with pytest.raises(GraphQLErrors) as refused:
+                await asyncio.wait_for(anext(ws.subscribe(document, args)), 10)
+            assert refused.value.codes == ["BAD_USER_INPUT"], document
+            assert "over HTTP to /graphql" in refused.value.errors[0]["message"]
+    async with PaystreamClient(api.url, partner.key) as http:
+        listed = await http.execute("query($a: ID!) { payments(accountId: $a) { edges { node "
+                                    "{ id } } } }", {"a": source})
+    assert listed["payments"]["edges"] == []
