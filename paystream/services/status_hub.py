@@ -209,13 +209,11 @@ class StatusHub:
             payments: dict[uuid.UUID, tuple[int, dict[str, Any]]] = {}
             accounts: dict[uuid.UUID, tuple[int, dict[str, Any]]] = {}
             for event in events:
-                if event.payment and (event.payment_id not in payments
-                                      or payments[event.payment_id][0] < event.version):
-                    payments[event.payment_id] = (event.version, event.payment)
+                if event.payment:
+                    _keep_newest(payments, event.payment_id, event.version, event.payment)
                 for account in event.accounts or ():
-                    key, version = uuid.UUID(account["id"]), int(account["version"])
-                    if key not in accounts or accounts[key][0] < version:
-                        accounts[key] = (version, account)
+                    _keep_newest(accounts, uuid.UUID(account["id"]), int(account["version"]),
+                                 account)
             await self._cache.put_many(PAYMENT, payments, redis.payment_ttl_s)
             await self._cache.put_many(ACCOUNT, accounts, redis.account_ttl_s)
         for event in events:
@@ -224,6 +222,12 @@ class StatusHub:
                 watchers.update(self._by_account.get(account_id, ()))
             for watch in watchers:
                 watch.push(event)
+
+
+def _keep_newest(entries: dict[uuid.UUID, tuple[int, dict[str, Any]]], key: uuid.UUID,
+                 version: int, payload: dict[str, Any]) -> None:
+    if key not in entries or entries[key][0] < version:
+        entries[key] = (version, payload)
 
 
 def _decode(records: Iterable[object]) -> list[PaymentStatusEvent]:
