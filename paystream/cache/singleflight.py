@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Hashable, Sequence
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Hashable, MutableMapping, Sequence
+from typing import Any, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -65,3 +65,28 @@ class SingleFlight(Generic[K, V]):
         if orphaned:
             result.update(await self.load_many(orphaned, load))
         return result
+
+
+def shared_task(memo: MutableMapping[Any, Any], key: Hashable, work: Awaitable[V],
+                entry: Callable[[asyncio.Future[V]], object] = lambda task: task
+                ) -> asyncio.Future[V]:
+    """Start ``work`` once for everyone asking for ``key``, kept in ``memo`` as
+    ``entry(task)``. A failed or cancelled task is dropped, so the next asker starts again."""
+    task = asyncio.ensure_future(work)
+
+    def forget_failure(done: asyncio.Future[V]) -> None:
+        if done.cancelled() or done.exception() is not None:
+            memo.pop(key, None)
+
+    task.add_done_callback(forget_failure)
+    memo[key] = entry(task)
+    return task
+
+
+def joined(task: asyncio.Future[V]) -> V | asyncio.Future[V]:
+    """A shared task's result when it is in (the usual case for all but the first asker),
+    else a shielded wait for it: one asker leaving cancels nothing for the others."""
+    if task.done() and not task.cancelled() and task.exception() is None:
+        return task.result()
+    return asyncio.shield(task)
+

@@ -19,6 +19,7 @@ from typing import Any
 from graphql import ExecutionResult, OperationType
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
+from ..cache.singleflight import joined, shared_task
 from ..metrics import SUBSCRIPTION_UPDATES
 
 _EXECUTED = SUBSCRIPTION_UPDATES.labels("executed")
@@ -45,21 +46,10 @@ class SharedEventExecutor(StrawberryGraphQLCoreExecutionContext):
                 # The operation node rides along so its id() cannot be reused while kept.
                 memo[key] = (self.operation, result)
                 return result
-            task = asyncio.ensure_future(result)
-
-            def forget_failure(done: asyncio.Future[ExecutionResult]) -> None:
-                if done.cancelled() or done.exception() is not None:
-                    memo.pop(key, None)  # the next subscriber executes again
-
-            task.add_done_callback(forget_failure)
-            shared = memo[key] = (self.operation, task)
+            operation = self.operation
+            return joined(shared_task(memo, key, result, lambda task: (operation, task)))
         outcome: ExecutionResult | asyncio.Future[ExecutionResult] = shared[1]
-        if isinstance(outcome, asyncio.Future):
-            if outcome.done() and not outcome.cancelled() and outcome.exception() is None:
-                return outcome.result()  # the usual case: most subscribers come after the first
-            # Shielded: a subscriber that leaves mid-execution must not cancel it for the rest.
-            return asyncio.shield(outcome)
-        return outcome
+        return joined(outcome) if isinstance(outcome, asyncio.Future) else outcome
 
     def _audience(self) -> tuple[object, ...] | None:
         """What the result may depend on besides the event; None when it cannot be shared."""

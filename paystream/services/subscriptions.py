@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..cache.entities import event_rows
+from ..cache.singleflight import joined, shared_task
 from ..db import Database, ReadSession
 from ..db.accounts import AccountRow, accounts_by_ids
 from ..db.payments import PaymentRow, payments_by_ids
@@ -107,19 +108,12 @@ class Subscriptions:
         key = (event.payment_id, event.version)
         update = self._updates.get(key)
         if update is None:
-            update = asyncio.ensure_future(self._update(event.payment_id, event_rows(event)))
-
-            def forget_failure(done: asyncio.Future[PaymentUpdate]) -> None:
-                if done.cancelled() or done.exception() is not None:
-                    self._updates.pop(key, None)  # the next subscriber tries again
-
-            update.add_done_callback(forget_failure)
-            self._updates[key] = update
+            update = shared_task(self._updates, key,
+                                 self._update(event.payment_id, event_rows(event)))
             while len(self._updates) > _SHARED_UPDATES:
                 self._updates.popitem(last=False)
-        if update.done() and not update.cancelled() and update.exception() is None:
-            return update.result()  # built already, for an earlier subscriber
-        return await asyncio.shield(update)
+        outcome = joined(update)
+        return await outcome if isinstance(outcome, asyncio.Future) else outcome
 
     async def _update(self, payment_id: uuid.UUID,
                       rows: tuple[PaymentRow | None, list[AccountRow]]) -> PaymentUpdate:
