@@ -33,8 +33,11 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            async with asyncio.timeout(self.queue_timeout_s):
-                await self._slots.acquire()
+            if self._slots.locked():  # no free slot: wait, with a deadline
+                async with asyncio.timeout(self.queue_timeout_s):
+                    await self._slots.acquire()
+            else:
+                await self._slots.acquire()  # returns at once: no timer for the usual case
         except TimeoutError:
             RATE_LIMITED.labels("admission").inc()
             await send({"type": "http.response.start", "status": 503, "headers": [
