@@ -98,6 +98,7 @@ async def main() -> None:
         await upgrade_async(settings.db.primary_url)
         await ensure_topics(settings.kafka)
         services = Services.create(settings)
+        await services.start()
         try:
             await enqueue(services, args.payments, args.accounts)
         finally:

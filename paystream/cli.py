@@ -118,7 +118,10 @@ def worker(heartbeat_file: Path | None) -> None:
 
     settings = _settings_or_exit()
     configure_logging(settings)
-    asyncio.run(run_worker(settings, handle_signals=True, heartbeat=heartbeat_file))
+    try:
+        asyncio.run(run_worker(settings, handle_signals=True, heartbeat=heartbeat_file))
+    except Exception as exc:  # noqa: BLE001 (logged with its traceback by run_worker)
+        raise click.ClickException(f"the worker stopped: {exc!r}") from None
 
 
 @main.command()

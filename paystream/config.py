@@ -57,6 +57,35 @@ class KafkaSettings(BaseModel):
     # How long createPayment waits for the broker's acknowledgement before UNAVAILABLE.
     request_timeout_ms: int = 2000
     worker_batch_size: int = 500
+    # The worker group's liveness: a member that sends no heartbeat for session_timeout_ms
+    # (SIGKILLed, say) loses its partitions, and the others post them from the last
+    # committed offsets. aiokafka's defaults; heartbeats must come several times a session.
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    # How long a worker may take between polls before it is considered stuck and leaves the
+    # group (a batch retried through an outage counts): then its partitions move on.
+    max_poll_interval_ms: int = 300_000
+
+    @model_validator(mode="after")
+    def _heartbeats_within_session(self) -> KafkaSettings:
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError("kafka.heartbeat_interval_ms must be at most a third of "
+                             "kafka.session_timeout_ms")
+        return self
+
+
+class OutboxSettings(BaseModel):
+    """The outbox: messages committed with their change, produced after the commit."""
+
+    # Sent rows are deleted after this many days (requests of payments still PENDING are
+    # kept); the relay prunes in batches of prune_batch rows.
+    retention_days: float = 7.0
+    prune_batch: int = 1_000
+    # The relay publishes rows left unsent for this long (their producer had its chance),
+    # relay_batch at a time, looking again every relay_interval_s.
+    relay_min_age_s: float = 5.0
+    relay_batch: int = 500
+    relay_interval_s: float = 1.0
 
 
 class LimitsSettings(BaseModel):
@@ -140,6 +169,7 @@ class Settings(BaseSettings):
     db: DatabaseSettings = Field(default_factory=DatabaseSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     subscriptions: SubscriptionSettings = Field(default_factory=SubscriptionSettings)

@@ -12,9 +12,13 @@ import click
 
 from .config import Settings
 from .db import Database
+from .db.outbox import requeue_pending
 from .logging import configure_logging
 
 log = logging.getLogger("paystream.dev")
+
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60
 
 DEMO_PARTNER = "demo"
 DEMO_ACCOUNTS = (("Demo USD operating", "USD", "10000.00"), ("Demo USD reserve", "USD", "2500.00"),
@@ -45,28 +49,31 @@ async def _seed(db: Database, root: Path) -> dict[str, object]:
     return seed
 
 
-async def _serve(settings: Settings, root: Path, port: int, started: float) -> None:
+async def _serve(settings: Settings, root: Path, port: int, started: float) -> int:
     import uvicorn
 
     from .db.migrate import upgrade_async
     from .events.kafka import ensure_topics
     from .gateway.app import create_app
-    from .worker.main import run_worker
-
     await upgrade_async(settings.db.primary_url)
     await ensure_topics(settings.kafka)
     db = Database(settings.db)
     try:
         seed = await _seed(db, root)
+        # The dev broker starts empty: requests it held before a restart are produced again.
+        async with db.write_session() as session:
+            requeued = await requeue_pending(session, requested_topic=settings.kafka.requested_topic)
     finally:
         await db.dispose()
+    if requeued:
+        click.echo(f"  {requeued} payments still PENDING from the last run are queued again")
 
     config = uvicorn.Config(
         create_app(settings), host=settings.api.host, port=port, log_config=None,
         lifespan="on", timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
-    worker = asyncio.create_task(run_worker(settings), name="worker")
+    worker = asyncio.create_task(_supervised_worker(settings), name="worker")
     api = asyncio.create_task(server.serve(), name="api")
     while not server.started and not api.done():
         await asyncio.sleep(0.05)
@@ -85,10 +92,38 @@ async def _serve(settings: Settings, root: Path, port: int, started: float) -> N
         click.echo(f"  {seed['key']}")
         click.echo("Ctrl-C stops everything.")
     try:
-        await api
+        await asyncio.wait({api, worker}, return_when=asyncio.FIRST_COMPLETED)
+        if worker.done():
+            # Never an API without its worker: the whole stack stops, saying why.
+            click.echo(f"the worker stopped for good ({worker.exception()!r}); "
+                       "stopping paystream dev", err=True)
+            server.should_exit = True
+            await api
+            return 1
+        return 0
     finally:
         worker.cancel()
         await asyncio.gather(worker, return_exceptions=True)
+
+
+async def _supervised_worker(settings: Settings) -> None:
+    """The dev stack's worker, restarted after a crash (logged with its reason) unless it
+    crashes again and again: MAX_RESTARTS within RESTART_WINDOW_S ends the stack."""
+    from .worker.main import run_worker
+
+    crashes: list[float] = []
+    while True:
+        try:
+            await run_worker(settings)
+            return
+        except Exception as exc:
+            now = time.monotonic()
+            crashes = [t for t in crashes if now - t < RESTART_WINDOW_S] + [now]
+            if len(crashes) > MAX_RESTARTS:
+                raise
+            log.error("worker crashed (%r); restarting it (%d of %d within %d s)", exc,
+                      len(crashes), MAX_RESTARTS, RESTART_WINDOW_S)
+            await asyncio.sleep(min(2 ** len(crashes) * 0.1, 5.0))
 
 
 def run_dev(root: Path, *, port: int) -> int:
@@ -108,8 +143,7 @@ def run_dev(root: Path, *, port: int) -> int:
         settings = dev_settings(endpoints, api={"host": "127.0.0.1", "port": port})
         configure_logging(settings)
         # uvicorn turns SIGINT/SIGTERM into a graceful exit of server.serve().
-        asyncio.run(_serve(settings, root, port, started))
-        return 0
+        return asyncio.run(_serve(settings, root, port, started))
     except KeyboardInterrupt:
         return 0
     finally:

@@ -20,6 +20,8 @@ __all__ = [
     "DATALOADER_BATCH_SIZE",
     "ERRORS",
     "OPEN_SUBSCRIPTIONS",
+    "OUTBOX_OLDEST_UNSENT",
+    "OUTBOX_UNSENT",
     "PERSISTED_QUERIES",
     "RATE_LIMITED",
     "REGISTRY",
@@ -69,6 +71,14 @@ CONSUMER_LAG = Gauge(
 SQL_STATEMENTS = Counter(
     "paystream_sql_statements", "SQL statements sent, by server role (primary or replica).",
     ["role"], registry=REGISTRY,
+)
+OUTBOX_UNSENT = Gauge(
+    "paystream_outbox_unsent", "Outbox rows (accepted requests, status events) not yet produced.",
+    registry=REGISTRY,
+)
+OUTBOX_OLDEST_UNSENT = Gauge(
+    "paystream_outbox_oldest_unsent_seconds",
+    "Age of the oldest outbox row not yet produced (0 when none).", registry=REGISTRY,
 )
 OPEN_SUBSCRIPTIONS = Gauge(
     "paystream_open_subscriptions", "GraphQL subscriptions open in this process.",

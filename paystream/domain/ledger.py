@@ -8,11 +8,36 @@ goes negative, a failure moves nothing) are tested without a database.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from uuid import UUID
 
 from paystream.domain.status import FailureReason, PaymentStatus
 
-__all__ = ["LedgerEntry", "Posting", "post_transfer"]
+__all__ = [
+    "SYSTEM_PARTNER_ID",
+    "EntryKind",
+    "Funding",
+    "LedgerEntry",
+    "Posting",
+    "post_funding",
+    "post_transfer",
+]
+
+SYSTEM_PARTNER_ID = UUID("00000000-0000-0000-0000-000000000001")
+"""The partner that owns the settlement accounts (one per currency): where money enters and
+leaves the ledger. They are the only accounts whose balance may go negative: a settlement
+account holds minus what the partners' accounts of its currency hold."""
+
+
+class EntryKind(StrEnum):
+    """What a posting is (GraphQL ``EntryKind``); every entry of a posting has its kind."""
+
+    PAYMENT = "PAYMENT"
+    REFUND = "REFUND"
+    CAPTURE = "CAPTURE"
+    HOLD = "HOLD"
+    RELEASE = "RELEASE"
+    FUNDING = "FUNDING"
 
 
 @dataclass(frozen=True)
@@ -89,4 +114,31 @@ def post_transfer(
         ),
         source_balance_after=source_balance - amount_minor,
         destination_balance_after=destination_balance + amount_minor,
+    )
+
+
+@dataclass(frozen=True)
+class Funding:
+    """Money entering the ledger: the settlement account pays the funded account."""
+
+    entries: tuple[LedgerEntry, LedgerEntry]
+    settlement_balance_after: int
+    account_balance_after: int
+
+
+def post_funding(
+    *, settlement_id: UUID, settlement_balance: int, account_id: UUID, account_balance: int,
+    amount_minor: int,
+) -> Funding:
+    """The posting that adds ``amount_minor`` to an account from its currency's settlement
+    account (whose balance may go negative). Raises ValueError for a non-positive amount or
+    when the two accounts are one."""
+    if amount_minor <= 0:
+        raise ValueError(f"a funding amount must be positive, got {amount_minor}")
+    if settlement_id == account_id:
+        raise ValueError("a settlement account cannot fund itself")
+    return Funding(
+        entries=(LedgerEntry(settlement_id, -amount_minor), LedgerEntry(account_id, amount_minor)),
+        settlement_balance_after=settlement_balance - amount_minor,
+        account_balance_after=account_balance + amount_minor,
     )

@@ -60,20 +60,21 @@ class Money:
 
         Currency errors (unknown code) are reported on ``field="currency"``.
         """
-        exponent = currency_exponent(currency)
-        if isinstance(amount, Decimal):
-            minor = _minor_from_decimal(amount, currency, exponent, field)
-        elif isinstance(amount, str):
-            minor = _minor_from_str(amount, currency, exponent, field)
-        else:
-            # JSON numbers arrive as float or int; floats are inexact, so the contract is
-            # a decimal string and anything else is refused rather than converted.
-            raise BadUserInput(f'{field} must be a decimal string such as "125.50"', field=field)
+        minor = _minor_or_zero(amount, currency, field)
         if minor == 0:
             raise BadUserInput(f"{field} must be greater than 0", field=field)
         if minor > MAX_MINOR_UNITS:
             raise _too_large(currency, field)
         return cls(minor, currency)
+
+    @classmethod
+    def parse_balance(cls, amount: str | Decimal, currency: str, *,
+                      field: str = "balance") -> Money:
+        """An opening balance: exactly as :meth:`parse`, except that zero ("0", "0.00") is
+        allowed."""
+        if _minor_or_zero(amount, currency, field) == 0:
+            return cls(0, currency)
+        return cls.parse(amount, currency, field=field)
 
     @classmethod
     def from_minor(cls, minor: int, currency: str) -> Money:
@@ -106,6 +107,17 @@ class Money:
         if other.currency != self.currency:
             raise ValueError(f"cannot {verb} {other.currency} and {self.currency}")
         return self.currency
+
+
+def _minor_or_zero(amount: str | Decimal, currency: str, field: str) -> int:
+    exponent = currency_exponent(currency)
+    if isinstance(amount, Decimal):
+        return _minor_from_decimal(amount, currency, exponent, field)
+    if isinstance(amount, str):
+        return _minor_from_str(amount, currency, exponent, field)
+    # JSON numbers arrive as float or int; floats are inexact, so the contract is a decimal
+    # string and anything else is refused rather than converted.
+    raise BadUserInput(f'{field} must be a decimal string such as "125.50"', field=field)
 
 
 def format_minor(minor: int, currency: str) -> str:

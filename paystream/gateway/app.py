@@ -31,7 +31,7 @@ from ..resolvers.loaders import Loaders
 from ..schema import build_schema
 from ..services.app import Services
 from .admission import AdmissionMiddleware
-from .health import readiness
+from .health import outbox_backlog, readiness
 from .middleware import BodyLimitMiddleware, RequestIdMiddleware, request_id_of
 from .operations import GatedOperations
 from .production import check_production
@@ -160,6 +160,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         return JSONResponse(report, status_code=200 if report["ready"] else 503)
 
     async def metrics(request: Request) -> Response:
+        await outbox_backlog(services)  # the outbox gauges, fresh for this scrape
         return Response(render(), media_type=CONTENT_TYPE_LATEST)
 
     app = Starlette(

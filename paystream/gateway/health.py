@@ -6,6 +6,8 @@ import asyncio
 
 from sqlalchemy import text
 
+from ..db.outbox import backlog
+from ..metrics import OUTBOX_OLDEST_UNSENT, OUTBOX_UNSENT
 from ..services.app import Services
 
 
@@ -46,8 +48,23 @@ async def _kafka(services: Services) -> bool:
         await admin.close()
 
 
+async def outbox_backlog(services: Services) -> dict[str, float] | None:
+    """Accepted messages not produced yet, and the age of the oldest (None: no primary). A
+    backlog is no reason to leave the load balancer: payments are still accepted, and they
+    flow when the broker is back; the numbers say how far behind that is. Also the gauges."""
+    try:
+        async with services.db.write_session() as session:
+            unsent, oldest = await asyncio.wait_for(backlog(session), timeout=1.0)
+    except Exception:  # noqa: BLE001 (the primary's own check reports it)
+        return None
+    OUTBOX_UNSENT.set(unsent)
+    OUTBOX_OLDEST_UNSENT.set(oldest)
+    return {"unsent": unsent, "oldest_unsent_s": round(oldest, 3)}
+
+
 async def readiness(services: Services) -> dict[str, object]:
-    """{"ready": all up, "checks": {name: bool}}; each check bounded by a short timeout."""
+    """{"ready": all up, "checks": {name: bool}, "outbox": backlog}; each check bounded by a
+    short timeout."""
 
     async def bounded(coro: object) -> object:
         try:
@@ -55,13 +72,13 @@ async def readiness(services: Services) -> dict[str, object]:
         except TimeoutError:
             return False
 
-    primary, replicas, redis, kafka = await asyncio.gather(
+    primary, replicas, redis, kafka, outbox = await asyncio.gather(
         bounded(_primary(services)), bounded(services.db.replica_status()),
-        bounded(_redis(services)), bounded(_kafka(services)),
+        bounded(_redis(services)), bounded(_kafka(services)), outbox_backlog(services),
     )
     checks: dict[str, bool] = {"primary": bool(primary), "redis": bool(redis), "kafka": bool(kafka),
                                "status_stream": services.hub.positioned.is_set()}
     replica_list = replicas if isinstance(replicas, list) else [False] * len(services.db.replicas)
     for index, up in enumerate(replica_list):
         checks[f"replica{index}"] = bool(up)
-    return {"ready": all(checks.values()), "checks": checks}
+    return {"ready": all(checks.values()), "checks": checks, "outbox": outbox}

@@ -6,6 +6,7 @@ import uuid
 
 from ..db import Database, ReadSession
 from ..db.accounts import create_account
+from ..db.ledger import FundingPosting, fund
 from ..db.partners import (
     ALL_SCOPES,
     KEY_PREFIX,
@@ -18,6 +19,7 @@ from ..db.partners import (
     revoke_api_key_by_id,
 )
 from ..domain.errors import BadUserInput, NotFound
+from ..domain.ledger import SYSTEM_PARTNER_ID
 from ..domain.money import Money
 
 
@@ -26,6 +28,8 @@ async def new_partner(db: Database, name: str, scopes: tuple[str, ...] = ALL_SCO
     name = name.strip()
     if not name or len(name) > 200:
         raise BadUserInput("partner name must be 1 to 200 characters", field="name")
+    if name.startswith("paystream:"):
+        raise BadUserInput("partner names starting with 'paystream:' are the system's", field="name")
     async with db.write_session() as session:
         if await partner_id_by_name(session, name) is not None:
             raise BadUserInput(f"a partner named {name!r} exists already", field="name")
@@ -36,7 +40,7 @@ async def new_partner(db: Database, name: str, scopes: tuple[str, ...] = ALL_SCO
 async def new_api_key(db: Database, partner: str, scopes: tuple[str, ...] = ALL_SCOPES) -> str:
     async with db.write_session() as session:
         partner_id = await partner_id_by_name(session, partner)
-        if partner_id is None:
+        if partner_id is None or partner_id == SYSTEM_PARTNER_ID:
             raise NotFound(f"no partner named {partner!r}")
         return await create_api_key(session, partner_id, scopes)
 
@@ -76,20 +80,28 @@ async def revoke_key(db: Database, key: str) -> None:
 
 
 async def new_account(
-    db: Database, *, partner: str, name: str, currency: str, balance: str
+    db: Database, *, partner: str, name: str, currency: str, balance: str = "0"
 ) -> uuid.UUID:
-    """Create an account with an opening balance (a decimal string, e.g. "100.00")."""
+    """Create an account; a positive opening balance (a decimal string, e.g. "100.00") is a
+    FUNDING posting from the currency's settlement account, in the same transaction."""
+    return (await open_account(db, partner=partner, name=name, currency=currency,
+                               balance=balance))[0]
+
+
+async def open_account(
+    db: Database, *, partner: str, name: str, currency: str, balance: str = "0"
+) -> tuple[uuid.UUID, FundingPosting | None]:
+    """:func:`new_account`, also returning the opening posting (None for a zero balance)."""
     name = name.strip()
     if not name or len(name) > 200:
         raise BadUserInput("account name must be 1 to 200 characters", field="name")
-    opening = Money.from_minor(0, currency) if balance.strip() in ("0", "") else Money.parse(
-        balance, currency, field="balance"
-    )
+    opening = Money.parse_balance(balance or "0", currency, field="balance")
     async with db.write_session() as session:
         partner_id = await partner_id_by_name(session, partner)
-        if partner_id is None:
+        if partner_id is None or partner_id == SYSTEM_PARTNER_ID:
             raise NotFound(f"no partner named {partner!r}")
-        return await create_account(
-            session, partner_id=partner_id, name=name, currency=opening.currency,
-            balance_minor=opening.minor,
+        account_id = await create_account(
+            session, partner_id=partner_id, name=name, currency=opening.currency, balance_minor=0,
         )
+        posting = await fund(session, account_id, opening.minor) if opening.minor else None
+    return account_id, posting

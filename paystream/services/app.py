@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import logging
+from dataclasses import dataclass, field
 
 from ..cache import VersionedCache
 from ..config import Settings
 from ..db import Database
 from .auth import Authenticator
-from .payments import LazyProducer, PaymentService
+from .payments import PaymentService
+from .publisher import LazyProducer, Publisher
 from .reads import Reader
 from .status_hub import StatusHub
 from .subscriptions import Subscriptions
@@ -22,6 +25,7 @@ class Services:
     auth: Authenticator
     cache: VersionedCache
     producer: LazyProducer
+    publisher: Publisher
     payments: PaymentService
     hub: StatusHub
     subscriptions: Subscriptions
@@ -32,21 +36,39 @@ class Services:
         cache = VersionedCache(settings.redis)
         reader = Reader(db, cache, settings)
         producer = LazyProducer(settings)
+        publisher = Publisher(settings, db, producer)
         hub = StatusHub(settings, cache)
         return cls(
             settings=settings, db=db, reader=reader, auth=Authenticator(db), cache=cache,
-            producer=producer,
-            payments=PaymentService(settings, db, reader, producer),
+            producer=producer, publisher=publisher,
+            payments=PaymentService(settings, db, reader, publisher),
             hub=hub, subscriptions=Subscriptions(db, reader, hub),
         )
 
+    _publishing: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+
     async def start(self) -> None:
-        """Start the status stream (it connects in the background: the API serves queries
-        while the broker is still down)."""
+        """Start the status stream and the publisher (both connect in the background: the
+        API serves queries, and accepts payments, while the broker is still down)."""
         self.hub.start()
+        self._publishing = asyncio.create_task(self.publisher.run(), name="publisher")
+        self._publishing.add_done_callback(_fatal)
 
     async def close(self) -> None:
         await self.hub.close()
+        if self._publishing is not None:
+            self._publishing.remove_done_callback(_fatal)
+            self._publishing.cancel()
+            await asyncio.gather(self._publishing, return_exceptions=True)
+        await self.publisher.drain(timeout_s=2.0)
         await self.producer.close()
         await self.cache.close()
         await self.db.dispose()
+
+
+def _fatal(task: asyncio.Task[None]) -> None:
+    """The publisher catches every failure of a batch, so its end is a bug. Payments are
+    still accepted and the relay publishes them, only later: say so loudly."""
+    if not task.cancelled():
+        logging.getLogger("paystream.publisher").critical(
+            "the publisher stopped (%r): payments wait for the relay", task.exception())

@@ -1,38 +1,36 @@
-"""createPayment: validate, record the PENDING payment idempotently, enqueue, answer.
+"""createPayment: validate, accept durably, answer; the request is produced after.
 
-The payment row is inserted on the primary before the request is produced, so the unique
-index on (partner, idempotency key) decides between concurrent duplicates: exactly one
-creates the payment, the others find it. The mutation answers only after the broker has
-acknowledged the request (acks=all). If the broker does not take it, the PENDING row is
-withdrawn and the caller gets UNAVAILABLE: nothing is recorded, and a retry with the same
-key starts afresh.
+Acceptance is the primary's commit of the PENDING payment together with its
+``payments.requested`` message (the request outbox). The unique index on (partner,
+idempotency key) decides between concurrent duplicates: exactly one creates the payment, the
+others find it. After the commit the message goes to the process's publisher, which produces
+it in a batch with others; whatever is not produced (broker down, process killed) the
+worker's relay publishes. So UNAVAILABLE means exactly "the primary did not commit: nothing
+was recorded", and a broker outage delays payments instead of refusing them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
-
 from ..cache.entities import status_event
 from ..config import Settings
-from ..db import Database
-from ..db.payments import PaymentRow, delete_pending, insert_pending
+from ..db import Database, outbox
+from ..db.payments import PaymentRow, insert_pending
 from ..domain.currency import currency_exponent
-from ..domain.errors import BadUserInput, IdempotencyConflict, Unavailable
+from ..domain.errors import BadUserInput, IdempotencyConflict
+from ..domain.ledger import SYSTEM_PARTNER_ID
 from ..domain.money import Money
 from ..domain.validation import parse_account_id, validate_idempotency_key, validate_reference
 from ..events.messages import PaymentRequested
 from .auth import WRITE, Caller
+from .publisher import Outgoing, Publisher
 from .reads import Reader
 
 log = logging.getLogger("paystream.payments")
@@ -61,11 +59,11 @@ def request_hash(partner_id: uuid.UUID, source: uuid.UUID, destination: uuid.UUI
 
 
 class PaymentService:
-    def __init__(self, settings: Settings, db: Database, reader: Reader, producer: LazyProducer) -> None:
+    def __init__(self, settings: Settings, db: Database, reader: Reader, publisher: Publisher) -> None:
         self._settings = settings
         self._db = db
         self._reader = reader
-        self._producer = producer
+        self._publisher = publisher
 
     async def create(self, caller: Caller, request: CreatePayment) -> PaymentRow:
         caller.require(WRITE)
@@ -83,7 +81,8 @@ class PaymentService:
         # A foreign source account is reported exactly like a missing one.
         if source is None or not caller.owns(source.partner_id):
             raise BadUserInput("sourceAccountId: no such account", field="sourceAccountId")
-        if destination is None:
+        # Settlement accounts are the ledger's edge, not a party to payments.
+        if destination is None or destination.partner_id == SYSTEM_PARTNER_ID:
             raise BadUserInput("destinationAccountId: no such account", field="destinationAccountId")
         if source.currency != money.currency or destination.currency != money.currency:
             raise BadUserInput(
@@ -100,37 +99,30 @@ class PaymentService:
             amount_minor=money.minor, currency=money.currency, reference=reference,
             status="PENDING", failure_reason=None, version=1, created_at=now, updated_at=now,
         )
+        kafka = self._settings.kafka
+        payload = _message(draft).encode()
+        outbox_id: int | None = None
         async with self._db.write_session() as session:
             row, created = await insert_pending(session, draft)
+            if created:
+                outbox_id = await outbox.add(session, kafka.requested_topic,
+                                             str(row.source_account_id), payload.decode())
         if not created:
             if row.request_hash != draft.request_hash:
                 raise IdempotencyConflict(
                     "idempotencyKey was already used with a different request", field="idempotencyKey"
                 )
-            if row.status != "PENDING":
-                return row
-        # Produce even for a PENDING duplicate: its first request may still be in flight and
-        # fail; a second copy of the message is harmless to the worker.
-        try:
-            await self._producer.send(
-                self._settings.kafka.requested_topic,
-                _message(row).encode(),
-                key=str(row.source_account_id).encode(),
-            )
-        except Unavailable:
-            if created:
-                async with self._db.write_session() as session:
-                    await delete_pending(session, row.id)
-            raise
+            # Its request was committed with it the first time: nothing to produce again.
+            return row
         # Visible to payment(id) at once, whatever the replica's lag.
         await self._reader.remember_payment(row)
-        if created:
-            # Account activity subscribers learn of the new payment; not awaited, since
-            # nobody loses anything if it is lost (a watcher starts from the current state).
-            event = status_event(row, source, destination, with_accounts=False)
-            await self._producer.send_nowait(
-                self._settings.kafka.status_topic, event.encode(), key=str(row.id).encode()
-            )
+        # The PENDING event tells account activity subscribers of the new payment; best
+        # effort (not in the outbox), since a watcher starts from the current state anyway.
+        event = status_event(row, source, destination, with_accounts=False)
+        self._publisher.submit(
+            Outgoing(kafka.requested_topic, str(row.source_account_id).encode(), payload, outbox_id),
+            Outgoing(kafka.status_topic, str(row.id).encode(), event.encode()),
+        )
         return row
 
 
@@ -141,66 +133,3 @@ def _message(row: PaymentRow) -> PaymentRequested:
         destination_account_id=row.destination_account_id, amount_minor=row.amount_minor,
         currency=row.currency, reference=row.reference, created_at=row.created_at.isoformat(),
     )
-
-
-def _log_failure(future: asyncio.Future[object]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.warning("unacknowledged produce failed: %s", type(future.exception()).__name__)
-
-
-class LazyProducer:
-    """The API's producer, started on first use so the API starts (and serves reads) while
-    the broker is down; every failure to get an acknowledgement becomes UNAVAILABLE."""
-
-    def __init__(self, settings: Settings) -> None:
-        from ..events.kafka import make_producer
-
-        self._settings = settings
-        self._make: Callable[[], AIOKafkaProducer] = lambda: make_producer(settings.kafka)
-        self._producer: AIOKafkaProducer | None = None
-        self._lock = asyncio.Lock()
-
-    async def _get(self) -> AIOKafkaProducer:
-        if self._producer is not None:
-            return self._producer
-        async with self._lock:
-            if self._producer is None:
-                producer = self._make()
-                try:
-                    await asyncio.wait_for(producer.start(), self._settings.kafka.produce_timeout_s)
-                except (KafkaError, OSError, TimeoutError) as exc:
-                    await producer.stop()
-                    raise Unavailable("the payment queue is unavailable; retry with the same "
-                                      "idempotencyKey") from exc
-                self._producer = producer
-            return self._producer
-
-    async def send(self, topic: str, value: bytes, *, key: bytes) -> None:
-        """Produce and wait for the broker's acknowledgement (acks=all)."""
-        producer = await self._get()
-        # aiokafka expires an unsent batch after request_timeout_ms and fails its future, so
-        # a message we report as not accepted is not sent later either; the outer bound is
-        # only a guard.
-        timeout = self._settings.kafka.request_timeout_ms / 1000 + 2.0
-        try:
-            future = await asyncio.wait_for(producer.send(topic, value, key=key), timeout)
-            await asyncio.wait_for(asyncio.shield(future), timeout)
-        except (KafkaError, OSError, TimeoutError) as exc:
-            log.warning("produce to %s failed: %s", topic, type(exc).__name__)
-            raise Unavailable(
-                "the payment queue is unavailable; retry with the same idempotencyKey"
-            ) from exc
-
-    async def send_nowait(self, topic: str, value: bytes, *, key: bytes) -> None:
-        """Produce without waiting for the acknowledgement; a failure is only logged."""
-        try:
-            producer = await self._get()
-            future = await producer.send(topic, value, key=key)
-        except (KafkaError, OSError, TimeoutError, Unavailable) as exc:
-            log.warning("produce to %s failed: %s", topic, type(exc).__name__)
-            return
-        future.add_done_callback(_log_failure)
-
-    async def close(self) -> None:
-        if self._producer is not None:
-            await self._producer.stop()

@@ -5,6 +5,13 @@ primary -> publish the status events the transaction wrote to the outbox -> mark
 rows sent -> commit the Kafka offsets. A crash anywhere before the offset commit means the
 batch is consumed again, which changes nothing (payments no longer PENDING are skipped); a
 crash between commit and publish leaves outbox rows the relay publishes.
+
+Faults (a lost primary, a statement or lock timeout, a deadlock, a broker that does not
+answer) are retried under :mod:`paystream.retry`'s policy and never dead-lettered; a batch
+the database refuses with a data error is bisected until the request that causes it is alone,
+and only that one is parked. No rebalance outcome stops the worker: an offset commit refused
+because the partition moved (or is moving) rewinds to the committed offsets and polls again.
+Anything that does end the worker propagates, and ``paystream worker`` exits non-zero.
 """
 
 from __future__ import annotations
@@ -18,19 +25,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 
 from ..cache import ACCOUNT, PAYMENT, VersionedCache, account_entry, payment_entry
 from ..config import Settings
 from ..db import Database
-from ..db.engine import is_transient, is_unreachable
 from ..domain.currency import CURRENCY_EXPONENTS
-from ..domain.errors import Unavailable
 from ..domain.money import MAX_MINOR_UNITS
 from ..events import PaymentRequested, UndecodableMessage, make_consumer, make_producer
 from ..events.kafka import ensure_topics_with_retry, start_with_retry
+from ..retry import sqlstate, until_done
 from .outbox import OutboxRelay
-from .posting import post_batch
+from .posting import BatchResult, post_batch
 
 log = logging.getLogger("paystream.worker")
 
@@ -50,7 +56,8 @@ class PaymentWorker:
 
     def __init__(self, settings: Settings, *, heartbeat: Path | None = None) -> None:
         self.settings = settings
-        # Touched while the poll loop turns: a container health check reads its age.
+        # Touched while the worker polls, and while it waits out a fault: a container health
+        # check reads its age.
         self.heartbeat = heartbeat
         self._last_beat = 0.0
         self.db = Database(settings.db)
@@ -58,34 +65,51 @@ class PaymentWorker:
         self.consumer: AIOKafkaConsumer = make_consumer(
             kafka, kafka.requested_topic, group_id=kafka.worker_group,
             max_poll_records=kafka.worker_batch_size,
+            session_timeout_ms=kafka.session_timeout_ms,
+            heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+            max_poll_interval_ms=kafka.max_poll_interval_ms,
         )
         self.producer: AIOKafkaProducer = make_producer(kafka, linger_ms=2)
-        self.relay = OutboxRelay(self.db, self.producer, topic=kafka.status_topic)
+        self.relay = OutboxRelay(self.db, self.producer, topic=kafka.status_topic,
+                                 requested_topic=kafka.requested_topic, settings=settings.outbox,
+                                 on_wait=self._beat)
         self.cache = VersionedCache(settings.redis)
         self.processed = 0
+        self.rewinds = 0  # offset commits refused by a rebalance
 
     async def run(self) -> None:
         await ensure_topics_with_retry(self.settings.kafka)
         await start_with_retry(self.producer)
         await start_with_retry(self.consumer)
-        sweeper = asyncio.create_task(self.relay.sweep_forever(), name="outbox-sweep")
         log.info("worker started")
         try:
-            while True:
-                batches = await self.consumer.getmany(
-                    timeout_ms=200, max_records=self.settings.kafka.worker_batch_size
-                )
-                for tp, records in batches.items():
-                    await self._handle(tp, records)
-                await self.cache.flush_unwritten()
-                self._beat()
+            # The relay and the poll loop live and die together: if either ends, the other is
+            # cancelled and the error reaches run_worker (and the process's exit code).
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.relay.sweep_forever(), name="outbox-relay")
+                group.create_task(self._consume(), name="consume")
         finally:
-            sweeper.cancel()
-            await asyncio.gather(sweeper, return_exceptions=True)
             await self.consumer.stop()
             await self.producer.stop()
             await self.cache.close()
             await self.db.dispose()
+
+    async def _consume(self) -> None:
+        while True:
+            try:
+                batches = await self.consumer.getmany(
+                    timeout_ms=200, max_records=self.settings.kafka.worker_batch_size
+                )
+            except (IllegalStateError, KafkaError) as exc:
+                # A rebalance in progress, the coordinator moving: poll again shortly.
+                log.warning("poll failed (%s); polling again", type(exc).__name__)
+                self._beat()
+                await asyncio.sleep(0.2)
+                continue
+            for tp, records in batches.items():
+                await self._handle(tp, records)
+            await self.cache.flush_unwritten()
+            self._beat()
 
     def _beat(self) -> None:
         now = time.monotonic()
@@ -104,41 +128,53 @@ class PaymentWorker:
                 await self._dead_letter(record, str(exc))
         if requests:
             await self._post(requests)
+        self.processed += len(records)
         try:
             await self.consumer.commit({tp: records[-1].offset + 1})
-        except CommitFailedError:
-            # The partition moved to another member during a rebalance; it will consume the
-            # batch again, which changes nothing.
-            log.warning("offset commit refused after a rebalance on %s", tp)
-        self.processed += len(records)
+        except (IllegalStateError, KafkaError) as exc:
+            # The partition moved to another member (or is moving) during a rebalance. What
+            # was posted is committed in the database; whoever owns the partition now consumes
+            # the batch again from the committed offset, which changes nothing.
+            self.rewinds += 1
+            log.warning("offset commit on %s refused (%s); polling again from the committed "
+                        "offsets", tp, type(exc).__name__)
+            await self._rewind(tp)
+
+    async def _rewind(self, tp: TopicPartition) -> None:
+        """Drop the position past the uncommitted batch: if the partition is still ours, the
+        next poll starts at its committed offset again."""
+        if tp not in self.consumer.assignment():
+            return
+        try:
+            await self.consumer.seek_to_committed(tp)
+        except (IllegalStateError, KafkaError) as exc:
+            log.warning("rewinding %s failed (%s); the next rebalance resets it", tp,
+                        type(exc).__name__)
 
     async def _post(self, requests: list[PaymentRequested]) -> None:
-        delay = 0.1
-        while True:
-            try:
-                async with self.db.write_session() as session:
-                    result = await post_batch(
-                        session, requests, status_topic=self.settings.kafka.status_topic
-                    )
-                break
-            except Exception as exc:  # noqa: BLE001 (classified just below: retry or isolate)
-                if isinstance(exc, Unavailable) or is_unreachable(exc) or is_transient(exc):
-                    what = "transaction conflict" if is_transient(exc) else str(exc)
-                    log.warning("%s, retrying the batch in %.1f s", what, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-                    continue
-                if len(requests) == 1:
-                    # A request the database refuses (say, an account that does not exist):
-                    # park it rather than block the partition.
-                    log.error("request refused by the database: %s", type(exc).__name__)
-                    await self._dead_letter_request(requests[0], f"database refused: {type(exc).__name__}")
-                    return
-                # Isolate the bad request: post one at a time.
-                for request in requests:
-                    await self._post([request])
+        """Post the requests under the fault policy. A data error bisects the batch, so one
+        bad request costs a logarithmic number of attempts and parks alone."""
+        try:
+            result = await until_done(
+                f"posting a batch of {len(requests)}", lambda: self._post_once(requests),
+                on_sleep=self._beat)
+        except Exception as exc:  # noqa: BLE001 (a data error: the policy retries every other)
+            if len(requests) == 1:
+                code = sqlstate(exc)
+                reason = f"database refused: {type(exc).__name__}" + (
+                    f" (SQLSTATE {code})" if code else "")
+                log.error("request %s refused by the database: %s", requests[0].payment_id, reason)
+                await self._dead_letter_request(requests[0], reason)
                 return
-        log.info("batch posted=%d skipped=%d", len(result.events), result.skipped)
+            half = len(requests) // 2
+            await self._post(requests[:half])
+            await self._post(requests[half:])
+            return
+        log.info("batch posted=%d skipped=%d rejected=%d", len(result.events), result.skipped,
+                 len(result.rejected))
+        for request, reason in result.rejected:
+            log.error("request %s dead-lettered: %s", request.payment_id, reason)
+            await self._dead_letter_request(request, reason)
         # The cache first: a reader sees the committed state even while replicas lag. Versioned
         # writes, so racing with the API's own cache updates cannot move an entry backwards.
         redis = self.settings.redis
@@ -147,6 +183,10 @@ class PaymentWorker:
         await self.cache.put_many(ACCOUNT, {a.id: account_entry(a) for a in result.accounts},
                                   redis.account_ttl_s)
         await self.relay.publish(result.events, result.outbox_ids)
+
+    async def _post_once(self, requests: list[PaymentRequested]) -> BatchResult:
+        async with self.db.write_session() as session:
+            return await post_batch(session, requests, status_topic=self.settings.kafka.status_topic)
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
         log.warning("dead-lettering offset %d of %s: %s", record.offset, record.topic, reason)
@@ -161,22 +201,16 @@ class PaymentWorker:
     async def _send_dlq(self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         envelope = json.dumps({"reason": dict(headers)["reason"].decode(),
                                "original": value.decode("utf-8", "replace")}).encode()
-        while True:
-            try:
-                await self.producer.send_and_wait(
-                    self.settings.kafka.dlq_topic, envelope, key=key, headers=headers
-                )
-                return
-            except KafkaError as exc:
-                log.warning("dead-letter produce failed (%s), retrying", type(exc).__name__)
-                await asyncio.sleep(0.5)
+        await until_done("dead-letter produce", lambda: self.producer.send_and_wait(
+            self.settings.kafka.dlq_topic, envelope, key=key, headers=headers), on_sleep=self._beat)
 
 
 async def run_worker(settings: Settings, *, handle_signals: bool = False,
                      heartbeat: Path | None = None) -> None:
     """Run one worker until cancelled (or, with ``handle_signals``, until SIGTERM/SIGINT: the
     batch in hand finishes its transaction or rolls back, and nothing is half-written).
-    ``heartbeat``: a file touched about once a second while the worker polls."""
+    ``heartbeat``: a file touched about once a second while the worker polls or waits out a
+    fault. Anything else that ends the worker is logged with its reason and raised."""
     worker = PaymentWorker(settings, heartbeat=heartbeat)
     task = asyncio.create_task(worker.run())
     if handle_signals:
@@ -186,10 +220,12 @@ async def run_worker(settings: Settings, *, handle_signals: bool = False,
     try:
         await task
     except asyncio.CancelledError:
+        log.info("worker stopped after %d messages", worker.processed)
         if not handle_signals:
             raise
-    finally:
-        log.info("worker stopped after %d messages", worker.processed)
+    except BaseException as exc:
+        log.critical("worker failed after %d messages: %r", worker.processed, exc, exc_info=exc)
+        raise
 
 
 __all__ = ["PaymentWorker", "run_worker"]

@@ -1,7 +1,10 @@
-"""The outbox relay: status events reach ``payments.status`` after their transaction commits.
+"""The outbox relay: every committed message reaches its topic, whoever committed it.
 
-The worker hands each committed batch's events straight to ``publish``; ``sweep_forever``
-picks up rows a crash left unsent. Publishing twice is harmless: every consumer keeps the
+The worker hands each committed batch's status events straight to :meth:`OutboxRelay.publish`;
+the API's publisher produces the requests it accepted. :meth:`OutboxRelay.sweep_forever`
+publishes whatever either left unsent (a crash after commit, a broker outage), oldest first,
+and prunes rows sent more than ``retention_days`` ago in bounded batches. Publishing twice is
+harmless: the worker skips a request already posted, and every status consumer keeps the
 highest version it has seen per payment.
 """
 
@@ -9,34 +12,36 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from sqlalchemy import text
 
+from ..config import OutboxSettings
 from ..db import Database
+from ..db.outbox import backlog, claim_unsent, mark_sent, prune_sent
 from ..events.messages import PaymentStatusEvent
+from ..metrics import OUTBOX_OLDEST_UNSENT, OUTBOX_UNSENT
+from ..retry import until_done
 
 log = logging.getLogger("paystream.outbox")
 
-_MARK_SENT = text("UPDATE outbox SET sent_at = now() WHERE id = ANY(CAST(:ids AS bigint[]))")
-_UNSENT = text(
-    "SELECT id, topic, key, payload::text FROM outbox"
-    " WHERE sent_at IS NULL AND created_at < now() - make_interval(secs => :age)"
-    " ORDER BY id LIMIT :limit"
-)
-
 
 class OutboxRelay:
-    def __init__(self, db: Database, producer: AIOKafkaProducer, *, topic: str) -> None:
+    def __init__(self, db: Database, producer: AIOKafkaProducer, *, topic: str,
+                 requested_topic: str, settings: OutboxSettings,
+                 on_wait: Callable[[], None] | None = None) -> None:
         self._db = db
         self._producer = producer
         self._topic = topic
+        self._requested_topic = requested_topic
+        self._settings = settings
+        self._on_wait = on_wait
         self.published = 0
 
     async def publish(self, events: Sequence[PaymentStatusEvent], outbox_ids: Sequence[int]) -> None:
-        """Produce the events (acks=all), then mark their outbox rows sent."""
+        """Produce the events (acks=all), then mark their outbox rows sent. A failure leaves
+        them to the sweep."""
         if not events:
             return
         try:
@@ -46,38 +51,56 @@ class OutboxRelay:
             ]
             await asyncio.gather(*futures)
         except KafkaError as exc:
-            # Left unsent; the sweep retries them.
             log.warning("status publish failed (%s); the sweep will retry", type(exc).__name__)
             return
-        await self._mark_sent(outbox_ids)
+        await until_done("marking outbox rows sent", lambda: self._mark_sent(outbox_ids),
+                         on_sleep=self._on_wait)
         self.published += len(events)
 
-    async def sweep_once(self, *, min_age_s: float = 5.0, limit: int = 500) -> int:
-        """Publish rows older than ``min_age_s`` still unsent (a crash after commit)."""
+    async def sweep_once(self, *, min_age_s: float | None = None, limit: int | None = None) -> int:
+        """Publish unsent rows older than ``min_age_s``, in id order, holding their locks so
+        that another relay skips them; returns how many were published."""
+        age = self._settings.relay_min_age_s if min_age_s is None else min_age_s
         async with self._db.write_session() as session:
-            rows = list(await session.execute(_UNSENT, {"age": min_age_s, "limit": limit}))
-        if not rows:
-            return 0
-        futures = [
-            await self._producer.send(topic, payload.encode(), key=key.encode())
-            for _, topic, key, payload in rows
-        ]
-        await asyncio.gather(*futures)
-        await self._mark_sent([row[0] for row in rows])
-        log.info("outbox sweep published %d rows", len(rows))
+            rows = await claim_unsent(session, min_age_s=age,
+                                      limit=limit or self._settings.relay_batch)
+            if not rows:
+                return 0
+            futures = [await self._producer.send(r.topic, r.payload.encode(), key=r.key.encode())
+                       for r in rows]
+            await asyncio.gather(*futures)
+            await mark_sent(session, [r.id for r in rows])
+        log.info("outbox relay published %d rows", len(rows))
+        self.published += len(rows)
         return len(rows)
 
-    async def sweep_forever(self, interval_s: float = 2.0) -> None:
+    async def prune_once(self) -> int:
+        """Delete one bounded batch of rows sent longer ago than the retention."""
+        async with self._db.write_session() as session:
+            return await prune_sent(session, retention_days=self._settings.retention_days,
+                                    requested_topic=self._requested_topic,
+                                    limit=self._settings.prune_batch)
+
+    async def measure(self) -> tuple[int, float]:
+        async with self._db.write_session() as session:
+            unsent, oldest = await backlog(session)
+        OUTBOX_UNSENT.set(unsent)
+        OUTBOX_OLDEST_UNSENT.set(oldest)
+        return unsent, oldest
+
+    async def sweep_forever(self) -> None:
+        """Sweep, prune and measure every ``relay_interval_s``; each step retried under the
+        fault policy, so an outage delays the relay and never ends it."""
         while True:
-            try:
-                while await self.sweep_once() > 0:
-                    pass
-            except Exception as exc:  # noqa: BLE001 (the sweep must outlive any one failure)
-                log.warning("outbox sweep failed (%s)", type(exc).__name__)
-            await asyncio.sleep(interval_s)
+            while await until_done("outbox sweep", self.sweep_once, on_sleep=self._on_wait):
+                pass
+            while await until_done("outbox prune", self.prune_once, on_sleep=self._on_wait) \
+                    >= self._settings.prune_batch:
+                pass
+            await until_done("outbox backlog", self.measure, on_sleep=self._on_wait)
+            await asyncio.sleep(self._settings.relay_interval_s)
 
     async def _mark_sent(self, ids: Sequence[int]) -> None:
         if ids:
             async with self._db.write_session() as session:
-                await session.execute(_MARK_SENT, {"ids": list(ids)})
-
+                await mark_sent(session, ids)

@@ -1,10 +1,14 @@
 """Posting a batch of payment requests to the ledger, in one transaction on the primary.
 
+The locked payment row, not the message, is the source of truth: the amount, currency and
+accounts posted are the row's. A message that disagrees with its row (or names no payment)
+changes nothing and is handed back as rejected, for the dead-letter topic.
+
 For each request still PENDING: lock both accounts (all accounts of the batch, in id order,
 in one statement, so two workers never deadlock), apply the domain's posting rule, write the
-status, two ledger entries and the balances, and an outbox row with the status event. A
-request whose payment is no longer PENDING was handled before (redelivery) and changes
-nothing.
+status, two ledger entries (one PAYMENT posting, whose id is the payment's) and the balances,
+and an outbox row with the status event. A request whose payment is no longer PENDING was
+handled before (redelivery) and changes nothing.
 """
 
 from __future__ import annotations
@@ -12,18 +16,18 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import text
 
 from ..cache.entities import status_event
 from ..db import WriteSession
 from ..db.accounts import AccountRow
+from ..db.payments import COLUMNS as PAYMENT_COLUMNS
 from ..db.payments import PaymentRow
 from ..domain.ledger import post_transfer
-from ..domain.status import PaymentStatus
+from ..domain.status import PaymentStatus, check_transition
 from ..events.messages import PaymentRequested, PaymentStatusEvent
 
 # FOR NO KEY UPDATE, not FOR UPDATE: the posting changes no key, and FOR UPDATE would conflict
@@ -31,25 +35,13 @@ from ..events.messages import PaymentRequested, PaymentStatusEvent
 # payment KEY SHARE-locks its two accounts (in the order of its constraints, not by id), so a
 # worker holding one of them FOR UPDATE and waiting for the other deadlocked with it under load.
 _LOCK_PAYMENTS = text(
-    "SELECT id, status, version, created_at FROM payments"
+    f"SELECT {', '.join(c.key for c in PAYMENT_COLUMNS)} FROM payments"
     " WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR NO KEY UPDATE"
 )
 _LOCK_ACCOUNTS = text(
     "SELECT id, partner_id, currency, balance_minor, version, name, created_at, updated_at"
     " FROM accounts"
     " WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR NO KEY UPDATE"
-)
-# Re-creates a payment from its message when the row is missing: the API withdrew it after a
-# produce it believed failed, but the broker had in fact taken the message.
-_INSERT_MISSING = text(
-    "INSERT INTO payments (id, partner_id, idempotency_key, request_hash, source_account_id,"
-    " destination_account_id, amount_minor, currency, reference, status, version, created_at,"
-    " updated_at)"
-    " SELECT :id, :partner_id, :idempotency_key, :request_hash, :source, :destination, :amount,"
-    " :currency, :reference, 'PENDING', 1, CAST(:created_at AS timestamptz), now()"
-    " WHERE EXISTS (SELECT 1 FROM accounts WHERE id = :source)"
-    "   AND EXISTS (SELECT 1 FROM accounts WHERE id = :destination)"
-    " ON CONFLICT DO NOTHING"
 )
 _UPDATE_PAYMENTS = text(
     "UPDATE payments p SET status = u.status, failure_reason = u.reason, version = p.version + 1,"
@@ -65,9 +57,11 @@ _UPDATE_ACCOUNTS = text(
     " WHERE a.id = u.id"
 )
 _INSERT_ENTRIES = text(
-    "INSERT INTO ledger_entries (payment_id, account_id, amount_minor, balance_after_minor)"
-    " SELECT * FROM unnest(CAST(:payments AS uuid[]), CAST(:accounts AS uuid[]),"
-    "   CAST(:amounts AS bigint[]), CAST(:balances AS bigint[]))"
+    "INSERT INTO ledger_entries (posting_id, kind, payment_id, account_id, amount_minor,"
+    " balance_after_minor, created_at)"
+    " SELECT p, 'PAYMENT', p, a, m, b, :now FROM unnest(CAST(:payments AS uuid[]),"
+    "   CAST(:accounts AS uuid[]), CAST(:amounts AS bigint[]), CAST(:balances AS bigint[]))"
+    "   AS u(p, a, m, b)"
 )
 _INSERT_OUTBOX = text(
     "INSERT INTO outbox (topic, key, payload)"
@@ -101,9 +95,29 @@ class BatchResult:
 
     events: list[PaymentStatusEvent]
     outbox_ids: list[int]
-    skipped: int  # redeliveries of payments already final, or requests with no payment
+    skipped: int  # redeliveries of payments already final
     payments: list[PaymentRow] = field(default_factory=list)  # as committed, for the cache
     accounts: list[AccountRow] = field(default_factory=list)
+    # Requests that changed nothing because they disagree with their row (or have none),
+    # each with the reason: for the dead-letter topic.
+    rejected: list[tuple[PaymentRequested, str]] = field(default_factory=list)
+
+
+def disagreement(request: PaymentRequested, row: PaymentRow | None) -> str | None:
+    """Why a request does not match its payment row, or None when it does."""
+    if row is None:
+        return "no such payment"
+    for name, message_value, row_value in (
+        ("partner_id", request.partner_id, row.partner_id),
+        ("source_account_id", request.source_account_id, row.source_account_id),
+        ("destination_account_id", request.destination_account_id, row.destination_account_id),
+        ("amount_minor", request.amount_minor, row.amount_minor),
+        ("currency", request.currency, row.currency),
+        ("idempotency_key", request.idempotency_key, row.idempotency_key),
+    ):
+        if message_value != row_value:
+            return f"message disagrees with its payment row: {name}"
+    return None
 
 
 async def post_batch(
@@ -114,18 +128,23 @@ async def post_batch(
     for request in requests:
         by_id.setdefault(request.payment_id, request)
     ids = list(by_id)
-    locked = {row.id: row for row in await session.execute(_LOCK_PAYMENTS, {"ids": ids})}
-    missing = [by_id[i] for i in ids if i not in locked]
-    if missing:
-        for request in missing:
-            await session.execute(_INSERT_MISSING, _insert_params(request))
-        again = await session.execute(_LOCK_PAYMENTS, {"ids": [r.payment_id for r in missing]})
-        locked.update({row.id: row for row in again})
-    pending = [by_id[i] for i in ids if i in locked and locked[i].status == "PENDING"]
+    locked = {
+        row[0]: PaymentRow(*row)
+        for row in await session.execute(_LOCK_PAYMENTS, {"ids": ids})
+    }
+    rejected: list[tuple[PaymentRequested, str]] = []
+    pending: list[PaymentRow] = []
+    for payment_id in ids:
+        reason = disagreement(by_id[payment_id], locked.get(payment_id))
+        if reason is not None:
+            rejected.append((by_id[payment_id], reason))
+        elif locked[payment_id].status == "PENDING":
+            pending.append(locked[payment_id])
+    skipped = len(requests) - len(pending) - len(rejected)
     if not pending:
-        return BatchResult(events=[], outbox_ids=[], skipped=len(requests))
+        return BatchResult(events=[], outbox_ids=[], skipped=skipped, rejected=rejected)
 
-    account_ids = sorted({a for r in pending for a in (r.source_account_id, r.destination_account_id)})
+    account_ids = sorted({a for p in pending for a in (p.source_account_id, p.destination_account_id)})
     accounts = {
         row.id: _Account(row.partner_id, row.currency, row.balance_minor, row.version, row.name,
                          row.created_at, row.updated_at)
@@ -135,18 +154,18 @@ async def post_batch(
     entries: list[tuple[uuid.UUID, uuid.UUID, int, int]] = []
     events: list[PaymentStatusEvent] = []
     payments: list[PaymentRow] = []
-    for request in pending:
-        source = accounts[request.source_account_id]
-        destination = accounts[request.destination_account_id]
+    for row in pending:
+        source = accounts[row.source_account_id]
+        destination = accounts[row.destination_account_id]
         posting = post_transfer(
-            source_id=request.source_account_id,
+            source_id=row.source_account_id,
             source_balance=source.balance,
             source_currency=source.currency,
-            destination_id=request.destination_account_id,
+            destination_id=row.destination_account_id,
             destination_balance=destination.balance,
             destination_currency=destination.currency,
-            amount_minor=request.amount_minor,
-            currency=request.currency,
+            amount_minor=row.amount_minor,
+            currency=row.currency,
         )
         reason = posting.failure_reason.value if posting.failure_reason else None
         if posting.status is PaymentStatus.SUCCEEDED:
@@ -159,21 +178,14 @@ async def post_batch(
                 account.touched = True
             for entry in posting.entries:
                 after = accounts[entry.account_id].balance
-                entries.append((request.payment_id, entry.account_id, entry.amount_minor, after))
-        payment = PaymentRow(
-            id=request.payment_id, partner_id=request.partner_id,
-            idempotency_key=request.idempotency_key, request_hash=request.request_hash,
-            source_account_id=request.source_account_id,
-            destination_account_id=request.destination_account_id,
-            amount_minor=request.amount_minor, currency=request.currency,
-            reference=request.reference, status=posting.status.value, failure_reason=reason,
-            version=int(locked[request.payment_id].version) + 1,
-            created_at=locked[request.payment_id].created_at, updated_at=now,
-        )
+                entries.append((row.id, entry.account_id, entry.amount_minor, after))
+        check_transition(PaymentStatus(row.status), posting.status)
+        payment = replace(row, status=posting.status.value, failure_reason=reason,
+                          version=row.version + 1, updated_at=now)
         payments.append(payment)
         events.append(status_event(
-            payment, source.row(request.source_account_id),
-            destination.row(request.destination_account_id),
+            payment, source.row(row.source_account_id),
+            destination.row(row.destination_account_id),
         ))
 
     await session.execute(
@@ -191,7 +203,7 @@ async def post_batch(
     if entries:
         await session.execute(
             _INSERT_ENTRIES,
-            {"payments": [e[0] for e in entries], "accounts": [e[1] for e in entries],
+            {"now": now, "payments": [e[0] for e in entries], "accounts": [e[1] for e in entries],
              "amounts": [e[2] for e in entries], "balances": [e[3] for e in entries]},
         )
     outbox = await session.execute(
@@ -201,16 +213,6 @@ async def post_batch(
     )
     account_rows = [a.row(i) for i, a in touched]
     return BatchResult(
-        events=events, outbox_ids=[row[0] for row in outbox], skipped=len(requests) - len(pending),
-        payments=payments, accounts=account_rows,
+        events=events, outbox_ids=[row[0] for row in outbox], skipped=skipped,
+        payments=payments, accounts=account_rows, rejected=rejected,
     )
-
-
-def _insert_params(request: PaymentRequested) -> dict[str, Any]:
-    return {
-        "id": request.payment_id, "partner_id": request.partner_id,
-        "idempotency_key": request.idempotency_key, "request_hash": request.request_hash,
-        "source": request.source_account_id, "destination": request.destination_account_id,
-        "amount": request.amount_minor, "currency": request.currency,
-        "reference": request.reference, "created_at": request.created_at,
-    }

@@ -27,6 +27,7 @@ async def app_client(settings: Settings, **sections: Any) -> AsyncIterator[tuple
     custom = changed(settings, **sections)
     services = Services.create(custom)
     app = create_app(custom, services)
+    await services.start()  # ASGITransport runs no lifespan
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                      base_url="http://test") as http:

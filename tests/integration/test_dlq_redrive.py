@@ -1,5 +1,6 @@
 """Re-driving the dead-letter topic (``paystream dlq redrive``): a request the database once
-refused is posted after re-driving; a poison message is reported with its reason and stays.
+refused with a data error is parked alone (the good requests around it are posted) and posted
+after re-driving; a poison message is reported with its reason and stays.
 
 A worker of its own on topics of their own, so the session's dead letters do not mix in."""
 
@@ -48,12 +49,10 @@ async def test_redrive_posts_what_now_passes_and_keeps_poison(
     env = {**server_env, "PAYSTREAM_KAFKA__REQUESTED_TOPIC": kafka.requested_topic,
            "PAYSTREAM_KAFKA__STATUS_TOPIC": kafka.status_topic,
            "PAYSTREAM_KAFKA__DLQ_TOPIC": kafka.dlq_topic,
-           "PAYSTREAM_KAFKA__WORKER_GROUP": kafka.worker_group,
-           # A locked account makes the worker's statement time out: the database refuses
-           # the request and the worker parks it.
-           "PAYSTREAM_DB__STATEMENT_TIMEOUT_MS": "1000"}
+           "PAYSTREAM_KAFKA__WORKER_GROUP": kafka.worker_group}
 
     services = Services.create(settings)
+    await services.start()
     watcher = StatusWatcher(settings)
     dead_letters = make_consumer(kafka, group_id=None)
     producer = make_producer(kafka)
@@ -68,18 +67,37 @@ async def test_redrive_posts_what_now_passes_and_keeps_poison(
         source, destination = await partner.account(balance="10.00"), await partner.account(balance="0")
         caller = await services.auth.caller_for(f"Bearer {partner.key}")
 
-        # 1. The worker cannot lock the source account: the request is dead-lettered.
-        async with services.db.primary.connect() as conn:
-            # NO KEY UPDATE: the API's insert (a foreign key share lock) passes, the worker's
-            # FOR UPDATE waits.
-            await conn.execute(text("SELECT 1 FROM accounts WHERE id = :a FOR NO KEY UPDATE"),
-                               {"a": uuid.UUID(source)})
+        # 1. The database refuses one request with a data error (a check violation, SQLSTATE
+        # 23514, raised by a trigger on that one payment): it is dead-lettered alone, and the
+        # requests around it, in the same batches, are posted.
+        bad_key = f"redrive-{suffix}"
+        trigger = f"refuse_{suffix}"
+        async with services.db.primary.begin() as conn:
+            await conn.execute(text(
+                f"CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                " RAISE EXCEPTION 'refused for the test' USING ERRCODE = 'check_violation';"
+                " END $$"))
+            await conn.execute(text(
+                f"CREATE TRIGGER {trigger} BEFORE UPDATE ON payments FOR EACH ROW"
+                f" WHEN (NEW.idempotency_key = '{bad_key}') EXECUTE FUNCTION {trigger}()"))
+        try:
+            good = [CreatePayment(idempotency_key=f"good-{n}", source_account_id=source,
+                                  destination_account_id=destination, amount="0.10",
+                                  currency="USD") for n in range(6)]
+            rows = await asyncio.gather(*(services.payments.create(caller, r) for r in good[:3]))
             row = await services.payments.create(caller, CreatePayment(
-                idempotency_key="redrive-1", source_account_id=source,
+                idempotency_key=bad_key, source_account_id=source,
                 destination_account_id=destination, amount="4.00", currency="USD"))
+            rows += await asyncio.gather(*(services.payments.create(caller, r) for r in good[3:]))
             refused = await asyncio.wait_for(dead_letters.getone(), 60)
-            await conn.rollback()
-        assert dict(refused.headers)["reason"].startswith(b"database refused")
+            for good_row in rows:
+                assert (await watcher.terminal(str(good_row.id)))["status"] == "SUCCEEDED"
+        finally:
+            async with services.db.primary.begin() as conn:
+                await conn.execute(text(f"DROP TRIGGER {trigger} ON payments"))
+                await conn.execute(text(f"DROP FUNCTION {trigger}()"))
+        reason = dict(refused.headers)["reason"]
+        assert reason.startswith(b"database refused") and b"SQLSTATE 23514" in reason, reason
         # 2. A poison message: undecodable now and forever.
         await producer.send_and_wait(kafka.requested_topic, b"\xff not json", key=b"poison")
         poison = await asyncio.wait_for(dead_letters.getone(), 60)
@@ -117,7 +135,7 @@ async def test_redrive_posts_what_now_passes_and_keeps_poison(
             balances = dict((await conn.execute(text(
                 "SELECT id::text, balance_minor FROM accounts WHERE id = ANY(CAST(:ids AS uuid[]))"),
                 {"ids": [uuid.UUID(source), uuid.UUID(destination)]})).all())
-        assert balances == {source: 600, destination: 400}
+        assert balances == {source: 600 - 60, destination: 400 + 60}
 
         # Progress is kept: a second run finds nothing new; the poison is still in the topic.
         assert (await redrive(kafka)).examined == 0

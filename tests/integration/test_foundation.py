@@ -94,8 +94,9 @@ async def test_unbalanced_ledger_entries_are_refused_at_commit(services, make_pa
             {"id": payment, "partner": partner_id, "key": str(payment), "s": uuid.UUID(source),
              "d": uuid.UUID(destination)})
         await conn.execute(text(
-            "INSERT INTO ledger_entries (payment_id, account_id, amount_minor, balance_after_minor)"
-            " VALUES (:p, :s, -100, 0), (:p, :d, 99, 99)"),
+            "INSERT INTO ledger_entries (posting_id, kind, payment_id, account_id, amount_minor,"
+            " balance_after_minor) VALUES (:p, 'PAYMENT', :p, :s, -100, 0),"
+            " (:p, 'PAYMENT', :p, :d, 99, 99)"),
             {"p": payment, "s": uuid.UUID(source), "d": uuid.UUID(destination)})
         with pytest.raises(DBAPIError, match="sum to"):
             await conn.commit()

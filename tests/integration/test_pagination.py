@@ -19,7 +19,7 @@ PAGE = """query($a: ID!, $first: Int, $after: String) {
 
 
 async def _seed(services, partner, count: int) -> tuple[str, list[str]]:
-    """``count`` committed payments from one account to a few others, inserted directly."""
+    """``count`` settled payments from one account to a few others, inserted directly."""
     source = await partner.account(balance="1000.00")
     others = [await partner.account(balance="0") for _ in range(5)]
     ids = []
@@ -30,10 +30,11 @@ async def _seed(services, partner, count: int) -> tuple[str, list[str]]:
             payment_id = uuid.uuid4()
             ids.append(str(payment_id))
             await session.execute(text(
+                # Settled FAILED (no entries, nothing queued): the ledger stays sound.
                 "INSERT INTO payments (id, partner_id, idempotency_key, request_hash,"
                 " source_account_id, destination_account_id, amount_minor, currency, status,"
-                " created_at) VALUES (:id, :p, :k, repeat('a', 64), :s, :d, :amt, 'USD',"
-                " 'PENDING', now() - make_interval(secs => :age))"),
+                " failure_reason, created_at) VALUES (:id, :p, :k, repeat('a', 64), :s, :d,"
+                " :amt, 'USD', 'FAILED', 'INSUFFICIENT_FUNDS', now() - make_interval(secs => :age))"),
                 {"id": payment_id, "p": partner_id, "k": str(payment_id), "s": uuid.UUID(source),
                  "d": uuid.UUID(others[i % 5]), "amt": 100 + i, "age": count - i})
     await wait_for_replay(services.db)

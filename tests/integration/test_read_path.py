@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from paystream.cache import PAYMENT, VersionedCache
+from paystream.db.ledger import fund
 from paystream.services.reads import Reader
 
 from .conftest import gql, wait_for_replay
@@ -246,8 +247,7 @@ async def test_replicas_are_trusted_again_only_once_they_replay_past_a_redis_out
         devstack.pause_replica_replay()
         try:
             async with db.write_session() as session:
-                await session.execute(text("UPDATE accounts SET balance_minor = 700, "
-                                           "version = version + 1 WHERE id = :id"), {"id": account})
+                await fund(session, account, 200)  # 5.00 -> 7.00, a new version
             devstack.stop_redis()
             try:
                 assert (await reader.accounts([account]))[account].balance_minor == 700

@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 from paystream.events.kafka import ensure_topics
 from paystream.services.app import Services
+from paystream.services.ledger import verify_ledger
 from paystream.services.payments import CreatePayment
 
 from .conftest import StatusWatcher, start_worker, stop_process
@@ -38,6 +39,7 @@ async def test_worker_killed_mid_backlog(migrated, server_env, make_partner) -> 
            "PAYSTREAM_KAFKA__WORKER_BATCH_SIZE": "50"}
 
     services = Services.create(settings)
+    await services.start()
     watcher = StatusWatcher(settings)
     await watcher.start()
     try:
@@ -94,8 +96,11 @@ async def test_worker_killed_mid_backlog(migrated, server_env, make_partner) -> 
         assert sum(final.values()) == sum(initial.values())
         assert min(final.values()) >= 0
         entries = await _entry_sums(services, accounts)
-        # Every balance is its opening balance plus its ledger entries.
-        assert all(final[a] == initial[a] + entries.get(a, 0) for a in accounts)
+        # Every balance is the sum of its ledger entries (the opening balance is a FUNDING
+        # posting), and the whole ledger verifies.
+        assert all(final[a] == entries.get(a, 0) for a in accounts)
+        report = await verify_ledger(services.db, services.settings)
+        assert report.sound, {k: v for k, v in report.violations.items() if v}
     finally:
         await watcher.stop()
         await services.close()

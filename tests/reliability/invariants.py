@@ -23,7 +23,8 @@ async def assert_ledger_sound(services: Any, accounts: list[str], opening: dict[
                               payment_ids: list[str]) -> dict[str, int]:
     """Every payment terminal; money conserved; no balance negative, ever (each entry's
     balance after it too); each SUCCEEDED payment two entries summing to zero, a FAILED one
-    none; each balance its opening plus its entries. Returns the count of each status."""
+    none; each balance the sum of its entries; and the whole ledger verified. Returns the
+    count of each status."""
     ids = [uuid.UUID(p) for p in payment_ids]
     async with services.db.primary.connect() as conn:
         statuses = dict((await conn.execute(text(
@@ -33,6 +34,7 @@ async def assert_ledger_sound(services: Any, accounts: list[str], opening: dict[
         assert statuses.get("SUCCEEDED", 0) + statuses.get("FAILED", 0) == len(set(payment_ids))
         unbalanced = (await conn.execute(text(
             "SELECT p.id FROM payments p LEFT JOIN ledger_entries e ON e.payment_id = p.id"
+            " AND e.kind = 'PAYMENT'"
             " WHERE p.id = ANY(CAST(:ids AS uuid[])) GROUP BY p.id, p.status, p.amount_minor"
             " HAVING (p.status = 'SUCCEEDED' AND (count(e.id) <> 2 OR sum(e.amount_minor) <> 0"
             "          OR max(e.amount_minor) <> p.amount_minor))"
@@ -49,8 +51,20 @@ async def assert_ledger_sound(services: Any, accounts: list[str], opening: dict[
     final = await balances(services, accounts)
     assert sum(final.values()) == sum(opening.values()), "money was created or destroyed"
     assert min(final.values()) >= 0
-    assert all(final[a] == opening[a] + entries.get(a, 0) for a in accounts)
+    # Opening balances are entries too (FUNDING postings): each balance is its entries' sum.
+    assert all(final[a] == entries.get(a, 0) for a in accounts)
+    await assert_ledger_verified(services)
     return statuses
+
+
+async def assert_ledger_verified(services: Any) -> None:
+    """``paystream ledger verify`` over the whole database: every balance the sum of its
+    entries, every posting summing to zero, no partner account negative, every SUCCEEDED
+    payment its two entries, every FAILED none, every PENDING one something queued."""
+    from paystream.services.ledger import verify_ledger
+
+    report = await verify_ledger(services.db, services.settings)
+    assert report.sound, {k: v for k, v in report.violations.items() if v}
 
 
 async def assert_one_payment_per_key(services: Any, partner_name: str, keys: set[str]) -> None:

@@ -1,0 +1,184 @@
+"""The ledger's own statements: settlement accounts, fundings, and the checks of
+``paystream ledger verify``. The worker's payment postings are in ``worker/posting.py``."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import text
+
+from ..domain.errors import BadUserInput, NotFound
+from ..domain.ledger import SYSTEM_PARTNER_ID, EntryKind, post_funding
+from .accounts import AccountRow
+from .engine import ReadSession, WriteSession
+
+_ACCOUNT_COLUMNS = "id, partner_id, name, currency, balance_minor, version, created_at, updated_at"
+
+_ENSURE_SETTLEMENT = text(
+    "INSERT INTO accounts (id, partner_id, name, currency, balance_minor, version)"
+    " VALUES (:id, :system, 'Settlement ' || :currency, :currency, 0, 1)"
+    f" ON CONFLICT (currency) WHERE partner_id = '{SYSTEM_PARTNER_ID}' DO NOTHING"
+)
+_SETTLEMENT_ID = text(
+    "SELECT id FROM accounts WHERE partner_id = :system AND currency = :currency"
+)
+_CURRENCY_OF = text("SELECT currency, partner_id FROM accounts WHERE id = :id")
+# Both accounts in id order, like the worker's locks, so a funding never deadlocks a posting.
+_LOCK_TWO = text(
+    f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id IN (:a, :b) ORDER BY id FOR NO KEY UPDATE"
+)
+_SET_BALANCE = text(
+    "UPDATE accounts SET balance_minor = :balance, version = :version, updated_at = :now"
+    " WHERE id = :id"
+)
+_INSERT_ENTRY = text(
+    "INSERT INTO ledger_entries (posting_id, kind, payment_id, account_id, amount_minor,"
+    " balance_after_minor, created_at) VALUES (:posting, :kind, NULL, :account, :amount,"
+    " :after, :now)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FundingPosting:
+    """A funding as committed: its posting id and both accounts after it."""
+
+    posting_id: uuid.UUID
+    amount_minor: int
+    settlement: AccountRow
+    account: AccountRow
+
+
+async def settlement_account(session: WriteSession, currency: str) -> uuid.UUID:
+    """The settlement account of ``currency``, created on first use."""
+    params = {"id": uuid.uuid4(), "system": SYSTEM_PARTNER_ID, "currency": currency}
+    await session.execute(_ENSURE_SETTLEMENT, params)
+    return uuid.UUID(str((await session.execute(_SETTLEMENT_ID, params)).scalar_one()))
+
+
+async def fund(session: WriteSession, account_id: uuid.UUID, amount_minor: int) -> FundingPosting:
+    """Post ``amount_minor`` from the settlement account of the account's currency to the
+    account: both balances, both versions and two FUNDING entries. The caller commits."""
+    found = (await session.execute(_CURRENCY_OF, {"id": account_id})).first()
+    if found is None:
+        raise NotFound("no such account")
+    currency, owner = found
+    if owner == SYSTEM_PARTNER_ID:
+        raise BadUserInput("a settlement account cannot be funded", field="account")
+    settlement_id = await settlement_account(session, currency)
+    rows = {
+        row[0]: AccountRow(*row)
+        for row in await session.execute(_LOCK_TWO, {"a": settlement_id, "b": account_id})
+    }
+    settlement, account = rows[settlement_id], rows[account_id]
+    funding = post_funding(
+        settlement_id=settlement_id, settlement_balance=settlement.balance_minor,
+        account_id=account_id, account_balance=account.balance_minor, amount_minor=amount_minor,
+    )
+    now = datetime.now(UTC)
+    posting_id = uuid.uuid4()
+    after = {settlement_id: funding.settlement_balance_after, account_id: funding.account_balance_after}
+    updated = {}
+    for account_row in (settlement, account):
+        row = AccountRow(
+            id=account_row.id, partner_id=account_row.partner_id, name=account_row.name,
+            currency=account_row.currency, balance_minor=after[account_row.id],
+            version=account_row.version + 1, created_at=account_row.created_at, updated_at=now,
+        )
+        await session.execute(_SET_BALANCE, {"id": row.id, "balance": row.balance_minor,
+                                             "version": row.version, "now": now})
+        updated[row.id] = row
+    for entry in funding.entries:
+        await session.execute(_INSERT_ENTRY, {
+            "posting": posting_id, "kind": EntryKind.FUNDING.value, "account": entry.account_id,
+            "amount": entry.amount_minor, "after": after[entry.account_id], "now": now,
+        })
+    return FundingPosting(posting_id, amount_minor, updated[settlement_id], updated[account_id])
+
+
+# --- verification -----------------------------------------------------------------------
+
+# Each check names what is wrong; an empty result is a pass. Every one reads the whole ledger
+# (an operator's command, not a request path).
+_CHECKS: dict[str, str] = {
+    "balance differs from the sum of its entries": """
+        SELECT a.id::text || ': balance ' || a.balance_minor || ', entries '
+               || coalesce(e.total, 0)
+          FROM accounts a
+          LEFT JOIN (SELECT account_id, sum(amount_minor) AS total FROM ledger_entries
+                      GROUP BY account_id) e ON e.account_id = a.id
+         WHERE a.balance_minor <> coalesce(e.total, 0)""",
+    "posting does not sum to zero": """
+        SELECT posting_id::text || ': sums to ' || sum(amount_minor)
+          FROM ledger_entries GROUP BY posting_id HAVING sum(amount_minor) <> 0""",
+    "partner account is negative": """
+        SELECT id::text || ': balance ' || balance_minor FROM accounts
+         WHERE partner_id <> :system AND balance_minor < 0""",
+    "SUCCEEDED payment lacks exactly its two entries": """
+        SELECT p.id::text || ': ' || count(e.id) || ' entries' FROM payments p
+          LEFT JOIN ledger_entries e ON e.payment_id = p.id AND e.kind = 'PAYMENT'
+         WHERE p.status = 'SUCCEEDED'
+         GROUP BY p.id, p.amount_minor, p.source_account_id, p.destination_account_id
+        HAVING count(e.id) <> 2
+            OR count(*) FILTER (WHERE e.account_id = p.source_account_id
+                                  AND e.amount_minor = -p.amount_minor) <> 1
+            OR count(*) FILTER (WHERE e.account_id = p.destination_account_id
+                                  AND e.amount_minor = p.amount_minor) <> 1""",
+    "FAILED payment has entries": """
+        SELECT p.id::text || ': ' || count(*) || ' entries' FROM payments p
+          JOIN ledger_entries e ON e.payment_id = p.id
+         WHERE p.status = 'FAILED' GROUP BY p.id""",
+    "PENDING payment has nothing queued": """
+        SELECT p.id::text FROM payments p
+         WHERE p.status = 'PENDING' AND NOT EXISTS (
+               SELECT 1 FROM outbox o WHERE o.topic = :requested
+                  AND o.payload->>'payment_id' = p.id::text)""",
+}
+
+_COUNTS = text("""
+    SELECT (SELECT count(*) FROM accounts WHERE partner_id <> :system),
+           (SELECT count(*) FROM accounts WHERE partner_id = :system),
+           (SELECT count(*) FROM ledger_entries),
+           (SELECT count(DISTINCT posting_id) FROM ledger_entries)
+""")
+_STATUSES = text("SELECT status, count(*) FROM payments GROUP BY status ORDER BY status")
+
+
+@dataclass
+class LedgerReport:
+    """What ``verify`` found: counts, and each violation by check (empty when sound)."""
+
+    accounts: int = 0
+    settlement_accounts: int = 0
+    entries: int = 0
+    postings: int = 0
+    payments: dict[str, int] = field(default_factory=dict)
+    violations: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def sound(self) -> bool:
+        return not any(self.violations.values())
+
+    def summary(self) -> str:
+        statuses = ", ".join(f"{n} {s}" for s, n in self.payments.items()) or "no payments"
+        verdict = "sound" if self.sound else (
+            f"{sum(len(v) for v in self.violations.values())} violations")
+        return (f"ledger {verdict}: {self.accounts} accounts, {self.settlement_accounts}"
+                f" settlement accounts, {self.postings} postings, {self.entries} entries;"
+                f" payments: {statuses}")
+
+
+async def verify(session: ReadSession | WriteSession, *, requested_topic: str,
+                 max_listed: int = 100) -> LedgerReport:
+    """Run every check in one snapshot (the caller's transaction should be REPEATABLE READ so
+    the checks agree with each other). Lists at most ``max_listed`` violations per check."""
+    params = {"system": SYSTEM_PARTNER_ID, "requested": requested_topic}
+    report = LedgerReport()
+    counts = (await session.execute(_COUNTS, params)).one()
+    report.accounts, report.settlement_accounts, report.entries, report.postings = map(int, counts)
+    report.payments = {status: int(n) for status, n in await session.execute(_STATUSES)}
+    for name, sql in _CHECKS.items():
+        found = await session.execute(text(f"{sql} LIMIT {int(max_listed)}"), params)
+        report.violations[name] = [str(row[0]) for row in found]
+    return report

@@ -1,0 +1,97 @@
+"""The outbox: messages committed with the change they announce, produced after the commit.
+
+Two kinds of rows share the table: the API's ``payments.requested`` messages (a request is
+accepted when its payment and its message commit together) and the worker's status events.
+Whoever produces a row marks it sent; the relay produces whatever is left unsent, in id order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import text
+
+from .engine import ReadSession, WriteSession
+
+_INSERT = text(
+    "INSERT INTO outbox (topic, key, payload) VALUES (:topic, :key, CAST(:payload AS jsonb))"
+    " RETURNING id"
+)
+_MARK_SENT = text(
+    "UPDATE outbox SET sent_at = now() WHERE id = ANY(CAST(:ids AS bigint[])) AND sent_at IS NULL"
+)
+# SKIP LOCKED: relays in several workers share the backlog instead of all producing it. The
+# rows are committed facts, so producing them while their locks are held is safe.
+_CLAIM_UNSENT = text(
+    "SELECT id, topic, key, payload::text FROM outbox"
+    " WHERE sent_at IS NULL AND created_at < now() - make_interval(secs => :age)"
+    " ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
+)
+# Requests of payments still PENDING are kept whatever their age: `ledger verify` shows that
+# each such payment has its request queued.
+_PRUNE = text(
+    "DELETE FROM outbox WHERE id IN ("
+    "  SELECT o.id FROM outbox o"
+    "   WHERE o.sent_at IS NOT NULL AND o.sent_at < now() - make_interval(secs => :seconds)"
+    "     AND NOT (o.topic = :requested AND EXISTS (SELECT 1 FROM payments p"
+    "              WHERE p.id = CAST(o.payload->>'payment_id' AS uuid) AND p.status = 'PENDING'))"
+    "   ORDER BY o.id LIMIT :limit)"
+)
+_REQUEUE_PENDING = text(
+    "UPDATE outbox o SET sent_at = NULL FROM payments p"
+    " WHERE o.topic = :requested AND o.sent_at IS NOT NULL"
+    "   AND p.id = CAST(o.payload->>'payment_id' AS uuid) AND p.status = 'PENDING'"
+)
+_BACKLOG = text(
+    "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)"
+    " FROM outbox WHERE sent_at IS NULL"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    id: int
+    topic: str
+    key: str
+    payload: str
+
+
+async def add(session: WriteSession, topic: str, key: str, payload: str) -> int:
+    """One row, in the caller's transaction; returns its id."""
+    return int((await session.execute(_INSERT, {"topic": topic, "key": key, "payload": payload}))
+               .scalar_one())
+
+
+async def mark_sent(session: WriteSession, ids: Sequence[int]) -> None:
+    if ids:
+        await session.execute(_MARK_SENT, {"ids": list(ids)})
+
+
+async def claim_unsent(session: WriteSession, *, min_age_s: float, limit: int) -> list[OutboxRow]:
+    """Unsent rows older than ``min_age_s``, oldest first, locked until the caller's
+    transaction ends (other relays skip them)."""
+    rows = await session.execute(_CLAIM_UNSENT, {"age": min_age_s, "limit": limit})
+    return [OutboxRow(int(r[0]), r[1], r[2], r[3]) for r in rows]
+
+
+async def prune_sent(session: WriteSession, *, retention_days: float, requested_topic: str,
+                     limit: int) -> int:
+    """Delete up to ``limit`` rows sent more than ``retention_days`` ago; returns how many."""
+    result = await session.execute(_PRUNE, {"seconds": retention_days * 86400, "limit": limit,
+                                            "requested": requested_topic})
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def backlog(session: ReadSession | WriteSession) -> tuple[int, float]:
+    """(unsent rows, age in seconds of the oldest one; 0 when none)."""
+    count, age = (await session.execute(_BACKLOG)).one()
+    return int(count), float(age)
+
+
+async def requeue_pending(session: WriteSession, *, requested_topic: str) -> int:
+    """Mark the requests of payments still PENDING unsent again, so the relay produces them
+    once more: for a broker that lost its messages (the dev broker keeps them in memory). The
+    worker skips whatever it had posted already. Returns how many."""
+    result = await session.execute(_REQUEUE_PENDING, {"requested": requested_topic})
+    return int(getattr(result, "rowcount", 0) or 0)
