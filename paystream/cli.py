@@ -11,13 +11,16 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
 from .config import Settings
 from .db import Database
 from .domain.errors import PaystreamError
+
+if TYPE_CHECKING:
+    from .db.ledger import FundingPosting
 
 T = TypeVar("T")
 
@@ -57,6 +60,13 @@ def _run_with_db(settings: Settings, work: Callable[[Database], Awaitable[T]]) -
 
     try:
         return asyncio.run(main())
+    except PaystreamError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+def _or_exit(work: Callable[[], T]) -> T:
+    try:
+        return work()
     except PaystreamError as exc:
         raise click.ClickException(exc.message) from None
 
@@ -209,18 +219,78 @@ def account() -> None:
 @click.option("--partner", required=True, help="Owning partner's name.")
 @click.option("--name", required=True, help="Account name.")
 @click.option("--currency", required=True, help="ISO 4217 code, e.g. USD.")
-@click.option("--balance", default="0", show_default=True, help="Opening balance, e.g. 100.00.")
+@click.option("--balance", default="0", show_default=True,
+              help="Opening balance, e.g. 100.00: a FUNDING posting from the settlement account.")
 def account_create(partner: str, name: str, currency: str, balance: str) -> None:
-    """Create an account and print its id (on the last line, alone)."""
-    from .services.admin import new_account
+    """Create an account and print its id (on the last line, alone); a positive opening
+    balance is posted from the currency's settlement account, and the posting is printed."""
+    from .services.admin import open_account
 
     settings = _settings_or_exit()
-    account_id = _run_with_db(
+    account_id, posting = _run_with_db(
         settings,
-        lambda db: new_account(db, partner=partner, name=name, currency=currency, balance=balance),
+        lambda db: open_account(db, partner=partner, name=name, currency=currency, balance=balance),
     )
+    if posting is not None:
+        _echo_posting(posting)
     click.echo(f"account {name} ({currency}) created for {partner}:")
     click.echo(str(account_id))
+
+
+@account.command("fund")
+@click.argument("account_id")
+@click.option("--amount", required=True, help="Amount to add, e.g. 250.00 (in the account's currency).")
+def account_fund(account_id: str, amount: str) -> None:
+    """Add money to ACCOUNT_ID from outside: a FUNDING posting from the settlement account of
+    its currency (both entries printed). Readers see the new balance at once."""
+    from .cache import VersionedCache
+    from .services.ledger import fund_account, parse_account_id
+
+    settings = _settings_or_exit()
+    target = _or_exit(lambda: parse_account_id(account_id))
+
+    async def work(db: Database) -> FundingPosting:
+        cache = VersionedCache(settings.redis)
+        try:
+            return await fund_account(db, cache, settings, target, amount)
+        finally:
+            await cache.close()
+
+    _echo_posting(_run_with_db(settings, work))
+
+
+def _echo_posting(posting: FundingPosting) -> None:
+    from .domain.money import format_minor
+
+    currency = posting.account.currency
+    click.echo(f"posting {posting.posting_id} FUNDING {format_minor(posting.amount_minor, currency)}"
+               f" {currency}")
+    for row, sign in ((posting.settlement, -1), (posting.account, 1)):
+        click.echo(f"  {row.id}  {format_minor(sign * posting.amount_minor, currency):>16}"
+                   f"  balance after {format_minor(row.balance_minor, currency)}")
+
+
+@main.group()
+def ledger() -> None:
+    """The double-entry ledger."""
+
+
+@ledger.command("verify")
+def ledger_verify() -> None:
+    """Prove the ledger on the primary: every balance equals the sum of its entries, every
+    posting sums to zero, no partner account is negative, every SUCCEEDED payment has exactly
+    its two entries and every FAILED one none, every PENDING payment has its request queued.
+    Prints a summary; exits 1 naming each violation."""
+    from .services.ledger import verify_ledger
+
+    settings = _settings_or_exit()
+    report = _run_with_db(settings, lambda db: verify_ledger(db, settings))
+    for check, found in report.violations.items():
+        for violation in found:
+            click.echo(f"VIOLATION {check}: {violation}")
+    click.echo(report.summary())
+    if not report.sound:
+        sys.exit(1)
 
 
 @main.group()

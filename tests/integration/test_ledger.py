@@ -1,0 +1,173 @@
+"""The closed ledger: opening balances and fundings are postings from the settlement accounts,
+`paystream ledger verify` proves every balance from its entries (and fails, naming the
+violation, on a ledger corrupted on purpose), and migration 0002 books the opening balances
+of existing data."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from paystream.config import Settings, environment_for
+from paystream.db import Database
+from paystream.db.migrate import upgrade_async
+from paystream.services.admin import new_account, new_partner
+from paystream.services.ledger import verify_ledger
+
+from .conftest import gql
+
+pytestmark = pytest.mark.integration
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "paystream.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_account_create_takes_zero_and_books_an_opening_balance(server_env, migrated) -> None:
+    partner = f"ledger-{uuid.uuid4().hex[:8]}"
+    assert cli(server_env, "partner", "create", partner).returncode == 0
+    for balance in (("--balance", "0.00"), ("--balance", "0"), ()):
+        done = cli(server_env, "account", "create", "--partner", partner, "--name", "zero",
+                   "--currency", "USD", *balance)
+        assert done.returncode == 0, done.stderr
+        uuid.UUID(done.stdout.splitlines()[-1])
+        assert "posting" not in done.stdout  # nothing to post for zero
+    done = cli(server_env, "account", "create", "--partner", partner, "--name", "funded",
+               "--currency", "USD", "--balance", "12.50")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    account = lines[-1]
+    assert lines[0].startswith("posting ") and "FUNDING 12.50 USD" in lines[0]
+    assert any(line.strip().startswith(account) and "12.50" in line for line in lines[1:3])
+    assert any("-12.50" in line for line in lines[1:3])  # the settlement account's leg
+
+
+async def test_fund_is_a_posting_and_readers_see_it_at_once(client, server_env, services,
+                                                           make_partner) -> None:
+    partner = await make_partner()
+    account = await partner.account(balance="1.00")
+    query = "query($id: ID!) { account(id: $id) { balance } }"
+    before = await gql(client, query, {"id": account}, key=partner.key)
+    assert before["data"] == {"account": {"balance": "1.00"}}  # now cached at this version
+    done = await asyncio.to_thread(cli, server_env, "account", "fund", account, "--amount", "2.25")
+    assert done.returncode == 0, done.stderr
+    assert "FUNDING 2.25 USD" in done.stdout and "balance after 3.25" in done.stdout
+    after = await gql(client, query, {"id": account}, key=partner.key)
+    assert after["data"] == {"account": {"balance": "3.25"}}
+    async with services.db.primary.connect() as conn:
+        entries = (await conn.execute(text(
+            "SELECT kind, amount_minor, balance_after_minor FROM ledger_entries"
+            " WHERE account_id = :a ORDER BY id"), {"a": uuid.UUID(account)})).all()
+    assert [tuple(e) for e in entries] == [("FUNDING", 100, 100), ("FUNDING", 225, 325)]
+    refused = await asyncio.to_thread(cli, server_env, "account", "fund", account, "--amount", "-1")
+    assert refused.returncode != 0 and "greater than 0" in refused.stderr
+    missing = await asyncio.to_thread(cli, server_env, "account", "fund", str(uuid.uuid4()),
+                                      "--amount", "1.00")
+    assert missing.returncode != 0 and "no such account" in missing.stderr
+
+
+@pytest.fixture
+async def scratch(migrated: Settings) -> AsyncIterator[Settings]:
+    """A database of its own on the test primary: these tests corrupt it on purpose."""
+    name = f"scratch_{uuid.uuid4().hex[:12]}"
+    base, _, _ = migrated.db.primary_url.rpartition("/")
+    admin = create_async_engine(migrated.db.primary_url, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    db_settings = migrated.db.model_copy(update={"primary_url": f"{base}/{name}", "replica_urls": []})
+    try:
+        yield migrated.model_copy(update={"db": db_settings})
+    finally:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        await admin.dispose()
+
+
+async def test_verify_passes_then_names_each_corruption(scratch: Settings) -> None:
+    await upgrade_async(scratch.db.primary_url)
+    db = Database(scratch.db)
+    env = environment_for(scratch, dict(os.environ))
+    try:
+        await new_partner(db, "scratch")
+        a = await new_account(db, partner="scratch", name="a", currency="USD", balance="10.00")
+        b = await new_account(db, partner="scratch", name="b", currency="EUR", balance="0")
+        report = await verify_ledger(db, scratch)
+        assert report.sound, report.violations
+        assert (report.accounts, report.settlement_accounts, report.postings) == (2, 1, 1)
+        done = await asyncio.to_thread(cli, env, "ledger", "verify")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.splitlines()[-1].startswith("ledger sound: 2 accounts, 1 settlement")
+
+        async with db.write_session() as session:
+            await session.execute(text(
+                "UPDATE accounts SET balance_minor = balance_minor + 1 WHERE id = :a"), {"a": a})
+            partner_id = (await session.execute(text(
+                "SELECT partner_id FROM accounts WHERE id = :a"), {"a": a})).scalar()
+            stranded = uuid.uuid4()
+            await session.execute(text(
+                "INSERT INTO payments (id, partner_id, idempotency_key, request_hash,"
+                " source_account_id, destination_account_id, amount_minor, currency, status)"
+                " VALUES (:id, :p, 'k', repeat('a', 64), :a, :b, 1, 'USD', 'PENDING')"),
+                {"id": stranded, "p": partner_id, "a": a, "b": b})
+        report = await verify_ledger(db, scratch)
+        assert not report.sound
+        assert report.violations["balance differs from the sum of its entries"] == [
+            f"{a}: balance 1001, entries 1000"]
+        assert report.violations["PENDING payment has nothing queued"] == [str(stranded)]
+        done = await asyncio.to_thread(cli, env, "ledger", "verify")
+        assert done.returncode == 1
+        assert f"VIOLATION balance differs from the sum of its entries: {a}" in done.stdout
+        assert f"VIOLATION PENDING payment has nothing queued: {stranded}" in done.stdout
+        assert "2 violations" in done.stdout.splitlines()[-1]
+    finally:
+        await db.dispose()
+
+
+async def test_migration_books_existing_opening_balances(scratch: Settings) -> None:
+    """Data written before the closed ledger: balances with no entries behind them, a posted
+    payment, a PENDING one. After 0002 the ledger verifies."""
+    await upgrade_async(scratch.db.primary_url, "0001")
+    engine = create_async_engine(scratch.db.primary_url)
+    partner, a, b, posted, pending = (uuid.uuid4() for _ in range(5))
+    async with engine.begin() as conn:
+        await conn.execute(text("INSERT INTO partners (id, name) VALUES (:p, 'old')"), {"p": partner})
+        await conn.execute(text(
+            "INSERT INTO accounts (id, partner_id, name, currency, balance_minor) VALUES"
+            " (:a, :p, 'a', 'USD', 700), (:b, :p, 'b', 'USD', 300)"), {"a": a, "b": b, "p": partner})
+        for payment, status in ((posted, "SUCCEEDED"), (pending, "PENDING")):
+            await conn.execute(text(
+                "INSERT INTO payments (id, partner_id, idempotency_key, request_hash,"
+                " source_account_id, destination_account_id, amount_minor, currency, status)"
+                " VALUES (:id, :p, :k, repeat('a', 64), :a, :b, 300, 'USD', :s)"),
+                {"id": payment, "p": partner, "k": str(payment), "a": a, "b": b, "s": status})
+        await conn.execute(text(
+            "INSERT INTO ledger_entries (payment_id, account_id, amount_minor, balance_after_minor)"
+            " VALUES (:p, :a, -300, 700), (:p, :b, 300, 300)"), {"p": posted, "a": a, "b": b})
+    await engine.dispose()
+
+    await upgrade_async(scratch.db.primary_url)
+    db = Database(scratch.db)
+    try:
+        report = await verify_ledger(db, scratch)
+        assert report.sound, report.violations
+        async with db.write_session() as session:
+            funding = (await session.execute(text(
+                "SELECT account_id, amount_minor FROM ledger_entries WHERE kind = 'FUNDING'"
+                " ORDER BY amount_minor"))).all()
+            settlement = (await session.execute(text(
+                "SELECT balance_minor FROM accounts WHERE partner_id = :s"),
+                {"s": uuid.UUID(int=1)})).scalar()
+        # a held 1000 before paying 300 to b; b held nothing of its own.
+        assert [(row[0] == a, row[1]) for row in funding] == [(False, -1000), (True, 1000)]
+        assert settlement == -1000
+    finally:
+        await db.dispose()
