@@ -1,0 +1,98 @@
+"""Gateway hardening (issue 17) against the real stack: the operation a document runs is the
+one its `operationName` selects (and it is what is rate limited and counted), persisted queries
+are stored only once they passed authentication and every limit, client cursors never reach
+the database as values PostgreSQL cannot hold, and every response says how to treat it
+(`nosniff`, and `no-store` for GraphQL answers, which carry balances)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from paystream.metrics import render
+
+from ._gateway import app_client
+from .test_gateway import sample
+
+pytestmark = pytest.mark.integration
+
+PAY = "mutation Pay($input: CreatePaymentInput!) { createPayment(input: $input) { id status } }"
+LOOK = "query Look { __typename }"
+
+
+def pay_variables(source: str, destination: str) -> dict[str, Any]:
+    return {"input": {"idempotencyKey": uuid.uuid4().hex, "sourceAccountId": source,
+                      "destinationAccountId": destination, "amount": "0.01", "currency": "USD"}}
+
+
+def codes(body: dict[str, Any]) -> list[str]:
+    return [e["extensions"]["code"] for e in body.get("errors") or []]
+
+
+async def payments_from(services: Any, account: str) -> int:
+    async with services.db.primary.connect() as conn:
+        count = (await conn.execute(text(
+            "SELECT count(*) FROM payments WHERE source_account_id = :a"),
+            {"a": uuid.UUID(account)})).scalar()
+    return int(count or 0)
+
+
+async def test_several_operations_need_an_operation_name_and_the_named_one_is_billed(
+        settings, make_partner) -> None:
+    limits = {"mutation_burst": 2, "mutation_rate_per_s": 0.001,
+              "query_burst": 1000, "query_rate_per_s": 1000.0}
+    async with app_client(settings, limits=limits) as (http, services):
+        partner = await make_partner()
+        source, destination = await partner.account(), await partner.account()
+        headers = {"Authorization": f"Bearer {partner.key}"}
+        document = f"{PAY} {LOOK}"
+
+        async def post(operation_name: str | None) -> httpx.Response:
+            payload: dict[str, Any] = {"query": document,
+                                       "variables": pay_variables(source, destination)}
+            if operation_name is not None:
+                payload["operationName"] = operation_name
+            return await http.post("/graphql", json=payload, headers=headers)
+
+        # More refusals than the mutation burst: a refused document takes no token at all.
+        for name in (None, None, None, "Nope", None):
+            refused = await post(name)
+            assert refused.status_code == 200
+            body = refused.json()
+            assert body["data"] is None, body
+            assert codes(body) == ["BAD_USER_INPUT"], body
+            assert "operation" in body["errors"][0]["message"].lower()
+        assert await payments_from(services, source) == 0
+
+        # Named, the mutation is what runs, takes mutation tokens and is counted as itself.
+        before = render().decode()
+        statuses = [(await post("Pay")).status_code for _ in range(3)]
+        assert statuses == [200, 200, 429]
+        assert await payments_from(services, source) == 2
+        after = render().decode()
+        assert (sample(after, "paystream_graphql_requests_total", operation="Pay", type="mutation")
+                == sample(before, "paystream_graphql_requests_total", operation="Pay",
+                          type="mutation") + 3)
+        # The query of the same document uses the query bucket, which is still open.
+        look = await post("Look")
+        assert look.json() == {"data": {"__typename": "Query"}}
+
+
+async def test_a_subscription_among_several_operations_is_bad_user_input(client, make_partner) -> None:
+    partner = await make_partner()
+    headers = {"Authorization": f"Bearer {partner.key}"}
+    document = (f'subscription Watch {{ paymentStatus(id: "{uuid.uuid4()}") {{ id }} }} {LOOK}')
+    for name in (None, "Watch"):
+        payload: dict[str, Any] = {"query": document}
+        if name:
+            payload["operationName"] = name
+        response = await client.post("/graphql", json=payload, headers=headers)
+        assert response.status_code == 200
+        assert codes(response.json()) == ["BAD_USER_INPUT"], response.text
+    selected = await client.post("/graphql", json={"query": document, "operationName": "Look"},
+                                 headers=headers)
+    assert selected.json() == {"data": {"__typename": "Query"}}
