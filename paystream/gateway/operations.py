@@ -1,5 +1,6 @@
 """What the gateway does around each HTTP GraphQL operation (each one of a batch): resolve a
-persisted query, take a rate-limit token, then execute and record metrics. Also the view's
+persisted query, take a rate-limit token, then execute, register a persisted query that
+proved acceptable, and record metrics. Also the view's
 websocket Origin list."""
 
 from __future__ import annotations
@@ -49,10 +50,11 @@ class OperationGate:
         result: ExecutionResult | None = None
         try:
             try:
-                query = await self.persisted.resolve(data.query, data.extensions)
+                resolved = await self.persisted.resolve(data.query, data.extensions)
             except PersistedQueryError as exc:
                 result = ExecutionResult(data=None, errors=[exc.error])
                 return result
+            query = resolved.query
             try:
                 name, kind = self._describe(query, data.operation_name)
                 if kind == "subscription":
@@ -67,6 +69,10 @@ class OperationGate:
                 result = self._refuse(kind, wait, context, sub_response)
                 return result
             result = await execute(dataclasses.replace(data, query=query))
+            if context.caller is not None and query in context.executed:
+                # Authenticated, and the text passed parsing and every limit (it reached
+                # execution): only now is it worth keeping for the next request.
+                await self.persisted.register(resolved)
             return result
         finally:
             REQUESTS.labels(name, kind).inc()

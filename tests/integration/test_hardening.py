@@ -6,6 +6,7 @@ the database as values PostgreSQL cannot hold, and every response says how to tr
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any
 
@@ -96,3 +97,43 @@ async def test_a_subscription_among_several_operations_is_bad_user_input(client,
     selected = await client.post("/graphql", json={"query": document, "operationName": "Look"},
                                  headers=headers)
     assert selected.json() == {"data": {"__typename": "Query"}}
+
+
+def apq_payload(query: str) -> dict[str, Any]:
+    digest = hashlib.sha256(query.encode()).hexdigest()
+    return {"query": query, "extensions": {"persistedQuery": {"version": 1, "sha256Hash": digest}}}
+
+
+async def stored(services: Any, query: str) -> bool:
+    digest = hashlib.sha256(query.encode()).hexdigest()
+    return bool(await services.cache.redis.exists(f"apq:{digest}"))
+
+
+async def test_persisted_queries_are_stored_only_after_authentication_and_limits(
+        client, services, make_partner, settings) -> None:
+    partner = await make_partner()
+    good = {"Authorization": f"Bearer {partner.key}"}
+    unique = uuid.uuid4().hex  # hashes no earlier run registered
+    deep = "{ " + "payment(id: \"x\") { sourceAccount { payments { edges { node { " * 3 + "id" \
+        + " } } } } }" * 3 + " }"
+    many_tokens = "{ " + " ".join(f"f{unique}{n}: __typename" for n in range(2000)) + " }"
+    refusals: list[tuple[str, dict[str, str], str]] = [
+        # (query text, headers, expected code)
+        (f"query Anon{unique} {{ __typename }}", {}, ""),
+        (f"query BadKey{unique} {{ __typename }}", {"Authorization": "Bearer not-a-key"}, ""),
+        (f"query Deep{unique} {deep}", good, "QUERY_TOO_COMPLEX"),
+        (f"query Broken{unique} {{ __typename ", good, "BAD_USER_INPUT"),
+        (many_tokens, good, "QUERY_TOO_COMPLEX"),
+        (f"query Invalid{unique} {{ noSuchField }}", good, "BAD_USER_INPUT"),
+    ]
+    for query, headers, code in refusals:
+        response = await client.post("/graphql", json=apq_payload(query), headers=headers)
+        assert response.status_code == 200, response.text
+        if code:
+            assert code in codes(response.json()), response.text
+        assert not await stored(services, query), query[:80]
+
+    accepted = f"query Known{unique} {{ __typename }}"
+    response = await client.post("/graphql", json=apq_payload(accepted), headers=good)
+    assert response.json() == {"data": {"__typename": "Query"}}
+    assert await stored(services, accepted)
