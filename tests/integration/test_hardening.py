@@ -6,7 +6,9 @@ the database as values PostgreSQL cannot hold, and every response says how to tr
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import logging
 import uuid
 from typing import Any
 
@@ -137,3 +139,36 @@ async def test_persisted_queries_are_stored_only_after_authentication_and_limits
     response = await client.post("/graphql", json=apq_payload(accepted), headers=good)
     assert response.json() == {"data": {"__typename": "Query"}}
     assert await stored(services, accepted)
+
+
+def cursor(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("created_at", [
+    "0001-01-01T00:00:00+14:00",  # year 0 in UTC: before PostgreSQL's (and Python's) range
+    "9999-12-31T23:59:59-14:00",  # year 10000 in UTC
+    "0001-01-01T00:00:00+00:01",
+    "2024-01-01T00:00:00",        # no offset
+    "2024-01-01",
+    "+2024-01-01T00:00:00Z",
+    "294277-01-01T00:00:00+00:00",
+])
+async def test_cursors_outside_postgresql_range_are_bad_user_input(
+        client, make_partner, caplog, created_at: str) -> None:
+    partner = await make_partner()
+    account = await partner.account()
+    after = cursor(f"{created_at}|{uuid.uuid4()}")
+    headers = {"Authorization": f"Bearer {partner.key}"}
+    queries = [
+        "query($a: ID!, $after: String) { payments(accountId: $a, after: $after) { edges { cursor } } }",
+        "query($a: ID!, $after: String) { account(id: $a) { payments(after: $after) { edges { cursor } } } }",
+    ]
+    caplog.set_level(logging.ERROR)
+    for query in queries:
+        response = await client.post("/graphql", headers=headers, json={
+            "query": query, "variables": {"a": account, "after": after}})
+        body = response.json()
+        assert codes(body) == ["BAD_USER_INPUT"], body
+        assert body["errors"][0]["extensions"].get("field") == "after", body
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
