@@ -61,9 +61,11 @@ async def _serve(settings: Settings, root: Path, port: int, started: float) -> N
     finally:
         await db.dispose()
 
+    from .gateway.serving import uvicorn_options
+
     config = uvicorn.Config(
-        create_app(settings), host=settings.api.host, port=port, log_config=None,
-        lifespan="on", timeout_graceful_shutdown=5,
+        create_app(settings), host=settings.api.host, port=port, lifespan="on",
+        **{**uvicorn_options(settings), "timeout_graceful_shutdown": 5},
     )
     server = uvicorn.Server(config)
     worker = asyncio.create_task(run_worker(settings), name="worker")
