@@ -32,7 +32,12 @@ from ..schema import build_schema
 from ..services.app import Services
 from .admission import AdmissionMiddleware
 from .health import readiness
-from .middleware import BodyLimitMiddleware, RequestIdMiddleware, request_id_of
+from .middleware import (
+    BodyLimitMiddleware,
+    RequestIdMiddleware,
+    ResponseHeadersMiddleware,
+    request_id_of,
+)
 from .operations import GatedOperations
 from .production import check_production
 from .request_body import decode_json, parse_request_json
@@ -175,14 +180,18 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         middleware=[
             # Outermost: it needs the server's own send callable (see gateway.websocket).
             Middleware(TransportMiddleware),
+            Middleware(ResponseHeadersMiddleware),
             Middleware(RequestIdMiddleware),
             Middleware(CORSMiddleware, allow_origins=settings.api.cors_origins,
                        allow_methods=["GET", "POST"],
                        allow_headers=["authorization", "content-type", "x-request-id"],
                        expose_headers=["x-request-id", "retry-after"], max_age=600),
+            # The body is read (within its size and time limits) before admission: a client
+            # that sends slowly holds its connection, not one of the execution slots.
+            Middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes,
+                       read_timeout_s=settings.api.body_read_timeout_s),
             Middleware(AdmissionMiddleware, max_in_flight=settings.api.max_in_flight,
                        queue_timeout_s=settings.api.queue_timeout_s),
-            Middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes),
         ],
     )
     app.state.services = services

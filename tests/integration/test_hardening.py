@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import uuid
 from typing import Any
@@ -172,3 +173,29 @@ async def test_cursors_outside_postgresql_range_are_bad_user_input(
         assert codes(body) == ["BAD_USER_INPUT"], body
         assert body["errors"][0]["extensions"].get("field") == "after", body
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_responses_say_nosniff_and_graphql_answers_are_not_stored(client, make_partner) -> None:
+    partner = await make_partner()
+    account = await partner.account()
+    headers = {"Authorization": f"Bearer {partner.key}"}
+    query = "query($id: ID!) { account(id: $id) { balance } }"
+    graphql = [
+        await client.post("/graphql", json={"query": query, "variables": {"id": account}},
+                          headers=headers),
+        await client.get("/graphql", params={"query": query,
+                                             "variables": json.dumps({"id": account})},
+                         headers={**headers, "Accept": "application/json"}),
+        await client.post("/graphql", content=b"{", headers={"content-type": "application/json"}),
+        await client.post("/graphql", content=b"x", headers={"content-length": str(1 << 30),
+                                                             "content-type": "application/json"}),
+    ]
+    assert [r.status_code for r in graphql] == [200, 200, 400, 413]
+    assert graphql[0].json()["data"]["account"]["balance"] == "100.00"
+    for response in graphql:
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["cache-control"] == "no-store"
+    others = [await client.get(path) for path in (
+        "/healthz", "/readyz", "/metrics", f"/status/{uuid.uuid4()}", "/status/assets/nope")]
+    for response in others:
+        assert response.headers["x-content-type-options"] == "nosniff", response.url
