@@ -42,7 +42,14 @@ from .operations import GatedOperations
 from .production import check_production
 from .request_body import decode_json, parse_request_json
 from .status_page import status_page_routes
-from .websocket import DROP, BoundedWebSocketAdapter, TransportMiddleware, drop
+from .websocket import (
+    DROP,
+    BoundedWebSocketAdapter,
+    LegacyWSHandler,
+    TransportMiddleware,
+    TransportWSHandler,
+    drop,
+)
 
 log = logging.getLogger("paystream.gateway")
 
@@ -51,6 +58,8 @@ class PaystreamGraphQL(GatedOperations, GraphQL[Context, None]):
     """Strawberry's ASGI view with paystream's context and websocket authentication."""
 
     websocket_adapter_class = BoundedWebSocketAdapter
+    graphql_transport_ws_handler_class = TransportWSHandler
+    graphql_ws_handler_class = LegacyWSHandler
 
     def __init__(self, services: Services) -> None:
         settings = services.settings

@@ -1,16 +1,21 @@
 """The app behind a real uvicorn server configured as `paystream dev` and `paystream api`
 configure theirs (`paystream.gateway.serving`), over real sockets: slow request bodies hold no
-execution slot, and a websocket frame over the size limit is refused with 1009."""
+execution slot, a websocket frame over the size limit is refused with 1009, and a subscribe
+past the per-connection limit carries a stable error code."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import uuid
+from typing import Any
 
 import httpx
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
+
+from paystream.client import ACCOUNT_ACTIVITY
 
 from ._gateway import served
 
@@ -68,3 +73,40 @@ async def test_a_websocket_frame_over_the_body_limit_is_closed_1009(settings) ->
                     while True:
                         await ws.recv()
             assert ws.close_code == 1009
+
+
+def subscribe_message(protocol: str, op_id: str, account: str) -> str:
+    kind = "subscribe" if protocol == "graphql-transport-ws" else "start"
+    return json.dumps({"id": op_id, "type": kind,
+                       "payload": {"query": ACCOUNT_ACTIVITY, "variables": {"id": account}}})
+
+
+@pytest.mark.parametrize("protocol", ["graphql-transport-ws", "graphql-ws"])
+async def test_subscribes_past_the_limit_are_query_too_complex(settings, make_partner,
+                                                               protocol: str) -> None:
+    partner = await make_partner()
+    account = await partner.account()
+    limit = 2
+    async with served(settings, subscriptions={"max_per_connection": limit}) as url:
+        ws_url = url.replace("http://", "ws://") + "/graphql"
+        async with connect(ws_url, subprotocols=[protocol]) as ws:  # type: ignore[list-item]
+            await ws.send(json.dumps({"type": "connection_init",
+                                      "payload": {"authorization": f"Bearer {partner.key}"}}))
+            async with asyncio.timeout(10):
+                while json.loads(await ws.recv())["type"] != "connection_ack":
+                    pass  # graphql-ws may send a keep-alive first
+            ids = [uuid.uuid4().hex for _ in range(limit + 1)]
+            for op_id in ids:
+                await ws.send(subscribe_message(protocol, op_id, account))
+            error: dict[str, Any] | None = None
+            async with asyncio.timeout(10):
+                while error is None:
+                    message = json.loads(await ws.recv())
+                    if message["type"] == "error":
+                        error = message
+    assert error["id"] == ids[-1]  # the first `limit` subscriptions were taken
+    payload = error["payload"]
+    formatted = payload[0] if protocol == "graphql-transport-ws" else payload
+    assert formatted["extensions"] == {"code": "QUERY_TOO_COMPLEX", "limit": "subscriptions",
+                                       "max": limit}
+    assert "subscription limit" in formatted["message"]
