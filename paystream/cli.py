@@ -101,6 +101,8 @@ def api(host: str | None, port: int | None, workers: int | None) -> None:
     """Serve the GraphQL API with uvicorn against the configured servers."""
     import uvicorn
 
+    from .gateway.serving import uvicorn_options
+
     settings = _settings_or_exit()
     uvicorn.run(
         "paystream.gateway.asgi:app",
@@ -109,12 +111,7 @@ def api(host: str | None, port: int | None, workers: int | None) -> None:
         port=port or settings.api.port,
         workers=workers or settings.api.workers,
         loop="uvloop",
-        http="httptools",
-        log_config=None,
-        timeout_graceful_shutdown=settings.api.graceful_shutdown_s,
-        # A websocket message is a GraphQL request too: the same size limit as a body
-        # (uvicorn's default is 16 MiB), closed with 1009 before it is read whole.
-        ws_max_size=settings.limits.max_body_bytes,
+        **uvicorn_options(settings),
     )
 
 

@@ -128,6 +128,10 @@ class ApiSettings(BaseModel):
     # and how long one waits for a slot before 503 UNAVAILABLE (it has not run; retry).
     max_in_flight: int = 128
     queue_timeout_s: float = 5.0
+    # Longest time a client may take to send a request body (whole, not per chunk); past it
+    # the answer is 408 and the connection is closed. Bodies are read before admission
+    # control, so a slow sender never holds an execution slot.
+    body_read_timeout_s: float = 5.0
 
 
 class SubscriptionSettings(BaseModel):

@@ -55,6 +55,7 @@ async def _serve(settings: Settings, root: Path, port: int, started: float) -> i
     from .db.migrate import upgrade_async
     from .events.kafka import ensure_topics
     from .gateway.app import create_app
+    from .gateway.serving import uvicorn_options
     await upgrade_async(settings.db.primary_url)
     await ensure_topics(settings.kafka)
     db = Database(settings.db)
@@ -69,8 +70,8 @@ async def _serve(settings: Settings, root: Path, port: int, started: float) -> i
         click.echo(f"  {requeued} payments still PENDING from the last run are queued again")
 
     config = uvicorn.Config(
-        create_app(settings), host=settings.api.host, port=port, log_config=None,
-        lifespan="on", timeout_graceful_shutdown=5,
+        create_app(settings), host=settings.api.host, port=port, lifespan="on",
+        **{**uvicorn_options(settings), "timeout_graceful_shutdown": 5},
     )
     server = uvicorn.Server(config)
     worker = asyncio.create_task(_supervised_worker(settings), name="worker")

@@ -47,9 +47,10 @@ class Money:
     def parse(cls, amount: str | Decimal, currency: str, *, field: str = "amount") -> Money:
         """Parse a payment amount exactly; every refusal is :class:`BadUserInput` on ``field``.
 
-        A string must be plain decimal notation, ``^[0-9]+(\\.[0-9]+)?$`` after stripping
-        surrounding whitespace: no sign, exponent, inner spaces, underscores, non-ASCII
-        digits, NaN or Infinity. A :class:`~decimal.Decimal` must be finite; its exponent
+        A string must be plain decimal notation, ``^[0-9]+(\\.[0-9]+)?$`` exactly: no
+        whitespace anywhere (not even around it: "  12.34" or "12.34" followed by a
+        no-break space is a client bug to report, not to guess at), no sign, exponent,
+        underscores, non-ASCII digits, NaN or Infinity. A :class:`~decimal.Decimal` must be finite; its exponent
         notation is irrelevant, only its value and written decimals count.
 
         The amount must be greater than 0 and at most :data:`MAX_MINOR_UNITS` minor units.
@@ -131,7 +132,8 @@ def format_minor(minor: int, currency: str) -> str:
 
 
 def _minor_from_str(amount: str, currency: str, exponent: int, field: str) -> int:
-    text = amount.strip()
+    # Not stripped: whitespace of any kind (NBSP, EM SPACE, newlines) is refused with the rest.
+    text = amount
     # "-5" gets the positivity message, which says more than "not a decimal".
     negative = text.startswith("-")
     match = _PLAIN_DECIMAL.fullmatch(text[1:] if negative else text)

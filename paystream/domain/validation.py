@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from datetime import UTC, datetime
 from uuid import UUID
 
 from paystream.domain.errors import BadUserInput
@@ -16,6 +17,7 @@ __all__ = [
     "MAX_IDEMPOTENCY_KEY_LENGTH",
     "MAX_REFERENCE_LENGTH",
     "parse_account_id",
+    "parse_timestamp",
     "validate_idempotency_key",
     "validate_reference",
 ]
@@ -92,3 +94,26 @@ def parse_uuid(raw: str) -> UUID | None:
         return UUID(raw)
     except (ValueError, TypeError):
         return None
+
+
+def parse_timestamp(raw: str, *, field: str) -> datetime:
+    """An ISO 8601 timestamp with an offset, as an aware datetime in UTC.
+
+    Refused with :class:`BadUserInput` on ``field``: anything ``datetime.fromisoformat``
+    does not read, a timestamp without an offset, and one whose UTC instant lies outside
+    PostgreSQL's ``timestamptz`` range (4713 BC to 294276 AD). Python's own range, years 1
+    to 9999, lies inside it, so the conversion to UTC (which raises OverflowError past
+    either end, as "0001-01-01T00:00:00+14:00" does) is the range check; without it, the
+    driver failed on such a value inside the query.
+    """
+    if not isinstance(raw, str):
+        raise BadUserInput(f"{field} must be an ISO 8601 timestamp", field=field)
+    try:
+        parsed = datetime.fromisoformat(raw)
+        if parsed.tzinfo is None or parsed.utcoffset() is None:
+            raise ValueError("no offset")
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise BadUserInput(
+            f"{field} must be an ISO 8601 timestamp with an offset, between the years 1 "
+            "and 9999 in UTC", field=field) from None

@@ -32,12 +32,24 @@ from ..schema import build_schema
 from ..services.app import Services
 from .admission import AdmissionMiddleware
 from .health import outbox_backlog, readiness
-from .middleware import BodyLimitMiddleware, RequestIdMiddleware, request_id_of
+from .middleware import (
+    BodyLimitMiddleware,
+    RequestIdMiddleware,
+    ResponseHeadersMiddleware,
+    request_id_of,
+)
 from .operations import GatedOperations
 from .production import check_production
 from .request_body import decode_json, parse_request_json
 from .status_page import status_page_routes
-from .websocket import DROP, BoundedWebSocketAdapter, TransportMiddleware, drop
+from .websocket import (
+    DROP,
+    BoundedWebSocketAdapter,
+    LegacyWSHandler,
+    TransportMiddleware,
+    TransportWSHandler,
+    drop,
+)
 
 log = logging.getLogger("paystream.gateway")
 
@@ -46,6 +58,8 @@ class PaystreamGraphQL(GatedOperations, GraphQL[Context, None]):
     """Strawberry's ASGI view with paystream's context and websocket authentication."""
 
     websocket_adapter_class = BoundedWebSocketAdapter
+    graphql_transport_ws_handler_class = TransportWSHandler
+    graphql_ws_handler_class = LegacyWSHandler
 
     def __init__(self, services: Services) -> None:
         settings = services.settings
@@ -176,14 +190,18 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         middleware=[
             # Outermost: it needs the server's own send callable (see gateway.websocket).
             Middleware(TransportMiddleware),
+            Middleware(ResponseHeadersMiddleware),
             Middleware(RequestIdMiddleware),
             Middleware(CORSMiddleware, allow_origins=settings.api.cors_origins,
                        allow_methods=["GET", "POST"],
                        allow_headers=["authorization", "content-type", "x-request-id"],
                        expose_headers=["x-request-id", "retry-after"], max_age=600),
+            # The body is read (within its size and time limits) before admission: a client
+            # that sends slowly holds its connection, not one of the execution slots.
+            Middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes,
+                       read_timeout_s=settings.api.body_read_timeout_s),
             Middleware(AdmissionMiddleware, max_in_flight=settings.api.max_in_flight,
                        queue_timeout_s=settings.api.queue_timeout_s),
-            Middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes),
         ],
     )
     app.state.services = services

@@ -1,7 +1,10 @@
 """Automatic persisted queries, as Apollo clients speak them: a request may carry
 ``extensions.persistedQuery = {"version": 1, "sha256Hash": ...}`` instead of the query text.
 A known hash is answered from Redis; an unknown one gets ``PersistedQueryNotFound`` and the
-client resends with the text, which registers it. GET works the same way (``extensions`` as a
+client resends with the text, which registers it: once the request is authenticated and the
+text has passed parsing and every limit (the gateway calls :meth:`PersistedQueries.register`
+after execution), so an anonymous client cannot park texts in Redis, nor anyone a text the
+server refuses. GET works the same way (``extensions`` as a
 JSON query parameter), so a CDN may cache the short URLs.
 
 Without Redis every lookup is a miss and nothing is registered: clients simply send the full
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from graphql import GraphQLError
@@ -42,18 +46,28 @@ def sha256_hex(query: str) -> str:
     return hashlib.sha256(query.encode("utf-8")).hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """The text to execute, and the hash to register it under once it proved acceptable
+    (None: nothing to register, the text came from Redis or without the extension)."""
+
+    query: str | None
+    register_as: str | None = None
+
+
 class PersistedQueries:
     def __init__(self, redis: Redis, ttl_s: int, guard: RedisGuard) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
         self._guard = guard
 
-    async def resolve(self, query: str | None, extensions: dict[str, Any] | None) -> str | None:
+    async def resolve(self, query: str | None, extensions: dict[str, Any] | None) -> Resolved:
         """The query text to execute: ``query`` itself without the extension, else the
-        registered text of the hash (registering ``query`` when both are sent)."""
+        registered text of the hash. When both are sent, the hash is checked against the
+        text; registering it is left to :meth:`register`."""
         persisted = (extensions or {}).get("persistedQuery")
         if persisted is None:
-            return query
+            return Resolved(query)
         if not isinstance(persisted, dict) or persisted.get("version") != 1:
             raise PersistedQueryError(
                 "PersistedQueryNotSupported: only version 1 is supported",
@@ -69,13 +83,19 @@ class PersistedQueries:
                 PERSISTED_QUERIES.labels("miss").inc()
                 raise not_found()
             PERSISTED_QUERIES.labels("hit").inc()
-            return stored
+            return Resolved(stored)
         if sha256_hex(query) != digest:
             raise PersistedQueryError("provided sha256Hash does not match the query",
                                       ErrorCode.BAD_USER_INPUT.value)
-        await self._put(digest, query)
+        return Resolved(query, register_as=digest)
+
+    async def register(self, resolved: Resolved) -> None:
+        """Store the text of a :meth:`resolve` result that asked for it. Call only once the
+        request is authenticated and the text passed parsing and every limit."""
+        if resolved.register_as is None or resolved.query is None:
+            return
+        await self._put(resolved.register_as, resolved.query)
         PERSISTED_QUERIES.labels("registered").inc()
-        return query
 
     async def _get(self, digest: str) -> str | None:
         if not self._guard.available:

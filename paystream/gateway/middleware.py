@@ -1,8 +1,10 @@
 """ASGI middleware in front of every route: a request id on each request, response and log
-line; a cap on request bodies."""
+line; headers that tell browsers and caches how to treat each response; a cap on the size of
+request bodies and on the time a client may take to send one."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 
@@ -58,10 +60,45 @@ class RequestIdMiddleware:
             request_id_var.reset(token)
 
 
-async def _refuse(send: Send) -> None:
-    body = b'{"errors":[{"message":"request body too large","extensions":{"code":"BAD_USER_INPUT"}}]}'
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
+_NO_STORE = (b"cache-control", b"no-store")
+
+
+class ResponseHeadersMiddleware:
+    """``X-Content-Type-Options: nosniff`` on every HTTP response (a browser must not run a
+    JSON answer or the metrics text as something else), and ``Cache-Control: no-store`` on
+    every ``/graphql`` response: GET queries return balances, which no browser or proxy cache
+    may keep. Outside the gateway's other layers, so their refusals (413, 408, 503) get both."""
+
+    def __init__(self, app: ASGIApp, graphql_path: str = "/graphql") -> None:
+        self.app = app
+        self.graphql_path = graphql_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        graphql = scope["path"] == self.graphql_path
+        replaced = {_NOSNIFF[0], _NO_STORE[0]} if graphql else {_NOSNIFF[0]}
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() not in replaced]
+                headers.append(_NOSNIFF)
+                if graphql:
+                    headers.append(_NO_STORE)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+async def _refuse(send: Send, status: int, message: str) -> None:
+    body = ('{"errors":[{"message":"' + message
+            + '","extensions":{"code":"BAD_USER_INPUT"}}]}').encode()
     await send({
-        "type": "http.response.start", "status": 413,
+        "type": "http.response.start", "status": status,
+        # Closed after the answer: the rest of the body is not worth reading (or waiting for).
         "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                     (b"connection", b"close")],
     })
@@ -70,12 +107,17 @@ async def _refuse(send: Send) -> None:
 
 class BodyLimitMiddleware:
     """Answers 413 to a body over ``max_bytes``: at once when Content-Length says so, else
-    (chunked uploads) as soon as the bytes read pass the limit. The body is read here, before
-    the app sees it; bodies are small (a GraphQL document), so buffering is cheap."""
+    (chunked uploads) as soon as the bytes read pass the limit; and 408 to a body not read
+    whole within ``read_timeout_s`` (one deadline for the whole body, so trickling a byte at a
+    time does not extend it), closing the connection either way. The body is read here,
+    before the app sees it and before admission control gives the request an execution slot,
+    so slow senders hold only their own connection; bodies are small (a GraphQL document), so
+    buffering is cheap."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout_s: float | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout_s = read_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -88,22 +130,20 @@ class BodyLimitMiddleware:
                 except ValueError:
                     declared = 0
                 if declared > self.max_bytes:
-                    await _refuse(send)
+                    await _refuse(send, 413, "request body too large")
                     return
         chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await _refuse(send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(self.read_timeout_s):
+                complete = await self._read(receive, chunks)
+        except TimeoutError:
+            await _refuse(send, 408, "request body not received in time")
+            return
+        if complete is None:
+            return  # the client went away
+        if not complete:
+            await _refuse(send, 413, "request body too large")
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -114,3 +154,19 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _read(self, receive: Receive, chunks: list[bytes]) -> bool | None:
+        """Reads the body into ``chunks``: True when whole, False past ``max_bytes``, None
+        when the client disconnected."""
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                return False
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return True

@@ -1,5 +1,6 @@
 """What the gateway does around each HTTP GraphQL operation (each one of a batch): resolve a
-persisted query, take a rate-limit token, then execute and record metrics. Also the view's
+persisted query, take a rate-limit token, then execute, register a persisted query that
+proved acceptable, and record metrics. Also the view's
 websocket Origin list."""
 
 from __future__ import annotations
@@ -9,13 +10,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from graphql import DocumentNode, GraphQLError
-from graphql.utilities import get_operation_ast
+from graphql import DocumentNode, GraphQLError, OperationDefinitionNode
 from strawberry.http import GraphQLRequestData
 from strawberry.http.websocket_origin import normalize_allowed_origins
 from strawberry.types import ExecutionResult
 
-from ..domain.errors import BadUserInput, RateLimited
+from ..domain.errors import BadUserInput, PaystreamError, RateLimited
 from ..metrics import ERRORS, RATE_LIMITED, REQUEST_SECONDS, REQUESTS
 from ..resolvers.context import Context
 from ..schema.limits import cached_parser
@@ -50,23 +50,29 @@ class OperationGate:
         result: ExecutionResult | None = None
         try:
             try:
-                query = await self.persisted.resolve(data.query, data.extensions)
+                resolved = await self.persisted.resolve(data.query, data.extensions)
             except PersistedQueryError as exc:
                 result = ExecutionResult(data=None, errors=[exc.error])
                 return result
-            name, kind = self._describe(query, data.operation_name)
-            if kind == "subscription":
-                # Strawberry would run it as a single result and fail it as INTERNAL.
-                error = BadUserInput("subscriptions are served over the websocket at /graphql")
-                result = ExecutionResult(data=None, errors=[GraphQLError(
-                    error.message, extensions={**error.graphql_extensions(),
-                                               "requestId": context.request_id})])
+            query = resolved.query
+            try:
+                name, kind = self._describe(query, data.operation_name)
+                if kind == "subscription":
+                    # Strawberry would run it as a single result and fail it as INTERNAL.
+                    raise BadUserInput("subscriptions are served over the websocket at /graphql")
+            except BadUserInput as exc:
+                # Refused before the rate limiter: what a token is taken for must be known.
+                result = _refusal(exc, context)
                 return result
             wait = await self.limiter.retry_after(kind, client_key(context))
             if wait is not None:
                 result = self._refuse(kind, wait, context, sub_response)
                 return result
             result = await execute(dataclasses.replace(data, query=query))
+            if context.caller is not None and query in context.executed:
+                # Authenticated, and the text passed parsing and every limit (it reached
+                # execution): only now is it worth keeping for the next request.
+                await self.persisted.register(resolved)
             return result
         finally:
             REQUESTS.labels(name, kind).inc()
@@ -75,17 +81,32 @@ class OperationGate:
                 ERRORS.labels(str((returned.extensions or {}).get("code", "UNKNOWN"))).inc()
 
     def _describe(self, query: str | None, operation_name: str | None) -> tuple[str, str]:
-        """(operation name for metrics, type); a document that does not parse counts as a
-        query, so malformed requests use the query bucket too."""
+        """(operation name for metrics, type) of the operation that ``operationName`` selects,
+        as the GraphQL spec's GetOperation does: a document of several operations needs a
+        name, and the name must be one of them (BadUserInput otherwise, because the limiter
+        and the metrics would else bill one operation and Strawberry run another). A document
+        that does not parse counts as a query, so malformed requests use the query bucket."""
         if query is None:
             return "unknown", "query"
         try:
             document = self._parse(query, max_tokens=self._max_tokens)
         except GraphQLError:
             return "invalid", "query"
-        operation = get_operation_ast(document, operation_name)
+        operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+        if operation_name is None:
+            if len(operations) > 1:
+                raise BadUserInput(
+                    f"the document has {len(operations)} operations: name the one to run in "
+                    "operationName", field="operationName")
+            operation = operations[0] if operations else None
+        else:
+            operation = next((o for o in operations
+                              if o.name is not None and o.name.value == operation_name), None)
+            if operation is None:  # the name is the client's: not echoed
+                raise BadUserInput("no operation of the document has the name in operationName",
+                                   field="operationName")
         if operation is None:
-            return "unknown", "query"
+            return "unknown", "query"  # no operation at all: validation says so
         name = operation.name.value if operation.name else "anonymous"
         if name not in self._names:
             if len(self._names) >= MAX_OPERATION_NAMES:
@@ -105,6 +126,11 @@ class OperationGate:
         sub_response.headers["Retry-After"] = retry_after_header(wait)
         return ExecutionResult(data=None, errors=[GraphQLError(error.message,
                                                                extensions=extensions)])
+
+
+def _refusal(error: PaystreamError, context: Context) -> ExecutionResult:
+    return ExecutionResult(data=None, errors=[GraphQLError(
+        error.message, extensions={**error.graphql_extensions(), "requestId": context.request_id})])
 
 
 def client_key(context: Context) -> str:

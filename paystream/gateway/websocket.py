@@ -1,4 +1,5 @@
-"""Websocket plumbing: a subscriber that stops reading is cut off before it costs memory.
+"""Websocket plumbing: a subscriber that stops reading is cut off before it costs memory, and
+a subscribe past the per-connection limit is refused with a stable error code.
 
 uvicorn does not make a websocket ``send`` wait while the client is not reading: what the
 socket does not take piles up in the transport's write buffer, without bound. Before each
@@ -14,10 +15,22 @@ import logging
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
+from graphql import GraphQLError, GraphQLFormattedError
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import ASGIWebSocketAdapter
 from strawberry.http.exceptions import NonJsonMessageReceived
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+)
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    ErrorMessage as TransportErrorMessage,
+)
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import SubscribeMessage
+from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from strawberry.subscriptions.protocols.graphql_ws.types import ErrorMessage, StartMessage
+
+from ..domain.errors import QueryTooComplex
 
 log = logging.getLogger("paystream.gateway")
 
@@ -102,3 +115,43 @@ class BoundedWebSocketAdapter(ASGIWebSocketAdapter):
             drop(self.ws, f"{transport.get_write_buffer_size()} bytes unread")
             return
         await super().send_json(message)
+
+
+def subscription_limit_error(limit: int) -> GraphQLFormattedError:
+    """The error for a subscribe past ``limit`` on one connection. Strawberry's says only
+    "Subscription limit reached", with no ``extensions.code``; ours is QUERY_TOO_COMPLEX with
+    ``limit: "subscriptions"``, like the other request limits (docs/decisions.md)."""
+    error = QueryTooComplex(
+        f"subscription limit reached: at most {limit} subscriptions per connection",
+        extensions={"limit": "subscriptions", "max": limit},
+    )
+    return GraphQLError(error.message, extensions=error.graphql_extensions()).formatted
+
+
+class TransportWSHandler(BaseGraphQLTransportWSHandler[Any, None]):
+    """graphql-transport-ws: the subscription limit answered with :func:`subscription_limit_error`.
+    Strawberry's own checks that come first (4401 before the acknowledgement, 4409 for an id in
+    use) are left to it."""
+
+    async def handle_subscribe(self, message: SubscribeMessage) -> None:
+        limit = self.max_subscriptions_per_connection
+        if (limit is not None and self.connection_acknowledged
+                and message["id"] not in self.operations and len(self.operations) >= limit):
+            await self.send_message(TransportErrorMessage(
+                id=message["id"], type="error", payload=[subscription_limit_error(limit)]))
+            return
+        await super().handle_subscribe(message)
+
+
+class LegacyWSHandler(BaseGraphQLWSHandler[Any, None]):
+    """graphql-ws: the same limit error. A start that reuses a running id replaces that
+    operation (Strawberry cleans it up first), so it is not counted against the limit."""
+
+    async def handle_start(self, message: StartMessage) -> None:
+        limit = self.max_subscriptions_per_connection
+        if (limit is not None and self.connection_acknowledged
+                and message["id"] not in self.tasks and len(self.tasks) >= limit):
+            await self.send_message(ErrorMessage(type="error", id=message["id"],
+                                                 payload=subscription_limit_error(limit)))
+            return
+        await super().handle_start(message)

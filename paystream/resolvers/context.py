@@ -31,6 +31,10 @@ class Context:
     connection_params: dict[str, object] | None = None
     # Set when the key could not be checked (no database answered).
     auth_failure: PaystreamError | None = None
+    # Query texts of this request that passed parsing and validation (every limit) and so
+    # reached execution; filled by schema.limits.ReachedExecution. Persisted queries are
+    # registered only from here.
+    executed: set[str] = field(default_factory=set)
     # Websocket only: cuts the connection of a subscriber too slow to keep up.
     drop_connection: Callable[[], None] | None = None
 

@@ -17,7 +17,7 @@ from ..resolvers.mutation import Mutation
 from ..resolvers.query import Query
 from ..resolvers.subscription import Subscription
 from .errors import ErrorCodes
-from .limits import CachedParse, cached_parser, query_limits_rule
+from .limits import CachedParse, ReachedExecution, cached_parser, query_limits_rule
 from .scalars import SCALAR_MAP
 from .sharing import SharedEventExecutor
 
@@ -59,6 +59,7 @@ def build_schema(settings: Settings) -> PaystreamSchema:
         lambda: CachedParse(parse, limits.max_tokens),
         lambda: AddValidationRules(rules),
         lambda: ValidationCache(maxsize=limits.validation_cache_size),
+        ReachedExecution,
     ]
     batching: BatchingConfig = {"max_operations": limits.max_batch_operations}
     return PaystreamSchema(

@@ -89,6 +89,20 @@ class CachedParse(SchemaExtension):
         yield
 
 
+class ReachedExecution(SchemaExtension):
+    """Records on the request's context each query text that reached execution, that is
+    parsed within the token limit and passed validation with the depth, alias and cost
+    limits (Strawberry executes nothing else). The gateway registers persisted queries
+    only from that record."""
+
+    def on_execute(self) -> Iterator[None]:
+        context = self.execution_context
+        executed = getattr(context.context, "executed", None)
+        if isinstance(executed, set) and context.query is not None:
+            executed.add(context.query)
+        yield
+
+
 @dataclass
 class _Measure:
     depth: int = 0

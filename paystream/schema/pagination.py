@@ -14,6 +14,7 @@ import strawberry
 
 from ..db.payments import PaymentRow
 from ..domain.errors import BadUserInput
+from ..domain.validation import parse_timestamp
 
 
 def encode_cursor(row: PaymentRow) -> str:
@@ -27,11 +28,11 @@ def decode_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created_at, _, payment_id = base64.urlsafe_b64decode(padded).decode().partition("|")
-        parsed = datetime.fromisoformat(created_at)
-        if parsed.tzinfo is None:
-            raise ValueError("naive timestamp")
-        return parsed, uuid.UUID(payment_id)
-    except (ValueError, UnicodeDecodeError):
+        # Out of PostgreSQL's range is refused here: it would otherwise fail in the driver,
+        # inside the query, as INTERNAL.
+        return parse_timestamp(created_at, field="after"), uuid.UUID(payment_id)
+    except (ValueError, UnicodeDecodeError, BadUserInput):
+        # One message for every malformed cursor: cursors are opaque.
         raise BadUserInput("after: not a cursor this API issued", field="after") from None
 
 

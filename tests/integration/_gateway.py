@@ -34,3 +34,33 @@ async def app_client(settings: Settings, **sections: Any) -> AsyncIterator[tuple
             yield http, services
     finally:
         await services.close()
+
+
+@asynccontextmanager
+async def served(settings: Settings, **sections: Any) -> AsyncIterator[str]:
+    """The app with changed settings behind a real uvicorn server on a free port, in this event
+    loop, configured as `paystream dev` and `paystream api` configure theirs
+    (:func:`paystream.gateway.serving.uvicorn_options`); yields its base URL."""
+    import asyncio
+
+    import uvicorn
+
+    from paystream.devstack import free_port
+    from paystream.gateway.serving import uvicorn_options
+
+    custom = changed(settings, **sections)
+    port = free_port()
+    config = uvicorn.Config(create_app(custom), host="127.0.0.1", port=port, lifespan="on",
+                            **uvicorn_options(custom))
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while not server.started:  # uvicorn offers a flag, no event to await
+            assert not serving.done(), "uvicorn exited"
+            assert asyncio.get_running_loop().time() < deadline, "uvicorn did not start"
+            await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await serving

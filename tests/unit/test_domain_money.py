@@ -24,7 +24,6 @@ from paystream.domain import (
         ("125.5", "USD", 12550),
         ("10", "USD", 1000),
         ("0.01", "USD", 1),
-        ("  7.25\n", "USD", 725),
         ("007.50", "USD", 750),
         ("100", "JPY", 100),
         ("1", "JPY", 1),
@@ -199,3 +198,27 @@ def test_extra_trailing_zero_is_refused(minor: int, currency: str) -> None:
     padded = text + "0" if "." in text else text + ".0"
     with pytest.raises(BadUserInput):
         Money.parse(padded, currency)
+
+
+# Every character Python counts as whitespace (str.isspace), plus the format characters that
+# render as nothing (zero-width space, BOM), which no amount contains either.
+_WHITESPACE = [chr(c) for c in range(0x110000) if chr(c).isspace()] + ["\u200b", "\ufeff"]
+
+
+@pytest.mark.parametrize("amount", ["  12.34", "12.34\u00a0", "\u200312.34", "12.34\n", "\t1",
+                                    "12 .34", "1\u202f000.00", "\ufeff12.34", " -1"])
+def test_whitespace_anywhere_is_refused_on_the_field(amount: str) -> None:
+    with pytest.raises(BadUserInput) as refused:
+        Money.parse(amount, "USD", field="input.amount")
+    assert refused.value.field == "input.amount"
+
+
+@given(minor=payment_minor, currency=currencies, space=st.sampled_from(_WHITESPACE),
+       where=st.sampled_from(["before", "after", "inside"]))
+def test_a_valid_amount_with_any_whitespace_is_refused(minor: int, currency: str, space: str,
+                                                       where: str) -> None:
+    text = Money(minor, currency).format()
+    spaced = {"before": space + text, "after": text + space,
+              "inside": text[:1] + space + text[1:]}[where]
+    with pytest.raises(BadUserInput):
+        Money.parse(spaced, currency)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from uuid import UUID
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from paystream.domain import (
     MAX_IDEMPOTENCY_KEY_LENGTH,
@@ -14,6 +17,7 @@ from paystream.domain import (
     validate_idempotency_key,
     validate_reference,
 )
+from paystream.domain.validation import parse_timestamp
 
 
 @pytest.mark.parametrize("key", ["a", " padded ", "k" * MAX_IDEMPOTENCY_KEY_LENGTH, "é" * 255])
@@ -65,3 +69,27 @@ def test_account_id_refused(raw: str) -> None:
     with pytest.raises(BadUserInput) as info:
         parse_account_id(raw, field="destinationAccountId")
     assert info.value.field == "destinationAccountId"
+
+
+@pytest.mark.parametrize("raw", [
+    "0001-01-01T00:00:00+14:00", "0001-01-01T00:00:00+00:01", "9999-12-31T23:59:59-14:00",
+    "9999-12-31T23:30:00-00:31", "2024-01-01T00:00:00", "2024-01-01", "294277-01-01T00:00:00Z",
+    "", "yesterday", "2024-13-01T00:00:00Z", "2024-01-01T00:00:00+24:00", "\x00",
+])
+def test_timestamps_outside_postgresql_range_or_without_offset_are_refused(raw: str) -> None:
+    with pytest.raises(BadUserInput) as refused:
+        parse_timestamp(raw, field="after")
+    assert refused.value.field == "after"
+
+
+# Fixed offsets, as ISO 8601 text carries them (a zone's gaps and folds would make the
+# comparison, not the parse, ambiguous).
+OFFSETS = st.timedeltas(min_value=timedelta(hours=-23, minutes=-59),
+                        max_value=timedelta(hours=23, minutes=59)).map(timezone)
+
+
+@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),
+                    timezones=OFFSETS))
+def test_timestamps_with_an_offset_in_range_keep_their_instant(value: datetime) -> None:
+    parsed = parse_timestamp(value.isoformat(), field="at")
+    assert parsed == value and parsed.utcoffset() == timedelta(0)
