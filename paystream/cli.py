@@ -1,8 +1,9 @@
 """The ``paystream`` command.
 
 ``paystream dev`` runs everything on embedded servers; ``api``, ``worker`` and ``migrate`` run
-one role against the servers the settings name; ``partner`` and ``account`` administer. Run in
-the directory where ``paystream dev`` runs, the admin commands act on that dev stack.
+one role against the servers the settings name; ``partner`` and ``account`` administer;
+``schema`` prints the GraphQL SDL. Run in the directory where ``paystream dev`` runs, the
+admin commands act on that dev stack.
 """
 
 from __future__ import annotations
@@ -131,6 +132,17 @@ def migrate() -> None:
     upgrade(settings.db.primary_url)
     asyncio.run(ensure_topics(settings.kafka))
     click.echo("migrated")
+
+
+@main.command("schema")
+def schema() -> None:
+    """Print the GraphQL schema (SDL) the API serves: ``paystream schema > schema.graphql``.
+
+    Needs no servers or settings; tests/test_schema_contract.py checks the committed file
+    against it and refuses breaking changes not listed in schema.breaking."""
+    from .schema.contract import schema_sdl
+
+    click.echo(schema_sdl(), nl=False)
 
 
 @main.group()
