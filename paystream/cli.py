@@ -245,14 +245,22 @@ def dlq() -> None:
 def dlq_redrive(dry_run: bool, limit: int | None, from_beginning: bool) -> None:
     """Print each dead letter with its reason and re-produce to payments.requested those that
     now decode and validate; the ones still refused stay in the topic and are reported.
-    Progress is kept by the consumer group ``<worker group>.dlq-redrive``."""
-    from .worker.redrive import redrive
+    Progress is kept by the consumer group ``<worker group>.dlq-redrive``. On a terminal a
+    progress bar counts the letters; piped, the output is one line per letter."""
+    from .progress import progress
+    from .worker.redrive import DeadLetter, redrive
 
     settings = _settings_or_exit()
-    report = asyncio.run(redrive(
-        settings.kafka, dry_run=dry_run, limit=limit, from_beginning=from_beginning,
-        on_letter=lambda letter: click.echo(letter.describe()),
-    ))
+
+    def handled(letter: DeadLetter) -> None:
+        bar.echo(letter.describe())
+        bar.advance()
+
+    with progress(None, "dead letters", stream=sys.stdout) as bar:
+        report = asyncio.run(redrive(
+            settings.kafka, dry_run=dry_run, limit=limit, from_beginning=from_beginning,
+            on_letter=handled, on_total=bar.set_total,
+        ))
     verb = "would redrive" if dry_run else "redriven"
     click.echo(f"examined {report.examined}, {verb} {report.examined - report.kept},"
                f" still refused {report.kept}")
