@@ -113,13 +113,18 @@ def api(host: str | None, port: int | None, workers: int | None) -> None:
 @click.option("--heartbeat-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Touch this file about once a second while polling (for health checks).")
 def worker(heartbeat_file: Path | None) -> None:
-    """Consume payments.requested, post each payment to the ledger, publish its status."""
+    """Consume payments.requested, post each payment to the ledger, publish its status.
+
+    With ``PAYSTREAM_METRICS__WORKER_PORT`` set, also serve Prometheus metrics there, with
+    the outbox, dead-letter and lag backlogs sampled every ``SAMPLE_INTERVAL_S``."""
     from .logging import configure_logging
+    from .worker.backlog import run_observed
     from .worker.main import run_worker
 
     settings = _settings_or_exit()
     configure_logging(settings)
-    asyncio.run(run_worker(settings, handle_signals=True, heartbeat=heartbeat_file))
+    asyncio.run(run_observed(settings, run_worker(settings, handle_signals=True,
+                                                  heartbeat=heartbeat_file)))
 
 
 @main.command()
