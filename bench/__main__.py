@@ -18,6 +18,7 @@ import time
 
 from paystream.db.migrate import upgrade_async
 from paystream.events.kafka import ensure_topics
+from paystream.progress import progress as bar
 from paystream.services.app import Services
 
 from .common import bench_stack, server_env, write_result
@@ -68,7 +69,8 @@ async def main() -> int:
         try:
             progress("seeding")
             await seed(ctx)
-            for name in chosen:
+            # A bar on a terminal; piped or logged, the timestamped lines alone.
+            for name in bar(chosen, "scenarios"):
                 progress(f"scenario {name}")
                 module = importlib.import_module(f"bench.scenarios.{name}")
                 scenario: Scenario = await module.run(ctx)

@@ -27,6 +27,7 @@ from sqlalchemy import text
 
 from paystream.config import Settings
 from paystream.devstack import free_port
+from paystream.progress import progress as bar
 from paystream.services.admin import new_account, new_partner
 from paystream.services.app import Services
 
@@ -176,10 +177,16 @@ class BenchContext:
 
     async def wait_drained(self, timeout: float = 300.0) -> None:
         deadline = time.monotonic() + timeout
-        while await self.pending():
-            if time.monotonic() > deadline:
-                raise RuntimeError("the worker did not drain the backlog")
-            await asyncio.sleep(0.5)
+        left = await self.pending()
+        # On a terminal, a bar of the payments posted so far (drains take minutes).
+        with bar(left, "worker draining") as drained:
+            while left:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the worker did not drain the backlog")
+                await asyncio.sleep(0.5)
+                now = await self.pending()
+                drained.advance(max(0, left - now))
+                left = now
 
 
 async def seed(ctx: BenchContext, accounts: int = 50, listed_payments: int = 60) -> None:

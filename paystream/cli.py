@@ -1,8 +1,9 @@
 """The ``paystream`` command.
 
 ``paystream dev`` runs everything on embedded servers; ``api``, ``worker`` and ``migrate`` run
-one role against the servers the settings name; ``partner`` and ``account`` administer. Run in
-the directory where ``paystream dev`` runs, the admin commands act on that dev stack.
+one role against the servers the settings name; ``partner`` and ``account`` administer;
+``schema`` prints the GraphQL SDL. Run in the directory where ``paystream dev`` runs, the
+admin commands act on that dev stack.
 """
 
 from __future__ import annotations
@@ -119,14 +120,19 @@ def api(host: str | None, port: int | None, workers: int | None) -> None:
 @click.option("--heartbeat-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Touch this file about once a second while polling (for health checks).")
 def worker(heartbeat_file: Path | None) -> None:
-    """Consume payments.requested, post each payment to the ledger, publish its status."""
+    """Consume payments.requested, post each payment to the ledger, publish its status.
+
+    With ``PAYSTREAM_METRICS__WORKER_PORT`` set, also serve Prometheus metrics there, with
+    the outbox, dead-letter and lag backlogs sampled every ``SAMPLE_INTERVAL_S``."""
     from .logging import configure_logging
+    from .worker.backlog import run_observed
     from .worker.main import run_worker
 
     settings = _settings_or_exit()
     configure_logging(settings)
     try:
-        asyncio.run(run_worker(settings, handle_signals=True, heartbeat=heartbeat_file))
+        asyncio.run(run_observed(settings, run_worker(settings, handle_signals=True,
+                                                      heartbeat=heartbeat_file)))
     except Exception as exc:  # noqa: BLE001 (logged with its traceback by run_worker)
         raise click.ClickException(f"the worker stopped: {exc!r}") from None
 
@@ -141,6 +147,17 @@ def migrate() -> None:
     upgrade(settings.db.primary_url)
     asyncio.run(ensure_topics(settings.kafka))
     click.echo("migrated")
+
+
+@main.command("schema")
+def schema() -> None:
+    """Print the GraphQL schema (SDL) the API serves: ``paystream schema > schema.graphql``.
+
+    Needs no servers or settings; tests/test_schema_contract.py checks the committed file
+    against it and refuses breaking changes not listed in schema.breaking."""
+    from .schema.contract import schema_sdl
+
+    click.echo(schema_sdl(), nl=False)
 
 
 @main.group()
@@ -303,14 +320,22 @@ def dlq() -> None:
 def dlq_redrive(dry_run: bool, limit: int | None, from_beginning: bool) -> None:
     """Print each dead letter with its reason and re-produce to payments.requested those that
     now decode and validate; the ones still refused stay in the topic and are reported.
-    Progress is kept by the consumer group ``<worker group>.dlq-redrive``."""
-    from .worker.redrive import redrive
+    Progress is kept by the consumer group ``<worker group>.dlq-redrive``. On a terminal a
+    progress bar counts the letters; piped, the output is one line per letter."""
+    from .progress import progress
+    from .worker.redrive import DeadLetter, redrive
 
     settings = _settings_or_exit()
-    report = asyncio.run(redrive(
-        settings.kafka, dry_run=dry_run, limit=limit, from_beginning=from_beginning,
-        on_letter=lambda letter: click.echo(letter.describe()),
-    ))
+
+    def handled(letter: DeadLetter) -> None:
+        bar.echo(letter.describe())
+        bar.advance()
+
+    with progress(None, "dead letters", stream=sys.stdout) as bar:
+        report = asyncio.run(redrive(
+            settings.kafka, dry_run=dry_run, limit=limit, from_beginning=from_beginning,
+            on_letter=handled, on_total=bar.set_total,
+        ))
     verb = "would redrive" if dry_run else "redriven"
     click.echo(f"examined {report.examined}, {verb} {report.examined - report.kept},"
                f" still refused {report.kept}")

@@ -158,6 +158,18 @@ class SubscriptionSettings(BaseModel):
         return self
 
 
+class MetricsSettings(BaseModel):
+    """Prometheus metrics of the roles without an HTTP server of their own (the worker)."""
+
+    # The worker serves /metrics on this port; 0 (the default) serves nothing and samples
+    # nothing. The API serves /metrics on its own port.
+    worker_port: int = 0
+    worker_host: str = "127.0.0.1"
+    # How often the worker samples the backlogs (outbox rows unsent, dead letters waiting,
+    # its group's lag): one indexed query and three small broker requests each time.
+    sample_interval_s: float = 15.0
+
+
 class Settings(BaseSettings):
     """All of paystream's settings.
 
@@ -177,6 +189,7 @@ class Settings(BaseSettings):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     subscriptions: SubscriptionSettings = Field(default_factory=SubscriptionSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @model_validator(mode="after")
     def _require_servers(self) -> Settings:

@@ -1,4 +1,5 @@
-"""Prometheus series of one process, served by the gateway at ``/metrics``.
+"""Prometheus series of one process, served by the gateway at ``/metrics`` (and by the worker
+on ``PAYSTREAM_METRICS__WORKER_PORT`` when set).
 
 Any role may record into them (the gateway, the resolvers' DataLoaders, subscription and worker
 code): this module imports nothing of the project. Values are per process; with
@@ -7,9 +8,11 @@ code): this module imports nothing of the project. Values are per process; with
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
@@ -18,24 +21,34 @@ __all__ = [
     "CONSUMER_LAG",
     "CONTENT_TYPE_LATEST",
     "DATALOADER_BATCH_SIZE",
+    "DLQ_MESSAGES",
     "ERRORS",
     "OPEN_SUBSCRIPTIONS",
-    "OUTBOX_OLDEST_UNSENT",
+    "OUTBOX_COUNT_CAP",
+    "OUTBOX_OLDEST_UNSENT_SECONDS",
     "OUTBOX_UNSENT",
+    "PAYMENTS_ACCEPTED",
     "PERSISTED_QUERIES",
     "RATE_LIMITED",
+    "READY",
     "REGISTRY",
     "REQUESTS",
     "REQUEST_SECONDS",
     "SQL_STATEMENTS",
     "SUBSCRIPTION_UPDATES",
+    "record_readiness",
     "render",
+    "serve_metrics",
     "subscription_closed",
     "subscription_opened",
     "watch_cache",
 ]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+# Counting a huge outbox backlog exactly would cost a long scan at every sample; past this
+# the count says "at least" (the age still tells how bad it is).
+OUTBOX_COUNT_CAP = 100_000
 
 REQUESTS = Counter(
     "paystream_graphql_requests", "GraphQL operations served over HTTP.",
@@ -72,17 +85,34 @@ SQL_STATEMENTS = Counter(
     "paystream_sql_statements", "SQL statements sent, by server role (primary or replica).",
     ["role"], registry=REGISTRY,
 )
-OUTBOX_UNSENT = Gauge(
-    "paystream_outbox_unsent", "Outbox rows (accepted requests, status events) not yet produced.",
-    registry=REGISTRY,
-)
-OUTBOX_OLDEST_UNSENT = Gauge(
-    "paystream_outbox_oldest_unsent_seconds",
-    "Age of the oldest outbox row not yet produced (0 when none).", registry=REGISTRY,
-)
 OPEN_SUBSCRIPTIONS = Gauge(
     "paystream_open_subscriptions", "GraphQL subscriptions open in this process.",
     registry=REGISTRY,
+)
+
+PAYMENTS_ACCEPTED = Counter(
+    "paystream_payments_accepted",
+    "createPayment answers that carried a payment (committed with its request, or found by an "
+    "idempotent retry).", registry=REGISTRY,
+)
+READY = Gauge(
+    "paystream_ready", "1 while a readiness check of /readyz passes, by check; refreshed on "
+    "every /readyz and every scrape.", ["check"], registry=REGISTRY,
+)
+OUTBOX_UNSENT = Gauge(
+    "paystream_outbox_unsent",
+    "Outbox rows (accepted requests, status events) not yet produced (counted up to "
+    f"{OUTBOX_COUNT_CAP}).",
+    registry=REGISTRY,
+)
+OUTBOX_OLDEST_UNSENT_SECONDS = Gauge(
+    "paystream_outbox_oldest_unsent_seconds",
+    "Age of the oldest outbox row not yet published (0 when none).", registry=REGISTRY,
+)
+DLQ_MESSAGES = Gauge(
+    "paystream_dlq_messages",
+    "Dead letters not yet examined by `paystream dlq redrive` (its consumer group's lag).",
+    ["topic"], registry=REGISTRY,
 )
 
 SUBSCRIPTION_UPDATES = Counter(
@@ -126,6 +156,18 @@ def watch_cache(read: Callable[[], tuple[int, int]]) -> None:
     _cache.read = read
 
 
+def record_readiness(checks: Mapping[str, bool]) -> None:
+    """Export one readiness report (``{check: passed}``) as ``paystream_ready``."""
+    for check, passed in checks.items():
+        READY.labels(check).set(1 if passed else 0)
+
+
 def render() -> bytes:
     """The exposition text of every series."""
     return generate_latest(REGISTRY)
+
+
+def serve_metrics(host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
+    """Serve ``/metrics`` from a daemon thread (roles without the gateway: the worker).
+    Port 0 picks a free one (``server.server_port``)."""
+    return start_http_server(port, addr=host, registry=REGISTRY)

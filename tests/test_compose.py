@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 PAYSTREAM_ROLES = ("migrate", "api", "worker")
 LONG_RUNNING = ("kafka", "postgres-primary", "postgres-replica", "redis", "api", "worker", "nginx")
+MONITORING = ("prometheus", "grafana")  # only with `--profile monitoring`
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,8 @@ def config() -> dict[str, Any]:
         pytest.skip("docker-compose is not installed")
     # Only the variables the file interpolates may change its meaning; none is needed.
     env = {k: v for k, v in os.environ.items()
-           if k not in ("POSTGRES_PASSWORD", "REPLICATION_PASSWORD", "API_WORKERS", "HTTP_PORT")}
+           if k not in ("POSTGRES_PASSWORD", "REPLICATION_PASSWORD", "API_WORKERS", "HTTP_PORT",
+                        "PROMETHEUS_PORT", "GRAFANA_PORT", "GRAFANA_ADMIN_PASSWORD")}
     done = subprocess.run([binary, "-f", str(COMPOSE), "config"], check=False, cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -148,7 +150,7 @@ def test_settings_come_from_the_environment_and_validate(config, role, monkeypat
 
 
 def test_every_long_running_service_has_a_health_check(config) -> None:
-    for name in LONG_RUNNING:
+    for name in LONG_RUNNING + MONITORING:
         check = service(config, name).get("healthcheck")
         assert check and check.get("test") and not check.get("disable"), name
     # The worker's check reads the file its command tells it to touch.
@@ -169,3 +171,33 @@ def test_load_balancer_passes_websockets_to_the_api(config) -> None:
     assert re.search(r"proxy_set_header\s+Upgrade\s+\$http_upgrade;", conf)
     assert re.search(r"proxy_set_header\s+Connection\s+\$connection_upgrade;", conf)
     assert re.search(r"map\s+\$http_upgrade\s+\$connection_upgrade", conf)
+
+
+def test_monitoring_profile_scrapes_every_api_and_worker_replica(config) -> None:
+    for name in MONITORING:
+        assert service(config, name).get("profiles") == ["monitoring"], name
+    for name in LONG_RUNNING + ("migrate",):
+        assert not service(config, name).get("profiles"), f"{name} must run without a profile"
+    prometheus = service(config, "prometheus")
+    assert any("deploy/prometheus:/etc/prometheus" in str(v) for v in prometheus["volumes"])
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    targets = {(sd["names"][0], sd["port"]) for job in scrape["scrape_configs"]
+               for sd in job.get("dns_sd_configs", [])}
+    # DNS service discovery: one target per replica of the service name.
+    worker = service(config, "worker")
+    port = int(worker["environment"]["PAYSTREAM_METRICS__WORKER_PORT"])
+    assert worker["environment"]["PAYSTREAM_METRICS__WORKER_HOST"] == "0.0.0.0"
+    assert str(port) in [str(p) for p in worker.get("expose", [])]
+    api_port = int(service(config, "api")["environment"]["PAYSTREAM_API__PORT"])
+    assert targets == {("api", api_port), ("worker", port)}
+    grafana = service(config, "grafana")
+    mounts = " ".join(str(v) for v in grafana["volumes"])
+    assert "deploy/grafana/provisioning:/etc/grafana/provisioning" in mounts
+    assert "deploy/grafana/dashboards:/var/lib/grafana/dashboards" in mounts
+    # Published on localhost only: metrics and dashboards are not for the public internet.
+    for name in MONITORING:
+        for port_spec in service(config, name)["ports"]:
+            # docker-compose 1.x prints "ip:host:container/proto"; 2.x a mapping.
+            host_ip = port_spec.get("host_ip") if isinstance(port_spec, dict) \
+                else str(port_spec).split(":")[0]
+            assert host_ip == "127.0.0.1", (name, port_spec)

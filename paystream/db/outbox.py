@@ -43,9 +43,11 @@ _REQUEUE_PENDING = text(
     " WHERE o.topic = :requested AND o.sent_at IS NOT NULL"
     "   AND p.id = CAST(o.payload->>'payment_id' AS uuid) AND p.status = 'PENDING'"
 )
+# Walks the partial index on unsent rows (outbox_unsent_idx) in id order, so both figures
+# cost at most ``cap`` index entries however large the backlog.
 _BACKLOG = text(
     "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)"
-    " FROM outbox WHERE sent_at IS NULL"
+    " FROM (SELECT created_at FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT :cap) AS unsent"
 )
 
 
@@ -83,9 +85,9 @@ async def prune_sent(session: WriteSession, *, retention_days: float, requested_
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-async def backlog(session: ReadSession | WriteSession) -> tuple[int, float]:
-    """(unsent rows, age in seconds of the oldest one; 0 when none)."""
-    count, age = (await session.execute(_BACKLOG)).one()
+async def backlog(session: ReadSession | WriteSession, *, cap: int) -> tuple[int, float]:
+    """(unsent rows, counted up to ``cap``; age in seconds of the oldest one, 0 when none)."""
+    count, age = (await session.execute(_BACKLOG, {"cap": cap})).one()
     return int(count), float(age)
 
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from datetime import timedelta
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -25,13 +25,13 @@ from strawberry.types.unset import UNSET
 
 from ..config import Settings
 from ..domain.errors import PaystreamError, Unavailable
-from ..metrics import CONTENT_TYPE_LATEST, render, watch_cache
+from ..metrics import CONTENT_TYPE_LATEST, record_readiness, render, watch_cache
 from ..resolvers.context import Context
 from ..resolvers.loaders import Loaders
 from ..schema import build_schema
 from ..services.app import Services
 from .admission import AdmissionMiddleware
-from .health import outbox_backlog, readiness
+from .health import readiness
 from .middleware import (
     BodyLimitMiddleware,
     RequestIdMiddleware,
@@ -171,10 +171,13 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
 
     async def readyz(request: Request) -> Response:
         report = await readiness(services)
+        record_readiness(cast(dict[str, bool], report["checks"]))
         return JSONResponse(report, status_code=200 if report["ready"] else 503)
 
     async def metrics(request: Request) -> Response:
-        await outbox_backlog(services)  # the outbox gauges, fresh for this scrape
+        # Readiness as /readyz would answer now (each check bounded to 2 s, the outbox backlog
+        # gauges with it), so an alert does not depend on something else polling /readyz.
+        record_readiness(cast(dict[str, bool], (await readiness(services))["checks"]))
         return Response(render(), media_type=CONTENT_TYPE_LATEST)
 
     app = Starlette(

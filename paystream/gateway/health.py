@@ -7,7 +7,7 @@ import asyncio
 from sqlalchemy import text
 
 from ..db.outbox import backlog
-from ..metrics import OUTBOX_OLDEST_UNSENT, OUTBOX_UNSENT
+from ..metrics import OUTBOX_COUNT_CAP, OUTBOX_OLDEST_UNSENT_SECONDS, OUTBOX_UNSENT
 from ..services.app import Services
 
 
@@ -54,11 +54,11 @@ async def outbox_backlog(services: Services) -> dict[str, float] | None:
     flow when the broker is back; the numbers say how far behind that is. Also the gauges."""
     try:
         async with services.db.write_session() as session:
-            unsent, oldest = await asyncio.wait_for(backlog(session), timeout=1.0)
+            unsent, oldest = await asyncio.wait_for(backlog(session, cap=OUTBOX_COUNT_CAP), 1.0)
     except Exception:  # noqa: BLE001 (the primary's own check reports it)
         return None
     OUTBOX_UNSENT.set(unsent)
-    OUTBOX_OLDEST_UNSENT.set(oldest)
+    OUTBOX_OLDEST_UNSENT_SECONDS.set(oldest)
     return {"unsent": unsent, "oldest_unsent_s": round(oldest, 3)}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import strawberry
 
+from ..metrics import PAYMENTS_ACCEPTED
 from ..schema.inputs import CreatePaymentInput
 from ..schema.types import Payment
 from ..services.payments import CreatePayment
@@ -29,5 +30,7 @@ class Mutation:
                 reference=input.reference,
             ),
         )
+        # Counted here, at the one createPayment entry, once the service has the payment.
+        PAYMENTS_ACCEPTED.inc()
         info.context.loaders.payment.prime(row.id, row)
         return Payment(row=row)

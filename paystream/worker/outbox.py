@@ -19,9 +19,8 @@ from aiokafka.errors import KafkaError
 
 from ..config import OutboxSettings
 from ..db import Database
-from ..db.outbox import backlog, claim_unsent, mark_sent, prune_sent
+from ..db.outbox import claim_unsent, mark_sent, prune_sent
 from ..events.messages import PaymentStatusEvent
-from ..metrics import OUTBOX_OLDEST_UNSENT, OUTBOX_UNSENT
 from ..retry import until_done
 
 log = logging.getLogger("paystream.outbox")
@@ -81,23 +80,15 @@ class OutboxRelay:
                                     requested_topic=self._requested_topic,
                                     limit=self._settings.prune_batch)
 
-    async def measure(self) -> tuple[int, float]:
-        async with self._db.write_session() as session:
-            unsent, oldest = await backlog(session)
-        OUTBOX_UNSENT.set(unsent)
-        OUTBOX_OLDEST_UNSENT.set(oldest)
-        return unsent, oldest
-
     async def sweep_forever(self) -> None:
-        """Sweep, prune and measure every ``relay_interval_s``; each step retried under the
-        fault policy, so an outage delays the relay and never ends it."""
+        """Sweep and prune every ``relay_interval_s``; each step retried under the fault
+        policy, so an outage delays the relay and never ends it."""
         while True:
             while await until_done("outbox sweep", self.sweep_once, on_sleep=self._on_wait):
                 pass
             while await until_done("outbox prune", self.prune_once, on_sleep=self._on_wait) \
                     >= self._settings.prune_batch:
                 pass
-            await until_done("outbox backlog", self.measure, on_sleep=self._on_wait)
             await asyncio.sleep(self._settings.relay_interval_s)
 
     async def _mark_sent(self, ids: Sequence[int]) -> None:

@@ -90,10 +90,12 @@ def examine(record: ConsumerRecord[bytes, bytes]) -> DeadLetter:
 async def redrive(
     settings: KafkaSettings, *, dry_run: bool = False, limit: int | None = None,
     from_beginning: bool = False, on_letter: Callable[[DeadLetter], None] = lambda _: None,
+    on_total: Callable[[int], None] = lambda _: None,
 ) -> RedriveReport:
     """Examine the dead letters the group has not handled yet, up to the topic's end as it is
     now (or ``limit`` letters), and re-produce those that pass. ``dry_run`` only lists: it
-    produces and commits nothing."""
+    produces and commits nothing. ``on_total`` hears once how many letters the run will
+    examine at most (for a progress bar), ``on_letter`` each letter as it is handled."""
     report = RedriveReport()
     consumer = make_consumer(settings, group_id=redrive_group(settings))
     producer = None if dry_run else make_producer(settings)
@@ -103,11 +105,14 @@ async def redrive(
             await start_with_retry(producer)
         partitions = await _partitions(consumer, settings.dlq_topic)
         if not partitions:
+            on_total(0)
             return report
         consumer.assign(partitions)
         if from_beginning:
             await consumer.seek_to_beginning(*partitions)
         end = await consumer.end_offsets(partitions)
+        waiting = sum([max(0, end[tp] - await consumer.position(tp)) for tp in partitions])
+        on_total(waiting if limit is None else min(waiting, limit))
         while limit is None or report.examined < limit:
             remaining = [tp for tp in partitions if await consumer.position(tp) < end[tp]]
             if not remaining:

@@ -106,8 +106,11 @@ async def test_redrive_posts_what_now_passes_and_keeps_poison(
         # A dry run lists both with their reasons, and produces and commits nothing.
         requested_end = await _end_offset(kafka, kafka.requested_topic)
         listed: list[DeadLetter] = []
-        report = await redrive(kafka, dry_run=True, on_letter=listed.append)
+        totals: list[int] = []  # what a progress bar is told to expect
+        report = await redrive(kafka, dry_run=True, on_letter=listed.append,
+                               on_total=totals.append)
         assert (report.examined, report.redriven, report.kept) == (2, 0, 1)
+        assert totals == [2]
         assert [(d.offset, d.action) for d in listed] == [(refused.offset, "would redrive"),
                                                           (poison.offset, "kept")]
         assert listed[0].reason.startswith("database refused")
@@ -115,7 +118,8 @@ async def test_redrive_posts_what_now_passes_and_keeps_poison(
         assert listed[1].reason.startswith("not JSON") and listed[1].request is None
         assert await _end_offset(kafka, kafka.requested_topic) == requested_end
 
-        # The command line prints the same, reason included.
+        # The command line prints the same, reason included; piped, nothing but those lines
+        # (no progress bar).
         cli = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "paystream.cli", "dlq", "redrive", "--dry-run",
             env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -125,6 +129,7 @@ async def test_redrive_posts_what_now_passes_and_keeps_poison(
         assert f"payment {row.id}" in lines[0] and "would redrive" in lines[0]
         assert "kept" in lines[1] and "reason: not JSON" in lines[1]
         assert lines[-1] == "examined 2, would redrive 1, still refused 1"
+        assert len(lines) == 3 and "\x1b" not in out.decode()
 
         # The real run re-produces the refused request; the worker now posts it.
         report = await redrive(kafka)
@@ -138,7 +143,9 @@ async def test_redrive_posts_what_now_passes_and_keeps_poison(
         assert balances == {source: 600 - 60, destination: 400 + 60}
 
         # Progress is kept: a second run finds nothing new; the poison is still in the topic.
-        assert (await redrive(kafka)).examined == 0
+        totals.clear()
+        assert (await redrive(kafka, on_total=totals.append)).examined == 0
+        assert totals == [0]
         again: list[DeadLetter] = []
         await redrive(kafka, dry_run=True, from_beginning=True, on_letter=again.append)
         assert [d.offset for d in again if d.problem] == [poison.offset]

@@ -220,6 +220,33 @@ async def test_metrics_expose_the_series_and_count_a_real_request(settings, make
     assert lookups[2] + lookups[3] > lookups[0] + lookups[1]
 
 
+async def test_metrics_count_accepted_payments_and_report_readiness(settings, make_partner) -> None:
+    """The series the dashboard and the alerts read (deploy/): createPayment accepted, and
+    readiness per check as of the scrape."""
+    async with app_client(settings) as (http, services):
+        partner = await make_partner()
+        source, destination = await partner.account(), await partner.account()
+        before = (await http.get("/metrics")).text
+        payment = {"idempotencyKey": uuid.uuid4().hex, "sourceAccountId": source,
+                   "destinationAccountId": destination, "amount": "1.00", "currency": "USD"}
+        mutation = "mutation($input: CreatePaymentInput!) { createPayment(input: $input) { id } }"
+        for _ in range(2):  # the retry with the same key is answered with the same payment
+            created = await gql(http, mutation, {"input": payment}, key=partner.key)
+            assert created["data"]["createPayment"]["id"]
+        refused = await gql(http, mutation, {"input": {**payment, "amount": "-1"}},
+                            key=partner.key)
+        assert refused["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+        after = (await http.get("/metrics")).text
+        # This app's status stream never starts (no lifespan under httpx's transport): a
+        # failing check is exported as 0, not left out.
+        positioned = services.hub.positioned.is_set()
+    assert (sample(after, "paystream_payments_accepted_total")
+            == sample(before, "paystream_payments_accepted_total") + 2)
+    for check in ("primary", "redis", "kafka", "replica0"):
+        assert sample(after, "paystream_ready", check=check) == 1.0, check
+    assert f'paystream_ready{{check="status_stream"}} {float(positioned)}' in after
+
+
 async def test_request_id_on_responses_errors_and_logs(settings) -> None:
     async with app_client(settings) as (http, _):
         given = await http.post("/graphql", json={"query": "{ account(id: \"x\") { id } }"},
