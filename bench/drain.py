@@ -22,6 +22,7 @@ from paystream.db.migrate import upgrade_async
 from paystream.events.kafka import ensure_topics
 from paystream.services.admin import new_account, new_partner
 from paystream.services.app import Services
+from paystream.services.ledger import verify_ledger
 from paystream.services.payments import CreatePayment
 
 from .common import bench_stack, print_table, server_env, write_result
@@ -66,6 +67,10 @@ async def drain(settings, env: dict[str, str], payments: int) -> dict[str, float
             first, last = (await conn.execute(text(
                 "SELECT extract(epoch FROM min(updated_at)), extract(epoch FROM max(updated_at))"
                 " FROM payments WHERE status <> 'PENDING'"))).one()
+        report = await verify_ledger(services.db, settings)  # paystream ledger verify
+        print(report.summary())
+        if not report.sound:
+            raise SystemExit(f"ledger verify failed: {report.violations}")
     finally:
         worker.terminate()
         worker.wait()

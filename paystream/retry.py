@@ -26,7 +26,8 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_never,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from .db.engine import is_unreachable
@@ -104,7 +105,7 @@ def retrying(what: str, *, initial_s: float = 0.1, max_s: float = 5.0,
     health check does not kill a worker that is waiting out an outage)."""
     return AsyncRetrying(
         retry=retry_if_exception(_worth_retrying),
-        wait=wait_exponential_jitter(initial=initial_s, max=max_s, jitter=initial_s),
+        wait=wait_exponential(multiplier=initial_s, max=max_s) + wait_random(0, initial_s),
         stop=stop_never,
         before_sleep=_log_before_sleep(what, on_sleep),
         reraise=True,
@@ -112,9 +113,10 @@ def retrying(what: str, *, initial_s: float = 0.1, max_s: float = 5.0,
 
 
 async def until_done(what: str, work: Callable[[], Awaitable[T]], *,
-                     on_sleep: Callable[[], None] | None = None) -> T:
+                     on_sleep: Callable[[], None] | None = None, initial_s: float = 0.1,
+                     max_s: float = 5.0) -> T:
     """Run ``work`` under :func:`retrying`; a data error propagates at once."""
-    async for attempt in retrying(what, on_sleep=on_sleep):
+    async for attempt in retrying(what, on_sleep=on_sleep, initial_s=initial_s, max_s=max_s):
         with attempt:
             return await work()
     raise AssertionError("unreachable: the policy never stops")  # pragma: no cover

@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from paystream.events.kafka import make_producer
 from paystream.events.messages import PaymentRequested
+from paystream.services.ledger import verify_ledger
 
 from ..drain import pgbench
 from ..harness import BenchContext, Row, Scenario, progress
@@ -88,9 +89,15 @@ async def run(ctx: BenchContext) -> Scenario:
     await ctx.wait_drained(timeout=900)
     wall = time.monotonic() - started
     seconds = await drained(ctx, prefix)
+    # The drain must leave a ledger that proves every balance (paystream ledger verify).
+    report = await verify_ledger(ctx.services.db, ctx.settings)
+    progress(f"  {report.summary()}")
+    if not report.sound:
+        raise AssertionError({k: v for k, v in report.violations.items() if v})
     per_second = count / seconds
     rows = [Row("4 worker drain", "payments committed/s", per_second, "payments/s")]
-    data = {"payments": count, "seconds": seconds, "wall_seconds_incl_start": wall}
+    data = {"payments": count, "seconds": seconds, "wall_seconds_incl_start": wall,
+            "ledger_verify": report.summary()}
     if ctx.stack is not None:
         for clients in (1, 4):
             progress(f"  pgbench simple-update, {clients} client(s), fsync on")

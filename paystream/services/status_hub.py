@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterable
 from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 
 from ..cache import ACCOUNT, PAYMENT, VersionedCache
 from ..config import Settings
@@ -29,6 +28,7 @@ from ..domain.errors import Unavailable
 from ..events.kafka import make_consumer
 from ..events.messages import PaymentStatusEvent, UndecodableMessage
 from ..metrics import CONSUMER_LAG, subscription_closed, subscription_opened
+from ..retry import until_done
 
 log = logging.getLogger("paystream.status")
 
@@ -146,29 +146,29 @@ class StatusHub:
         subscription_closed()
 
     async def _run(self) -> None:
-        while True:
-            consumer = make_consumer(self._settings.kafka, group_id=None,
-                                     auto_offset_reset="latest",
-                                     max_poll_records=self._settings.subscriptions.stream_batch_size)
-            try:
-                await consumer.start()
-                await self._position(consumer)
-                while True:
-                    batches = await consumer.getmany(timeout_ms=1000)
-                    events = [e for records in batches.values() for e in _decode(records)]
-                    if events:
-                        await self.apply(events)
-                    await self._measure_lag(consumer)
-                    if self._cache is not None:
-                        await self._cache.flush_unwritten()
-            except asyncio.CancelledError:
-                raise
-            except (KafkaError, OSError) as exc:
-                log.warning("status stream interrupted (%s); reconnecting", type(exc).__name__)
-                await asyncio.sleep(0.5)
-            finally:
-                self.positioned.clear()
-                await consumer.stop()
+        # One consumer session per attempt; whatever ends a session (a lost broker, a bug) is
+        # retried under the fault policy and resumes where the last one stopped.
+        # The wait is capped low: subscribers are waiting on this stream.
+        await until_done("status stream", self._session, initial_s=0.5, max_s=2.0)
+
+    async def _session(self) -> None:
+        consumer = make_consumer(self._settings.kafka, group_id=None,
+                                 auto_offset_reset="latest",
+                                 max_poll_records=self._settings.subscriptions.stream_batch_size)
+        try:
+            await consumer.start()
+            await self._position(consumer)
+            while True:
+                batches = await consumer.getmany(timeout_ms=1000)
+                events = [e for records in batches.values() for e in _decode(records)]
+                if events:
+                    await self.apply(events)
+                await self._measure_lag(consumer)
+                if self._cache is not None:
+                    await self._cache.flush_unwritten()
+        finally:
+            self.positioned.clear()
+            await consumer.stop()
 
     async def _position(self, consumer: AIOKafkaConsumer) -> None:
         """Every partition, from where this hub left off (after a reconnect: nothing in

@@ -124,22 +124,22 @@ async def post_batch(
     session: WriteSession, requests: Sequence[PaymentRequested], *, status_topic: str
 ) -> BatchResult:
     """Post every still-PENDING request of the batch. The caller commits."""
-    by_id: dict[uuid.UUID, PaymentRequested] = {}
-    for request in requests:
-        by_id.setdefault(request.payment_id, request)
-    ids = list(by_id)
+    ids = list(dict.fromkeys(request.payment_id for request in requests))
     locked = {
         row[0]: PaymentRow(*row)
         for row in await session.execute(_LOCK_PAYMENTS, {"ids": ids})
     }
+    # Each message on its own merits: a tampered copy must not hide the valid request for the
+    # same payment (or the other way round). Redeliveries of one payment are posted once.
     rejected: list[tuple[PaymentRequested, str]] = []
-    pending: list[PaymentRow] = []
-    for payment_id in ids:
-        reason = disagreement(by_id[payment_id], locked.get(payment_id))
+    chosen: dict[uuid.UUID, PaymentRow] = {}
+    for request in requests:
+        reason = disagreement(request, locked.get(request.payment_id))
         if reason is not None:
-            rejected.append((by_id[payment_id], reason))
-        elif locked[payment_id].status == "PENDING":
-            pending.append(locked[payment_id])
+            rejected.append((request, reason))
+        elif locked[request.payment_id].status == "PENDING":
+            chosen.setdefault(request.payment_id, locked[request.payment_id])
+    pending = list(chosen.values())
     skipped = len(requests) - len(pending) - len(rejected)
     if not pending:
         return BatchResult(events=[], outbox_ids=[], skipped=skipped, rejected=rejected)

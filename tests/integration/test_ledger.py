@@ -171,3 +171,54 @@ async def test_migration_books_existing_opening_balances(scratch: Settings) -> N
         assert settlement == -1000
     finally:
         await db.dispose()
+
+
+async def test_relay_prunes_sent_rows_past_retention_but_keeps_pending_requests(
+        scratch: Settings) -> None:
+    """Sent outbox rows older than the retention go, in bounded batches; unsent rows, recent
+    ones and the request of a payment still PENDING stay."""
+    from paystream.config import OutboxSettings
+    from paystream.worker.outbox import OutboxRelay
+
+    await upgrade_async(scratch.db.primary_url)
+    db = Database(scratch.db)
+    try:
+        await new_partner(db, "retention")
+        a = await new_account(db, partner="retention", name="a", currency="USD", balance="1.00")
+        requested = scratch.kafka.requested_topic
+        async with db.write_session() as session:
+            partner_id = (await session.execute(text(
+                "SELECT partner_id FROM accounts WHERE id = :a"), {"a": a})).scalar()
+            pending = uuid.uuid4()
+            await session.execute(text(
+                "INSERT INTO payments (id, partner_id, idempotency_key, request_hash,"
+                " source_account_id, destination_account_id, amount_minor, currency, status)"
+                " VALUES (:id, :p, 'k', repeat('a', 64), :a, :a, 1, 'USD', 'PENDING')"),
+                {"id": pending, "p": partner_id, "a": a})
+            # 5 old sent status rows, 1 recent sent, 1 old unsent, the PENDING payment's old request.
+            await session.execute(text(
+                "INSERT INTO outbox (topic, key, payload, created_at, sent_at)"
+                " SELECT 'payments.status', 'k', '{}', now() - interval '9 days',"
+                "        now() - interval '8 days' FROM generate_series(1, 5)"))
+            await session.execute(text(
+                "INSERT INTO outbox (topic, key, payload, sent_at)"
+                " VALUES ('payments.status', 'recent', '{}', now())"))
+            await session.execute(text(
+                "INSERT INTO outbox (topic, key, payload, created_at)"
+                " VALUES ('payments.status', 'unsent', '{}', now() - interval '9 days')"))
+            await session.execute(text(
+                "INSERT INTO outbox (topic, key, payload, created_at, sent_at) VALUES"
+                " (:t, 'pending', jsonb_build_object('payment_id', CAST(:p AS text)),"
+                "  now() - interval '9 days', now() - interval '8 days')"),
+                {"t": requested, "p": str(pending)})
+        relay = OutboxRelay(db, producer=None, topic="payments.status",  # type: ignore[arg-type]
+                            requested_topic=requested,
+                            settings=OutboxSettings(retention_days=7, prune_batch=2))
+        assert [await relay.prune_once() for _ in range(4)] == [2, 2, 1, 0]
+        async with db.write_session() as session:
+            left = sorted((await session.execute(text("SELECT key FROM outbox"))).scalars().all())
+        assert left == ["pending", "recent", "unsent"]
+        report = await verify_ledger(db, scratch)
+        assert report.violations["PENDING payment has nothing queued"] == []
+    finally:
+        await db.dispose()

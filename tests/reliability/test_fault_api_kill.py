@@ -17,6 +17,7 @@ from sqlalchemy import text
 from paystream.client import PAYMENT_STATUS, PaystreamClient, Subscriptions
 
 from .conftest import ApiProcess, sized, start_api, stop_process
+from .invariants import assert_ledger_verified
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -92,3 +93,4 @@ async def test_subscribers_of_a_killed_api_reconnect_and_miss_nothing(
         first_terminal = next(i for i, s in enumerate(seen) if s in TERMINAL)
         assert set(seen[:first_terminal]) <= {"PENDING"}, (payment_id, seen)
         assert set(seen[first_terminal:]) == {final[payment_id]}, (payment_id, seen)
+    await assert_ledger_verified(services)

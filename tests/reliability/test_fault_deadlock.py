@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from .conftest import StatusWatcher, gql
+from .invariants import assert_ledger_verified
 
 pytestmark = pytest.mark.integration
 
@@ -51,3 +52,4 @@ async def test_worker_retries_a_posting_that_lost_a_deadlock(client, migrated, w
         assert event["status"] == "SUCCEEDED"
     finally:
         await watcher.stop()
+    await assert_ledger_verified(services)
