@@ -80,6 +80,12 @@ class Publisher:
         self._max_batch = max_batch
         self.dropped = 0  # queue full: left to the relay
         self.published = 0
+        self._in_flight = 0
+
+    @property
+    def busy(self) -> bool:
+        """Whether messages are queued or being produced (whose rows may still be marked sent)."""
+        return self._in_flight > 0 or not self._queue.empty()
 
     def submit(self, *messages: Outgoing) -> None:
         """Queue committed messages; never waits. A full queue leaves them to the relay."""
@@ -116,6 +122,13 @@ class Publisher:
                             type(exc).__name__)
 
     async def _publish(self, batch: list[Outgoing]) -> None:
+        self._in_flight += 1
+        try:
+            await self._produce(batch)
+        finally:
+            self._in_flight -= 1
+
+    async def _produce(self, batch: list[Outgoing]) -> None:
         producer = await self._producer.get()
         timeout = self._settings.kafka.request_timeout_ms / 1000 + 2.0
         futures: list[Awaitable[object]] = []
