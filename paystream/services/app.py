@@ -58,8 +58,12 @@ class Services:
         await self.hub.close()
         if self._publishing is not None:
             self._publishing.remove_done_callback(_fatal)
-            self._publishing.cancel()
-            await asyncio.gather(self._publishing, return_exceptions=True)
+            self.publisher.stop()
+            # The batch in hand finishes (bounded by the produce timeout); cancelled past that.
+            done, _ = await asyncio.wait({self._publishing}, timeout=10.0)
+            if not done:
+                self._publishing.cancel()
+                await asyncio.gather(self._publishing, return_exceptions=True)
         await self.publisher.drain(timeout_s=2.0)
         await self.producer.close()
         await self.cache.close()

@@ -15,6 +15,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -56,7 +57,8 @@ class LazyProducer:
             if self._producer is None:
                 producer = self._make()
                 try:
-                    await asyncio.wait_for(producer.start(), self._settings.kafka.produce_timeout_s)
+                    async with asyncio.timeout(self._settings.kafka.produce_timeout_s):
+                        await producer.start()
                 except (KafkaError, OSError, TimeoutError) as exc:
                     await producer.stop()
                     raise Unavailable("the broker is unavailable") from exc
@@ -81,6 +83,8 @@ class Publisher:
         self.dropped = 0  # queue full: left to the relay
         self.published = 0
         self._in_flight = 0
+        self._stopping = False
+        self._wake: asyncio.Future[None] | None = None
 
     @property
     def busy(self) -> bool:
@@ -95,10 +99,33 @@ class Publisher:
             except asyncio.QueueFull:
                 self.dropped += 1
 
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the batch in hand (what is queued stays for
+        :meth:`drain`). A flag and a wake-up, not only a cancellation: Python 3.11's
+        ``wait_for`` can swallow a cancellation that arrives as its inner call completes, and
+        a publisher that missed its cancel waited on its queue for ever at shutdown."""
+        self._stopping = True
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
     async def run(self) -> None:
-        """Produce batches until cancelled; a batch that fails is left to the relay."""
-        while True:
-            batch = [await self._queue.get()]
+        """Produce batches until stopped (or cancelled); a failed batch is left to the relay."""
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            if self._queue.empty():
+                self._wake = loop.create_future()
+                getter: asyncio.Future[Outgoing] = asyncio.ensure_future(self._queue.get())
+                waiting: set[asyncio.Future[Any]] = {getter, self._wake}
+                try:
+                    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if not getter.done():
+                        getter.cancel()
+                if not getter.done() or getter.cancelled():
+                    continue
+                batch = [getter.result()]
+            else:
+                batch = [self._queue.get_nowait()]
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
@@ -116,7 +143,8 @@ class Publisher:
             batch.append(self._queue.get_nowait())
         if batch:
             try:
-                await asyncio.wait_for(self._publish(batch), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await self._publish(batch)
             except Exception as exc:  # noqa: BLE001 (as in run)
                 log.warning("%d messages left to the relay at shutdown (%s)", len(batch),
                             type(exc).__name__)
@@ -132,11 +160,11 @@ class Publisher:
         producer = await self._producer.get()
         timeout = self._settings.kafka.request_timeout_ms / 1000 + 2.0
         futures: list[Awaitable[object]] = []
-        for message in batch:
-            futures.append(await asyncio.wait_for(
-                producer.send(message.topic, message.value, key=message.key), timeout))
-        results = await asyncio.wait_for(
-            asyncio.gather(*futures, return_exceptions=True), timeout)
+        # asyncio.timeout, not wait_for: it never swallows a cancellation (see stop()).
+        async with asyncio.timeout(timeout):
+            for message in batch:
+                futures.append(await producer.send(message.topic, message.value, key=message.key))
+            results = await asyncio.gather(*futures, return_exceptions=True)
         sent = [m.outbox_id for m, r in zip(batch, results, strict=True)
                 if m.outbox_id is not None and not isinstance(r, BaseException)]
         failed = sum(isinstance(r, BaseException) for r in results)
