@@ -112,11 +112,12 @@ class StatusHub:
         for watch in {w for ws in (*self._by_payment.values(), *self._by_account.values()) for w in ws}:
             watch.close("server shutting down")
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            # Cancelled again until it ends: a cancellation that lands as one of aiokafka's
+            # wait_for calls completes is swallowed on Python 3.11, and a single cancel then
+            # left shutdown waiting for ever.
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=1.0)
             self._task = None
 
     async def watch(self, *, payments: Iterable[uuid.UUID] = (),
