@@ -62,7 +62,7 @@ async def test_workers_joining_and_killed_mid_batch_never_stop_the_resident(
     await ensure_topics(settings.kafka)
     env = {**server_env, **{f"PAYSTREAM_KAFKA__{k.upper()}": v for k, v in topics.items()},
            "PAYSTREAM_KAFKA__SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
-           "PAYSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
+           "PAYSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "500",
            # Small batches: many commits for a rebalance to land between.
            "PAYSTREAM_KAFKA__WORKER_BATCH_SIZE": "20"}
     api = Services.create(settings)
