@@ -5,8 +5,9 @@ from __future__ import annotations
 import strawberry
 
 from ..metrics import PAYMENTS_ACCEPTED
-from ..schema.inputs import CreatePaymentInput
-from ..schema.types import Payment
+from ..schema.inputs import CreateAccountInput, CreatePaymentInput
+from ..schema.types import Account, Payment
+from ..services.accounts import CreateAccount
 from ..services.payments import CreatePayment
 from .context import Info
 
@@ -34,3 +35,16 @@ class Mutation:
         PAYMENTS_ACCEPTED.inc()
         info.context.loaders.payment.prime(row.id, row)
         return Payment(row=row)
+
+    @strawberry.mutation(
+        description="Open a zero-balance account owned by the caller; the same idempotencyKey "
+        "with the same request returns the same account. Funding is an operator action."
+    )
+    async def create_account(self, info: Info, input: CreateAccountInput) -> Account:
+        row = await info.context.services.accounts.create(
+            info.context.require_caller(),
+            CreateAccount(idempotency_key=input.idempotency_key, name=input.name,
+                          currency=input.currency),
+        )
+        info.context.loaders.account.prime(row.id, row)
+        return Account(row=row)

@@ -21,4 +21,13 @@ class CreatePaymentInput:
     reference: str | None = strawberry.field(default=None, description="At most 140 characters.")
 
 
-__all__ = ["CreatePaymentInput", "PyDecimal"]
+@strawberry.input
+class CreateAccountInput:
+    idempotency_key: str = strawberry.field(
+        description="1 to 255 characters; the same key with the same request returns the same account."
+    )
+    name: str = strawberry.field(description="1 to 200 characters.")
+    currency: str = strawberry.field(description="ISO 4217 code, e.g. USD.")
+
+
+__all__ = ["CreateAccountInput", "CreatePaymentInput", "PyDecimal"]

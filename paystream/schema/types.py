@@ -169,3 +169,32 @@ class PaymentEdge:
 class PaymentConnection:
     edges: list[PaymentEdge]
     page_info: PageInfo
+
+
+@strawberry.type
+class AccountEdge:
+    cursor: str
+    node: Account
+
+
+@strawberry.type
+class AccountConnection:
+    edges: list[AccountEdge]
+    page_info: PageInfo
+
+
+async def account_connection(info: Info, first: int | None, after: str | None) -> AccountConnection:
+    """A page of the caller's own accounts, newest first."""
+    caller = info.context.require_caller()
+    limit = page_size(first, info.context.services.settings.limits.max_page_size)
+    rows = await info.context.services.accounts.page(caller, limit=limit + 1,
+                                                     before=decode_cursor(after))
+    page = rows[:limit]
+    for row in page:
+        info.context.loaders.account.prime(row.id, row)
+    edges = [AccountEdge(cursor=encode_cursor(r), node=Account(row=r)) for r in page]
+    return AccountConnection(
+        edges=edges,
+        page_info=PageInfo(has_next_page=len(rows) > limit,
+                           end_cursor=edges[-1].cursor if edges else None),
+    )

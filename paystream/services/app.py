@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from ..cache import VersionedCache
 from ..config import Settings
 from ..db import Database
+from .accounts import AccountService
 from .auth import Authenticator
 from .payments import PaymentService
 from .publisher import LazyProducer, Publisher
@@ -27,6 +28,7 @@ class Services:
     producer: LazyProducer
     publisher: Publisher
     payments: PaymentService
+    accounts: AccountService
     hub: StatusHub
     subscriptions: Subscriptions
 
@@ -42,6 +44,7 @@ class Services:
             settings=settings, db=db, reader=reader, auth=Authenticator(db), cache=cache,
             producer=producer, publisher=publisher,
             payments=PaymentService(settings, db, reader, publisher),
+            accounts=AccountService(db, reader),
             hub=hub, subscriptions=Subscriptions(db, reader, hub),
         )
 

@@ -143,6 +143,11 @@ class Reader:
         if self.cache is not None and self._ttl is not None:
             await self.cache.put_many(PAYMENT, {row.id: payment_entry(row)}, self._ttl.payment_ttl_s)
 
+    async def remember_account(self, row: AccountRow) -> None:
+        """Put an account this process just wrote into the cache (read-your-writes)."""
+        if self.cache is not None and self._ttl is not None:
+            await self.cache.put_many(ACCOUNT, {row.id: account_entry(row)}, self._ttl.account_ttl_s)
+
     async def account_page(self, account_id: uuid.UUID, *, limit: int,
                            before: tuple[datetime, uuid.UUID] | None,
                            viewer: uuid.UUID | None) -> list[PaymentRow]:
