@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+from ..domain.status import is_terminal
+
 
 class UndecodableMessage(ValueError):
     """A message that is not valid JSON of the expected shape (goes to the dead-letter topic)."""
@@ -127,7 +129,7 @@ class PaymentStatusEvent:
 
     @property
     def terminal(self) -> bool:
-        return self.status != "PENDING"
+        return is_terminal(self.status)
 
     @property
     def account_ids(self) -> tuple[uuid.UUID, uuid.UUID]:

@@ -88,8 +88,10 @@ def parse_id(raw: str) -> uuid.UUID | None:
 @strawberry.enum(description="Where a payment is in its life.")
 class PaymentStatus(Enum):
     PENDING = "PENDING"
+    AUTHORIZED = "AUTHORIZED"
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
+    CANCELED = "CANCELED"
 
 
 @strawberry.type(description="A transfer between two accounts of the same currency.")
