@@ -27,6 +27,11 @@ class AccountRow:
     version: int
     created_at: datetime
     updated_at: datetime
+    held_minor: int = 0  # open holds; available = balance - held
+
+    @property
+    def available_minor(self) -> int:
+        return self.balance_minor - self.held_minor
 
 
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
@@ -49,6 +54,7 @@ _COLUMNS = (
     Account.version,
     Account.created_at,
     Account.updated_at,
+    Account.held_minor,
 )
 
 
@@ -121,9 +127,9 @@ async def insert_keyed(
               "idempotency_key": idempotency_key, "request_hash": request_hash, "now": now}
     created = (await session.execute(_INSERT_KEYED, params)).first()
     if created is not None:
-        return KeyedAccount(AccountRow(*created), request_hash, True)  # type: ignore[call-arg]
+        return KeyedAccount(AccountRow(*created), request_hash, True)
     existing = (await session.execute(_BY_KEY, params)).one()
-    return KeyedAccount(AccountRow(*existing[:-1]), str(existing[-1]), False)
+    return KeyedAccount(AccountRow(*existing[:-1]), str(existing[-1]), False)  # type: ignore[arg-type]  # the row's first columns are the fields
 
 
 _PAGE = (

@@ -33,6 +33,17 @@ class PaymentRow:
     version: int
     created_at: datetime
     updated_at: datetime
+    capture: bool = True  # False: an authorization (hold) until captured or canceled
+    authorization_ttl_s: int | None = None
+    authorization_expires_at: datetime | None = None  # while AUTHORIZED
+    captured_minor: int | None = None  # set by a capture
+
+    @property
+    def captured_amount_minor(self) -> int | None:
+        """What the payment moved: the capture, or the whole amount of a transfer."""
+        if self.status != "SUCCEEDED":
+            return None
+        return self.captured_minor if self.captured_minor is not None else self.amount_minor
 
 
 COLUMNS = (
@@ -50,6 +61,10 @@ COLUMNS = (
     Payment.version,
     Payment.created_at,
     Payment.updated_at,
+    Payment.capture,
+    Payment.authorization_ttl_s,
+    Payment.authorization_expires_at,
+    Payment.captured_minor,
 )
 
 

@@ -95,6 +95,58 @@ class PaymentRequested:
         )
 
 
+COMMAND_TYPES = ("payment.capture_requested", "payment.cancel_requested")
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentCommand:
+    """A capturePayment or cancelPayment accepted by the API (also on ``payments.requested``,
+    keyed by the source account, so it is consumed after the payment's own request).
+
+    The worker acts on the locked payment row; ``amount_minor`` is the capture's (None: all of
+    the authorization) and must agree with what the row recorded at acceptance."""
+
+    type: str  # one of COMMAND_TYPES
+    payment_id: uuid.UUID
+    partner_id: uuid.UUID
+    source_account_id: uuid.UUID
+    amount_minor: int | None
+    created_at: str  # ISO 8601
+
+    def encode(self) -> bytes:
+        data = asdict(self)
+        for name in ("payment_id", "partner_id", "source_account_id"):
+            data[name] = str(data[name])
+        data["schema"] = 1
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PaymentCommand:
+        kind = data.get("type")
+        if kind not in COMMAND_TYPES:
+            raise UndecodableMessage(f"type: expected one of {', '.join(COMMAND_TYPES)}")
+        amount = data.get("amount_minor")
+        if amount is not None:
+            amount = _int(data, "amount_minor")
+        created_at = _str(data, "created_at") or ""
+        try:
+            datetime.fromisoformat(created_at)
+        except ValueError:
+            raise UndecodableMessage("created_at: not ISO 8601") from None
+        return cls(type=str(kind), payment_id=_uuid(data, "payment_id"),
+                   partner_id=_uuid(data, "partner_id"),
+                   source_account_id=_uuid(data, "source_account_id"), amount_minor=amount,
+                   created_at=created_at)
+
+
+def decode_requested(raw: bytes | None) -> PaymentRequested | PaymentCommand:
+    """A message of ``payments.requested``: a payment's request or a command on a payment."""
+    data = _loads(raw)
+    if data.get("type") in COMMAND_TYPES:
+        return PaymentCommand.from_json(data)
+    return PaymentRequested.decode(raw)
+
+
 @dataclass(frozen=True, slots=True)
 class PaymentStatusEvent:
     """A payment's state after a change, with the balances the posting left.

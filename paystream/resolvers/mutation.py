@@ -5,9 +5,15 @@ from __future__ import annotations
 import strawberry
 
 from ..metrics import PAYMENTS_ACCEPTED
-from ..schema.inputs import CreateAccountInput, CreatePaymentInput
+from ..schema.inputs import (
+    CancelPaymentInput,
+    CapturePaymentInput,
+    CreateAccountInput,
+    CreatePaymentInput,
+)
 from ..schema.types import Account, Payment
 from ..services.accounts import CreateAccount
+from ..services.lifecycle import CapturePayment
 from ..services.payments import CreatePayment
 from .context import Info
 
@@ -29,6 +35,8 @@ class Mutation:
                 amount=input.amount,
                 currency=input.currency,
                 reference=input.reference,
+                capture=input.capture is not False,
+                authorization_ttl_seconds=input.authorization_ttl_seconds,
             ),
         )
         # Counted here, at the one createPayment entry, once the service has the payment.
@@ -48,3 +56,26 @@ class Mutation:
         )
         info.context.loaders.account.prime(row.id, row)
         return Account(row=row)
+
+    @strawberry.mutation(
+        description="Capture an AUTHORIZED payment (all of it when amount is omitted; the rest "
+        "of the hold is released). Answers with the payment as it stands; SUCCEEDED follows on "
+        "the status stream. A payment captured already is returned unchanged."
+    )
+    async def capture_payment(self, info: Info, input: CapturePaymentInput) -> Payment:
+        row = await info.context.services.lifecycle.capture(
+            info.context.require_caller(),
+            CapturePayment(payment_id=input.payment_id, amount=input.amount),
+        )
+        info.context.loaders.payment.prime(row.id, row)
+        return Payment(row=row)
+
+    @strawberry.mutation(
+        description="Release an AUTHORIZED payment's hold. Answers with the payment as it "
+        "stands; CANCELED follows on the status stream. A canceled payment is returned unchanged."
+    )
+    async def cancel_payment(self, info: Info, input: CancelPaymentInput) -> Payment:
+        row = await info.context.services.lifecycle.cancel(info.context.require_caller(),
+                                                           input.payment_id)
+        info.context.loaders.payment.prime(row.id, row)
+        return Payment(row=row)

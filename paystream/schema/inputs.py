@@ -19,6 +19,27 @@ class CreatePaymentInput:
     amount: Decimal = strawberry.field(description='Exact, as a string: "125.50".')
     currency: str = strawberry.field(description="ISO 4217 code, e.g. USD.")
     reference: str | None = strawberry.field(default=None, description="At most 140 characters.")
+    capture: bool | None = strawberry.field(
+        default=True, description="false: hold the amount (AUTHORIZED) until captured or canceled."
+    )
+    authorization_ttl_seconds: int | None = strawberry.field(
+        default=None, description="With capture false: how long the hold lives before the system "
+        "releases it (CANCELED, AUTHORIZATION_EXPIRED); default 7 days, at most 30 days."
+    )
+
+
+@strawberry.input
+class CapturePaymentInput:
+    payment_id: strawberry.ID
+    amount: Decimal | None = strawberry.field(
+        default=None, description="At most the authorized amount; omitted: all of it. The rest "
+        "of the hold is released."
+    )
+
+
+@strawberry.input
+class CancelPaymentInput:
+    payment_id: strawberry.ID
 
 
 @strawberry.input
@@ -30,4 +51,10 @@ class CreateAccountInput:
     currency: str = strawberry.field(description="ISO 4217 code, e.g. USD.")
 
 
-__all__ = ["CreateAccountInput", "CreatePaymentInput", "PyDecimal"]
+__all__ = [
+    "CancelPaymentInput",
+    "CapturePaymentInput",
+    "CreateAccountInput",
+    "CreatePaymentInput",
+    "PyDecimal",
+]

@@ -44,6 +44,15 @@ class Account:
         caller.require(READ)
         return money_decimal(self.row.balance_minor, self.row.currency)
 
+    @strawberry.field(description="Balance minus open holds; null unless the caller owns the "
+                      "account.")
+    def available_balance(self, info: Info) -> Decimal | None:
+        caller = info.context.caller
+        if caller is None or not caller.owns(self.row.partner_id):
+            return None
+        caller.require(READ)
+        return money_decimal(self.row.available_minor, self.row.currency)
+
     @strawberry.field(description="Newest first; only the payments the caller may see.")
     async def payments(self, info: Info, first: int | None = 20,
                        after: str | None = None) -> PaymentConnection:
@@ -147,6 +156,14 @@ class Payment:
     def updated_at(self) -> datetime:
         return self.row.updated_at
 
+    @strawberry.field(description="Set once SUCCEEDED: the amount unless partly captured.")
+    def captured_amount(self) -> Decimal | None:
+        captured = self.row.captured_amount_minor
+        return None if captured is None else money_decimal(captured, self.row.currency)
+
+    @strawberry.field(description="While AUTHORIZED: when the system releases the hold.")
+    def authorization_expires_at(self) -> datetime | None:
+        return self.row.authorization_expires_at if self.row.status == "AUTHORIZED" else None
 
     def _account(self, info: Info, account_id: uuid.UUID) -> Account | Awaitable[Account]:
         known = self.accounts.get(account_id) if self.accounts else None

@@ -11,6 +11,7 @@ from ..config import Settings
 from ..db import Database
 from .accounts import AccountService
 from .auth import Authenticator
+from .lifecycle import LifecycleService
 from .payments import PaymentService
 from .publisher import LazyProducer, Publisher
 from .reads import Reader
@@ -29,6 +30,7 @@ class Services:
     publisher: Publisher
     payments: PaymentService
     accounts: AccountService
+    lifecycle: LifecycleService
     hub: StatusHub
     subscriptions: Subscriptions
 
@@ -45,6 +47,7 @@ class Services:
             producer=producer, publisher=publisher,
             payments=PaymentService(settings, db, reader, publisher),
             accounts=AccountService(db, reader),
+            lifecycle=LifecycleService(settings, db, reader, publisher),
             hub=hub, subscriptions=Subscriptions(db, reader, hub),
         )
 
