@@ -48,6 +48,7 @@ def payment_from(data: dict[str, Any]) -> PaymentRow:
         authorization_ttl_s=data.get("authorization_ttl_s"),
         authorization_expires_at=_instant(data.get("authorization_expires_at")),
         captured_minor=data.get("captured_minor"),
+        refunded_minor=int(data.get("refunded_minor", 0)),
     )
 
 

@@ -153,6 +153,38 @@ _CHECKS: dict[str, str] = {
                 OR h.amount_minor <> p.amount_minor OR p.capture))
             OR (h.status IS NOT DISTINCT FROM 'CAPTURED') <> (p.captured_minor IS NOT NULL)
             OR (h.status = 'CAPTURED' AND h.captured_minor <> p.captured_minor)""",
+    "refunded amount differs from the SUCCEEDED refunds": """
+        SELECT p.id::text || ': refunded ' || p.refunded_minor || ', refunds '
+               || coalesce(r.total, 0)
+          FROM payments p
+          LEFT JOIN (SELECT payment_id, sum(amount_minor) AS total FROM refunds
+                      WHERE status = 'SUCCEEDED' GROUP BY payment_id) r ON r.payment_id = p.id
+         WHERE p.refunded_minor <> coalesce(r.total, 0)""",
+    "refunds claim more than the payment moved": """
+        SELECT p.id::text || ': moved ' || coalesce(p.captured_minor, p.amount_minor)
+               || ', refunds claim ' || sum(r.amount_minor)
+          FROM payments p JOIN refunds r ON r.payment_id = p.id
+         WHERE r.status IN ('PENDING', 'SUCCEEDED')
+         GROUP BY p.id, p.status, p.captured_minor, p.amount_minor
+        HAVING p.status <> 'SUCCEEDED'
+            OR sum(r.amount_minor) > coalesce(p.captured_minor, p.amount_minor)""",
+    "SUCCEEDED refund lacks exactly its two entries": """
+        SELECT r.id::text || ': ' || count(e.id) || ' entries' FROM refunds r
+          JOIN payments p ON p.id = r.payment_id
+          LEFT JOIN ledger_entries e ON e.posting_id = r.id
+         WHERE r.status = 'SUCCEEDED'
+         GROUP BY r.id, r.amount_minor, p.id, p.source_account_id, p.destination_account_id
+        HAVING count(e.id) <> 2
+            OR count(*) FILTER (WHERE e.kind = 'REFUND' AND e.payment_id = p.id
+                    AND e.account_id = p.destination_account_id
+                    AND e.amount_minor = -r.amount_minor) <> 1
+            OR count(*) FILTER (WHERE e.kind = 'REFUND' AND e.payment_id = p.id
+                    AND e.account_id = p.source_account_id
+                    AND e.amount_minor = r.amount_minor) <> 1""",
+    "PENDING or FAILED refund has entries": """
+        SELECT r.id::text || ' (' || r.status || '): ' || count(*) || ' entries' FROM refunds r
+          JOIN ledger_entries e ON e.posting_id = r.id
+         WHERE r.status <> 'SUCCEEDED' GROUP BY r.id, r.status""",
     "PENDING payment has nothing queued": """
         SELECT p.id::text FROM payments p
          WHERE p.status = 'PENDING' AND NOT EXISTS (

@@ -37,6 +37,7 @@ class PaymentRow:
     authorization_ttl_s: int | None = None
     authorization_expires_at: datetime | None = None  # while AUTHORIZED
     captured_minor: int | None = None  # set by a capture
+    refunded_minor: int = 0  # the sum of SUCCEEDED refunds
 
     @property
     def captured_amount_minor(self) -> int | None:
@@ -65,6 +66,7 @@ COLUMNS = (
     Payment.authorization_ttl_s,
     Payment.authorization_expires_at,
     Payment.captured_minor,
+    Payment.refunded_minor,
 )
 
 

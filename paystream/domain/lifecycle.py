@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from paystream.domain.errors import BadUserInput
-from paystream.domain.status import PaymentStatus
+from paystream.domain.status import FailureReason, PaymentStatus
 
 __all__ = [
     "DEFAULT_AUTHORIZATION_TTL_S",
@@ -19,6 +19,7 @@ __all__ = [
     "decide_cancel",
     "decide_capture",
     "decide_refund",
+    "refund_outcome",
     "validate_authorization_ttl",
 ]
 
@@ -132,3 +133,16 @@ def decide_refund(*, status: PaymentStatus, captured_minor: int | None, refunded
                      "amount exceeds what is left to refund",
                      field="amount" if refund_minor is not None else "paymentId")
     return amount
+
+
+def refund_outcome(*, captured_minor: int, refunded_minor: int, amount_minor: int,
+                   destination_available_minor: int) -> FailureReason | None:
+    """The worker's check under its locks: None when the refund may be posted, else why it
+    FAILS (it moves nothing then)."""
+    if amount_minor <= 0:
+        raise ValueError(f"a refund must be positive, got {amount_minor}")
+    if refunded_minor + amount_minor > captured_minor:
+        return FailureReason.REFUND_EXCEEDS_PAYMENT
+    if destination_available_minor < amount_minor:
+        return FailureReason.INSUFFICIENT_FUNDS
+    return None

@@ -49,6 +49,8 @@ class FailureReason(StrEnum):
     SAME_ACCOUNT = "SAME_ACCOUNT"
     INVALID_REQUEST = "INVALID_REQUEST"
     AUTHORIZATION_EXPIRED = "AUTHORIZATION_EXPIRED"
+    # A refund the worker found above what is left (the API refuses it first; see lifecycle).
+    REFUND_EXCEEDS_PAYMENT = "REFUND_EXCEEDS_PAYMENT"
 
 
 _ALLOWED: dict[PaymentStatus, frozenset[PaymentStatus]] = {

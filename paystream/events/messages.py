@@ -139,11 +139,48 @@ class PaymentCommand:
                    created_at=created_at)
 
 
-def decode_requested(raw: bytes | None) -> PaymentRequested | PaymentCommand:
-    """A message of ``payments.requested``: a payment's request or a command on a payment."""
+@dataclass(frozen=True, slots=True)
+class RefundRequested:
+    """A refundPayment accepted by the API (on ``payments.requested``, keyed by the payment's
+    source account). The worker posts the locked refund row; the message must agree with it."""
+
+    refund_id: uuid.UUID
+    payment_id: uuid.UUID
+    partner_id: uuid.UUID
+    source_account_id: uuid.UUID
+    amount_minor: int
+    created_at: str  # ISO 8601
+
+    def encode(self) -> bytes:
+        data: dict[str, Any] = {name: str(value) if isinstance(value, uuid.UUID) else value
+                                for name, value in asdict(self).items()}
+        data["type"] = "refund.requested"
+        data["schema"] = 1
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RefundRequested:
+        if data.get("type") != "refund.requested":
+            raise UndecodableMessage("type: expected refund.requested")
+        created_at = _str(data, "created_at") or ""
+        try:
+            datetime.fromisoformat(created_at)
+        except ValueError:
+            raise UndecodableMessage("created_at: not ISO 8601") from None
+        return cls(refund_id=_uuid(data, "refund_id"), payment_id=_uuid(data, "payment_id"),
+                   partner_id=_uuid(data, "partner_id"),
+                   source_account_id=_uuid(data, "source_account_id"),
+                   amount_minor=_int(data, "amount_minor"), created_at=created_at)
+
+
+def decode_requested(raw: bytes | None) -> PaymentRequested | PaymentCommand | RefundRequested:
+    """A message of ``payments.requested``: a payment's request, a command on a payment, or a
+    refund's request."""
     data = _loads(raw)
     if data.get("type") in COMMAND_TYPES:
         return PaymentCommand.from_json(data)
+    if data.get("type") == "refund.requested":
+        return RefundRequested.from_json(data)
     return PaymentRequested.decode(raw)
 
 
@@ -178,6 +215,9 @@ class PaymentStatusEvent:
     # absent on the PENDING event the API publishes.
     payment: dict[str, Any] | None = None
     accounts: list[dict[str, Any]] | None = None
+    # The refund whose outcome this event announces (the payment's refunded amount changed,
+    # or a refund failed), as ``db.refunds.RefundRow.to_json``.
+    refund: dict[str, Any] | None = None
 
     @property
     def terminal(self) -> bool:
@@ -212,6 +252,8 @@ class PaymentStatusEvent:
             raise UndecodableMessage("payment: expected an object")
         if not isinstance(data.get("accounts"), list | None):
             raise UndecodableMessage("accounts: expected a list")
+        if not isinstance(data.get("refund"), dict | None):
+            raise UndecodableMessage("refund: expected an object")
         return cls(**kwargs)  # type: ignore[arg-type]
 
     @classmethod

@@ -10,11 +10,13 @@ from ..schema.inputs import (
     CapturePaymentInput,
     CreateAccountInput,
     CreatePaymentInput,
+    RefundPaymentInput,
 )
-from ..schema.types import Account, Payment
+from ..schema.types import Account, Payment, Refund
 from ..services.accounts import CreateAccount
 from ..services.lifecycle import CapturePayment
 from ..services.payments import CreatePayment
+from ..services.refunds import RefundPayment
 from .context import Info
 
 
@@ -79,3 +81,17 @@ class Mutation:
                                                            input.payment_id)
         info.context.loaders.payment.prime(row.id, row)
         return Payment(row=row)
+
+    @strawberry.mutation(
+        description="Refund a SUCCEEDED payment, whole (amount omitted) or in part. Answers "
+        "PENDING; the outcome follows on the status stream. The same idempotencyKey with the "
+        "same request returns the same refund."
+    )
+    async def refund_payment(self, info: Info, input: RefundPaymentInput) -> Refund:
+        caller = info.context.require_caller()
+        row = await info.context.services.refunds.refund(caller, RefundPayment(
+            idempotency_key=input.idempotency_key, payment_id=input.payment_id,
+            amount=input.amount, reason=input.reason))
+        payment = await info.context.loaders.payment.load(row.payment_id)
+        assert payment is not None  # refunds reference their payment by foreign key
+        return Refund(row=row, currency=payment.currency)

@@ -43,6 +43,18 @@ class CancelPaymentInput:
 
 
 @strawberry.input
+class RefundPaymentInput:
+    idempotency_key: str = strawberry.field(
+        description="1 to 255 characters; the same key with the same request returns the same refund."
+    )
+    payment_id: strawberry.ID
+    amount: Decimal | None = strawberry.field(
+        default=None, description="At most what is left to refund; omitted: all of it."
+    )
+    reason: str | None = strawberry.field(default=None, description="At most 140 characters.")
+
+
+@strawberry.input
 class CreateAccountInput:
     idempotency_key: str = strawberry.field(
         description="1 to 255 characters; the same key with the same request returns the same account."
@@ -57,4 +69,5 @@ __all__ = [
     "CreateAccountInput",
     "CreatePaymentInput",
     "PyDecimal",
+    "RefundPaymentInput",
 ]

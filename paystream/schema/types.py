@@ -12,6 +12,7 @@ import strawberry
 
 from ..db.accounts import AccountRow
 from ..db.payments import PaymentRow
+from ..db.refunds import RefundRow
 from ..domain.money import Money
 from ..resolvers.context import Info
 from ..services.auth import READ
@@ -165,6 +166,15 @@ class Payment:
     def authorization_expires_at(self) -> datetime | None:
         return self.row.authorization_expires_at if self.row.status == "AUTHORIZED" else None
 
+    @strawberry.field(description="The sum of SUCCEEDED refunds.")
+    def amount_refunded(self) -> Decimal:
+        return money_decimal(self.row.refunded_minor, self.row.currency)
+
+    @strawberry.field(description="Oldest first.")
+    async def refunds(self, info: Info) -> list[Refund]:
+        rows = await info.context.loaders.refunds.load(self.row.id)
+        return [Refund(row=r, currency=self.row.currency) for r in rows]
+
     def _account(self, info: Info, account_id: uuid.UUID) -> Account | Awaitable[Account]:
         known = self.accounts.get(account_id) if self.accounts else None
         return Account(row=known) if known is not None else _load_account(info, account_id)
@@ -217,3 +227,51 @@ async def account_connection(info: Info, first: int | None, after: str | None) -
         page_info=PageInfo(has_next_page=len(rows) > limit,
                            end_cursor=edges[-1].cursor if edges else None),
     )
+
+
+@strawberry.enum(description="Where a refund is in its life.")
+class RefundStatus(Enum):
+    PENDING = "PENDING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+
+@strawberry.type(description="Money of a SUCCEEDED payment paid back to its source account.")
+class Refund:
+    row: strawberry.Private[RefundRow]
+    currency: strawberry.Private[str]
+
+    @strawberry.field
+    def id(self) -> strawberry.ID:
+        return strawberry.ID(str(self.row.id))
+
+    @strawberry.field
+    async def payment(self, info: Info) -> Payment:
+        row = await info.context.loaders.payment.load(self.row.payment_id)
+        if row is None:
+            raise LookupError(f"payment {self.row.payment_id} of a refund is missing")
+        return Payment(row=row)
+
+    @strawberry.field
+    def amount(self) -> Decimal:
+        return money_decimal(self.row.amount_minor, self.currency)
+
+    @strawberry.field
+    def status(self) -> RefundStatus:
+        return RefundStatus(self.row.status)
+
+    @strawberry.field
+    def reason(self) -> str | None:
+        return self.row.reason
+
+    @strawberry.field(description="Why a FAILED refund failed, e.g. INSUFFICIENT_FUNDS.")
+    def failure_reason(self) -> str | None:
+        return self.row.failure_reason
+
+    @strawberry.field
+    def created_at(self) -> datetime:
+        return self.row.created_at
+
+    @strawberry.field
+    def updated_at(self) -> datetime:
+        return self.row.updated_at

@@ -15,6 +15,7 @@ from .lifecycle import LifecycleService
 from .payments import PaymentService
 from .publisher import LazyProducer, Publisher
 from .reads import Reader
+from .refunds import RefundService
 from .status_hub import StatusHub
 from .subscriptions import Subscriptions
 
@@ -31,6 +32,7 @@ class Services:
     payments: PaymentService
     accounts: AccountService
     lifecycle: LifecycleService
+    refunds: RefundService
     hub: StatusHub
     subscriptions: Subscriptions
 
@@ -48,6 +50,7 @@ class Services:
             payments=PaymentService(settings, db, reader, publisher),
             accounts=AccountService(db, reader),
             lifecycle=LifecycleService(settings, db, reader, publisher),
+            refunds=RefundService(settings, db, publisher),
             hub=hub, subscriptions=Subscriptions(db, reader, hub),
         )
 

@@ -30,7 +30,12 @@ from ..db.payments import PaymentRow
 from ..domain.ledger import EntryKind
 from ..domain.lifecycle import capture_outcome
 from ..domain.status import FailureReason, PaymentStatus, check_transition
-from ..events.messages import PaymentCommand, PaymentRequested, PaymentStatusEvent
+from ..events.messages import (
+    PaymentCommand,
+    PaymentRequested,
+    PaymentStatusEvent,
+    RefundRequested,
+)
 from .posting import _INSERT_OUTBOX, BatchResult
 
 CAPTURE = "payment.capture_requested"
@@ -94,7 +99,7 @@ async def post_commands(session: WriteSession, commands: Sequence[PaymentCommand
                         status_topic: str) -> BatchResult:
     """Apply each command whose payment is still AUTHORIZED. The caller commits."""
     locked = await _lock(session, _LOCK_PAYMENTS, {"ids": list({c.payment_id for c in commands})})
-    rejected: list[tuple[PaymentRequested | PaymentCommand, str]] = []
+    rejected: list[tuple[PaymentRequested | PaymentCommand | RefundRequested, str]] = []
     chosen: dict[uuid.UUID, str] = {}
     for command in commands:
         row, requested, requested_minor = locked.get(command.payment_id, (None, None, None))

@@ -34,19 +34,24 @@ from ..domain.currency import CURRENCY_EXPONENTS
 from ..domain.money import MAX_MINOR_UNITS
 from ..events import PaymentRequested, UndecodableMessage, make_consumer, make_producer
 from ..events.kafka import ensure_topics_with_retry, start_with_retry
-from ..events.messages import PaymentCommand, decode_requested
+from ..events.messages import PaymentCommand, RefundRequested, decode_requested
 from ..retry import sqlstate, until_done
 from .holds import expire_due, post_commands
 from .outbox import OutboxRelay
 from .posting import BatchResult, post_batch
+from .refunds import post_refunds
 
-Message = PaymentRequested | PaymentCommand
+Message = PaymentRequested | PaymentCommand | RefundRequested
 
 log = logging.getLogger("paystream.worker")
 
 
 def validate_request(request: Message) -> None:
     """The checks the worker can make without the database; the API made them all before."""
+    if isinstance(request, RefundRequested):
+        if not 0 < request.amount_minor <= MAX_MINOR_UNITS:
+            raise UndecodableMessage("amount_minor out of range")
+        return
     if isinstance(request, PaymentCommand):
         if request.amount_minor is not None and not 0 < request.amount_minor <= MAX_MINOR_UNITS:
             raise UndecodableMessage("amount_minor out of range")
@@ -208,6 +213,9 @@ class PaymentWorker:
             payments = [r for r in requests if isinstance(r, PaymentRequested)]
             if payments:
                 return await post_batch(session, payments, status_topic=topic)
+            refunds = [r for r in requests if isinstance(r, RefundRequested)]
+            if refunds:
+                return await post_refunds(session, refunds, status_topic=topic)
             commands = [r for r in requests if isinstance(r, PaymentCommand)]
             return await post_commands(session, commands, status_topic=topic)
 

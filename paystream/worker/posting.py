@@ -30,7 +30,12 @@ from ..db.payments import PaymentRow
 from ..domain.ledger import post_authorization, post_transfer
 from ..domain.lifecycle import DEFAULT_AUTHORIZATION_TTL_S
 from ..domain.status import PaymentStatus, check_transition
-from ..events.messages import PaymentCommand, PaymentRequested, PaymentStatusEvent
+from ..events.messages import (
+    PaymentCommand,
+    PaymentRequested,
+    PaymentStatusEvent,
+    RefundRequested,
+)
 
 # FOR NO KEY UPDATE, not FOR UPDATE: the posting changes no key, and FOR UPDATE would conflict
 # with the KEY SHARE locks that every foreign-key check takes. The API's INSERT of a new
@@ -116,7 +121,8 @@ class BatchResult:
     accounts: list[AccountRow] = field(default_factory=list)
     # Requests that changed nothing because they disagree with their row (or have none),
     # each with the reason: for the dead-letter topic.
-    rejected: list[tuple[PaymentRequested | PaymentCommand, str]] = field(default_factory=list)
+    rejected: list[tuple[PaymentRequested | PaymentCommand | RefundRequested, str]] = field(
+        default_factory=list)
 
 
 def disagreement(request: PaymentRequested, row: PaymentRow | None) -> str | None:
@@ -147,7 +153,7 @@ async def post_batch(
     }
     # Each message on its own merits: a tampered copy must not hide the valid request for the
     # same payment (or the other way round). Redeliveries of one payment are posted once.
-    rejected: list[tuple[PaymentRequested | PaymentCommand, str]] = []
+    rejected: list[tuple[PaymentRequested | PaymentCommand | RefundRequested, str]] = []
     chosen: dict[uuid.UUID, PaymentRow] = {}
     for request in requests:
         reason = disagreement(request, locked.get(request.payment_id))

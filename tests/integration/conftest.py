@@ -250,6 +250,21 @@ class StatusWatcher:
         assert result is not None
         return result
 
+    async def refund(self, payment_id: str, refund_id: str, timeout: float = 30.0
+                     ) -> dict[str, object]:
+        """The event announcing the refund's outcome (SUCCEEDED or FAILED)."""
+
+        def found() -> dict[str, object] | None:
+            return next((e for e in self.events.get(payment_id, [])
+                         if isinstance(e.get("refund"), dict)
+                         and e["refund"]["id"] == refund_id), None)  # type: ignore[index]
+
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: found() is not None), timeout)
+        result = found()
+        assert result is not None
+        return result
+
     def terminal_count(self, payment_ids: list[str]) -> int:
         return sum(
             1 for p in payment_ids
