@@ -43,6 +43,10 @@ mutation($input: CapturePaymentInput!) {{ capturePayment(input: $input) {{ {PAYM
 CANCEL_PAYMENT = f"""
 mutation($input: CancelPaymentInput!) {{ cancelPayment(input: $input) {{ {PAYMENT_FIELDS} }} }}
 """
+REFUND_FIELDS = "id status amount reason failureReason createdAt updatedAt payment { id }"
+REFUND_PAYMENT = f"""
+mutation($input: RefundPaymentInput!) {{ refundPayment(input: $input) {{ {REFUND_FIELDS} }} }}
+"""
 ACCOUNT_FIELDS = "id name currency balance availableBalance"
 CREATE_ACCOUNT = f"""
 mutation($input: CreateAccountInput!) {{ createAccount(input: $input) {{ {ACCOUNT_FIELDS} }} }}
@@ -134,6 +138,15 @@ class PaystreamClient:
         """Release an authorized payment's hold."""
         data = await self.execute(CANCEL_PAYMENT, {"input": {"paymentId": payment_id}})
         return dict(data["cancelPayment"])
+
+    async def refund_payment(self, *, idempotency_key: str, payment_id: str,
+                             amount: str | None = None, reason: str | None = None
+                             ) -> dict[str, Any]:
+        """Refund a SUCCEEDED payment (what is left when ``amount`` is None); PENDING."""
+        data = await self.execute(REFUND_PAYMENT, {"input": {
+            "idempotencyKey": idempotency_key, "paymentId": payment_id, "amount": amount,
+            "reason": reason}})
+        return dict(data["refundPayment"])
 
     async def create_account(self, *, idempotency_key: str, name: str,
                              currency: str) -> dict[str, Any]:

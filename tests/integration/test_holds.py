@@ -264,3 +264,35 @@ async def test_subscribers_on_two_processes_see_authorized_then_the_end_in_order
         seen = [first, *rest]
         # A subscriber that started after the hold was placed sees AUTHORIZED as its first state.
         assert seen in (["PENDING", "AUTHORIZED", final], ["AUTHORIZED", final]), seen
+
+
+async def test_the_readme_partner_flow_authorize_capture_refund(
+        api: ApiProcess, worker: subprocess.Popen[bytes], make_partner: Any,
+        watcher: StatusWatcher, services: Any) -> None:
+    """README's example with the typed client, asserting what it prints."""
+    partner = await make_partner()
+    source, destination = await partner.account(balance="100.00"), await partner.account("USD", "0")
+    async with PaystreamClient(api.url, partner.key) as http, http.subscriptions() as ws:
+        payment = await http.create_payment(
+            idempotency_key=uuid.uuid4().hex, source_account_id=source,
+            destination_account_id=destination, amount="80.00", currency="USD",
+            capture=False, authorization_ttl_seconds=3 * 86400)
+        updates = ws.subscribe(PAYMENT_STATUS, {"id": payment["id"]})
+        async for update in updates:
+            if update["paymentStatus"]["status"] != "PENDING":
+                break
+        assert update["paymentStatus"]["status"] == "AUTHORIZED"
+        assert update["paymentStatus"]["sourceAccount"]["availableBalance"] == "20.00"
+        await http.capture_payment(payment["id"], amount="60.00")
+        rest = [u["paymentStatus"] async for u in updates]
+        assert [(u["status"], u["capturedAmount"]) for u in rest] == [("SUCCEEDED", "60.00")]
+        refund = await http.refund_payment(idempotency_key=uuid.uuid4().hex,
+                                           payment_id=payment["id"], amount="15.00",
+                                           reason="item returned")
+        assert refund["status"] == "PENDING" and refund["payment"]["id"] == payment["id"]
+        event = await watcher.refund(payment["id"], refund["id"])
+        assert event["refund"]["status"] == "SUCCEEDED"  # type: ignore[index]
+        account = await http.create_account(idempotency_key=uuid.uuid4().hex, name="Refunds",
+                                            currency="USD")
+        assert account["balance"] == "0.00"
+    await assert_ledger_verified(services)
