@@ -185,6 +185,11 @@ _CHECKS: dict[str, str] = {
         SELECT r.id::text || ' (' || r.status || '): ' || count(*) || ' entries' FROM refunds r
           JOIN ledger_entries e ON e.posting_id = r.id
          WHERE r.status <> 'SUCCEEDED' GROUP BY r.id, r.status""",
+    "PENDING refund has nothing queued": """
+        SELECT r.id::text FROM refunds r
+         WHERE r.status = 'PENDING' AND NOT EXISTS (
+               SELECT 1 FROM outbox o WHERE o.topic = :requested
+                  AND o.payload->>'refund_id' = r.id::text)""",
     "PENDING payment has nothing queued": """
         SELECT p.id::text FROM payments p
          WHERE p.status = 'PENDING' AND NOT EXISTS (

@@ -296,3 +296,40 @@ async def test_the_readme_partner_flow_authorize_capture_refund(
                                             currency="USD")
         assert account["balance"] == "0.00"
     await assert_ledger_verified(services)
+
+
+async def test_account_activity_sees_the_hold_its_capture_and_a_refund(
+        api: ApiProcess, worker: subprocess.Popen[bytes], make_partner: Any) -> None:
+    from paystream.client import ACCOUNT_ACTIVITY
+
+    partner, payee = await make_partner(), await make_partner()
+    source, destination = await partner.account(balance="100.00"), await payee.account("USD", "0")
+    async with PaystreamClient(api.url, partner.key) as http, \
+            Subscriptions(api.ws_url, payee.key) as ws:
+        stream = ws.results(await ws.start(ACCOUNT_ACTIVITY, {"id": destination}))
+        payment = await http.create_payment(
+            idempotency_key=uuid.uuid4().hex, source_account_id=source,
+            destination_account_id=destination, amount="30.00", currency="USD", capture=False)
+        seen: list[tuple[str, str | None, str | None]] = []
+
+        async def follow() -> None:
+            async for data in stream:
+                update = data["accountActivity"]
+                assert update["id"] == payment["id"]
+                seen.append((update["status"], update["capturedAmount"],
+                             update["destinationAccount"]["balance"]))
+                if update["status"] == "AUTHORIZED":
+                    await http.capture_payment(payment["id"])
+                elif update["status"] == "SUCCEEDED" and len(
+                        [s for s in seen if s[0] == "SUCCEEDED"]) == 1:
+                    await http.refund_payment(idempotency_key=uuid.uuid4().hex,
+                                              payment_id=payment["id"], amount="10.00")
+                elif update["destinationAccount"]["balance"] == "20.00":
+                    return
+
+        await asyncio.wait_for(follow(), 30)
+    # Each change once, in order; the payee sees its own balance, before and after the refund.
+    statuses = [s for s, _, _ in seen]
+    assert statuses in (["PENDING", "AUTHORIZED", "SUCCEEDED", "SUCCEEDED"],
+                        ["AUTHORIZED", "SUCCEEDED", "SUCCEEDED"])
+    assert seen[-2:] == [("SUCCEEDED", "30.00", "30.00"), ("SUCCEEDED", "30.00", "20.00")]
