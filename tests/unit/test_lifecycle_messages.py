@@ -66,9 +66,9 @@ def test_commands_and_refunds_round_trip_and_are_told_apart() -> None:
 @pytest.mark.parametrize("raw", [
     b'{"type": "payment.capture_requested", "payment_id": "x"}',
     b'{"type": "refund.requested", "refund_id": "00000000-0000-0000-0000-000000000001"}',
-    b'{"type": "payment.capture_requested", "payment_id": "00000000-0000-0000-0000-000000000001",'
-    b' "partner_id": "00000000-0000-0000-0000-000000000001", "source_account_id":'
-    b' "00000000-0000-0000-0000-000000000001", "amount_minor": "12", "created_at": "now"}',
+    (b'{"type": "payment.capture_requested", "payment_id": "00000000-0000-0000-0000-000000000001",'
+     b' "partner_id": "00000000-0000-0000-0000-000000000001", "source_account_id":'
+     b' "00000000-0000-0000-0000-000000000001", "amount_minor": "12", "created_at": "now"}'),
 ])
 def test_malformed_lifecycle_messages_are_undecodable(raw: bytes) -> None:
     with pytest.raises(UndecodableMessage):
