@@ -74,13 +74,18 @@ def _awaiting_authorization(status: PaymentStatus, capture: bool) -> bool:
 
 def decide_capture(*, status: PaymentStatus, capture: bool, amount_minor: int,
                    captured_minor: int | None, requested: Action | None,
-                   requested_capture_minor: int | None, capture_minor: int | None) -> Decision:
-    """Whether a capture of ``capture_minor`` (None: all) may be accepted. Raises the refusal."""
+                   requested_capture_minor: int | None, capture_minor: int | None,
+                   expired: bool = False) -> Decision:
+    """Whether a capture of ``capture_minor`` (None: all) may be accepted. Raises the refusal.
+    ``expired``: the authorization's lifetime is over (the system's release may not have run
+    yet); an expired authorization is not capturable."""
     wanted = amount_minor if capture_minor is None else capture_minor
     if status is PaymentStatus.SUCCEEDED and captured_minor is not None:
         return Decision.UNCHANGED  # captured already: the asked-for end state
     if not (status is PaymentStatus.AUTHORIZED or _awaiting_authorization(status, capture)):
         raise refuse(Refusal.PAYMENT_NOT_CAPTURABLE, f"a {status} payment cannot be captured")
+    if expired and requested is None:
+        raise refuse(Refusal.PAYMENT_NOT_CAPTURABLE, "the authorization has expired")
     if wanted > amount_minor:
         raise refuse(Refusal.CAPTURE_EXCEEDS_AUTHORIZATION,
                      "amount exceeds the authorized amount", field="amount")

@@ -69,10 +69,12 @@ class LifecycleService:
             if action is Action.CAPTURE:
                 capture_minor = (row.amount_minor if amount is None
                                  else Money.parse(amount, row.currency, field="amount").minor)
+                expires = row.authorization_expires_at
                 decision = decide_capture(
                     status=status, capture=row.capture, amount_minor=row.amount_minor,
                     captured_minor=row.captured_minor, requested=requested,
-                    requested_capture_minor=requested_minor, capture_minor=capture_minor)
+                    requested_capture_minor=requested_minor, capture_minor=capture_minor,
+                    expired=expires is not None and expires <= datetime.now(UTC))
             else:
                 decision = decide_cancel(status=status, capture=row.capture, requested=requested)
             if decision is Decision.UNCHANGED:

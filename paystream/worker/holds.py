@@ -48,9 +48,12 @@ _LOCK_PAYMENTS = text(
     " WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR NO KEY UPDATE"
 )
 # SKIP LOCKED: a payment being captured or canceled right now is left to that transaction.
+# One with a capture or cancel accepted before it expired is left to that request (it is in
+# the outbox, so it arrives): what the API accepted is what happens.
 _LOCK_EXPIRED = text(
     f"SELECT {_PAYMENT_LIST}, requested_action, requested_capture_minor FROM payments"
     " WHERE status = 'AUTHORIZED' AND authorization_expires_at <= :now"
+    "   AND requested_action IS NULL"
     " ORDER BY id LIMIT :limit FOR NO KEY UPDATE SKIP LOCKED"
 )
 _LOCK_ACCOUNTS = text(

@@ -333,3 +333,24 @@ async def test_account_activity_sees_the_hold_its_capture_and_a_refund(
     assert statuses in (["PENDING", "AUTHORIZED", "SUCCEEDED", "SUCCEEDED"],
                         ["AUTHORIZED", "SUCCEEDED", "SUCCEEDED"])
     assert seen[-2:] == [("SUCCEEDED", "30.00", "30.00"), ("SUCCEEDED", "30.00", "20.00")]
+
+
+async def test_an_expired_authorization_is_not_captured_before_the_sweep_runs(
+        client, make_partner, watcher, worker, services) -> None:
+    from datetime import UTC, datetime
+
+    from .test_subscriptions import held as stopped
+
+    partner = await make_partner()
+    source, destination = await partner.account(balance="100.00"), await partner.account("USD", "0")
+    authorized = await authorize(client, partner, watcher, source, destination, "10.00", ttl=1)
+    expires = datetime.fromisoformat(str(authorized["event"]["payment"]["authorization_expires_at"]))
+    with stopped(worker):  # no sweep meanwhile
+        # Waiting for the clock to pass the expiry, not for an event.
+        await asyncio.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.05)
+        late = await gql(client, CAPTURE, {"input": {"paymentId": authorized["id"]}},
+                         key=partner.key)
+        assert reason(late) == ("BAD_USER_INPUT", "PAYMENT_NOT_CAPTURABLE")
+    done = await watcher.terminal(authorized["id"])
+    assert (done["status"], done["failure_reason"]) == ("CANCELED", "AUTHORIZATION_EXPIRED")
+    await assert_ledger_verified(services)
