@@ -92,6 +92,12 @@ class Publisher:
     async def run(self) -> None:
         """Produce batches until cancelled; a batch that fails is left to the relay."""
         while True:
+            # Python 3.11's wait_for returns the result when the awaited call completes just as
+            # the task is cancelled, swallowing the cancellation (fixed in 3.12): without this
+            # check shutdown waited for ever on the next get (the drain scenario hung there).
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
             batch = [await self._queue.get()]
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
