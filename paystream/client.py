@@ -26,8 +26,9 @@ Protocol = Literal["graphql-transport-ws", "graphql-ws"]
 
 PAYMENT_FIELDS = """
   id status amount currency reference failureReason createdAt updatedAt
-  sourceAccount { id name currency balance }
-  destinationAccount { id name currency balance }
+  capturedAmount authorizationExpiresAt
+  sourceAccount { id name currency balance availableBalance }
+  destinationAccount { id name currency balance availableBalance }
 """
 PAYMENT_STATUS = f"subscription($id: ID!) {{ paymentStatus(id: $id) {{ {PAYMENT_FIELDS} }} }}"
 ACCOUNT_ACTIVITY = (
@@ -35,6 +36,20 @@ ACCOUNT_ACTIVITY = (
 )
 CREATE_PAYMENT = f"""
 mutation($input: CreatePaymentInput!) {{ createPayment(input: $input) {{ {PAYMENT_FIELDS} }} }}
+"""
+CAPTURE_PAYMENT = f"""
+mutation($input: CapturePaymentInput!) {{ capturePayment(input: $input) {{ {PAYMENT_FIELDS} }} }}
+"""
+CANCEL_PAYMENT = f"""
+mutation($input: CancelPaymentInput!) {{ cancelPayment(input: $input) {{ {PAYMENT_FIELDS} }} }}
+"""
+REFUND_FIELDS = "id status amount reason failureReason createdAt updatedAt payment { id }"
+REFUND_PAYMENT = f"""
+mutation($input: RefundPaymentInput!) {{ refundPayment(input: $input) {{ {REFUND_FIELDS} }} }}
+"""
+ACCOUNT_FIELDS = "id name currency balance availableBalance"
+CREATE_ACCOUNT = f"""
+mutation($input: CreateAccountInput!) {{ createAccount(input: $input) {{ {ACCOUNT_FIELDS} }} }}
 """
 
 
@@ -98,13 +113,47 @@ class PaystreamClient:
 
     async def create_payment(self, *, idempotency_key: str, source_account_id: str,
                              destination_account_id: str, amount: str, currency: str,
-                             reference: str | None = None) -> dict[str, Any]:
-        data = await self.execute(CREATE_PAYMENT, {"input": {
+                             reference: str | None = None, capture: bool = True,
+                             authorization_ttl_seconds: int | None = None) -> dict[str, Any]:
+        """A payment (PENDING); ``capture=False`` authorizes it (a hold) instead."""
+        payload: dict[str, Any] = {
             "idempotencyKey": idempotency_key, "sourceAccountId": source_account_id,
             "destinationAccountId": destination_account_id, "amount": amount,
             "currency": currency, "reference": reference,
-        }})
+        }
+        if not capture:
+            payload["capture"] = False
+            payload["authorizationTtlSeconds"] = authorization_ttl_seconds
+        data = await self.execute(CREATE_PAYMENT, {"input": payload})
         return dict(data["createPayment"])
+
+    async def capture_payment(self, payment_id: str, amount: str | None = None
+                              ) -> dict[str, Any]:
+        """Capture an authorized payment (all of it when ``amount`` is None)."""
+        data = await self.execute(CAPTURE_PAYMENT, {"input": {"paymentId": payment_id,
+                                                              "amount": amount}})
+        return dict(data["capturePayment"])
+
+    async def cancel_payment(self, payment_id: str) -> dict[str, Any]:
+        """Release an authorized payment's hold."""
+        data = await self.execute(CANCEL_PAYMENT, {"input": {"paymentId": payment_id}})
+        return dict(data["cancelPayment"])
+
+    async def refund_payment(self, *, idempotency_key: str, payment_id: str,
+                             amount: str | None = None, reason: str | None = None
+                             ) -> dict[str, Any]:
+        """Refund a SUCCEEDED payment (what is left when ``amount`` is None); PENDING."""
+        data = await self.execute(REFUND_PAYMENT, {"input": {
+            "idempotencyKey": idempotency_key, "paymentId": payment_id, "amount": amount,
+            "reason": reason}})
+        return dict(data["refundPayment"])
+
+    async def create_account(self, *, idempotency_key: str, name: str,
+                             currency: str) -> dict[str, Any]:
+        """A zero-balance account owned by the caller."""
+        data = await self.execute(CREATE_ACCOUNT, {"input": {
+            "idempotencyKey": idempotency_key, "name": name, "currency": currency}})
+        return dict(data["createAccount"])
 
     @asynccontextmanager
     async def subscriptions(self, protocol: Protocol = "graphql-transport-ws"

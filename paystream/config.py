@@ -88,6 +88,15 @@ class OutboxSettings(BaseModel):
     relay_interval_s: float = 1.0
 
 
+class HoldSettings(BaseModel):
+    """Authorizations (``capture: false``) and their system release."""
+
+    # The worker releases authorizations past their expiry (CANCELED, AUTHORIZATION_EXPIRED),
+    # looking every expiry_interval_s, expiry_batch at a time.
+    expiry_interval_s: float = 1.0
+    expiry_batch: int = 200
+
+
 class LimitsSettings(BaseModel):
     """Request limits enforced by the gateway (docs/decisions.md explains each default)."""
 
@@ -186,6 +195,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    holds: HoldSettings = Field(default_factory=HoldSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     subscriptions: SubscriptionSettings = Field(default_factory=SubscriptionSettings)

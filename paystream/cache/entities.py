@@ -43,7 +43,17 @@ def payment_from(data: dict[str, Any]) -> PaymentRow:
         reference=data["reference"], status=data["status"], failure_reason=data["failure_reason"],
         version=int(data["version"]), created_at=datetime.fromisoformat(data["created_at"]),
         updated_at=datetime.fromisoformat(data["updated_at"]),
+        # Entries cached before holds existed lack these (they live 24 h): their defaults.
+        capture=bool(data.get("capture", True)),
+        authorization_ttl_s=data.get("authorization_ttl_s"),
+        authorization_expires_at=_instant(data.get("authorization_expires_at")),
+        captured_minor=data.get("captured_minor"),
+        refunded_minor=int(data.get("refunded_minor", 0)),
     )
+
+
+def _instant(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
 
 
 def account_from(data: dict[str, Any]) -> AccountRow:
@@ -52,6 +62,7 @@ def account_from(data: dict[str, Any]) -> AccountRow:
         currency=data["currency"], balance_minor=int(data["balance_minor"]),
         version=int(data["version"]), created_at=datetime.fromisoformat(data["created_at"]),
         updated_at=datetime.fromisoformat(data["updated_at"]),
+        held_minor=int(data.get("held_minor", 0)),  # absent from entries cached before holds
     )
 
 

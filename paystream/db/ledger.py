@@ -14,7 +14,8 @@ from ..domain.ledger import SYSTEM_PARTNER_ID, EntryKind, post_funding
 from .accounts import AccountRow
 from .engine import ReadSession, WriteSession
 
-_ACCOUNT_COLUMNS = "id, partner_id, name, currency, balance_minor, version, created_at, updated_at"
+_ACCOUNT_COLUMNS = ("id, partner_id, name, currency, balance_minor, version, created_at, updated_at,"
+                    " held_minor")
 
 _ENSURE_SETTLEMENT = text(
     "INSERT INTO accounts (id, partner_id, name, currency, balance_minor, version)"
@@ -85,6 +86,7 @@ async def fund(session: WriteSession, account_id: uuid.UUID, amount_minor: int) 
             id=account_row.id, partner_id=account_row.partner_id, name=account_row.name,
             currency=account_row.currency, balance_minor=after[account_row.id],
             version=account_row.version + 1, created_at=account_row.created_at, updated_at=now,
+            held_minor=account_row.held_minor,
         )
         await session.execute(_SET_BALANCE, {"id": row.id, "balance": row.balance_minor,
                                              "version": row.version, "now": now})
@@ -115,20 +117,79 @@ _CHECKS: dict[str, str] = {
     "partner account is negative": """
         SELECT id::text || ': balance ' || balance_minor FROM accounts
          WHERE partner_id <> :system AND balance_minor < 0""",
+    # A transfer posts the amount (PAYMENT entries); a capture the captured amount (CAPTURE).
     "SUCCEEDED payment lacks exactly its two entries": """
         SELECT p.id::text || ': ' || count(e.id) || ' entries' FROM payments p
-          LEFT JOIN ledger_entries e ON e.payment_id = p.id AND e.kind = 'PAYMENT'
+          LEFT JOIN ledger_entries e ON e.payment_id = p.id AND e.posting_id = p.id
+                                    AND e.kind IN ('PAYMENT', 'CAPTURE')
          WHERE p.status = 'SUCCEEDED'
-         GROUP BY p.id, p.amount_minor, p.source_account_id, p.destination_account_id
+         GROUP BY p.id, p.amount_minor, p.captured_minor, p.source_account_id,
+                  p.destination_account_id
         HAVING count(e.id) <> 2
             OR count(*) FILTER (WHERE e.account_id = p.source_account_id
-                                  AND e.amount_minor = -p.amount_minor) <> 1
+                    AND e.amount_minor = -coalesce(p.captured_minor, p.amount_minor)
+                    AND e.kind = CASE WHEN p.captured_minor IS NULL THEN 'PAYMENT'
+                                      ELSE 'CAPTURE' END) <> 1
             OR count(*) FILTER (WHERE e.account_id = p.destination_account_id
-                                  AND e.amount_minor = p.amount_minor) <> 1""",
-    "FAILED payment has entries": """
-        SELECT p.id::text || ': ' || count(*) || ' entries' FROM payments p
+                    AND e.amount_minor = coalesce(p.captured_minor, p.amount_minor)) <> 1""",
+    "FAILED or CANCELED payment has entries": """
+        SELECT p.id::text || ' (' || p.status || '): ' || count(*) || ' entries' FROM payments p
           JOIN ledger_entries e ON e.payment_id = p.id
-         WHERE p.status = 'FAILED' GROUP BY p.id""",
+         WHERE p.status IN ('FAILED', 'CANCELED') GROUP BY p.id, p.status""",
+    "held differs from the open holds": """
+        SELECT a.id::text || ': held ' || a.held_minor || ', open holds ' || coalesce(h.total, 0)
+          FROM accounts a
+          LEFT JOIN (SELECT account_id, sum(amount_minor) AS total FROM holds
+                      WHERE status = 'OPEN' GROUP BY account_id) h ON h.account_id = a.id
+         WHERE a.held_minor <> coalesce(h.total, 0)""",
+    "available balance is negative": """
+        SELECT id::text || ': balance ' || balance_minor || ', held ' || held_minor
+          FROM accounts WHERE partner_id <> :system AND balance_minor - held_minor < 0""",
+    "hold disagrees with its payment": """
+        SELECT p.id::text || ' (' || p.status || '): hold ' || coalesce(h.status, 'none')
+          FROM payments p LEFT JOIN holds h ON h.payment_id = p.id
+         WHERE (p.status = 'AUTHORIZED') <> (h.status IS NOT DISTINCT FROM 'OPEN')
+            OR (h.payment_id IS NOT NULL AND (h.account_id <> p.source_account_id
+                OR h.amount_minor <> p.amount_minor OR p.capture))
+            OR (h.status IS NOT DISTINCT FROM 'CAPTURED') <> (p.captured_minor IS NOT NULL)
+            OR (h.status = 'CAPTURED' AND h.captured_minor <> p.captured_minor)""",
+    "refunded amount differs from the SUCCEEDED refunds": """
+        SELECT p.id::text || ': refunded ' || p.refunded_minor || ', refunds '
+               || coalesce(r.total, 0)
+          FROM payments p
+          LEFT JOIN (SELECT payment_id, sum(amount_minor) AS total FROM refunds
+                      WHERE status = 'SUCCEEDED' GROUP BY payment_id) r ON r.payment_id = p.id
+         WHERE p.refunded_minor <> coalesce(r.total, 0)""",
+    "refunds claim more than the payment moved": """
+        SELECT p.id::text || ': moved ' || coalesce(p.captured_minor, p.amount_minor)
+               || ', refunds claim ' || sum(r.amount_minor)
+          FROM payments p JOIN refunds r ON r.payment_id = p.id
+         WHERE r.status IN ('PENDING', 'SUCCEEDED')
+         GROUP BY p.id, p.status, p.captured_minor, p.amount_minor
+        HAVING p.status <> 'SUCCEEDED'
+            OR sum(r.amount_minor) > coalesce(p.captured_minor, p.amount_minor)""",
+    "SUCCEEDED refund lacks exactly its two entries": """
+        SELECT r.id::text || ': ' || count(e.id) || ' entries' FROM refunds r
+          JOIN payments p ON p.id = r.payment_id
+          LEFT JOIN ledger_entries e ON e.posting_id = r.id
+         WHERE r.status = 'SUCCEEDED'
+         GROUP BY r.id, r.amount_minor, p.id, p.source_account_id, p.destination_account_id
+        HAVING count(e.id) <> 2
+            OR count(*) FILTER (WHERE e.kind = 'REFUND' AND e.payment_id = p.id
+                    AND e.account_id = p.destination_account_id
+                    AND e.amount_minor = -r.amount_minor) <> 1
+            OR count(*) FILTER (WHERE e.kind = 'REFUND' AND e.payment_id = p.id
+                    AND e.account_id = p.source_account_id
+                    AND e.amount_minor = r.amount_minor) <> 1""",
+    "PENDING or FAILED refund has entries": """
+        SELECT r.id::text || ' (' || r.status || '): ' || count(*) || ' entries' FROM refunds r
+          JOIN ledger_entries e ON e.posting_id = r.id
+         WHERE r.status <> 'SUCCEEDED' GROUP BY r.id, r.status""",
+    "PENDING refund has nothing queued": """
+        SELECT r.id::text FROM refunds r
+         WHERE r.status = 'PENDING' AND NOT EXISTS (
+               SELECT 1 FROM outbox o WHERE o.topic = :requested
+                  AND o.payload->>'refund_id' = r.id::text)""",
     "PENDING payment has nothing queued": """
         SELECT p.id::text FROM payments p
          WHERE p.status = 'PENDING' AND NOT EXISTS (

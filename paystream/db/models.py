@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, String, Text, func
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text, func
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -48,6 +48,11 @@ class Account(Base):
     version: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Set for accounts made by createAccount (idempotent per partner and key); NULL from the CLI.
+    idempotency_key: Mapped[str | None] = mapped_column(Text)
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    # The sum of the account's open holds; available = balance - held.
+    held_minor: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
 class Payment(Base):
@@ -62,6 +67,44 @@ class Payment(Base):
     amount_minor: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))
     reference: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text)
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # False: authorize (a hold) instead of transferring; see migration 0005.
+    capture: Mapped[bool] = mapped_column(Boolean, server_default="true")
+    authorization_ttl_s: Mapped[int | None] = mapped_column(Integer)
+    authorization_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    captured_minor: Mapped[int | None] = mapped_column(BigInteger)
+    requested_action: Mapped[str | None] = mapped_column(Text)
+    requested_capture_minor: Mapped[int | None] = mapped_column(BigInteger)
+    refunded_minor: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
+class Hold(Base):
+    __tablename__ = "holds"
+
+    payment_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("payments.id"), primary_key=True)
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(Text)  # OPEN, CAPTURED or RELEASED
+    captured_minor: Mapped[int | None] = mapped_column(BigInteger)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Refund(Base):
+    __tablename__ = "refunds"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    partner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("partners.id"))
+    idempotency_key: Mapped[str] = mapped_column(Text)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    payment_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("payments.id"))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(Text)
     failure_reason: Mapped[str | None] = mapped_column(Text)
     version: Mapped[int] = mapped_column(Integer)

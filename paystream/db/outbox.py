@@ -36,12 +36,22 @@ _PRUNE = text(
     "   WHERE o.sent_at IS NOT NULL AND o.sent_at < now() - make_interval(secs => :seconds)"
     "     AND NOT (o.topic = :requested AND EXISTS (SELECT 1 FROM payments p"
     "              WHERE p.id = CAST(o.payload->>'payment_id' AS uuid) AND p.status = 'PENDING'))"
+    "     AND NOT (o.topic = :requested AND o.payload->>'type' = 'refund.requested'"
+    "              AND EXISTS (SELECT 1 FROM refunds r"
+    "              WHERE r.id = CAST(o.payload->>'refund_id' AS uuid) AND r.status = 'PENDING'))"
     "   ORDER BY o.id LIMIT :limit)"
 )
+# Whatever the worker has yet to post: the request (and any capture or cancel queued behind
+# it) of a PENDING payment, the capture or cancel of an AUTHORIZED one, a PENDING refund's.
 _REQUEUE_PENDING = text(
     "UPDATE outbox o SET sent_at = NULL FROM payments p"
     " WHERE o.topic = :requested AND o.sent_at IS NOT NULL"
-    "   AND p.id = CAST(o.payload->>'payment_id' AS uuid) AND p.status = 'PENDING'"
+    "   AND p.id = CAST(o.payload->>'payment_id' AS uuid)"
+    "   AND (p.status = 'PENDING'"
+    "        OR (p.status = 'AUTHORIZED' AND o.payload->>'type' IN"
+    "            ('payment.capture_requested', 'payment.cancel_requested'))"
+    "        OR (o.payload->>'type' = 'refund.requested' AND EXISTS (SELECT 1 FROM refunds r"
+    "            WHERE r.id = CAST(o.payload->>'refund_id' AS uuid) AND r.status = 'PENDING')))"
 )
 # Walks the partial index on unsent rows (outbox_unsent_idx) in id order, so both figures
 # cost at most ``cap`` index entries however large the backlog.
@@ -92,7 +102,8 @@ async def backlog(session: ReadSession | WriteSession, *, cap: int) -> tuple[int
 
 
 async def requeue_pending(session: WriteSession, *, requested_topic: str) -> int:
-    """Mark the requests of payments still PENDING unsent again, so the relay produces them
+    """Mark the requests not posted yet (payments still PENDING, captures and cancels of
+    AUTHORIZED payments, PENDING refunds) unsent again, so the relay produces them
     once more: for a broker that lost its messages (the dev broker keeps them in memory). The
     worker skips whatever it had posted already. Returns how many."""
     result = await session.execute(_REQUEUE_PENDING, {"requested": requested_topic})

@@ -5,12 +5,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import any_, bindparam, delete, select, text
 from sqlalchemy.dialects.postgresql import insert
 
-from .accounts import uuid_array
+from .accounts import FAR_FUTURE, MAX_UUID, uuid_array
 from .engine import ReadSession, WriteSession
 from .models import Payment
 
@@ -33,6 +33,18 @@ class PaymentRow:
     version: int
     created_at: datetime
     updated_at: datetime
+    capture: bool = True  # False: an authorization (hold) until captured or canceled
+    authorization_ttl_s: int | None = None
+    authorization_expires_at: datetime | None = None  # while AUTHORIZED
+    captured_minor: int | None = None  # set by a capture
+    refunded_minor: int = 0  # the sum of SUCCEEDED refunds
+
+    @property
+    def captured_amount_minor(self) -> int | None:
+        """What the payment moved: the capture, or the whole amount of a transfer."""
+        if self.status != "SUCCEEDED":
+            return None
+        return self.captured_minor if self.captured_minor is not None else self.amount_minor
 
 
 COLUMNS = (
@@ -50,6 +62,11 @@ COLUMNS = (
     Payment.version,
     Payment.created_at,
     Payment.updated_at,
+    Payment.capture,
+    Payment.authorization_ttl_s,
+    Payment.authorization_expires_at,
+    Payment.captured_minor,
+    Payment.refunded_minor,
 )
 
 
@@ -122,8 +139,6 @@ _VISIBLE = (
     " AND o.id IN (payments.source_account_id, payments.destination_account_id))"
 )
 _COLUMN_NAMES = ", ".join(column.key for column in COLUMNS)
-_FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
-_MAX_UUID = uuid.UUID(int=(1 << 128) - 1)
 
 
 async def account_page(
@@ -132,7 +147,7 @@ async def account_page(
 ) -> list[PaymentRow]:
     """Up to ``limit`` payments touching the account, newest first, strictly after the cursor
     ``before`` (created_at, id). ``viewer`` restricts to payments whose accounts it owns."""
-    before_at, before_id = before or (_FAR_FUTURE, _MAX_UUID)
+    before_at, before_id = before or (FAR_FUTURE, MAX_UUID)
     sql = _PAGE.format(cols=_COLUMN_NAMES, visible=_VISIBLE if viewer else "")
     params: dict[str, object] = {"account": account_id, "before_at": before_at,
                                  "before_id": before_id, "limit": limit}

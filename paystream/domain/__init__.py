@@ -20,8 +20,10 @@ from paystream.domain.errors import (
 from paystream.domain.ledger import LedgerEntry, Posting, post_transfer
 from paystream.domain.money import MAX_MINOR_UNITS, Money, format_minor
 from paystream.domain.status import (
+    TERMINAL_STATUSES,
     FailureReason,
     PaymentStatus,
+    RefundStatus,
     can_transition,
     check_transition,
     is_terminal,
@@ -39,6 +41,7 @@ __all__ = [
     "MAX_IDEMPOTENCY_KEY_LENGTH",
     "MAX_MINOR_UNITS",
     "MAX_REFERENCE_LENGTH",
+    "TERMINAL_STATUSES",
     "BadUserInput",
     "ErrorCode",
     "FailureReason",
@@ -53,6 +56,7 @@ __all__ = [
     "Posting",
     "QueryTooComplex",
     "RateLimited",
+    "RefundStatus",
     "Unauthenticated",
     "Unavailable",
     "can_transition",

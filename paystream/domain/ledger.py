@@ -19,6 +19,7 @@ __all__ = [
     "Funding",
     "LedgerEntry",
     "Posting",
+    "post_authorization",
     "post_funding",
     "post_transfer",
 ]
@@ -72,10 +73,12 @@ def post_transfer(
     destination_currency: str,
     amount_minor: int,
     currency: str,
+    source_held: int = 0,
 ) -> Posting:
     """Decide the posting of ``amount_minor`` from source to destination.
 
-    Balances are the current (locked) balances in minor units. The payment FAILS, moving
+    Balances are the current (locked) balances in minor units; ``source_held`` is what the
+    source's open holds keep from being spent (only the available balance may be paid). The payment FAILS, moving
     nothing, when source and destination are the same account (SAME_ACCOUNT), when the
     two accounts' currencies differ from each other or from the payment's
     (CURRENCY_MISMATCH), or when the source balance is below the amount
@@ -89,13 +92,15 @@ def post_transfer(
         raise ValueError(f"amount_minor must be positive, got {amount_minor}")
     if source_balance < 0 or destination_balance < 0:
         raise ValueError("account balances must not be negative")
+    if not 0 <= source_held <= source_balance:
+        raise ValueError("holds must lie between 0 and the balance")
 
     reason: FailureReason | None = None
     if source_id == destination_id:
         reason = FailureReason.SAME_ACCOUNT
     elif not source_currency == destination_currency == currency:
         reason = FailureReason.CURRENCY_MISMATCH
-    elif source_balance < amount_minor:
+    elif source_balance - source_held < amount_minor:
         reason = FailureReason.INSUFFICIENT_FUNDS
     if reason is not None:
         return Posting(
@@ -115,6 +120,27 @@ def post_transfer(
         source_balance_after=source_balance - amount_minor,
         destination_balance_after=destination_balance + amount_minor,
     )
+
+
+def post_authorization(
+    *, source_id: UUID, source_balance: int, source_currency: str, source_held: int,
+    destination_id: UUID, destination_balance: int, destination_currency: str,
+    amount_minor: int, currency: str,
+) -> Posting:
+    """Decide a hold (``capture: false``): the checks of :func:`post_transfer`, but a success
+    is AUTHORIZED and moves nothing (no entries, balances unchanged); the caller adds the
+    amount to the source's holds."""
+    posting = post_transfer(
+        source_id=source_id, source_balance=source_balance, source_currency=source_currency,
+        source_held=source_held, destination_id=destination_id,
+        destination_balance=destination_balance, destination_currency=destination_currency,
+        amount_minor=amount_minor, currency=currency,
+    )
+    if posting.status is PaymentStatus.FAILED:
+        return posting
+    return Posting(status=PaymentStatus.AUTHORIZED, failure_reason=None, entries=(),
+                   source_balance_after=source_balance,
+                   destination_balance_after=destination_balance)
 
 
 @dataclass(frozen=True)

@@ -57,23 +57,22 @@ def validate_idempotency_key(key: str) -> str:
     return key
 
 
-def validate_reference(ref: str | None) -> str | None:
+def validate_reference(ref: str | None, *, field: str = "reference") -> str | None:
     """Return ``ref`` unchanged if absent or at most 140 characters without control characters.
 
     Newlines and tabs count as control characters: references show up on statements and
-    in one-line logs.
+    in one-line logs. ``field`` names the input (a refund's ``reason`` follows the same rule).
     """
     if ref is None:
         return None
-    field = "reference"
     if not isinstance(ref, str):
-        raise BadUserInput("reference must be a string", field=field)
+        raise BadUserInput(f"{field} must be a string", field=field)
     if len(ref) > MAX_REFERENCE_LENGTH:
         raise BadUserInput(
-            f"reference must be at most {MAX_REFERENCE_LENGTH} characters", field=field
+            f"{field} must be at most {MAX_REFERENCE_LENGTH} characters", field=field
         )
     if _has_control_character(ref):
-        raise BadUserInput("reference must not contain control characters", field=field)
+        raise BadUserInput(f"{field} must not contain control characters", field=field)
     return ref
 
 

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+from ..domain.status import is_terminal
+
 
 class UndecodableMessage(ValueError):
     """A message that is not valid JSON of the expected shape (goes to the dead-letter topic)."""
@@ -93,6 +95,95 @@ class PaymentRequested:
         )
 
 
+COMMAND_TYPES = ("payment.capture_requested", "payment.cancel_requested")
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentCommand:
+    """A capturePayment or cancelPayment accepted by the API (also on ``payments.requested``,
+    keyed by the source account, so it is consumed after the payment's own request).
+
+    The worker acts on the locked payment row; ``amount_minor`` is the capture's (None: all of
+    the authorization) and must agree with what the row recorded at acceptance."""
+
+    type: str  # one of COMMAND_TYPES
+    payment_id: uuid.UUID
+    partner_id: uuid.UUID
+    source_account_id: uuid.UUID
+    amount_minor: int | None
+    created_at: str  # ISO 8601
+
+    def encode(self) -> bytes:
+        data = asdict(self)
+        for name in ("payment_id", "partner_id", "source_account_id"):
+            data[name] = str(data[name])
+        data["schema"] = 1
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PaymentCommand:
+        kind = data.get("type")
+        if kind not in COMMAND_TYPES:
+            raise UndecodableMessage(f"type: expected one of {', '.join(COMMAND_TYPES)}")
+        amount = data.get("amount_minor")
+        if amount is not None:
+            amount = _int(data, "amount_minor")
+        created_at = _str(data, "created_at") or ""
+        try:
+            datetime.fromisoformat(created_at)
+        except ValueError:
+            raise UndecodableMessage("created_at: not ISO 8601") from None
+        return cls(type=str(kind), payment_id=_uuid(data, "payment_id"),
+                   partner_id=_uuid(data, "partner_id"),
+                   source_account_id=_uuid(data, "source_account_id"), amount_minor=amount,
+                   created_at=created_at)
+
+
+@dataclass(frozen=True, slots=True)
+class RefundRequested:
+    """A refundPayment accepted by the API (on ``payments.requested``, keyed by the payment's
+    source account). The worker posts the locked refund row; the message must agree with it."""
+
+    refund_id: uuid.UUID
+    payment_id: uuid.UUID
+    partner_id: uuid.UUID
+    source_account_id: uuid.UUID
+    amount_minor: int
+    created_at: str  # ISO 8601
+
+    def encode(self) -> bytes:
+        data: dict[str, Any] = {name: str(value) if isinstance(value, uuid.UUID) else value
+                                for name, value in asdict(self).items()}
+        data["type"] = "refund.requested"
+        data["schema"] = 1
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RefundRequested:
+        if data.get("type") != "refund.requested":
+            raise UndecodableMessage("type: expected refund.requested")
+        created_at = _str(data, "created_at") or ""
+        try:
+            datetime.fromisoformat(created_at)
+        except ValueError:
+            raise UndecodableMessage("created_at: not ISO 8601") from None
+        return cls(refund_id=_uuid(data, "refund_id"), payment_id=_uuid(data, "payment_id"),
+                   partner_id=_uuid(data, "partner_id"),
+                   source_account_id=_uuid(data, "source_account_id"),
+                   amount_minor=_int(data, "amount_minor"), created_at=created_at)
+
+
+def decode_requested(raw: bytes | None) -> PaymentRequested | PaymentCommand | RefundRequested:
+    """A message of ``payments.requested``: a payment's request, a command on a payment, or a
+    refund's request."""
+    data = _loads(raw)
+    if data.get("type") in COMMAND_TYPES:
+        return PaymentCommand.from_json(data)
+    if data.get("type") == "refund.requested":
+        return RefundRequested.from_json(data)
+    return PaymentRequested.decode(raw)
+
+
 @dataclass(frozen=True, slots=True)
 class PaymentStatusEvent:
     """A payment's state after a change, with the balances the posting left.
@@ -124,10 +215,13 @@ class PaymentStatusEvent:
     # absent on the PENDING event the API publishes.
     payment: dict[str, Any] | None = None
     accounts: list[dict[str, Any]] | None = None
+    # The refund whose outcome this event announces (the payment's refunded amount changed,
+    # or a refund failed), as ``db.refunds.RefundRow.to_json``.
+    refund: dict[str, Any] | None = None
 
     @property
     def terminal(self) -> bool:
-        return self.status != "PENDING"
+        return is_terminal(self.status)
 
     @property
     def account_ids(self) -> tuple[uuid.UUID, uuid.UUID]:
@@ -158,6 +252,8 @@ class PaymentStatusEvent:
             raise UndecodableMessage("payment: expected an object")
         if not isinstance(data.get("accounts"), list | None):
             raise UndecodableMessage("accounts: expected a list")
+        if not isinstance(data.get("refund"), dict | None):
+            raise UndecodableMessage("refund: expected an object")
         return cls(**kwargs)  # type: ignore[arg-type]
 
     @classmethod

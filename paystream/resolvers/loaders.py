@@ -9,6 +9,7 @@ from strawberry.dataloader import DataLoader
 
 from ..db.accounts import AccountRow
 from ..db.payments import PaymentRow
+from ..db.refunds import RefundRow
 from ..metrics import DATALOADER_BATCH_SIZE
 from ..services.reads import Reader
 
@@ -20,6 +21,7 @@ class Loaders:
         self._reader = reader
         self.account = DataLoader[uuid.UUID, AccountRow | None](load_fn=self._load_accounts)
         self.payment = DataLoader[uuid.UUID, PaymentRow | None](load_fn=self._load_payments)
+        self.refunds = DataLoader[uuid.UUID, list[RefundRow]](load_fn=self._load_refunds)
 
     async def _load_accounts(self, ids: Sequence[uuid.UUID]) -> list[AccountRow | None]:
         DATALOADER_BATCH_SIZE.labels("account").observe(len(ids))
@@ -30,3 +32,8 @@ class Loaders:
         DATALOADER_BATCH_SIZE.labels("payment").observe(len(ids))
         found = await self._reader.payments(ids)
         return [found.get(i) for i in ids]
+
+    async def _load_refunds(self, ids: Sequence[uuid.UUID]) -> list[list[RefundRow]]:
+        DATALOADER_BATCH_SIZE.labels("refunds").observe(len(ids))
+        found = await self._reader.refunds(ids)
+        return [found.get(i, []) for i in ids]

@@ -5,9 +5,18 @@ from __future__ import annotations
 import strawberry
 
 from ..metrics import PAYMENTS_ACCEPTED
-from ..schema.inputs import CreatePaymentInput
-from ..schema.types import Payment
+from ..schema.inputs import (
+    CancelPaymentInput,
+    CapturePaymentInput,
+    CreateAccountInput,
+    CreatePaymentInput,
+    RefundPaymentInput,
+)
+from ..schema.types import Account, Payment, Refund
+from ..services.accounts import CreateAccount
+from ..services.lifecycle import CapturePayment
 from ..services.payments import CreatePayment
+from ..services.refunds import RefundPayment
 from .context import Info
 
 
@@ -28,9 +37,61 @@ class Mutation:
                 amount=input.amount,
                 currency=input.currency,
                 reference=input.reference,
+                capture=input.capture is not False,
+                authorization_ttl_seconds=input.authorization_ttl_seconds,
             ),
         )
         # Counted here, at the one createPayment entry, once the service has the payment.
         PAYMENTS_ACCEPTED.inc()
         info.context.loaders.payment.prime(row.id, row)
         return Payment(row=row)
+
+    @strawberry.mutation(
+        description="Open a zero-balance account owned by the caller; the same idempotencyKey "
+        "with the same request returns the same account. Funding is an operator action."
+    )
+    async def create_account(self, info: Info, input: CreateAccountInput) -> Account:
+        row = await info.context.services.accounts.create(
+            info.context.require_caller(),
+            CreateAccount(idempotency_key=input.idempotency_key, name=input.name,
+                          currency=input.currency),
+        )
+        info.context.loaders.account.prime(row.id, row)
+        return Account(row=row)
+
+    @strawberry.mutation(
+        description="Capture an AUTHORIZED payment (all of it when amount is omitted; the rest "
+        "of the hold is released). Answers with the payment as it stands; SUCCEEDED follows on "
+        "the status stream. A payment captured already is returned unchanged."
+    )
+    async def capture_payment(self, info: Info, input: CapturePaymentInput) -> Payment:
+        row = await info.context.services.lifecycle.capture(
+            info.context.require_caller(),
+            CapturePayment(payment_id=input.payment_id, amount=input.amount),
+        )
+        info.context.loaders.payment.prime(row.id, row)
+        return Payment(row=row)
+
+    @strawberry.mutation(
+        description="Release an AUTHORIZED payment's hold. Answers with the payment as it "
+        "stands; CANCELED follows on the status stream. A canceled payment is returned unchanged."
+    )
+    async def cancel_payment(self, info: Info, input: CancelPaymentInput) -> Payment:
+        row = await info.context.services.lifecycle.cancel(info.context.require_caller(),
+                                                           input.payment_id)
+        info.context.loaders.payment.prime(row.id, row)
+        return Payment(row=row)
+
+    @strawberry.mutation(
+        description="Refund a SUCCEEDED payment, whole (amount omitted) or in part. Answers "
+        "PENDING; the outcome follows on the status stream. The same idempotencyKey with the "
+        "same request returns the same refund."
+    )
+    async def refund_payment(self, info: Info, input: RefundPaymentInput) -> Refund:
+        caller = info.context.require_caller()
+        row = await info.context.services.refunds.refund(caller, RefundPayment(
+            idempotency_key=input.idempotency_key, payment_id=input.payment_id,
+            amount=input.amount, reason=input.reason))
+        payment = await info.context.loaders.payment.load(row.payment_id)
+        assert payment is not None  # refunds reference their payment by foreign key
+        return Refund(row=row, currency=payment.currency)

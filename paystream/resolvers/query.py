@@ -5,7 +5,15 @@ from __future__ import annotations
 import strawberry
 
 from ..schema.pagination import PageInfo, decode_cursor
-from ..schema.types import Account, Payment, PaymentConnection, parse_id, payment_connection
+from ..schema.types import (
+    Account,
+    AccountConnection,
+    Payment,
+    PaymentConnection,
+    account_connection,
+    parse_id,
+    payment_connection,
+)
 from ..services.auth import READ
 from .context import Info
 
@@ -59,3 +67,7 @@ class Query:
             return PaymentConnection(edges=[], page_info=PageInfo(has_next_page=False, end_cursor=None))
         return await payment_connection(info, account, first, after)
 
+    @strawberry.field(description="The caller's accounts, newest first.")
+    async def accounts(self, info: Info, first: int | None = 20,
+                       after: str | None = None) -> AccountConnection:
+        return await account_connection(info, first, after)

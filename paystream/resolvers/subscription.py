@@ -30,7 +30,7 @@ def _payment(info: Info, update: PaymentUpdate) -> Payment:
 class Subscription:
     @strawberry.subscription(
         description="The payment's current state, then each change; completes after a terminal "
-        "status (SUCCEEDED or FAILED)."
+        "status (SUCCEEDED, FAILED or CANCELED); AUTHORIZED is sent and the stream stays open."
     )
     async def payment_status(self, info: Info, id: strawberry.ID) -> AsyncGenerator[Payment, None]:
         stream = info.context.services.subscriptions.payment_status(

@@ -19,6 +19,55 @@ class CreatePaymentInput:
     amount: Decimal = strawberry.field(description='Exact, as a string: "125.50".')
     currency: str = strawberry.field(description="ISO 4217 code, e.g. USD.")
     reference: str | None = strawberry.field(default=None, description="At most 140 characters.")
+    capture: bool | None = strawberry.field(
+        default=True, description="false: hold the amount (AUTHORIZED) until captured or canceled."
+    )
+    authorization_ttl_seconds: int | None = strawberry.field(
+        default=None, description="With capture false: how long the hold lives before the system "
+        "releases it (CANCELED, AUTHORIZATION_EXPIRED); default 7 days, at most 30 days."
+    )
 
 
-__all__ = ["CreatePaymentInput", "PyDecimal"]
+@strawberry.input
+class CapturePaymentInput:
+    payment_id: strawberry.ID
+    amount: Decimal | None = strawberry.field(
+        default=None, description="At most the authorized amount; omitted: all of it. The rest "
+        "of the hold is released."
+    )
+
+
+@strawberry.input
+class CancelPaymentInput:
+    payment_id: strawberry.ID
+
+
+@strawberry.input
+class RefundPaymentInput:
+    idempotency_key: str = strawberry.field(
+        description="1 to 255 characters; the same key with the same request returns the same refund."
+    )
+    payment_id: strawberry.ID
+    amount: Decimal | None = strawberry.field(
+        default=None, description="At most what is left to refund; omitted: all of it."
+    )
+    reason: str | None = strawberry.field(default=None, description="At most 140 characters.")
+
+
+@strawberry.input
+class CreateAccountInput:
+    idempotency_key: str = strawberry.field(
+        description="1 to 255 characters; the same key with the same request returns the same account."
+    )
+    name: str = strawberry.field(description="1 to 200 characters.")
+    currency: str = strawberry.field(description="ISO 4217 code, e.g. USD.")
+
+
+__all__ = [
+    "CancelPaymentInput",
+    "CapturePaymentInput",
+    "CreateAccountInput",
+    "CreatePaymentInput",
+    "PyDecimal",
+    "RefundPaymentInput",
+]

@@ -9,15 +9,25 @@ from __future__ import annotations
 import base64
 import uuid
 from datetime import datetime
+from typing import Protocol
 
 import strawberry
 
-from ..db.payments import PaymentRow
 from ..domain.errors import BadUserInput
 from ..domain.validation import parse_timestamp
 
 
-def encode_cursor(row: PaymentRow) -> str:
+class Positioned(Protocol):
+    """Anything listed newest first: a payment, an account."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+
+    @property
+    def created_at(self) -> datetime: ...
+
+
+def encode_cursor(row: Positioned) -> str:
     raw = f"{row.created_at.isoformat()}|{row.id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 

@@ -12,6 +12,7 @@ import strawberry
 
 from ..db.accounts import AccountRow
 from ..db.payments import PaymentRow
+from ..db.refunds import RefundRow
 from ..domain.money import Money
 from ..resolvers.context import Info
 from ..services.auth import READ
@@ -43,6 +44,15 @@ class Account:
         # Reachable through createPayment's answer too: a write-only key may not read it.
         caller.require(READ)
         return money_decimal(self.row.balance_minor, self.row.currency)
+
+    @strawberry.field(description="Balance minus open holds; null unless the caller owns the "
+                      "account.")
+    def available_balance(self, info: Info) -> Decimal | None:
+        caller = info.context.caller
+        if caller is None or not caller.owns(self.row.partner_id):
+            return None
+        caller.require(READ)
+        return money_decimal(self.row.available_minor, self.row.currency)
 
     @strawberry.field(description="Newest first; only the payments the caller may see.")
     async def payments(self, info: Info, first: int | None = 20,
@@ -88,8 +98,10 @@ def parse_id(raw: str) -> uuid.UUID | None:
 @strawberry.enum(description="Where a payment is in its life.")
 class PaymentStatus(Enum):
     PENDING = "PENDING"
+    AUTHORIZED = "AUTHORIZED"
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
+    CANCELED = "CANCELED"
 
 
 @strawberry.type(description="A transfer between two accounts of the same currency.")
@@ -145,6 +157,23 @@ class Payment:
     def updated_at(self) -> datetime:
         return self.row.updated_at
 
+    @strawberry.field(description="Set once SUCCEEDED: the amount unless partly captured.")
+    def captured_amount(self) -> Decimal | None:
+        captured = self.row.captured_amount_minor
+        return None if captured is None else money_decimal(captured, self.row.currency)
+
+    @strawberry.field(description="While AUTHORIZED: when the system releases the hold.")
+    def authorization_expires_at(self) -> datetime | None:
+        return self.row.authorization_expires_at if self.row.status == "AUTHORIZED" else None
+
+    @strawberry.field(description="The sum of SUCCEEDED refunds.")
+    def amount_refunded(self) -> Decimal:
+        return money_decimal(self.row.refunded_minor, self.row.currency)
+
+    @strawberry.field(description="Oldest first.")
+    async def refunds(self, info: Info) -> list[Refund]:
+        rows = await info.context.loaders.refunds.load(self.row.id)
+        return [Refund(row=r, currency=self.row.currency) for r in rows]
 
     def _account(self, info: Info, account_id: uuid.UUID) -> Account | Awaitable[Account]:
         known = self.accounts.get(account_id) if self.accounts else None
@@ -169,3 +198,80 @@ class PaymentEdge:
 class PaymentConnection:
     edges: list[PaymentEdge]
     page_info: PageInfo
+
+
+@strawberry.type
+class AccountEdge:
+    cursor: str
+    node: Account
+
+
+@strawberry.type
+class AccountConnection:
+    edges: list[AccountEdge]
+    page_info: PageInfo
+
+
+async def account_connection(info: Info, first: int | None, after: str | None) -> AccountConnection:
+    """A page of the caller's own accounts, newest first."""
+    caller = info.context.require_caller()
+    limit = page_size(first, info.context.services.settings.limits.max_page_size)
+    rows = await info.context.services.accounts.page(caller, limit=limit + 1,
+                                                     before=decode_cursor(after))
+    page = rows[:limit]
+    for row in page:
+        info.context.loaders.account.prime(row.id, row)
+    edges = [AccountEdge(cursor=encode_cursor(r), node=Account(row=r)) for r in page]
+    return AccountConnection(
+        edges=edges,
+        page_info=PageInfo(has_next_page=len(rows) > limit,
+                           end_cursor=edges[-1].cursor if edges else None),
+    )
+
+
+@strawberry.enum(description="Where a refund is in its life.")
+class RefundStatus(Enum):
+    PENDING = "PENDING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+
+@strawberry.type(description="Money of a SUCCEEDED payment paid back to its source account.")
+class Refund:
+    row: strawberry.Private[RefundRow]
+    currency: strawberry.Private[str]
+
+    @strawberry.field
+    def id(self) -> strawberry.ID:
+        return strawberry.ID(str(self.row.id))
+
+    @strawberry.field
+    async def payment(self, info: Info) -> Payment:
+        row = await info.context.loaders.payment.load(self.row.payment_id)
+        if row is None:
+            raise LookupError(f"payment {self.row.payment_id} of a refund is missing")
+        return Payment(row=row)
+
+    @strawberry.field
+    def amount(self) -> Decimal:
+        return money_decimal(self.row.amount_minor, self.currency)
+
+    @strawberry.field
+    def status(self) -> RefundStatus:
+        return RefundStatus(self.row.status)
+
+    @strawberry.field
+    def reason(self) -> str | None:
+        return self.row.reason
+
+    @strawberry.field(description="Why a FAILED refund failed, e.g. INSUFFICIENT_FUNDS.")
+    def failure_reason(self) -> str | None:
+        return self.row.failure_reason
+
+    @strawberry.field
+    def created_at(self) -> datetime:
+        return self.row.created_at
+
+    @strawberry.field
+    def updated_at(self) -> datetime:
+        return self.row.updated_at

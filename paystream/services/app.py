@@ -9,10 +9,13 @@ from dataclasses import dataclass, field
 from ..cache import VersionedCache
 from ..config import Settings
 from ..db import Database
+from .accounts import AccountService
 from .auth import Authenticator
+from .lifecycle import LifecycleService
 from .payments import PaymentService
 from .publisher import LazyProducer, Publisher
 from .reads import Reader
+from .refunds import RefundService
 from .status_hub import StatusHub
 from .subscriptions import Subscriptions
 
@@ -27,6 +30,9 @@ class Services:
     producer: LazyProducer
     publisher: Publisher
     payments: PaymentService
+    accounts: AccountService
+    lifecycle: LifecycleService
+    refunds: RefundService
     hub: StatusHub
     subscriptions: Subscriptions
 
@@ -42,6 +48,9 @@ class Services:
             settings=settings, db=db, reader=reader, auth=Authenticator(db), cache=cache,
             producer=producer, publisher=publisher,
             payments=PaymentService(settings, db, reader, publisher),
+            accounts=AccountService(db, reader),
+            lifecycle=LifecycleService(settings, db, reader, publisher),
+            refunds=RefundService(settings, db, publisher),
             hub=hub, subscriptions=Subscriptions(db, reader, hub),
         )
 

@@ -26,6 +26,7 @@ from ..db.payments import PaymentRow, insert_pending
 from ..domain.currency import currency_exponent
 from ..domain.errors import BadUserInput, IdempotencyConflict
 from ..domain.ledger import SYSTEM_PARTNER_ID
+from ..domain.lifecycle import validate_authorization_ttl
 from ..domain.money import Money
 from ..domain.validation import parse_account_id, validate_idempotency_key, validate_reference
 from ..events.messages import PaymentRequested
@@ -46,15 +47,21 @@ class CreatePayment:
     amount: str | Decimal
     currency: str
     reference: str | None = None
+    capture: bool = True  # False: authorize (hold) until capturePayment or cancelPayment
+    authorization_ttl_seconds: int | None = None
 
 
 def request_hash(partner_id: uuid.UUID, source: uuid.UUID, destination: uuid.UUID,
-                 money: Money, reference: str | None) -> str:
+                 money: Money, reference: str | None, *, capture: bool = True,
+                 authorization_ttl_s: int | None = None) -> str:
     """What makes two requests "the same" for idempotency: every field but the key."""
-    canonical = json.dumps(
-        [str(partner_id), str(source), str(destination), money.minor, money.currency, reference],
-        separators=(",", ":"),
-    )
+    fields: list[object] = [str(partner_id), str(source), str(destination), money.minor,
+                            money.currency, reference]
+    if not capture:
+        # Only for authorizations: a transfer's hash stays what it was before holds existed,
+        # so a retry across the upgrade is still recognised as the same request.
+        fields += [False, authorization_ttl_s]
+    canonical = json.dumps(fields, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -73,6 +80,7 @@ class PaymentService:
         destination_id = parse_account_id(request.destination_account_id, field="destinationAccountId")
         currency_exponent(request.currency)
         money = Money.parse(request.amount, request.currency, field="amount")
+        ttl = validate_authorization_ttl(request.authorization_ttl_seconds, capture=request.capture)
         if source_id == destination_id:
             raise BadUserInput("destinationAccountId must differ from sourceAccountId",
                                field="destinationAccountId")
@@ -94,10 +102,12 @@ class PaymentService:
         now = datetime.now(UTC)
         draft = PaymentRow(
             id=uuid.uuid4(), partner_id=caller.partner_id, idempotency_key=key,
-            request_hash=request_hash(caller.partner_id, source_id, destination_id, money, reference),
+            request_hash=request_hash(caller.partner_id, source_id, destination_id, money, reference,
+                                      capture=request.capture, authorization_ttl_s=ttl),
             source_account_id=source_id, destination_account_id=destination_id,
             amount_minor=money.minor, currency=money.currency, reference=reference,
             status="PENDING", failure_reason=None, version=1, created_at=now, updated_at=now,
+            capture=request.capture, authorization_ttl_s=ttl,
         )
         kafka = self._settings.kafka
         payload = _message(draft).encode()

@@ -33,6 +33,7 @@ from ..config import Settings
 from ..db import Database, ReadSession
 from ..db.accounts import AccountRow, accounts_by_ids
 from ..db.payments import PaymentRow, account_page, payments_by_ids
+from ..db.refunds import RefundRow, refunds_of_payments
 from ..domain.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,17 @@ class Reader:
         """Put a payment this process just wrote into the cache (read-your-writes)."""
         if self.cache is not None and self._ttl is not None:
             await self.cache.put_many(PAYMENT, {row.id: payment_entry(row)}, self._ttl.payment_ttl_s)
+
+    async def refunds(self, payment_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[RefundRow]]:
+        """Each payment's refunds, oldest first, in one statement on the primary: a refund
+        accepted or posted a moment ago is listed whatever a replica's lag (refunds are not
+        cached; the payment's ``refunded_minor`` is, and must agree with the list)."""
+        return await self._db.read(lambda s: refunds_of_payments(s, payment_ids), primary=True)
+
+    async def remember_account(self, row: AccountRow) -> None:
+        """Put an account this process just wrote into the cache (read-your-writes)."""
+        if self.cache is not None and self._ttl is not None:
+            await self.cache.put_many(ACCOUNT, {row.id: account_entry(row)}, self._ttl.account_ttl_s)
 
     async def account_page(self, account_id: uuid.UUID, *, limit: int,
                            before: tuple[datetime, uuid.UUID] | None,

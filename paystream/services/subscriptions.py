@@ -24,13 +24,13 @@ from ..db import Database, ReadSession
 from ..db.accounts import AccountRow, accounts_by_ids
 from ..db.payments import PaymentRow, payments_by_ids
 from ..domain.errors import NotFound, Unavailable
+from ..domain.status import is_terminal
 from ..domain.validation import parse_uuid
 from ..events.messages import PaymentStatusEvent
 from .auth import READ, Caller
 from .reads import Reader
 from .status_hub import StatusHub, Watch, WatchClosed
 
-TERMINAL = frozenset({"SUCCEEDED", "FAILED"})
 # Per accountActivity subscriber: the payments whose latest version it was sent.
 _REMEMBERED_PAYMENTS = 10_000
 # Updates kept for subscribers still draining their queues: a subscriber more than this many
@@ -59,7 +59,8 @@ class Subscriptions:
     async def payment_status(self, caller: Caller, raw_id: str,
                              on_overflow: Callable[[], None] | None = None
                              ) -> AsyncIterator[PaymentUpdate]:
-        """The current state, then each newer one; ends after a terminal status."""
+        """The current state, then each newer one; ends after a terminal status (SUCCEEDED,
+        FAILED or CANCELED; AUTHORIZED is sent and the stream stays open)."""
         caller.require(READ)
         payment_id = parse_uuid(raw_id)
         if payment_id is None:
@@ -71,7 +72,7 @@ class Subscriptions:
                 raise NotFound("no such payment")
             yield current
             sent = current.payment.version
-            while current.payment.status not in TERMINAL:
+            while not is_terminal(current.payment.status):
                 event = await _next(watch)
                 if event.version <= sent:
                     continue  # a replay, or a state the first read already showed

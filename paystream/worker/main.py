@@ -34,15 +34,28 @@ from ..domain.currency import CURRENCY_EXPONENTS
 from ..domain.money import MAX_MINOR_UNITS
 from ..events import PaymentRequested, UndecodableMessage, make_consumer, make_producer
 from ..events.kafka import ensure_topics_with_retry, start_with_retry
+from ..events.messages import PaymentCommand, RefundRequested, decode_requested
 from ..retry import sqlstate, until_done
+from .holds import expire_due, post_commands
 from .outbox import OutboxRelay
 from .posting import BatchResult, post_batch
+from .refunds import post_refunds
+
+Message = PaymentRequested | PaymentCommand | RefundRequested
 
 log = logging.getLogger("paystream.worker")
 
 
-def validate_request(request: PaymentRequested) -> None:
+def validate_request(request: Message) -> None:
     """The checks the worker can make without the database; the API made them all before."""
+    if isinstance(request, RefundRequested):
+        if not 0 < request.amount_minor <= MAX_MINOR_UNITS:
+            raise UndecodableMessage("amount_minor out of range")
+        return
+    if isinstance(request, PaymentCommand):
+        if request.amount_minor is not None and not 0 < request.amount_minor <= MAX_MINOR_UNITS:
+            raise UndecodableMessage("amount_minor out of range")
+        return
     if not 0 < request.amount_minor <= MAX_MINOR_UNITS:
         raise UndecodableMessage("amount_minor out of range")
     if request.currency not in CURRENCY_EXPONENTS:
@@ -88,6 +101,7 @@ class PaymentWorker:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.relay.sweep_forever(), name="outbox-relay")
                 group.create_task(self._consume(), name="consume")
+                group.create_task(self._expire_forever(), name="authorization-expiry")
         finally:
             await self.consumer.stop()
             await self.producer.stop()
@@ -118,16 +132,22 @@ class PaymentWorker:
             self._last_beat = now
 
     async def _handle(self, tp: TopicPartition, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
-        requests: list[PaymentRequested] = []
+        # Runs of one kind in partition order: a capture or cancel is posted after the request
+        # that placed its hold, and a payment after the capture queued before it.
+        run: list[Message] = []
         for record in records:
             try:
-                request = PaymentRequested.decode(record.value)
+                request = decode_requested(record.value)
                 validate_request(request)
-                requests.append(request)
             except UndecodableMessage as exc:
                 await self._dead_letter(record, str(exc))
-        if requests:
-            await self._post(requests)
+                continue
+            if run and type(run[-1]) is not type(request):
+                await self._post(run)
+                run = []
+            run.append(request)
+        if run:
+            await self._post(run)
         self.processed += len(records)
         try:
             await self.consumer.commit({tp: records[-1].offset + 1})
@@ -151,7 +171,7 @@ class PaymentWorker:
             log.warning("rewinding %s failed (%s); the next rebalance resets it", tp,
                         type(exc).__name__)
 
-    async def _post(self, requests: list[PaymentRequested]) -> None:
+    async def _post(self, requests: list[Message]) -> None:
         """Post the requests under the fault policy. A data error bisects the batch, so one
         bad request costs a logarithmic number of attempts and parks alone."""
         try:
@@ -175,6 +195,9 @@ class PaymentWorker:
         for request, reason in result.rejected:
             log.error("request %s dead-lettered: %s", request.payment_id, reason)
             await self._dead_letter_request(request, reason)
+        await self._publish(result)
+
+    async def _publish(self, result: BatchResult) -> None:
         # The cache first: a reader sees the committed state even while replicas lag. Versioned
         # writes, so racing with the API's own cache updates cannot move an entry backwards.
         redis = self.settings.redis
@@ -184,9 +207,36 @@ class PaymentWorker:
                                   redis.account_ttl_s)
         await self.relay.publish(result.events, result.outbox_ids)
 
-    async def _post_once(self, requests: list[PaymentRequested]) -> BatchResult:
+    async def _post_once(self, requests: list[Message]) -> BatchResult:
+        topic = self.settings.kafka.status_topic
         async with self.db.write_session() as session:
-            return await post_batch(session, requests, status_topic=self.settings.kafka.status_topic)
+            payments = [r for r in requests if isinstance(r, PaymentRequested)]
+            if payments:
+                return await post_batch(session, payments, status_topic=topic)
+            refunds = [r for r in requests if isinstance(r, RefundRequested)]
+            if refunds:
+                return await post_refunds(session, refunds, status_topic=topic)
+            commands = [r for r in requests if isinstance(r, PaymentCommand)]
+            return await post_commands(session, commands, status_topic=topic)
+
+    async def _expire_forever(self) -> None:
+        """The system's release of authorizations past their lifetime: every
+        ``holds.expiry_interval_s``, a batch of them CANCELED with AUTHORIZATION_EXPIRED
+        (SKIP LOCKED, so several workers share the work and a capture in progress wins)."""
+        holds = self.settings.holds
+        topic = self.settings.kafka.status_topic
+
+        async def expire_once() -> BatchResult:
+            async with self.db.write_session() as session:
+                return await expire_due(session, limit=holds.expiry_batch, status_topic=topic)
+
+        while True:
+            result = await until_done("expiring authorizations", expire_once, on_sleep=self._beat)
+            if result.events:
+                log.info("authorizations expired=%d", len(result.events))
+                await self._publish(result)
+            if len(result.events) < holds.expiry_batch:
+                await asyncio.sleep(holds.expiry_interval_s)
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
         log.warning("dead-lettering offset %d of %s: %s", record.offset, record.topic, reason)
@@ -194,7 +244,7 @@ class PaymentWorker:
                    ("source_partition", str(record.partition).encode())]
         await self._send_dlq(record.key, record.value or b"", headers)
 
-    async def _dead_letter_request(self, request: PaymentRequested, reason: str) -> None:
+    async def _dead_letter_request(self, request: Message, reason: str) -> None:
         await self._send_dlq(str(request.source_account_id).encode(), request.encode(),
                              [("reason", reason.encode())])
 

@@ -7,7 +7,8 @@ changes nothing and is handed back as rejected, for the dead-letter topic.
 For each request still PENDING: lock both accounts (all accounts of the batch, in id order,
 in one statement, so two workers never deadlock), apply the domain's posting rule, write the
 status, two ledger entries (one PAYMENT posting, whose id is the payment's) and the balances,
-and an outbox row with the status event. A request whose payment is no longer PENDING was
+and an outbox row with the status event. A request with ``capture: false`` places a hold
+instead (status AUTHORIZED, a ``holds`` row, the source's ``held_minor``; no entries). A request whose payment is no longer PENDING was
 handled before (redelivery) and changes nothing.
 """
 
@@ -17,7 +18,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
 
@@ -26,9 +27,15 @@ from ..db import WriteSession
 from ..db.accounts import AccountRow
 from ..db.payments import COLUMNS as PAYMENT_COLUMNS
 from ..db.payments import PaymentRow
-from ..domain.ledger import post_transfer
+from ..domain.ledger import post_authorization, post_transfer
+from ..domain.lifecycle import DEFAULT_AUTHORIZATION_TTL_S
 from ..domain.status import PaymentStatus, check_transition
-from ..events.messages import PaymentRequested, PaymentStatusEvent
+from ..events.messages import (
+    PaymentCommand,
+    PaymentRequested,
+    PaymentStatusEvent,
+    RefundRequested,
+)
 
 # FOR NO KEY UPDATE, not FOR UPDATE: the posting changes no key, and FOR UPDATE would conflict
 # with the KEY SHARE locks that every foreign-key check takes. The API's INSERT of a new
@@ -39,21 +46,22 @@ _LOCK_PAYMENTS = text(
     " WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR NO KEY UPDATE"
 )
 _LOCK_ACCOUNTS = text(
-    "SELECT id, partner_id, currency, balance_minor, version, name, created_at, updated_at"
-    " FROM accounts"
+    "SELECT id, partner_id, currency, balance_minor, version, name, created_at, updated_at,"
+    " held_minor FROM accounts"
     " WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR NO KEY UPDATE"
 )
 _UPDATE_PAYMENTS = text(
     "UPDATE payments p SET status = u.status, failure_reason = u.reason, version = p.version + 1,"
-    " updated_at = :now"
-    " FROM unnest(CAST(:ids AS uuid[]), CAST(:statuses AS text[]), CAST(:reasons AS text[]))"
-    "   AS u(id, status, reason)"
+    " updated_at = :now, authorization_expires_at = u.expires"
+    " FROM unnest(CAST(:ids AS uuid[]), CAST(:statuses AS text[]), CAST(:reasons AS text[]),"
+    "   CAST(:expiries AS timestamptz[])) AS u(id, status, reason, expires)"
     " WHERE p.id = u.id"
 )
 _UPDATE_ACCOUNTS = text(
-    "UPDATE accounts a SET balance_minor = u.balance, version = u.version, updated_at = :now"
-    " FROM unnest(CAST(:ids AS uuid[]), CAST(:balances AS bigint[]), CAST(:versions AS bigint[]))"
-    "   AS u(id, balance, version)"
+    "UPDATE accounts a SET balance_minor = u.balance, version = u.version, updated_at = :now,"
+    " held_minor = u.held"
+    " FROM unnest(CAST(:ids AS uuid[]), CAST(:balances AS bigint[]), CAST(:versions AS bigint[]),"
+    "   CAST(:helds AS bigint[])) AS u(id, balance, version, held)"
     " WHERE a.id = u.id"
 )
 _INSERT_ENTRIES = text(
@@ -62,6 +70,12 @@ _INSERT_ENTRIES = text(
     " SELECT p, 'PAYMENT', p, a, m, b, :now FROM unnest(CAST(:payments AS uuid[]),"
     "   CAST(:accounts AS uuid[]), CAST(:amounts AS bigint[]), CAST(:balances AS bigint[]))"
     "   AS u(p, a, m, b)"
+)
+_INSERT_HOLDS = text(
+    "INSERT INTO holds (payment_id, account_id, amount_minor, status, expires_at, created_at)"
+    " SELECT p, a, m, 'OPEN', e, :now FROM unnest(CAST(:payments AS uuid[]),"
+    "   CAST(:accounts AS uuid[]), CAST(:amounts AS bigint[]), CAST(:expiries AS timestamptz[]))"
+    "   AS u(p, a, m, e)"
 )
 _INSERT_OUTBOX = text(
     "INSERT INTO outbox (topic, key, payload)"
@@ -80,13 +94,20 @@ class _Account:
     name: str
     created_at: datetime
     updated_at: datetime
+    held: int = 0
     touched: bool = False
 
     def row(self, account_id: uuid.UUID) -> AccountRow:
         return AccountRow(id=account_id, partner_id=self.partner_id, name=self.name,
                           currency=self.currency, balance_minor=self.balance,
                           version=self.version, created_at=self.created_at,
-                          updated_at=self.updated_at)
+                          updated_at=self.updated_at, held_minor=self.held)
+
+    def change(self, now: datetime) -> None:
+        """A posting (or hold) changed this account: a new version for the cache."""
+        self.version += 1
+        self.updated_at = now
+        self.touched = True
 
 
 @dataclass(frozen=True)
@@ -100,7 +121,8 @@ class BatchResult:
     accounts: list[AccountRow] = field(default_factory=list)
     # Requests that changed nothing because they disagree with their row (or have none),
     # each with the reason: for the dead-letter topic.
-    rejected: list[tuple[PaymentRequested, str]] = field(default_factory=list)
+    rejected: list[tuple[PaymentRequested | PaymentCommand | RefundRequested, str]] = field(
+        default_factory=list)
 
 
 def disagreement(request: PaymentRequested, row: PaymentRow | None) -> str | None:
@@ -131,7 +153,7 @@ async def post_batch(
     }
     # Each message on its own merits: a tampered copy must not hide the valid request for the
     # same payment (or the other way round). Redeliveries of one payment are posted once.
-    rejected: list[tuple[PaymentRequested, str]] = []
+    rejected: list[tuple[PaymentRequested | PaymentCommand | RefundRequested, str]] = []
     chosen: dict[uuid.UUID, PaymentRow] = {}
     for request in requests:
         reason = disagreement(request, locked.get(request.payment_id))
@@ -147,20 +169,23 @@ async def post_batch(
     account_ids = sorted({a for p in pending for a in (p.source_account_id, p.destination_account_id)})
     accounts = {
         row.id: _Account(row.partner_id, row.currency, row.balance_minor, row.version, row.name,
-                         row.created_at, row.updated_at)
+                         row.created_at, row.updated_at, row.held_minor)
         for row in await session.execute(_LOCK_ACCOUNTS, {"ids": account_ids})
     }
     now = datetime.now(UTC)
     entries: list[tuple[uuid.UUID, uuid.UUID, int, int]] = []
+    holds: list[tuple[uuid.UUID, uuid.UUID, int, datetime]] = []
     events: list[PaymentStatusEvent] = []
     payments: list[PaymentRow] = []
     for row in pending:
         source = accounts[row.source_account_id]
         destination = accounts[row.destination_account_id]
-        posting = post_transfer(
+        decide = post_transfer if row.capture else post_authorization
+        posting = decide(
             source_id=row.source_account_id,
             source_balance=source.balance,
             source_currency=source.currency,
+            source_held=source.held,
             destination_id=row.destination_account_id,
             destination_balance=destination.balance,
             destination_currency=destination.currency,
@@ -168,20 +193,27 @@ async def post_batch(
             currency=row.currency,
         )
         reason = posting.failure_reason.value if posting.failure_reason else None
+        expires_at: datetime | None = None
         if posting.status is PaymentStatus.SUCCEEDED:
             source.balance, destination.balance = (
                 posting.source_balance_after, posting.destination_balance_after,
             )
             for account in (source, destination):
-                account.version += 1
-                account.updated_at = now
-                account.touched = True
+                account.change(now)
             for entry in posting.entries:
                 after = accounts[entry.account_id].balance
                 entries.append((row.id, entry.account_id, entry.amount_minor, after))
+        elif posting.status is PaymentStatus.AUTHORIZED:
+            # The lifetime runs from the hold, not from acceptance.
+            ttl = row.authorization_ttl_s or DEFAULT_AUTHORIZATION_TTL_S
+            expires_at = now + timedelta(seconds=ttl)
+            source.held += row.amount_minor
+            source.change(now)
+            holds.append((row.id, row.source_account_id, row.amount_minor, expires_at))
         check_transition(PaymentStatus(row.status), posting.status)
         payment = replace(row, status=posting.status.value, failure_reason=reason,
-                          version=row.version + 1, updated_at=now)
+                          version=row.version + 1, updated_at=now,
+                          authorization_expires_at=expires_at)
         payments.append(payment)
         events.append(status_event(
             payment, source.row(row.source_account_id),
@@ -191,20 +223,27 @@ async def post_batch(
     await session.execute(
         _UPDATE_PAYMENTS,
         {"now": now, "ids": [p.id for p in payments], "statuses": [p.status for p in payments],
-         "reasons": [p.failure_reason for p in payments]},
+         "reasons": [p.failure_reason for p in payments],
+         "expiries": [p.authorization_expires_at for p in payments]},
     )
     touched = [(i, a) for i, a in accounts.items() if a.touched]
     if touched:
         await session.execute(
             _UPDATE_ACCOUNTS,
             {"now": now, "ids": [i for i, _ in touched], "balances": [a.balance for _, a in touched],
-             "versions": [a.version for _, a in touched]},
+             "versions": [a.version for _, a in touched], "helds": [a.held for _, a in touched]},
         )
     if entries:
         await session.execute(
             _INSERT_ENTRIES,
             {"now": now, "payments": [e[0] for e in entries], "accounts": [e[1] for e in entries],
              "amounts": [e[2] for e in entries], "balances": [e[3] for e in entries]},
+        )
+    if holds:
+        await session.execute(
+            _INSERT_HOLDS,
+            {"now": now, "payments": [h[0] for h in holds], "accounts": [h[1] for h in holds],
+             "amounts": [h[2] for h in holds], "expiries": [h[3] for h in holds]},
         )
     outbox = await session.execute(
         _INSERT_OUTBOX,

@@ -23,9 +23,10 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from ..config import KafkaSettings
-from ..events import PaymentRequested, UndecodableMessage, make_consumer, make_producer
+from ..events import UndecodableMessage, make_consumer, make_producer
 from ..events.kafka import start_with_retry
-from .main import validate_request
+from ..events.messages import decode_requested
+from .main import Message, validate_request
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +38,7 @@ class DeadLetter:
     reason: str  # why the worker parked it
     payload: bytes  # the original message
     problem: str | None  # why it is still refused now; None when it passes
-    request: PaymentRequested | None
+    request: Message | None  # a payment's request, a capture or cancel, or a refund
     redriven: bool = False
 
     @property
@@ -80,7 +81,7 @@ def examine(record: ConsumerRecord[bytes, bytes]) -> DeadLetter:
     except (ValueError, UnicodeDecodeError):
         pass  # not an envelope: examine the bytes as they are
     try:
-        request = PaymentRequested.decode(payload)
+        request = decode_requested(payload)
         validate_request(request)
     except UndecodableMessage as exc:
         return DeadLetter(record.partition, record.offset, reason, payload, str(exc), None)

@@ -181,6 +181,9 @@ def worker(server_env: dict[str, str], migrated: Settings) -> Iterator[subproces
         stop_process(process)
 
 
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELED")
+
+
 class StatusWatcher:
     """Follows ``payments.status`` from the end and lets a test await a payment's events."""
 
@@ -219,13 +222,42 @@ class StatusWatcher:
                 self._changed.notify_all()
 
     async def terminal(self, payment_id: str, timeout: float = 30.0) -> dict[str, object]:
-        """The first SUCCEEDED or FAILED event of the payment."""
+        """The first SUCCEEDED, FAILED or CANCELED event of the payment."""
 
         def found() -> dict[str, object] | None:
             for event in self.events.get(payment_id, []):
-                if event["status"] in ("SUCCEEDED", "FAILED"):
+                if event["status"] in TERMINAL:
                     return event
             return None
+
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: found() is not None), timeout)
+        result = found()
+        assert result is not None
+        return result
+
+    async def status(self, payment_id: str, status: str, timeout: float = 30.0
+                     ) -> dict[str, object]:
+        """The first event of the payment with ``status`` (e.g. AUTHORIZED)."""
+
+        def found() -> dict[str, object] | None:
+            return next((e for e in self.events.get(payment_id, []) if e["status"] == status),
+                        None)
+
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: found() is not None), timeout)
+        result = found()
+        assert result is not None
+        return result
+
+    async def refund(self, payment_id: str, refund_id: str, timeout: float = 30.0
+                     ) -> dict[str, object]:
+        """The event announcing the refund's outcome (SUCCEEDED or FAILED)."""
+
+        def found() -> dict[str, object] | None:
+            return next((e for e in self.events.get(payment_id, [])
+                         if isinstance(e.get("refund"), dict)
+                         and e["refund"]["id"] == refund_id), None)  # type: ignore[index]
 
         async with self._changed:
             await asyncio.wait_for(self._changed.wait_for(lambda: found() is not None), timeout)
@@ -236,7 +268,7 @@ class StatusWatcher:
     def terminal_count(self, payment_ids: list[str]) -> int:
         return sum(
             1 for p in payment_ids
-            if any(e["status"] in ("SUCCEEDED", "FAILED") for e in self.events.get(p, []))
+            if any(e["status"] in TERMINAL for e in self.events.get(p, []))
         )
 
     async def wait_count(self, payment_ids: list[str], *, at_least: int, timeout: float) -> None:

@@ -222,3 +222,59 @@ async def test_relay_prunes_sent_rows_past_retention_but_keeps_pending_requests(
         assert report.violations["PENDING payment has nothing queued"] == []
     finally:
         await db.dispose()
+
+
+async def test_verify_names_holds_and_refunds_that_disagree(scratch: Settings) -> None:
+    """The lifecycle checks: held amounts against open holds, a hold against its payment, a
+    payment's refunded amount against its refunds, refunds beyond what the payment moved."""
+    await upgrade_async(scratch.db.primary_url)
+    db = Database(scratch.db)
+    try:
+        await new_partner(db, "scratch")
+        a = await new_account(db, partner="scratch", name="a", currency="USD", balance="10.00")
+        b = await new_account(db, partner="scratch", name="b", currency="USD", balance="0")
+        authorized, refunded, refund = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        async with db.write_session() as session:
+            partner_id = (await session.execute(text(
+                "SELECT partner_id FROM accounts WHERE id = :a"), {"a": a})).scalar()
+            # An AUTHORIZED payment of 3.00 whose hold says 2.00, and 5.00 held on the account.
+            await session.execute(text(
+                "INSERT INTO payments (id, partner_id, idempotency_key, request_hash,"
+                " source_account_id, destination_account_id, amount_minor, currency, status,"
+                " capture) VALUES (:id, :p, 'h', repeat('a', 64), :a, :b, 300, 'USD',"
+                " 'AUTHORIZED', false)"), {"id": authorized, "p": partner_id, "a": a, "b": b})
+            await session.execute(text(
+                "INSERT INTO holds (payment_id, account_id, amount_minor, status, expires_at)"
+                " VALUES (:id, :a, 200, 'OPEN', now() + interval '1 day')"),
+                {"id": authorized, "a": a})
+            await session.execute(text("UPDATE accounts SET held_minor = 500 WHERE id = :a"),
+                                  {"a": a})
+            # A SUCCEEDED payment of 1.00 (posted) claiming a 1.00 refund that has no entries.
+            await session.execute(text(
+                "INSERT INTO payments (id, partner_id, idempotency_key, request_hash,"
+                " source_account_id, destination_account_id, amount_minor, currency, status,"
+                " refunded_minor) VALUES (:id, :p, 'r', repeat('a', 64), :a, :b, 100, 'USD',"
+                " 'SUCCEEDED', 0)"), {"id": refunded, "p": partner_id, "a": a, "b": b})
+            for account, amount, after in ((a, -100, 900), (b, 100, 100)):
+                await session.execute(text(
+                    "INSERT INTO ledger_entries (posting_id, kind, payment_id, account_id,"
+                    " amount_minor, balance_after_minor) VALUES (:p, 'PAYMENT', :p, :a, :m, :after)"),
+                    {"p": refunded, "a": account, "m": amount, "after": after})
+                await session.execute(text(
+                    "UPDATE accounts SET balance_minor = :after WHERE id = :a"),
+                    {"a": account, "after": after})
+            await session.execute(text(
+                "INSERT INTO refunds (id, partner_id, idempotency_key, request_hash, payment_id,"
+                " amount_minor, status) VALUES (:id, :p, 'x', repeat('a', 64), :pay, 100,"
+                " 'SUCCEEDED')"), {"id": refund, "p": partner_id, "pay": refunded})
+        report = await verify_ledger(db, scratch)
+        violations = {k: v for k, v in report.violations.items() if v}
+        assert violations == {
+            "held differs from the open holds": [f"{a}: held 500, open holds 200"],
+            "hold disagrees with its payment": [f"{authorized} (AUTHORIZED): hold OPEN"],
+            "refunded amount differs from the SUCCEEDED refunds": [
+                f"{refunded}: refunded 0, refunds 100"],
+            "SUCCEEDED refund lacks exactly its two entries": [f"{refund}: 0 entries"],
+        }
+    finally:
+        await db.dispose()

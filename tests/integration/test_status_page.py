@@ -170,3 +170,50 @@ async def test_status_page_shows_not_found_for_a_payment_the_key_may_not_see(
                                                       timeout=TIMEOUT_MS)
     await expect(page.locator("#connection")).to_have_text("ended with an error")
     await expect(page.locator("#status")).to_have_text("…")
+
+
+async def test_status_page_shows_a_hold_then_its_capture(
+    api: ApiProcess, worker: subprocess.Popen[bytes], make_partner: Any, page: Page,
+) -> None:
+    from paystream.client import PaystreamClient
+
+    partner = await make_partner()
+    source = await partner.account(balance="100.00", name="Ops")
+    destination = await partner.account(balance="0", name="Payroll")
+    async with PaystreamClient(api.url, partner.key) as http:
+        payment = await http.create_payment(
+            idempotency_key=uuid.uuid4().hex, source_account_id=source,
+            destination_account_id=destination, amount="40.00", currency="USD", capture=False)
+        await page.goto(f"{api.url}/status/{payment['id']}#key={partner.key}")
+        await expect(page.locator("#status")).to_have_text("AUTHORIZED", timeout=TIMEOUT_MS)
+        await expect(page.locator("#source")).to_have_text(
+            f"Ops ({source}) · balance 100.00 USD · available 60.00 USD")
+        await expect(page.locator("#expires-at")).not_to_have_text("—")
+        await expect(page.locator("#connection")).not_to_have_text(re.compile("^complete"))
+        await http.capture_payment(payment["id"], "25.00")
+        await expect(page.locator("#status")).to_have_text("SUCCEEDED", timeout=TIMEOUT_MS)
+        await expect(page.locator("#captured")).to_have_text("25.00 USD")
+        await expect(page.locator("#source")).to_have_text(f"Ops ({source}) · balance 75.00 USD")
+        await expect(page.locator("#expires-at")).to_have_text("—")
+        await expect(page.locator("#connection")).to_have_text(re.compile("^complete"))
+
+
+async def test_account_page_shows_a_canceled_hold(
+    api: ApiProcess, worker: subprocess.Popen[bytes], make_partner: Any, page: Page,
+) -> None:
+    from paystream.client import PaystreamClient
+
+    partner = await make_partner()
+    source = await partner.account(balance="100.00", name="Ops")
+    destination = await partner.account(balance="0", name="Payroll")
+    before = await open_subscriptions(api)
+    await page.goto(f"{api.url}/status/account/{source}#key={partner.key}")
+    await until_subscribed(api, before)
+    async with PaystreamClient(api.url, partner.key) as http:
+        payment = await http.create_payment(
+            idempotency_key=uuid.uuid4().hex, source_account_id=source,
+            destination_account_id=destination, amount="10.00", currency="USD", capture=False)
+        row = page.locator(f"tr[data-payment-id='{payment['id']}']")
+        await expect(row.locator(".status")).to_have_text("AUTHORIZED", timeout=TIMEOUT_MS)
+        await http.cancel_payment(payment["id"])
+        await expect(row.locator(".status")).to_have_text("CANCELED", timeout=TIMEOUT_MS)

@@ -22,23 +22,28 @@ async def balances(services: Any, accounts: list[str]) -> dict[str, int]:
 async def assert_ledger_sound(services: Any, accounts: list[str], opening: dict[str, int],
                               payment_ids: list[str]) -> dict[str, int]:
     """Every payment terminal; money conserved; no balance negative, ever (each entry's
-    balance after it too); each SUCCEEDED payment two entries summing to zero, a FAILED one
-    none; each balance the sum of its entries; and the whole ledger verified. Returns the
+    balance after it too); each SUCCEEDED payment two entries summing to zero (PAYMENT, or
+    CAPTURE of the captured amount), a FAILED or CANCELED one none; each balance the sum of
+    its entries; and the whole ledger verified (holds and refunds included). Returns the
     count of each status."""
     ids = [uuid.UUID(p) for p in payment_ids]
     async with services.db.primary.connect() as conn:
         statuses = dict((await conn.execute(text(
             "SELECT status, count(*) FROM payments WHERE id = ANY(CAST(:ids AS uuid[]))"
             " GROUP BY status"), {"ids": ids})).all())
-        assert statuses.get("PENDING", 0) == 0, statuses
-        assert statuses.get("SUCCEEDED", 0) + statuses.get("FAILED", 0) == len(set(payment_ids))
+        assert statuses.get("PENDING", 0) == statuses.get("AUTHORIZED", 0) == 0, statuses
+        assert statuses.get("SUCCEEDED", 0) + statuses.get("FAILED", 0) + statuses.get(
+            "CANCELED", 0) == len(set(payment_ids))
+        # The payment's own posting (its id); refunds are postings of their own.
         unbalanced = (await conn.execute(text(
-            "SELECT p.id FROM payments p LEFT JOIN ledger_entries e ON e.payment_id = p.id"
-            " AND e.kind = 'PAYMENT'"
-            " WHERE p.id = ANY(CAST(:ids AS uuid[])) GROUP BY p.id, p.status, p.amount_minor"
+            "SELECT p.id FROM payments p LEFT JOIN ledger_entries e ON e.posting_id = p.id"
+            " AND e.kind IN ('PAYMENT', 'CAPTURE')"
+            " WHERE p.id = ANY(CAST(:ids AS uuid[]))"
+            " GROUP BY p.id, p.status, p.amount_minor, p.captured_minor"
             " HAVING (p.status = 'SUCCEEDED' AND (count(e.id) <> 2 OR sum(e.amount_minor) <> 0"
-            "          OR max(e.amount_minor) <> p.amount_minor))"
-            "     OR (p.status = 'FAILED' AND count(e.id) <> 0)"), {"ids": ids})).all()
+            "          OR max(e.amount_minor) <> coalesce(p.captured_minor, p.amount_minor)))"
+            "     OR (p.status IN ('FAILED', 'CANCELED') AND count(e.id) <> 0)"),
+            {"ids": ids})).all()
         assert unbalanced == []
         negative = (await conn.execute(text(
             "SELECT count(*) FROM ledger_entries WHERE account_id = ANY(CAST(:a AS uuid[]))"

@@ -1,6 +1,12 @@
 """Steady GraphQL traffic for the fault scenarios: clients that pay and read back what they
 paid, recording every answer, and checking as they go that nothing they are shown is older
-than what they were shown before (read-your-writes, monotonic reads)."""
+than what they were shown before (read-your-writes, monotonic reads).
+
+The traffic is mixed: besides transfers from ``a`` to ``b``, each client authorizes payments
+from ``a`` to ``b`` and captures or cancels them at once (the command queued behind the hold),
+and pays from ``c`` to ``d`` and refunds half of each such payment once it is shown SUCCEEDED
+(refunds move money back, so they stay off ``a`` and ``b``, whose balances must only fall and
+rise)."""
 
 from __future__ import annotations
 
@@ -13,9 +19,12 @@ from typing import Any
 import httpx
 
 CREATE = """mutation($input: CreatePaymentInput!) { createPayment(input: $input) { id status } }"""
+CAPTURE = """mutation($input: CapturePaymentInput!) { capturePayment(input: $input) { id } }"""
+CANCEL = """mutation($input: CancelPaymentInput!) { cancelPayment(input: $input) { id } }"""
+REFUND = """mutation($input: RefundPaymentInput!) { refundPayment(input: $input) { id status } }"""
 READ = """query($p: ID!, $a: ID!, $b: ID!) { payment(id: $p) { id status }
   a: account(id: $a) { balance } b: account(id: $b) { balance } }"""
-STATUS_RANK = {"PENDING": 0, "SUCCEEDED": 1, "FAILED": 1}
+STATUS_RANK = {"PENDING": 0, "AUTHORIZED": 1, "SUCCEEDED": 2, "FAILED": 2, "CANCELED": 2}
 
 
 @dataclass
@@ -26,6 +35,11 @@ class Payer:
     key: str
     a: str
     b: str
+    c: str = ""  # pays d, and refunds: off the balances checked for monotonic reads
+    d: str = ""
+    turn: int = 0
+    to_refund: str | None = None  # the last c -> d payment, refunded once shown SUCCEEDED
+    refunds: list[str] = field(default_factory=list)
     lowest_a: Decimal = Decimal("Infinity")
     highest_b: Decimal = Decimal("-Infinity")
     payments: dict[str, str] = field(default_factory=dict)  # id -> most advanced status shown
@@ -45,6 +59,10 @@ class Load:
     @property
     def payment_ids(self) -> list[str]:
         return [p for payer in self.payers for p in payer.payments]
+
+    @property
+    def refund_ids(self) -> list[str]:
+        return [r for payer in self.payers for r in payer.refunds]
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._run(payer)) for payer in self.payers]
@@ -70,18 +88,40 @@ class Load:
 
     async def _run(self, payer: Payer) -> None:
         while not self._stop.is_set():
+            payer.turn += 1
+            kind = payer.turn % 4 if payer.c else 0
+            source, destination = (payer.c, payer.d) if kind == 3 else (payer.a, payer.b)
             created = await self._post(payer, CREATE, {"input": {
-                "idempotencyKey": uuid.uuid4().hex, "sourceAccountId": payer.a,
-                "destinationAccountId": payer.b, "amount": "1.00", "currency": "USD"}})
+                "idempotencyKey": uuid.uuid4().hex, "sourceAccountId": source,
+                "destinationAccountId": destination, "amount": "1.00", "currency": "USD",
+                "capture": kind != 2}})
             if created is not None:
                 payment = created["createPayment"]
                 payer.payments[payment["id"]] = payment["status"]
+                if kind == 2:  # a hold, captured (every other time) or canceled at once
+                    ending = CAPTURE if payer.turn % 8 == 2 else CANCEL
+                    await self._post(payer, ending, {"input": {"paymentId": payment["id"]}})
+                if kind == 3:
+                    await self._refund_last(payer, payment["id"])
                 read = await self._post(payer, READ, {"p": payment["id"], "a": payer.a, "b": payer.b})
                 if read is not None:
                     self._check(payer, payment["id"], read)
             async with self._changed:
                 self.operations += 1
                 self._changed.notify_all()
+
+    async def _refund_last(self, payer: Payer, newest: str) -> None:
+        """Refund half of the previous c -> d payment if it is shown SUCCEEDED by now."""
+        previous, payer.to_refund = payer.to_refund, newest
+        if previous is None:
+            return
+        read = await self._post(payer, READ, {"p": previous, "a": payer.a, "b": payer.b})
+        if read is None or read["payment"]["status"] != "SUCCEEDED":
+            return
+        refunded = await self._post(payer, REFUND, {"input": {
+            "idempotencyKey": uuid.uuid4().hex, "paymentId": previous, "amount": "0.50"}})
+        if refunded is not None:
+            payer.refunds.append(refunded["refundPayment"]["id"])
 
     def _check(self, payer: Payer, payment_id: str, read: dict[str, Any]) -> None:
         if read["payment"] is None:
@@ -90,7 +130,8 @@ class Load:
         status = read["payment"]["status"]
         if STATUS_RANK[status] < STATUS_RANK[payer.payments[payment_id]]:
             self.stale.append(f"{payment_id} went back to {status}")
-        payer.payments[payment_id] = status if STATUS_RANK[status] else payer.payments[payment_id]
+        if STATUS_RANK[status] > STATUS_RANK[payer.payments[payment_id]]:
+            payer.payments[payment_id] = status
         a, b = Decimal(read["a"]["balance"]), Decimal(read["b"]["balance"])
         if a > payer.lowest_a or b < payer.highest_b:
             self.stale.append(f"balances went back: a {a} after {payer.lowest_a}, "
@@ -103,5 +144,6 @@ async def payers(make_partner: Any, count: int, opening: str = "1000.00") -> lis
     for _ in range(count):
         partner = await make_partner()
         made.append(Payer(partner.key, await partner.account(balance=opening),
-                          await partner.account(balance="0")))
+                          await partner.account(balance="0"),
+                          await partner.account(balance=opening), await partner.account(balance="0")))
     return made

@@ -6,29 +6,46 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from paystream.domain import PaymentStatus, can_transition, check_transition, is_terminal
+from paystream.domain import (
+    TERMINAL_STATUSES,
+    PaymentStatus,
+    can_transition,
+    check_transition,
+    is_terminal,
+)
 
 statuses = st.sampled_from(list(PaymentStatus))
+P = PaymentStatus
+
+ALLOWED = {
+    (P.PENDING, P.AUTHORIZED), (P.PENDING, P.SUCCEEDED), (P.PENDING, P.FAILED),
+    (P.AUTHORIZED, P.SUCCEEDED), (P.AUTHORIZED, P.CANCELED),
+}
 
 
 def test_allowed_transitions() -> None:
-    assert can_transition(PaymentStatus.PENDING, PaymentStatus.SUCCEEDED)
-    assert can_transition(PaymentStatus.PENDING, PaymentStatus.FAILED)
-    assert not can_transition(PaymentStatus.PENDING, PaymentStatus.PENDING)
-    assert not can_transition(PaymentStatus.SUCCEEDED, PaymentStatus.FAILED)
-    assert not can_transition(PaymentStatus.FAILED, PaymentStatus.PENDING)
+    for frm, to in ALLOWED:
+        assert can_transition(frm, to)
+    assert not can_transition(P.PENDING, P.PENDING)
+    assert not can_transition(P.PENDING, P.CANCELED)  # only a hold is canceled
+    assert not can_transition(P.AUTHORIZED, P.FAILED)
+    assert not can_transition(P.SUCCEEDED, P.FAILED)
+    assert not can_transition(P.CANCELED, P.SUCCEEDED)
+    assert not can_transition(P.FAILED, P.PENDING)
 
 
 def test_terminal() -> None:
-    assert not is_terminal(PaymentStatus.PENDING)
-    assert is_terminal(PaymentStatus.SUCCEEDED)
-    assert is_terminal(PaymentStatus.FAILED)
+    assert TERMINAL_STATUSES == {P.SUCCEEDED, P.FAILED, P.CANCELED}
+    assert not is_terminal(P.PENDING)
+    assert not is_terminal(P.AUTHORIZED)  # paymentStatus stays open on a hold
+    assert is_terminal("CANCELED")
 
 
 @given(frm=statuses, to=statuses)
-def test_transitions_only_leave_pending(frm: PaymentStatus, to: PaymentStatus) -> None:
+def test_transitions_are_exactly_the_table(frm: PaymentStatus, to: PaymentStatus) -> None:
     allowed = can_transition(frm, to)
-    assert allowed == (frm is PaymentStatus.PENDING and is_terminal(to))
+    assert allowed == ((frm, to) in ALLOWED)
+    assert not (allowed and is_terminal(frm))  # nothing leaves a terminal status
     if allowed:
         check_transition(frm, to)
     else:

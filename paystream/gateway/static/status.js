@@ -5,7 +5,9 @@
 
 (function () {
   const PAYMENT_FIELDS = "id status amount currency failureReason updatedAt " +
-    "sourceAccount { id name balance } destinationAccount { id name balance }";
+    "capturedAmount amountRefunded authorizationExpiresAt " +
+    "sourceAccount { id name balance availableBalance } " +
+    "destinationAccount { id name balance availableBalance }";
   const QUERIES = {
     payment: "subscription($id: ID!) { paymentStatus(id: $id) { " + PAYMENT_FIELDS + " } }",
     account: "subscription($id: ID!) { accountActivity(accountId: $id) { " + PAYMENT_FIELDS + " } }",
@@ -54,6 +56,11 @@
     text += account.balance === null || account.balance === undefined
       ? " · balance not visible"
       : " · balance " + account.balance + " " + currency;
+    // Only when a hold keeps part of it: most accounts have nothing held.
+    if (account.availableBalance !== null && account.availableBalance !== undefined &&
+        account.availableBalance !== account.balance) {
+      text += " · available " + account.availableBalance + " " + currency;
+    }
     return text;
   }
 
@@ -69,6 +76,11 @@
     $("source").textContent = describeAccount(p.sourceAccount, p.currency);
     $("destination").textContent = describeAccount(p.destinationAccount, p.currency);
     $("failure-reason").textContent = p.failureReason || "—";
+    $("captured").textContent = p.capturedAmount ? p.capturedAmount + " " + p.currency : "—";
+    // Amounts stay strings: a zero test on the text, no floating point.
+    const refunded = p.amountRefunded && !/^0(\.0+)?$/.test(p.amountRefunded);
+    $("refunded").textContent = refunded ? p.amountRefunded + " " + p.currency : "—";
+    $("expires-at").textContent = p.authorizationExpiresAt || "—";
     $("updated-at").textContent = p.updatedAt;
   }
 

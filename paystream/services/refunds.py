@@ -1,0 +1,123 @@
+"""refundPayment: a SUCCEEDED payment paid back, whole or in parts, accepted durably.
+
+The payment row is locked while the refund is accepted, so concurrent refunds of one payment
+serialize: each must fit in what the payment moved minus its PENDING and SUCCEEDED refunds
+(REFUND_EXCEEDS_PAYMENT otherwise). The PENDING refund commits with its ``refund.requested``
+message (keyed by the payment's source account); the worker checks again under its locks and
+posts it, or FAILS it with INSUFFICIENT_FUNDS when the destination no longer holds the money.
+Only the owner of the payment's source account may refund; for anyone else the payment does
+not exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from ..config import Settings
+from ..db import Database, ReadSession, outbox
+from ..db.holds import lock_for_action
+from ..db.refunds import (
+    RefundRow,
+    claimed_minor,
+    existing_refund,
+    insert_refund,
+    refunds_of_payments,
+)
+from ..domain.errors import IdempotencyConflict, NotFound
+from ..domain.lifecycle import decide_refund
+from ..domain.money import Money
+from ..domain.status import PaymentStatus
+from ..domain.validation import parse_uuid, validate_idempotency_key, validate_reference
+from ..events.messages import RefundRequested
+from .auth import READ, WRITE, Caller
+from .publisher import Outgoing, Publisher
+
+
+@dataclass(frozen=True, slots=True)
+class RefundPayment:
+    """The refundPayment input as the client sent it."""
+
+    idempotency_key: str
+    payment_id: str
+    amount: str | Decimal | None = None  # None: all that is left
+    reason: str | None = None
+
+
+def refund_request_hash(partner_id: uuid.UUID, payment_id: uuid.UUID, amount: str | None,
+                        reason: str | None) -> str:
+    """Every field but the key; the amount as sent (omitted means "what is left")."""
+    canonical = json.dumps([str(partner_id), str(payment_id), amount, reason],
+                           separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class RefundService:
+    def __init__(self, settings: Settings, db: Database, publisher: Publisher) -> None:
+        self._settings = settings
+        self._db = db
+        self._publisher = publisher
+
+    async def refund(self, caller: Caller, request: RefundPayment) -> RefundRow:
+        caller.require(WRITE)
+        key = validate_idempotency_key(request.idempotency_key)
+        reason = validate_reference(request.reason, field="reason")
+        payment_id = parse_uuid(request.payment_id)
+        if payment_id is None:
+            raise NotFound("no such payment", field="paymentId")
+        topic = self._settings.kafka.requested_topic
+        async with self._db.write_session() as session:
+            locked = await lock_for_action(session, payment_id)
+            if locked is None or not caller.owns(locked[0].partner_id):
+                raise NotFound("no such payment", field="paymentId")
+            payment = locked[0]
+            requested = (None if request.amount is None
+                         else Money.parse(request.amount, payment.currency, field="amount"))
+            digest = refund_request_hash(
+                caller.partner_id, payment.id,
+                None if requested is None else str(requested.minor), reason)
+            # A retry is answered before the rules: the first attempt already claimed its part.
+            known = await existing_refund(session, caller.partner_id, key)
+            if known is not None:
+                if known.request_hash != digest:
+                    raise IdempotencyConflict(
+                        "idempotencyKey was already used with a different request",
+                        field="idempotencyKey")
+                return known
+            amount = decide_refund(
+                status=PaymentStatus(payment.status),
+                captured_minor=payment.captured_amount_minor,
+                refunded_minor=await claimed_minor(session, payment.id),
+                refund_minor=None if requested is None else requested.minor)
+            now = datetime.now(UTC)
+            row, created = await insert_refund(session, RefundRow(
+                id=uuid.uuid4(), partner_id=caller.partner_id, idempotency_key=key,
+                request_hash=digest, payment_id=payment.id, amount_minor=amount, reason=reason,
+                status="PENDING", failure_reason=None, version=1, created_at=now,
+                updated_at=now))
+            if not created:  # a concurrent duplicate committed first (the payment lock
+                return row   # serializes them, so this is a race we lost by a hair)
+            message = RefundRequested(
+                refund_id=row.id, payment_id=payment.id, partner_id=caller.partner_id,
+                source_account_id=payment.source_account_id, amount_minor=amount,
+                created_at=now.isoformat()).encode()
+            outbox_id = await outbox.add(session, topic, str(payment.source_account_id),
+                                         message.decode())
+        self._publisher.submit(
+            Outgoing(topic, str(payment.source_account_id).encode(), message, outbox_id))
+        return row
+
+    async def of_payments(self, caller: Caller, payment_ids: list[uuid.UUID]
+                          ) -> dict[uuid.UUID, list[RefundRow]]:
+        """The refunds of payments the caller may see (the caller checked that), from the
+        primary: a refund just accepted or posted is shown whatever a replica's lag."""
+        caller.require(READ)
+
+        async def read(session: ReadSession) -> dict[uuid.UUID, list[RefundRow]]:
+            return await refunds_of_payments(session, payment_ids)
+
+        return await self._db.read(read, primary=True)

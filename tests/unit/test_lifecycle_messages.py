@@ -1,0 +1,86 @@
+"""The new messages of payments.requested and the cache's backward compatibility: entries
+cached before holds and refunds existed (they live 24 h) still decode, with the defaults."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from paystream.cache.entities import account_from, payment_from
+from paystream.events.messages import (
+    PaymentCommand,
+    PaymentRequested,
+    PaymentStatusEvent,
+    RefundRequested,
+    UndecodableMessage,
+    decode_requested,
+)
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC).isoformat()
+
+
+def test_old_payment_entry_decodes_with_lifecycle_defaults() -> None:
+    old = {"id": str(uuid.uuid4()), "partner_id": str(uuid.uuid4()), "idempotency_key": "k",
+           "request_hash": "h" * 64, "source_account_id": str(uuid.uuid4()),
+           "destination_account_id": str(uuid.uuid4()), "amount_minor": 125, "currency": "USD",
+           "reference": None, "status": "SUCCEEDED", "failure_reason": None, "version": 2,
+           "created_at": NOW, "updated_at": NOW}
+    row = payment_from(json.loads(json.dumps(old)))
+    assert (row.capture, row.authorization_ttl_s, row.authorization_expires_at) == (True, None, None)
+    assert (row.captured_minor, row.refunded_minor) == (None, 0)
+    assert row.captured_amount_minor == 125  # a transfer moved its whole amount
+
+
+def test_old_account_entry_decodes_with_nothing_held() -> None:
+    old = {"id": str(uuid.uuid4()), "partner_id": str(uuid.uuid4()), "name": "a",
+           "currency": "USD", "balance_minor": 500, "version": 3, "created_at": NOW,
+           "updated_at": NOW}
+    row = account_from(old)
+    assert (row.held_minor, row.available_minor) == (0, 500)
+
+
+def test_commands_and_refunds_round_trip_and_are_told_apart() -> None:
+    command = PaymentCommand(type="payment.capture_requested", payment_id=uuid.uuid4(),
+                             partner_id=uuid.uuid4(), source_account_id=uuid.uuid4(),
+                             amount_minor=300, created_at=NOW)
+    refund = RefundRequested(refund_id=uuid.uuid4(), payment_id=uuid.uuid4(),
+                             partner_id=uuid.uuid4(), source_account_id=uuid.uuid4(),
+                             amount_minor=50, created_at=NOW)
+    assert decode_requested(command.encode()) == command
+    assert decode_requested(refund.encode()) == refund
+    cancel = PaymentCommand(type="payment.cancel_requested", payment_id=command.payment_id,
+                            partner_id=command.partner_id,
+                            source_account_id=command.source_account_id, amount_minor=None,
+                            created_at=NOW)
+    assert decode_requested(cancel.encode()) == cancel
+    request = PaymentRequested(
+        payment_id=uuid.uuid4(), partner_id=uuid.uuid4(), idempotency_key="k",
+        request_hash="h", source_account_id=uuid.uuid4(), destination_account_id=uuid.uuid4(),
+        amount_minor=1, currency="USD", reference=None, created_at=NOW)
+    assert isinstance(decode_requested(request.encode()), PaymentRequested)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"type": "payment.capture_requested", "payment_id": "x"}',
+    b'{"type": "refund.requested", "refund_id": "00000000-0000-0000-0000-000000000001"}',
+    (b'{"type": "payment.capture_requested", "payment_id": "00000000-0000-0000-0000-000000000001",'
+     b' "partner_id": "00000000-0000-0000-0000-000000000001", "source_account_id":'
+     b' "00000000-0000-0000-0000-000000000001", "amount_minor": "12", "created_at": "now"}'),
+])
+def test_malformed_lifecycle_messages_are_undecodable(raw: bytes) -> None:
+    with pytest.raises(UndecodableMessage):
+        decode_requested(raw)
+
+
+def test_status_event_without_a_refund_still_decodes() -> None:
+    event = {"type": "payment.status", "payment_id": str(uuid.uuid4()), "version": 2,
+             "status": "AUTHORIZED", "failure_reason": None, "partner_id": str(uuid.uuid4()),
+             "source_account_id": str(uuid.uuid4()), "destination_account_id": str(uuid.uuid4()),
+             "source_partner_id": str(uuid.uuid4()), "destination_partner_id": str(uuid.uuid4()),
+             "amount_minor": 1, "currency": "USD", "reference": None, "created_at": NOW,
+             "updated_at": NOW}
+    decoded = PaymentStatusEvent.from_json(event)
+    assert decoded.refund is None and not decoded.terminal
