@@ -119,6 +119,10 @@ class LimitsSettings(BaseModel):
     query_burst: int = 200
     mutation_rate_per_s: float = 50.0
     mutation_burst: int = 100
+    # Subscribe (graphql-ws: start) messages per API key, over all its sockets: each one
+    # reads the primary and registers a watch, so a client looping subscribe/complete costs.
+    subscribe_rate_per_s: float = 20.0
+    subscribe_burst: int = 200
 
 
 class ApiSettings(BaseModel):
@@ -157,6 +161,12 @@ class SubscriptionSettings(BaseModel):
     # Bytes sent to a client but not yet taken by its socket; past this it is disconnected.
     max_buffered_bytes: int = 1 << 20
     connection_init_timeout_s: float = 10.0
+    # A socket's API key is looked up again this often (one index probe on the primary), so
+    # a revoked key's sockets are closed (4403) within this long.
+    key_recheck_s: float = 1.0
+    # A socket is closed (4000, "reconnect") after this long; clients reconnect and get the
+    # current state first. Bounds what a socket's settings and credentials can outlive.
+    max_connection_lifetime_s: float = 3600.0
 
 
     @model_validator(mode="after")

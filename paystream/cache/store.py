@@ -16,12 +16,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from ..config import RedisSettings
+from .client import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +51,9 @@ class VersionedCache:
 
     def __init__(self, settings: RedisSettings, *, redis: Redis | None = None) -> None:
         self._settings = settings
-        # One immediate retry on a connection error: after a Redis restart the pooled
-        # connections are dead, and the first command on each fails once before reconnecting.
-        self.redis = redis or Redis.from_url(
-            settings.url, socket_timeout=settings.socket_timeout_s,
-            socket_connect_timeout=settings.socket_timeout_s, health_check_interval=0,
-            retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError, TimeoutError],
-        )
+        # Each command bounded without redis-py's socket timeout, which can swallow a
+        # cancellation on Python 3.11 (cache/client.py).
+        self.redis = redis or redis_client(settings.url, settings.socket_timeout_s)
         self._cas = self.redis.register_script(_CAS)
         self._down_until = 0.0
         # Writes that failed while Redis was unreachable, replayed once it answers again (the

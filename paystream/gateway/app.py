@@ -43,6 +43,7 @@ from .production import check_production
 from .request_body import decode_json, parse_request_json
 from .status_page import status_page_routes
 from .websocket import (
+    CONTEXT,
     DROP,
     BoundedWebSocketAdapter,
     LegacyWSHandler,
@@ -86,19 +87,52 @@ class PaystreamGraphQL(GatedOperations, GraphQL[Context, None]):
         # The protocol handler runs in its own task so that a subscriber too slow to keep up
         # can be cut off: its sends are stuck behind a full socket buffer, so closing it
         # politely would wait forever. Its subscriptions end; the socket is closed.
+        # The connection's watchdog ends it too: its key revoked, or its lifetime reached.
         dropped = asyncio.Event()
         request.scope[DROP] = dropped.set
         handler = asyncio.create_task(super().run(request, context, root_value))
         dropping = asyncio.create_task(dropped.wait())
+        watchdog = asyncio.create_task(self._watch_connection(request))
         try:
-            await asyncio.wait({handler, dropping}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({handler, dropping, watchdog}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             dropping.cancel()
+            watchdog.cancel()
             if not handler.done():
                 handler.cancel()
                 with suppress(asyncio.CancelledError):
                     await handler
+        if watchdog.done() and not watchdog.cancelled() and watchdog.exception() is None:
+            code, reason = watchdog.result()
+            # Its subscriptions have ended (the handler is done); then the socket.
+            with suppress(RuntimeError, OSError):
+                await request.close(code=code, reason=reason)
         return request
+
+    async def _watch_connection(self, websocket: WebSocket) -> tuple[int, str]:
+        """Returns the close code and reason once the socket must end: 4403 when its API key
+        no longer authenticates (looked up every ``key_recheck_s``), 4000 when it has been
+        open ``max_connection_lifetime_s`` (clients reconnect and get the current state)."""
+        subscriptions = self.services.settings.subscriptions
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + subscriptions.max_connection_lifetime_s
+        while True:
+            # Timers, not synchronisation: the key's revocation is another process's commit.
+            await asyncio.sleep(max(0.0, min(subscriptions.key_recheck_s, deadline - loop.time())))
+            if loop.time() >= deadline:
+                return 4000, "connection lifetime reached; reconnect"
+            context = websocket.scope.get(CONTEXT)
+            if isinstance(context, Context) and context.caller is not None:
+                params = context.connection_params or {}
+                authorization = params.get("authorization") or params.get("Authorization")
+                try:
+                    context.caller = await self.services.auth.caller_for(
+                        authorization if isinstance(authorization, str) else None)
+                except Unavailable:
+                    pass  # cannot check now (no database): the key stays as it was
+                except PaystreamError:
+                    log.info("websocket closed: its API key no longer authenticates")
+                    return 4403, "Forbidden: API key revoked"
 
     def decode_json(self, data: str | bytes) -> object:
         """Websocket messages: nesting past the recursion limit is invalid JSON too."""
@@ -123,6 +157,7 @@ class PaystreamGraphQL(GatedOperations, GraphQL[Context, None]):
         )
         if isinstance(request, WebSocket):
             context.drop_connection = partial(drop, request, "too many events queued")
+            request.scope[CONTEXT] = context  # for the connection's watchdog
         elif isinstance(request, Request):
             authorization = request.headers.get("authorization")
             if authorization is not None:

@@ -52,10 +52,13 @@ class Bucket:
 
 
 def buckets(limits: LimitsSettings) -> dict[str, Bucket]:
-    """The buckets by operation type; subscriptions (long-lived) are not rate limited."""
+    """The buckets by operation type; "subscription" counts subscribe messages (a running
+    subscription takes nothing more)."""
     return {
         "query": Bucket("query", limits.query_burst, limits.query_rate_per_s),
         "mutation": Bucket("mutation", limits.mutation_burst, limits.mutation_rate_per_s),
+        "subscription": Bucket("subscription", limits.subscribe_burst,
+                               limits.subscribe_rate_per_s),
     }
 
 

@@ -1,5 +1,6 @@
 """Websocket plumbing: a subscriber that stops reading is cut off before it costs memory, and
-a subscribe past the per-connection limit is refused with a stable error code.
+a subscribe past the per-connection limit or the key's subscribe rate is refused with a stable
+error code.
 
 uvicorn does not make a websocket ``send`` wait while the client is not reading: what the
 socket does not take piles up in the transport's write buffer, without bound. Before each
@@ -30,11 +31,13 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.types import Subscr
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import ErrorMessage, StartMessage
 
-from ..domain.errors import QueryTooComplex
+from ..domain.errors import QueryTooComplex, RateLimited
+from ..metrics import RATE_LIMITED
 
 log = logging.getLogger("paystream.gateway")
 
 DROP = "paystream.drop_connection"
+CONTEXT = "paystream.context"
 TRANSPORT = "paystream.transport"
 
 
@@ -128,30 +131,57 @@ def subscription_limit_error(limit: int) -> GraphQLFormattedError:
     return GraphQLError(error.message, extensions=error.graphql_extensions()).formatted
 
 
+async def subscribe_refusal(view: Any, context: Any) -> GraphQLFormattedError | None:
+    """RATE_LIMITED (with ``retryAfter``) when the caller's key has no subscribe token left,
+    else None. Taken after the per-connection cap, so a subscribe refused there costs none."""
+    caller = getattr(context, "caller", None)
+    gate = getattr(view, "gate", None)
+    if caller is None or gate is None:
+        return None
+    wait = await gate.limiter.retry_after("subscription", f"key:{caller.key_id}")
+    if wait is None:
+        return None
+    RATE_LIMITED.labels("subscription").inc()
+    seconds = round(wait, 3)
+    error = RateLimited(f"rate limit for subscribe messages reached; retry in {seconds} s",
+                        retry_after_seconds=seconds)
+    return GraphQLError(error.message, extensions=error.graphql_extensions()).formatted
+
+
 class TransportWSHandler(BaseGraphQLTransportWSHandler[Any, None]):
-    """graphql-transport-ws: the subscription limit answered with :func:`subscription_limit_error`.
-    Strawberry's own checks that come first (4401 before the acknowledgement, 4409 for an id in
-    use) are left to it."""
+    """graphql-transport-ws: the subscription limit answered with :func:`subscription_limit_error`,
+    then the subscribe rate (:func:`subscribe_refusal`). Strawberry's own checks that come first
+    (4401 before the acknowledgement, 4409 for an id in use) are left to it."""
 
     async def handle_subscribe(self, message: SubscribeMessage) -> None:
-        limit = self.max_subscriptions_per_connection
-        if (limit is not None and self.connection_acknowledged
-                and message["id"] not in self.operations and len(self.operations) >= limit):
-            await self.send_message(TransportErrorMessage(
-                id=message["id"], type="error", payload=[subscription_limit_error(limit)]))
-            return
+        if self.connection_acknowledged and message["id"] not in self.operations:
+            limit = self.max_subscriptions_per_connection
+            refusal = (subscription_limit_error(limit)
+                       if limit is not None and len(self.operations) >= limit
+                       else await subscribe_refusal(self.view, self.context))
+            if refusal is not None:
+                await self.send_message(TransportErrorMessage(
+                    id=message["id"], type="error", payload=[refusal]))
+                return
         await super().handle_subscribe(message)
 
 
 class LegacyWSHandler(BaseGraphQLWSHandler[Any, None]):
-    """graphql-ws: the same limit error. A start that reuses a running id replaces that
-    operation (Strawberry cleans it up first), so it is not counted against the limit."""
+    """graphql-ws: the same limit and rate errors. A start that reuses a running id replaces
+    that operation (Strawberry cleans it up first), so it is not counted against the limit."""
 
     async def handle_start(self, message: StartMessage) -> None:
-        limit = self.max_subscriptions_per_connection
-        if (limit is not None and self.connection_acknowledged
-                and message["id"] not in self.tasks and len(self.tasks) >= limit):
-            await self.send_message(ErrorMessage(type="error", id=message["id"],
-                                                 payload=subscription_limit_error(limit)))
-            return
+        if self.connection_acknowledged:
+            limit = self.max_subscriptions_per_connection
+            # A replacing start is not counted against the cap, but it takes a token: it
+            # costs what a new subscribe costs.
+            refusal = (subscription_limit_error(limit)
+                       if limit is not None and message["id"] not in self.tasks
+                       and len(self.tasks) >= limit
+                       else await subscribe_refusal(self.view, self.context))
+            if refusal is not None:
+                await self.send_message(ErrorMessage(type="error", id=message["id"],
+                                                     payload=refusal))
+                return
         await super().handle_start(message)
+

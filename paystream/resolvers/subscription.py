@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 
 import strawberry
 
@@ -35,8 +36,10 @@ class Subscription:
     async def payment_status(self, info: Info, id: strawberry.ID) -> AsyncGenerator[Payment, None]:
         stream = info.context.services.subscriptions.payment_status(
             info.context.require_caller(), id, info.context.drop_connection)
-        async for update in stream:
-            yield _payment(info, update)
+        # Closed with this generator, not whenever it is collected: its watch ends at once.
+        async with aclosing(stream):
+            async for update in stream:
+                yield _payment(info, update)
 
     @strawberry.subscription(
         description="Every status change of a payment touching an account the caller owns."
@@ -45,5 +48,6 @@ class Subscription:
                                account_id: strawberry.ID) -> AsyncGenerator[Payment, None]:
         stream = info.context.services.subscriptions.account_activity(
             info.context.require_caller(), account_id, info.context.drop_connection)
-        async for update in stream:
-            yield _payment(info, update)
+        async with aclosing(stream):
+            async for update in stream:
+                yield _payment(info, update)

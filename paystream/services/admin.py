@@ -60,8 +60,9 @@ async def api_keys(db: Database, partner: str) -> list[KeyInfo]:
 
 async def revoke_key(db: Database, key: str) -> None:
     """Revoke a key named by its id (from ``api_keys``) or given in clear (a leaked key).
-    New requests with it fail at once; websocket connections it opened stay open until they
-    close (authentication happens at connection_init)."""
+    New requests with it fail at once; websocket connections it opened are closed with 4403
+    within ``PAYSTREAM_SUBSCRIPTIONS__KEY_RECHECK_S`` (1 s), when their API process looks the
+    key up again."""
     key = key.strip()
     key_id = None
     if not key.startswith(KEY_PREFIX):

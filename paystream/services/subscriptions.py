@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,7 +58,7 @@ class Subscriptions:
 
     async def payment_status(self, caller: Caller, raw_id: str,
                              on_overflow: Callable[[], None] | None = None
-                             ) -> AsyncIterator[PaymentUpdate]:
+                             ) -> AsyncGenerator[PaymentUpdate, None]:
         """The current state, then each newer one; ends after a terminal status (SUCCEEDED,
         FAILED or CANCELED; AUTHORIZED is sent and the stream stays open)."""
         caller.require(READ)
@@ -82,7 +82,7 @@ class Subscriptions:
 
     async def account_activity(self, caller: Caller, raw_id: str,
                                on_overflow: Callable[[], None] | None = None
-                               ) -> AsyncIterator[PaymentUpdate]:
+                               ) -> AsyncGenerator[PaymentUpdate, None]:
         """Every status change of a payment touching an account the caller owns."""
         caller.require(READ)
         account_id = parse_uuid(raw_id)
