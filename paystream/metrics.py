@@ -115,6 +115,12 @@ DLQ_MESSAGES = Gauge(
     ["topic"], registry=REGISTRY,
 )
 
+STATUS_EVENTS_DROPPED = Counter(
+    "paystream_status_events_dropped",
+    "Status events this API process's status stream skipped because they could not be "
+    "applied (logged with the payment id); the rest of their batch went on.",
+    registry=REGISTRY,
+)
 SUBSCRIPTION_UPDATES = Counter(
     "paystream_subscription_updates",
     "Status updates executed for subscribers: 'executed' ran the selection set, 'shared' reused "

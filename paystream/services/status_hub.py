@@ -23,11 +23,17 @@ from typing import Any, Self
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ..cache import ACCOUNT, PAYMENT, VersionedCache
+from ..cache.entities import event_rows
 from ..config import Settings
 from ..domain.errors import Unavailable
 from ..events.kafka import make_consumer
 from ..events.messages import PaymentStatusEvent, UndecodableMessage
-from ..metrics import CONSUMER_LAG, subscription_closed, subscription_opened
+from ..metrics import (
+    CONSUMER_LAG,
+    STATUS_EVENTS_DROPPED,
+    subscription_closed,
+    subscription_opened,
+)
 from ..retry import until_done
 
 log = logging.getLogger("paystream.status")
@@ -202,27 +208,51 @@ class StatusHub:
 
     async def apply(self, events: list[PaymentStatusEvent]) -> None:
         """Update the cache from the events (versioned, so replays and other processes' writes
-        of the same event are harmless), then hand them to the subscribers."""
+        of the same event are harmless), then hand them to the subscribers.
+
+        Each event is checked on its own first: one that cannot be applied (a malformed
+        snapshot, say) is logged, counted in ``paystream_status_events_dropped_total`` and
+        skipped, and the rest of the batch goes on. Raising instead would end the session,
+        which resumes at the same batch: one bad event would stop the stream for good."""
+        good: list[PaymentStatusEvent] = []
+        # The newest version of each entity in the batch, whatever the order: an API's
+        # PENDING event can land after the worker's terminal one for the same payment.
+        payments: dict[uuid.UUID, tuple[int, dict[str, Any]]] = {}
+        accounts: dict[uuid.UUID, tuple[int, dict[str, Any]]] = {}
+        for event in events:
+            try:
+                entries = _cache_entries(event)
+            except Exception:  # whatever is wrong with it, it is this event's alone
+                log.exception("status event for payment %s skipped: cannot be applied",
+                              event.payment_id)
+                STATUS_EVENTS_DROPPED.inc()
+                continue
+            good.append(event)
+            payment, event_accounts = entries
+            if payment is not None:
+                _keep_newest(payments, event.payment_id, *payment)
+            for account_id, (version, account) in event_accounts.items():
+                _keep_newest(accounts, account_id, version, account)
         if self._cache is not None:
             redis = self._settings.redis
-            # The newest version of each entity in the batch, whatever the order: an API's
-            # PENDING event can land after the worker's terminal one for the same payment.
-            payments: dict[uuid.UUID, tuple[int, dict[str, Any]]] = {}
-            accounts: dict[uuid.UUID, tuple[int, dict[str, Any]]] = {}
-            for event in events:
-                if event.payment:
-                    _keep_newest(payments, event.payment_id, event.version, event.payment)
-                for account in event.accounts or ():
-                    _keep_newest(accounts, uuid.UUID(account["id"]), int(account["version"]),
-                                 account)
             await self._cache.put_many(PAYMENT, payments, redis.payment_ttl_s)
             await self._cache.put_many(ACCOUNT, accounts, redis.account_ttl_s)
-        for event in events:
+        for event in good:
             watchers = set(self._by_payment.get(event.payment_id, ()))
             for account_id in event.account_ids:
                 watchers.update(self._by_account.get(account_id, ()))
             for watch in watchers:
                 watch.push(event)
+
+
+def _cache_entries(event: PaymentStatusEvent) -> tuple[
+        tuple[int, dict[str, Any]] | None, dict[uuid.UUID, tuple[int, dict[str, Any]]]]:
+    """The event's snapshots as cache entries; raises if any cannot be read. The rows are
+    decoded as subscribers will decode them, so an event that passes here renders too."""
+    event_rows(event)
+    payment = (int(event.version), event.payment) if event.payment else None
+    accounts = {uuid.UUID(a["id"]): (int(a["version"]), a) for a in event.accounts or ()}
+    return payment, accounts
 
 
 def _keep_newest(entries: dict[uuid.UUID, tuple[int, dict[str, Any]]], key: uuid.UUID,
