@@ -107,23 +107,28 @@ class StatusHub:
         self._by_payment: dict[uuid.UUID, set[Watch]] = {}
         self._by_account: dict[uuid.UUID, set[Watch]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._positions: dict[TopicPartition, int] = {}
         # Set once the consumer knows its starting offsets: from then on no event is skipped.
         self.positioned = asyncio.Event()
 
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name="status-hub")
 
     async def close(self) -> None:
         for watch in {w for ws in (*self._by_payment.values(), *self._by_account.values()) for w in ws}:
             watch.close("server shutting down")
         if self._task is not None:
-            # Cancelled again until it ends: a cancellation that lands as one of aiokafka's
-            # wait_for calls completes is swallowed on Python 3.11, and a single cancel then
-            # left shutdown waiting for ever.
+            # Asked to stop first, so that the consumer is stopped cleanly (its connections
+            # closed) within a poll; cancelled only past that, and again until it ends: a
+            # cancellation that lands as one of aiokafka's wait_for calls completes is
+            # swallowed on Python 3.11, and a single cancel then left shutdown waiting for ever.
+            self._stopping = True
+            await asyncio.wait({self._task}, timeout=3.0)
             while not self._task.done():
                 self._task.cancel()
-                await asyncio.wait({self._task}, timeout=1.0)
+                await asyncio.wait({self._task}, timeout=5.0)
             self._task = None
 
     async def watch(self, *, payments: Iterable[uuid.UUID] = (),
@@ -165,7 +170,7 @@ class StatusHub:
         try:
             await consumer.start()
             await self._position(consumer)
-            while True:
+            while not self._stopping:
                 batches = await consumer.getmany(timeout_ms=1000)
                 events = [e for records in batches.values() for e in _decode(records)]
                 if events:

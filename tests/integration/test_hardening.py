@@ -6,6 +6,7 @@ the database as values PostgreSQL cannot hold, and every response says how to tr
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -137,9 +138,17 @@ async def test_persisted_queries_are_stored_only_after_authentication_and_limits
         assert not await stored(services, query), query[:80]
 
     accepted = f"query Known{unique} {{ __typename }}"
-    response = await client.post("/graphql", json=apq_payload(accepted), headers=good)
-    assert response.json() == {"data": {"__typename": "Query"}}
-    assert await stored(services, accepted)
+    # Registering is best effort: a Redis blip on a loaded machine opens the cache's breaker
+    # for a second and the text is not stored, by design. The same request again (as an
+    # Apollo client would send it) is stored once Redis answers.
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        response = await client.post("/graphql", json=apq_payload(accepted), headers=good)
+        assert response.json() == {"data": {"__typename": "Query"}}
+        if await stored(services, accepted):
+            break
+        assert asyncio.get_running_loop().time() < deadline, "never stored"
+        await asyncio.sleep(0.2)
 
 
 def cursor(raw: str) -> str:
