@@ -268,9 +268,20 @@ class DevStack:
         self._set_replay("resume", "not paused")
 
     def _set_replay(self, action: str, wanted: str) -> None:
-        self.psql(f"SELECT pg_wal_replay_{action}()", replica=True)
+        # Asked again until the state is reached: when replay resumes past WAL that waited
+        # longer than max_standby_streaming_delay, the standby cancels conflicting sessions at
+        # once, the one asking included ("canceling statement due to conflict with recovery"),
+        # and a resume cancelled that way left the replica paused for the rest of the run.
         deadline = time.monotonic() + 10.0
-        while self.psql("SELECT pg_get_wal_replay_pause_state()", replica=True).strip() != wanted:
+        while True:
+            try:
+                self.psql(f"SELECT pg_wal_replay_{action}()", replica=True)
+                if self.psql("SELECT pg_get_wal_replay_pause_state()",
+                             replica=True).strip() == wanted:
+                    return
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
             if time.monotonic() > deadline:
                 raise RuntimeError(f"replica replay is not {wanted} after 10 s")
             time.sleep(0.02)

@@ -20,7 +20,7 @@ from paystream.services.app import Services
 from paystream.services.payments import CreatePayment
 from paystream.worker.redrive import DeadLetter, redrive
 
-from .conftest import StatusWatcher, start_worker, stop_process
+from .conftest import StatusWatcher, start_worker, stop_process, wait_for_replay
 
 pytestmark = pytest.mark.integration
 
@@ -96,6 +96,9 @@ async def test_redrive_posts_what_now_passes_and_keeps_poison(
             async with services.db.primary.begin() as conn:
                 await conn.execute(text(f"DROP TRIGGER {trigger} ON payments"))
                 await conn.execute(text(f"DROP FUNCTION {trigger}()"))
+            # The trigger's DDL took payments' strongest lock: let the replica replay it now,
+            # not in the middle of a later test that pauses and resumes replay.
+            await wait_for_replay(services.db)
         reason = dict(refused.headers)["reason"]
         assert reason.startswith(b"database refused") and b"SQLSTATE 23514" in reason, reason
         # 2. A poison message: undecodable now and forever.

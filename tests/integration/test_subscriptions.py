@@ -14,13 +14,23 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.exc import DBAPIError
 
 from paystream.client import (
-    ACCOUNT_ACTIVITY, PAYMENT_STATUS, GraphQLErrors, PaystreamClient, Subscriptions,
+    ACCOUNT_ACTIVITY,
+    PAYMENT_STATUS,
+    GraphQLErrors,
+    PaystreamClient,
+    Subscriptions,
 )
 
 from .conftest import (
-    ApiProcess, Partner, start_api, start_worker, stop_process, wait_for_replay,
+    ApiProcess,
+    Partner,
+    start_api,
+    start_worker,
+    stop_process,
+    wait_for_replay,
 )
 
 PROTOCOLS = ["graphql-transport-ws", "graphql-ws"]
@@ -261,9 +271,17 @@ async def test_cache_shows_terminal_status_from_the_event_before_the_replica_rep
         assert read["payment"] == {"status": "SUCCEEDED", "sourceAccount": {"balance": "75.00"},
                                    "destinationAccount": {"balance": "125.00"}}
     finally:
-        async with replica.connect() as conn:
-            await conn.execute(text("SELECT pg_wal_replay_resume()"))
-            await conn.commit()
+        for _ in range(50):  # a resume cancelled by a recovery conflict is asked again
+            try:
+                async with replica.connect() as conn:
+                    await conn.execute(text("SELECT pg_wal_replay_resume()"))
+                    await conn.commit()
+                    if (await conn.execute(text(
+                            "SELECT pg_get_wal_replay_pause_state()"))).scalar() == "not paused":
+                        break
+            except DBAPIError:
+                pass
+            await asyncio.sleep(0.1)
         stop_process(blind_worker)
         stop_process(api.process)
 
