@@ -120,32 +120,41 @@ async def test_broker_paused_and_stopped_under_load(client, migrated, worker, ma
     async with services.db.write_session() as session:
         await requeue_pending(session, requested_topic=migrated.kafka.requested_topic)
 
-    watcher = StatusWatcher(migrated)
-    await watcher.start()
+    # Settlement is awaited in the primary, the truth, and not on the status stream: a dev
+    # broker wiped under running clients may hand a fresh consumer partition metadata it later
+    # withdraws (seen once in CI: every payment settled and every status row acknowledged, the
+    # test's consumer saw none), and this scenario is about the payments, not that consumer.
+    # Polled, because no event outlives the broker's loss.
+    ids = list(accepted.values())
     try:
-        ids = list(accepted.values())
-        async with services.db.primary.connect() as conn:
-            settled = {str(r[0]) for r in (await conn.execute(text(
-                "SELECT id FROM payments WHERE id = ANY(CAST(:ids AS uuid[])) AND status <> 'PENDING'"),
-                {"ids": [uuid.UUID(i) for i in ids]})).all()}
-        waiting = [i for i in ids if i not in settled]
-        try:
-            await watcher.wait_count(waiting, at_least=len(waiting), timeout=120)
-        except TimeoutError:
-            async with services.db.primary.connect() as conn:
-                stuck = (await conn.execute(text(
-                    "SELECT p.idempotency_key, p.status, o.created_at, o.sent_at FROM payments p"
-                    " JOIN outbox o ON o.payload->>'payment_id' = p.id::text"
-                    " WHERE p.id = ANY(CAST(:ids AS uuid[])) AND p.status = 'PENDING'"),
-                    {"ids": [uuid.UUID(i) for i in waiting]})).all()
-            raise AssertionError(f"not settled: {stuck}; partitions "
-                                 f"{watcher.consumer.partitions_for_topic(migrated.kafka.requested_topic)}")
+        await settled_and_published(services, migrated, ids, timeout=120)
         # The same keys again: the same payments, nothing new.
         again = {n: (await create(n))[0]["data"]["createPayment"]["id"] for n in accepted}
         assert again == accepted
         assert late_worker.poll() is None, "the worker started during the outage exited"
     finally:
-        await watcher.stop()
         stop_process(late_worker)
     await assert_ledger_sound(services, accounts, opening, ids)
     await assert_one_payment_per_key(services, partner.name, {f"broker-{n}" for n in accepted})
+
+
+async def settled_and_published(services: Any, settings: Any, ids: list[str], *,
+                                timeout: float) -> None:
+    """Until every payment is out of PENDING on the primary and every status event the worker
+    wrote for it is acknowledged by the broker (its outbox row marked sent)."""
+    uuids = [uuid.UUID(i) for i in ids]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        async with services.db.primary.connect() as conn:
+            pending = (await conn.execute(text(
+                "SELECT idempotency_key FROM payments WHERE id = ANY(CAST(:ids AS uuid[]))"
+                " AND status = 'PENDING'"), {"ids": uuids})).scalars().all()
+            unsent = (await conn.execute(text(
+                "SELECT count(*) FROM outbox WHERE topic = :t AND sent_at IS NULL"
+                " AND payload->>'payment_id' = ANY(:ids)"),
+                {"t": settings.kafka.status_topic, "ids": ids})).scalar()
+        if not pending and unsent == 0:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not settled: {sorted(pending)}; unsent status events: {unsent}")
+        await asyncio.sleep(0.2)
