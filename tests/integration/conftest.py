@@ -288,6 +288,7 @@ class StatusWatcher:
 async def wait_for_replay(db: object, timeout: float = 10.0) -> None:
     """Wait until every replica has replayed everything committed on the primary so far."""
     from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
 
     # The test stack commits asynchronously (synchronous_commit off): the WAL of recent commits
     # may not be written yet, so not streamed, and the insert position may end in a record
@@ -301,13 +302,27 @@ async def wait_for_replay(db: object, timeout: float = 10.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     for engine in db.replicas:  # type: ignore[attr-defined]
         while True:
-            async with engine.connect() as conn:
-                replayed = (await conn.execute(
-                    text("SELECT pg_last_wal_replay_lsn()::text"))).scalar()
+            try:
+                async with engine.connect() as conn:
+                    replayed = (await conn.execute(
+                        text("SELECT pg_last_wal_replay_lsn()::text"))).scalar()
+            except DBAPIError as exc:
+                # A pooled connection closed by a replica restart (an earlier test's): SQLAlchemy
+                # has invalidated the pool on it, so the next attempt connects afresh.
+                if not exc.connection_invalidated:
+                    raise
+                continue
             if replayed is not None and wal_position(str(replayed)) >= target:
                 break
-            assert asyncio.get_running_loop().time() < deadline, \
-                f"replica did not catch up: replayed {replayed}, primary at {lsn}"
+            if asyncio.get_running_loop().time() > deadline:
+                async with engine.connect() as conn:
+                    state = (await conn.execute(text(
+                        "SELECT pg_last_wal_receive_lsn()::text, pg_get_wal_replay_pause_state(),"
+                        " (SELECT status FROM pg_stat_wal_receiver),"
+                        " pg_last_xact_replay_timestamp()::text"))).one()
+                raise AssertionError(f"replica did not catch up: replayed {replayed}, primary at "
+                                     f"{lsn}; received, replay state, receiver, last replayed "
+                                     f"commit: {tuple(state)}")
             await asyncio.sleep(0.01)
 
 

@@ -131,9 +131,6 @@ async def test_replica_stopped_reads_fall_back_to_primary(client, make_partner, 
         devstack.start_replica()
 
 
-@pytest.mark.xfail(strict=False, reason="order-dependent in the full run: the replica stops "
-                   "replaying after an earlier test (passes alone and after test_holds or "
-                   "test_ledger); not found yet, see the closing note of 2026-12-01")
 async def test_list_shows_the_cached_status_when_the_replica_is_behind(
     client, make_partner, watcher, worker, devstack  # noqa: F811
 ) -> None:
@@ -150,8 +147,8 @@ async def test_list_shows_the_cached_status_when_the_replica_is_behind(
         body = await gql(client, CREATE, payment_input(a, b, "2.00"), key=partner.key)
         payment_id = body["data"]["createPayment"]["id"]
         await wait_for_replay(partner.services.db)  # the replica has it, PENDING
-    finally:
         devstack.pause_replica_replay()
+    finally:
         worker.send_signal(signal.SIGCONT)
     try:
         await watcher.terminal(payment_id)
@@ -166,9 +163,6 @@ async def test_list_shows_the_cached_status_when_the_replica_is_behind(
         {"node": {"id": payment_id, "status": "SUCCEEDED"}}]
 
 
-@pytest.mark.xfail(strict=False, reason="order-dependent in the full run: the replica stops "
-                   "replaying after an earlier test (passes alone and after test_holds or "
-                   "test_ledger); not found yet, see the closing note of 2026-12-01")
 async def test_read_your_writes_with_redis_down_and_the_replica_behind(
     client, make_partner, watcher, devstack  # noqa: F811
 ) -> None:
@@ -235,9 +229,6 @@ async def test_status_stream_caches_the_newest_version_whatever_the_batch_order(
     assert {a.balance_minor for a in balances.values()} == {750, 250}
 
 
-@pytest.mark.xfail(strict=False, reason="order-dependent in the full run: the replica stops "
-                   "replaying after an earlier test (passes alone and after test_holds or "
-                   "test_ledger); not found yet, see the closing note of 2026-12-01")
 async def test_replicas_are_trusted_again_only_once_they_replay_past_a_redis_outage(
     migrated, make_partner, devstack
 ) -> None:

@@ -222,9 +222,6 @@ async def test_sigterm_closes_subscriptions_with_a_reconnect_code(
     assert "Application shutdown complete." in second_api.log()
 
 
-@pytest.mark.xfail(strict=False, reason="order-dependent in the full run: the replica stops "
-                   "replaying after an earlier test (passes alone and after test_holds or "
-                   "test_ledger); not found yet, see the closing note of 2026-12-01")
 async def test_cache_shows_terminal_status_from_the_event_before_the_replica_replays(
     settings: Any, server_env: dict[str, str], services: Any, make_partner: Any,
 ) -> None:
