@@ -62,9 +62,20 @@ async def outbox_backlog(services: Services) -> dict[str, float] | None:
     return {"unsent": unsent, "oldest_unsent_s": round(oldest, 3)}
 
 
+# The checks that decide readiness; every other one only marks the process degraded.
+ESSENTIAL = ("primary", "status_stream")
+
+
 async def readiness(services: Services) -> dict[str, object]:
-    """{"ready": all up, "checks": {name: bool}, "outbox": backlog}; each check bounded by a
-    short timeout."""
+    """{"ready": bool, "checks": {name: bool}, "degraded": [name], "outbox": backlog}; each
+    check bounded by a short timeout.
+
+    Ready means this process can do its work: the primary (acceptance is its commit) and the
+    process's own status stream (without it live updates and cache refresh stop here). Replicas,
+    Redis and the broker are reported, and listed under "degraded" when down, but do not take
+    the process out of the load balancer: the service survives their outages (reads fall back
+    to the primary, limits and the cache degrade, the outbox holds payments), while one Redis
+    blip would otherwise take every API process out at once."""
 
     async def bounded(coro: object) -> object:
         try:
@@ -81,4 +92,6 @@ async def readiness(services: Services) -> dict[str, object]:
     replica_list = replicas if isinstance(replicas, list) else [False] * len(services.db.replicas)
     for index, up in enumerate(replica_list):
         checks[f"replica{index}"] = bool(up)
-    return {"ready": all(checks.values()), "checks": checks, "outbox": outbox}
+    ready = all(checks[name] for name in ESSENTIAL)
+    degraded = sorted(name for name, up in checks.items() if not up and name not in ESSENTIAL)
+    return {"ready": ready, "checks": checks, "degraded": degraded, "outbox": outbox}

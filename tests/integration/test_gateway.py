@@ -117,21 +117,23 @@ async def test_rate_limit_reached_and_recovered(settings, make_partner) -> None:
         assert recovered.json() == {"data": {"account": {"id": account}}}
 
 
-async def test_redis_down_readiness_flips_and_gateway_degrades(client, make_partner,
+async def test_redis_down_degrades_readiness_and_the_gateway(client, make_partner,
                                                                devstack) -> None:
     if devstack is None:
         pytest.skip("needs the embedded stack to stop Redis")
     partner = await make_partner()
     account = await partner.account(name="outage")
-    assert (await client.get("/readyz")).status_code == 200
+    await wait_ready(client)
     query = ACCOUNT.format(name=f"Outage{uuid.uuid4().hex}")
     digest = hashlib.sha256(query.encode()).hexdigest()
     devstack.stop_redis()
     try:
+        # Still ready (the service survives Redis), and says what it is without.
         ready = await client.get("/readyz")
-        assert ready.status_code == 503
+        assert ready.status_code == 200
         assert ready.json()["checks"]["redis"] is False
         assert ready.json()["checks"]["primary"] is True
+        assert ready.json()["degraded"] == ["redis"]
         # Persisted queries degrade to "not found", the client sends the text, and it works;
         # rate limits fail open. No 5xx anywhere.
         params = {"variables": json.dumps({"id": account}), "extensions": json.dumps(apq(digest))}
@@ -148,28 +150,43 @@ async def test_redis_down_readiness_flips_and_gateway_degrades(client, make_part
 
 
 async def wait_ready(client: httpx.AsyncClient, timeout: float = 15.0) -> dict[str, object]:
+    """Until /readyz answers ready with nothing degraded."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         ready = await client.get("/readyz")
-        if ready.status_code == 200:
+        if ready.status_code == 200 and not ready.json()["degraded"]:
             return dict(ready.json())
         assert asyncio.get_running_loop().time() < deadline, ready.json()
         await asyncio.sleep(0.1)
 
 
-async def test_readiness_flips_when_the_replica_stops(client, devstack) -> None:
+async def test_readiness_degrades_when_the_replica_stops(client, devstack) -> None:
     if devstack is None:
         pytest.skip("needs the embedded stack to stop the replica")
     assert (await wait_ready(client))["checks"]["replica0"] is True
     devstack.stop_replica()
     try:
         ready = await client.get("/readyz")
-        assert ready.status_code == 503
+        assert ready.status_code == 200
         assert ready.json()["checks"]["replica0"] is False
-        assert ready.json()["checks"]["primary"] is True
+        assert ready.json()["degraded"] == ["replica0"]
     finally:
         devstack.start_replica()
     await wait_ready(client)
+
+
+async def test_not_ready_without_the_primary(settings) -> None:
+    """The primary is what acceptance commits to: without it the process is not ready."""
+    from paystream.devstack import free_port
+
+    primary = settings.db.primary_url.rsplit("@", 1)
+    dead = f"{primary[0]}@127.0.0.1:{free_port()}/{primary[1].split('/', 1)[1]}"
+    async with app_client(settings, db={"primary_url": dead, "connect_timeout_s": 0.5}) as (
+            http, _):
+        ready = await http.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["primary"] is False
+    assert ready.json()["ready"] is False
 
 
 def sample(text: str, name: str, **labels: str) -> float:
