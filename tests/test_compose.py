@@ -69,6 +69,16 @@ def test_every_service_of_the_design_is_present(config) -> None:
     assert not any("zookeeper" in name for name in config["services"])
 
 
+def test_redis_runs_without_persistence(config) -> None:
+    """A restarted Redis must come back empty: a snapshot or append-only file could restore
+    cache entries older than what was written since."""
+    redis = config["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "no"
+    assert command[command.index("--save") + 1] == ""
+    assert not redis.get("volumes")
+
+
 def test_kafka_runs_in_kraft_mode(config) -> None:
     kafka = service(config, "kafka")
     assert kafka["image"].startswith("apache/kafka:")
