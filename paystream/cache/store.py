@@ -5,10 +5,18 @@ An entry is ``"<version>|<json>"`` under ``<kind>:<id>``, with a TTL on every ke
 fails, the store answers "miss" and skips writes for a moment (a circuit breaker), so reads go
 to the database and clients never see a cache error; it tries Redis again after
 ``retry_after_failure_s``, without a restart.
+
+Writes that could not be made during an outage are kept and replayed before the next read is
+served, so a reader never sees an entry older than one it was shown from the database during
+the outage. A Redis restart between two commands raises no error (the client reconnects
+quietly) but empties the cache: each read also fetches a key holding the server's ``run_id``,
+and a changed or missing one counts as an outage (``failures``), which is what tells the read
+path to hold reads on the primary until the replicas replay past it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -24,6 +32,10 @@ from .client import redis_client
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# Holds the run_id of the Redis server that wrote it (no TTL): absent or different after a
+# restart. Fetched in the same MGET as the entries, so it costs no round trip.
+LIFE_KEY = "paystream:redis:run_id"
 
 # KEYS: the entries; ARGV[1]: ttl seconds; then per key a version and a payload.
 # Replaces an entry only when absent or older; always (re)arms the TTL of what it wrote.
@@ -61,9 +73,14 @@ class VersionedCache:
         # before an outage would keep its older version until its TTL ran out.
         self._unwritten: dict[tuple[str, object], tuple[int, dict[str, Any], int]] = {}
         self.max_unwritten = 100_000
+        self.dropped = 0  # writes not kept because the buffer was full (their TTL is the backstop)
+        self._replay_lock = asyncio.Lock()
+        self._life: str | None = None  # the run_id of the Redis server last seen
         self.hits = 0
         self.misses = 0
-        self.failures = 0  # Redis errors so far: a change means an outage (it may be empty now)
+        # Outages so far (errors, and restarts seen by their run_id): a change means Redis may
+        # have missed writes or come back empty.
+        self.failures = 0
 
     @property
     def available(self) -> bool:
@@ -76,12 +93,17 @@ class VersionedCache:
 
     async def get_many(self, kind: str, ids: Sequence[object],
                        decode: Callable[[dict[str, Any]], T]) -> dict[object, T]:
-        """One MGET for all ids; misses (and a Redis outage) are simply absent."""
+        """One MGET for all ids; misses (and a Redis outage) are simply absent. Writes kept
+        during an outage are replayed first: until they are, every id is a miss."""
         if not ids or not self.available:
             self.misses += len(ids)
             return {}
+        if (self._unwritten or self._replay_lock.locked()) and await self.flush_unwritten():
+            self.misses += len(ids)
+            return {}
         try:
-            values = await self.redis.mget([f"{kind}:{i}" for i in ids])
+            values = await self.redis.mget([*(f"{kind}:{i}" for i in ids), LIFE_KEY])
+            await self._check_life(values.pop())
         except (RedisError, OSError) as exc:
             self._failed(exc)
             self.misses += len(ids)
@@ -95,6 +117,21 @@ class VersionedCache:
         self.hits += len(found)
         self.misses += len(ids) - len(found)
         return found
+
+    async def _check_life(self, stored: bytes | str | None) -> None:
+        """Compare the run_id stored in Redis with the one last seen; on the first read, or
+        when the key is gone (a restart, a flush), read the server's and store it. A different
+        server life than the one seen before counts as an outage."""
+        life = stored.decode() if isinstance(stored, bytes) else stored
+        if life is not None and life == self._life:
+            return
+        if life is None:
+            life = str((await self.redis.info("server"))["run_id"])
+            await self.redis.set(LIFE_KEY, life)  # every process of this server writes the same
+        if self._life is not None and life != self._life:
+            self.failures += 1
+            log.warning("redis restarted (a new run_id): its entries are gone")
+        self._life = life
 
     async def put_many(self, kind: str, entries: Mapping[Any, tuple[int, dict[str, Any]]],
                        ttl_s: int) -> int:
@@ -120,22 +157,28 @@ class VersionedCache:
               ttl_s: int) -> None:
         for key, (version, payload) in entries.items():
             held = self._unwritten.get((kind, key))
-            if held is None or held[0] < version:
-                if len(self._unwritten) >= self.max_unwritten:
-                    return  # bounded: past this, TTLs are the backstop
-                self._unwritten[(kind, key)] = (version, payload, ttl_s)
+            if held is not None and held[0] >= version:
+                continue
+            if held is None and len(self._unwritten) >= self.max_unwritten:
+                # Bounded: a key not held yet is dropped (its TTL is the backstop); a newer
+                # version of a key held replaces it, whatever the size.
+                self.dropped += 1
+                continue
+            self._unwritten[(kind, key)] = (version, payload, ttl_s)
 
     async def flush_unwritten(self) -> int:
-        """Replay writes kept during an outage; returns how many are still waiting."""
-        if not self._unwritten or not self.available:
+        """Replay writes kept during an outage; returns how many are still waiting. Reads
+        arriving meanwhile wait for it (they would otherwise be served the older entries)."""
+        async with self._replay_lock:
+            if not self._unwritten or not self.available:
+                return len(self._unwritten)
+            held, self._unwritten = self._unwritten, {}
+            by_kind: dict[tuple[str, int], dict[object, tuple[int, dict[str, Any]]]] = {}
+            for (kind, key), (version, payload, ttl_s) in held.items():
+                by_kind.setdefault((kind, ttl_s), {})[key] = (version, payload)
+            for (kind, ttl_s), entries in by_kind.items():
+                await self.put_many(kind, entries, ttl_s)
             return len(self._unwritten)
-        held, self._unwritten = self._unwritten, {}
-        by_kind: dict[tuple[str, int], dict[object, tuple[int, dict[str, Any]]]] = {}
-        for (kind, key), (version, payload, ttl_s) in held.items():
-            by_kind.setdefault((kind, ttl_s), {})[key] = (version, payload)
-        for (kind, ttl_s), entries in by_kind.items():
-            await self.put_many(kind, entries, ttl_s)
-        return len(self._unwritten)
 
     async def _cas_many(self, kind: str, entries: Mapping[Any, tuple[int, dict[str, Any]]],
                         ttl_s: int) -> int | None:

@@ -259,6 +259,9 @@ async def test_replicas_are_trusted_again_only_once_they_replay_past_a_redis_out
                 await asyncio.sleep(0.05)
             async with db.replicas[0].connect() as replica:  # the replica is behind
                 assert (await replica.execute(text(balance), {"id": account})).scalar() == 500
+            # The write kept during the outage is replayed (a read would replay it first),
+            # then dropped, as if it had expired: the next read misses.
+            assert await cache.flush_unwritten() == 0
             await cache.delete(f"account:{account}")
             assert (await reader.accounts([account]))[account].balance_minor == 700
             assert reader.replicas_fenced  # that read went to the primary
@@ -269,6 +272,109 @@ async def test_replicas_are_trusted_again_only_once_they_replay_past_a_redis_out
         await cache.delete(f"account:{account}")
         assert (await reader.accounts([account]))[account].balance_minor == 700
         assert not reader.replicas_fenced  # caught up: replicas trusted again
+    finally:
+        await cache.close()
+        await db.dispose()
+
+
+async def test_writes_kept_during_an_outage_are_replayed_before_the_next_read(
+    migrated, devstack
+) -> None:
+    """Redis paused: a write made while the breaker is open is kept, not sent. Once Redis
+    answers, the next read is served after that write is replayed, never the older entry
+    still in Redis (a balance went backwards that way after a pause)."""
+    import os
+    import signal
+
+    if devstack is None:
+        pytest.skip("needs the embedded stack to pause Redis")
+    cache = VersionedCache(migrated.redis)
+    key = uuid.uuid4()
+    try:
+        assert await cache.put_many(PAYMENT, {key: (1, {"status": "PENDING"})}, 60) == 1
+        redis_pid = devstack.server_pids()["redis"]
+        os.kill(redis_pid, signal.SIGSTOP)
+        try:
+            # A read on another key times out: the breaker opens.
+            assert await cache.get_many(PAYMENT, [uuid.uuid4()], lambda d: d) == {}
+            assert not cache.available
+            assert await cache.put_many(PAYMENT, {key: (2, {"status": "SUCCEEDED"})}, 60) == 0
+        finally:
+            os.kill(redis_pid, signal.SIGCONT)
+        while not cache.available:  # the breaker's pause
+            await asyncio.sleep(0.05)
+        assert await cache.get_many(PAYMENT, [key], lambda d: d) == {
+            key: {"status": "SUCCEEDED"}}
+    finally:
+        await cache.close()
+
+
+async def test_a_full_replay_buffer_still_keeps_newer_versions_of_the_keys_it_holds(
+    migrated, devstack
+) -> None:
+    if devstack is None:
+        pytest.skip("needs the embedded stack to stop Redis")
+    cache = VersionedCache(migrated.redis)
+    cache.max_unwritten = 2
+    held, other, late = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    try:
+        devstack.stop_redis()
+        try:
+            await cache.put_many(PAYMENT, {held: (1, {"status": "PENDING"}),
+                                           other: (1, {"status": "PENDING"})}, 60)
+            await cache.put_many(PAYMENT, {held: (2, {"status": "SUCCEEDED"}),
+                                           late: (1, {"status": "PENDING"})}, 60)
+        finally:
+            devstack.start_redis()
+        while not cache.available:
+            await asyncio.sleep(0.05)
+        assert cache.dropped == 1  # the key that came when the buffer was full
+        assert await cache.flush_unwritten() == 0
+        assert await cache.get_many(PAYMENT, [held, other, late], lambda d: d) == {
+            held: {"status": "SUCCEEDED"}, other: {"status": "PENDING"}}
+    finally:
+        await cache.close()
+
+
+async def test_a_redis_restart_between_commands_holds_reads_on_the_primary(
+    migrated, make_partner, devstack
+) -> None:
+    """Redis restarted with no command in between: no error is seen (the client reconnects
+    quietly), but the cache is empty. Its new run_id counts as an outage, so a miss is read
+    on the primary, not on a replica still behind the balance the reader was shown."""
+    if devstack is None:
+        pytest.skip("needs the embedded stack to restart Redis and pause the replica")
+    from paystream.cache import ACCOUNT
+    from paystream.cache.entities import account_entry
+    from paystream.db import Database
+    from paystream.db.accounts import accounts_by_ids
+
+    partner = await make_partner()
+    account = uuid.UUID(await partner.account(balance="5.00"))
+    db, cache = Database(migrated.db), VersionedCache(migrated.redis)
+    reader = Reader(db, cache, migrated)
+    try:
+        await wait_for_replay(db)
+        assert (await reader.accounts([account]))[account].balance_minor == 500
+        devstack.pause_replica_replay()
+        try:
+            async with db.write_session() as session:
+                await fund(session, account, 200)  # 5.00 -> 7.00 on the primary only
+            rows = await db.read(lambda s: accounts_by_ids(s, [account]), primary=True)
+            await cache.put_many(ACCOUNT, {account: account_entry(rows[account])}, 60)
+            assert (await reader.accounts([account]))[account].balance_minor == 700
+            failures = cache.failures
+            devstack.stop_redis()
+            devstack.start_redis()
+            # Whether the first command after a restart fails depends on how many pooled
+            # connections there are; with them closed here it never does, as when the client
+            # has reconnected already.
+            await cache.redis.connection_pool.disconnect()
+            assert (await reader.accounts([account]))[account].balance_minor == 700
+            assert cache.failures == failures + 1
+            assert reader.replicas_fenced
+        finally:
+            devstack.resume_replica_replay()
     finally:
         await cache.close()
         await db.dispose()
