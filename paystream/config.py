@@ -123,6 +123,9 @@ class LimitsSettings(BaseModel):
     # reads the primary and registers a watch, so a client looping subscribe/complete costs.
     subscribe_rate_per_s: float = 20.0
     subscribe_burst: int = 200
+    # The limiter's own Redis connections per process (a pool that makes a burst wait for a
+    # connection rather than fail); while Redis is unavailable each process limits on its own.
+    redis_connections: int = Field(default=16, ge=1)
 
 
 class ApiSettings(BaseModel):

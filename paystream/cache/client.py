@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
@@ -33,15 +33,26 @@ class BoundedRedis(Redis):
                 *args, **options)
 
 
-def redis_client(url: str, timeout_s: float, *,
-                 pool: ConnectionPool | None = None) -> BoundedRedis:
-    """A client for ``url`` with its own pool, or on ``pool`` (which the caller closes)."""
+def redis_client(url: str, timeout_s: float, *, pool: ConnectionPool | None = None,
+                 owns_pool: bool = False) -> BoundedRedis:
+    """A client for ``url`` with its own pool, or on ``pool`` (which the caller closes unless
+    ``owns_pool``)."""
     client = BoundedRedis(connection_pool=pool or ConnectionPool.from_url(
         url, **pool_options(timeout_s)))
-    # A pool made here is the client's own: closing the client disconnects it.
-    client.auto_close_connection_pool = pool is None
+    # A pool made here (or handed over) is the client's own: closing the client disconnects it.
+    client.auto_close_connection_pool = pool is None or owns_pool
     client.command_timeout_s = timeout_s
     return client
+
+
+def blocking_client(url: str, timeout_s: float, max_connections: int) -> BoundedRedis:
+    """A client on its own pool of at most ``max_connections`` that makes a command wait for a
+    free connection (within the command's deadline) instead of failing it. redis-py's default
+    pool raises "Too many connections" at once past 100: under a burst that read as Redis
+    being down, and a limiter that fails open then let the burst through."""
+    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections,
+                                           timeout=timeout_s, **pool_options(timeout_s))
+    return redis_client(url, timeout_s, pool=pool, owns_pool=True)
 
 
 def pool_options(timeout_s: float) -> dict[str, Any]:

@@ -37,7 +37,7 @@ class OperationGate:
         guard = RedisGuard(settings.redis.retry_after_failure_s)
         redis = services.cache.redis
         self.persisted = PersistedQueries(redis, settings.api.persisted_query_ttl_s, guard)
-        self.limiter = RateLimiter(redis, settings.limits, guard)
+        self.limiter = RateLimiter(services.limiter_redis, settings.limits, guard)
         # The schema's own parse cache (same size, same arguments): parsed once per document.
         self._parse: Callable[..., DocumentNode] = cached_parser(settings.limits.parser_cache_size)
         self._max_tokens = settings.limits.max_tokens

@@ -1,11 +1,20 @@
 """Per-key rate limits: a token bucket per (key, operation type) in Redis, taken in one Lua
 script so concurrent API processes share it atomically. The script reads Redis's clock, so the
-API hosts' clocks need not agree. When Redis is down the limiter lets requests through (fail
-open): refusing every request would turn a cache outage into an API outage."""
+API hosts' clocks need not agree.
+
+The limiter has its own pool of Redis connections, which makes a burst wait for a connection
+rather than fail (the shared pool refused the 101st at once, which opened the breaker). When
+Redis is really unavailable, each process limits on its own with the same buckets in memory
+(which it also consults first, so a client over its limit costs no Redis call):
+refusing every request would turn a cache outage into an API outage, and letting every request
+through would let a client that can make Redis slow bypass its limits. So during an outage a
+key gets at most its limit per API process (docs/decisions.md)."""
 
 from __future__ import annotations
 
 import math
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -62,6 +71,43 @@ def buckets(limits: LimitsSettings) -> dict[str, Bucket]:
     }
 
 
+class LocalBuckets:
+    """The same token buckets in this process's memory. This process's requests are a subset
+    of the key's requests everywhere, so a local bucket never holds fewer tokens than the
+    shared one: an empty local bucket refuses without asking Redis, and while Redis is
+    unavailable the local buckets alone decide. At most ``max_keys`` buckets; past that the
+    least recently used is forgotten (it starts full again when its key comes back)."""
+
+    def __init__(self, max_keys: int = 100_000) -> None:
+        self._state: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._max_keys = max_keys
+
+    def take(self, bucket: Bucket, key: str) -> float | None:
+        """Take a token: None when taken, else seconds until one is available."""
+        return self._change(bucket, key, -1)
+
+    def give_back(self, bucket: Bucket, key: str) -> None:
+        """Return a token taken here for a request the shared bucket refused."""
+        self._change(bucket, key, +1)
+
+    def _change(self, bucket: Bucket, key: str, delta: int) -> float | None:
+        now = time.monotonic()
+        name = f"{bucket.name}:{key}"
+        tokens, at = self._state.pop(name, (float(bucket.capacity), now))
+        tokens = min(float(bucket.capacity), tokens + max(0.0, now - at) * bucket.per_s)
+        wait = None
+        if delta > 0:
+            tokens = min(float(bucket.capacity), tokens + delta)
+        elif tokens >= 1:
+            tokens -= 1
+        else:
+            wait = max((1 - tokens) / bucket.per_s, 0.001)
+        self._state[name] = (tokens, now)
+        if len(self._state) > self._max_keys:
+            self._state.popitem(last=False)
+        return wait
+
+
 class RateLimiter:
     """``retry_after(kind, key)``: None when the request may go ahead, else seconds to wait."""
 
@@ -69,21 +115,28 @@ class RateLimiter:
         self._take = redis.register_script(_TAKE)
         self._buckets = buckets(limits)
         self._guard = guard
+        self.local = LocalBuckets()
 
     async def retry_after(self, kind: str, key: str) -> float | None:
         bucket = self._buckets.get(kind)
-        if bucket is None or not self._guard.available:
+        if bucket is None:
             return None
+        # This process's own bucket first: empty, the shared one is empty too.
+        wait = self.local.take(bucket, key)
+        if wait is not None or not self._guard.available:
+            return wait
         try:
-            taken, wait = await self._take(
+            taken, shared_wait = await self._take(
                 keys=[f"ratelimit:{bucket.name}:{key}"], args=[bucket.capacity, bucket.per_s]
             )
         except (RedisError, OSError) as exc:
             self._guard.failed("rate limits", exc)
-            return None
+            return None  # the local token stands
         if int(taken):
             return None
-        return max(float(wait), 0.001)
+        # Other processes spent the shared bucket: this request was not let through here.
+        self.local.give_back(bucket, key)
+        return max(float(shared_wait), 0.001)
 
 
 def retry_after_header(seconds: float) -> str:

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass, field
 
 from ..cache import VersionedCache
+from ..cache.client import BoundedRedis, blocking_client
 from ..config import Settings
 from ..db import Database
 from .accounts import AccountService
@@ -35,6 +36,8 @@ class Services:
     refunds: RefundService
     hub: StatusHub
     subscriptions: Subscriptions
+    # The rate limiter's own connections (gateway/ratelimit.py says why).
+    limiter_redis: BoundedRedis
 
     @classmethod
     def create(cls, settings: Settings) -> Services:
@@ -52,6 +55,8 @@ class Services:
             lifecycle=LifecycleService(settings, db, reader, publisher),
             refunds=RefundService(settings, db, publisher),
             hub=hub, subscriptions=Subscriptions(db, reader, hub),
+            limiter_redis=blocking_client(settings.redis.url, settings.redis.socket_timeout_s,
+                                          settings.limits.redis_connections),
         )
 
     _publishing: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
@@ -76,6 +81,7 @@ class Services:
         await self.publisher.drain(timeout_s=2.0)
         await self.producer.close()
         await self.cache.close()
+        await self.limiter_redis.aclose()
         await self.db.dispose()
 
 

@@ -117,6 +117,45 @@ async def test_rate_limit_reached_and_recovered(settings, make_partner) -> None:
         assert recovered.json() == {"data": {"account": {"id": account}}}
 
 
+async def test_a_burst_cannot_open_the_limiter(settings) -> None:
+    """300 requests of one key at once against a bucket of 50: exactly 50 go ahead. On the
+    shared cache pool the burst needed more than its 100 connections, the 101st failed at
+    once ("Too many connections"), the breaker opened and the limiter let the rest through."""
+    from paystream.gateway.operations import OperationGate
+
+    services = Services.create(changed(settings, limits={"query_burst": 50,
+                                                         "query_rate_per_s": 0.01}))
+    try:
+        limiter = OperationGate(services).limiter
+        key = f"key:{uuid.uuid4()}"
+        waits = await asyncio.gather(*(limiter.retry_after("query", key) for _ in range(300)))
+    finally:
+        await services.close()
+    assert sum(1 for w in waits if w is None) == 50
+
+
+async def test_limits_hold_in_each_process_while_redis_is_down(settings, make_partner,
+                                                               devstack) -> None:
+    """Redis down: the limiter falls back to the same buckets in the process's memory
+    instead of letting every request through."""
+    if devstack is None:
+        pytest.skip("needs the embedded stack to stop Redis")
+    limits = {"query_burst": 3, "query_rate_per_s": 0.01}
+    async with app_client(settings, limits=limits) as (http, _):
+        partner = await make_partner()
+        account = await partner.account()
+        payload = {"query": "query($id: ID!) { account(id: $id) { id } }",
+                   "variables": {"id": account}}
+        headers = {"Authorization": f"Bearer {partner.key}"}
+        devstack.stop_redis()
+        try:
+            codes = [(await http.post("/graphql", json=payload, headers=headers)).status_code
+                     for _ in range(6)]
+        finally:
+            devstack.start_redis()
+    assert codes == [200, 200, 200, 429, 429, 429]
+
+
 async def test_redis_down_degrades_readiness_and_the_gateway(client, make_partner,
                                                                devstack) -> None:
     if devstack is None:
@@ -135,7 +174,7 @@ async def test_redis_down_degrades_readiness_and_the_gateway(client, make_partne
         assert ready.json()["checks"]["primary"] is True
         assert ready.json()["degraded"] == ["redis"]
         # Persisted queries degrade to "not found", the client sends the text, and it works;
-        # rate limits fail open. No 5xx anywhere.
+        # rate limits hold in the process. No 5xx anywhere.
         params = {"variables": json.dumps({"id": account}), "extensions": json.dumps(apq(digest))}
         headers = {"Authorization": f"Bearer {partner.key}", "Accept": "application/json"}
         missing = await client.get("/graphql", params=params, headers=headers)
