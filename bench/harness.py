@@ -210,7 +210,7 @@ async def seed(ctx: BenchContext, accounts: int = 50, listed_payments: int = 60)
     await ctx.wait_drained()
 
 
-WRK_LATENCY = re.compile(r"^\s+(50|75|90|99)(?:\.\d+)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+WRK_LATENCY = re.compile(r"^\s+(50|75|90|99)(?:\.\d+)?%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
 _UNIT = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 

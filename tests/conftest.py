@@ -54,7 +54,6 @@ def server_env(settings: Settings) -> dict[str, str]:
 @pytest.fixture(scope="session")
 async def migrated(settings: Settings) -> Settings:
     from paystream.db.migrate import upgrade_async
-
     from paystream.events.kafka import ensure_topics
 
     await upgrade_async(settings.db.primary_url)

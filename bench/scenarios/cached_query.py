@@ -6,8 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 from ..harness import (
-    BenchContext, Row, Scenario, Server, WrkResult, check_query, graphql_lua, progress,
-    scripts_dir, wrk,
+    BenchContext,
+    Row,
+    Scenario,
+    Server,
+    WrkResult,
+    check_query,
+    graphql_lua,
+    progress,
+    scripts_dir,
+    wrk,
 )
 
 QUERY = (
@@ -48,5 +56,5 @@ async def run(ctx: BenchContext) -> Scenario:
             "naive", ">= 3x naive", api.requests_per_s >= 3 * naive.requests_per_s),
         Row(name, "p50 latency", api.p50_ms, "ms", floor.p50_ms, "floor p50"),
         Row(name, "p99 latency", api.p99_ms, "ms", floor.p99_ms, "floor p99"),
-    ], data, [f"wrk, 1 thread, {CONNECTIONS} connections, {ctx.seconds:.0f} s after a 3 s "
-              "warm-up; 50 payment ids in rotation"])
+    ], data, [(f"wrk, 1 thread, {CONNECTIONS} connections, {ctx.seconds:.0f} s after a 3 s "
+              "warm-up; 50 payment ids in rotation")])

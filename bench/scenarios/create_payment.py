@@ -7,8 +7,16 @@ from __future__ import annotations
 from sqlalchemy import text
 
 from ..harness import (
-    BenchContext, Row, Scenario, Server, WrkResult, check_query, graphql_lua, progress,
-    scripts_dir, wrk,
+    BenchContext,
+    Row,
+    Scenario,
+    Server,
+    WrkResult,
+    check_query,
+    graphql_lua,
+    progress,
+    scripts_dir,
+    wrk,
 )
 from .cached_query import measure as measure_floor
 
@@ -59,5 +67,5 @@ async def run(ctx: BenchContext) -> Scenario:
         Row(name, "p99 latency", ours.p99_ms, "ms", baseline.p99_ms, "floor query p99",
             "<= 25 ms", ours.p99_ms <= 25),
     ], {"paystream": ours.as_dict(), "accepted": accepted, "floor": baseline.as_dict()},
-        [f"wrk, 1 thread, {CONNECTIONS} connections, unique idempotency keys, 48 source "
-         "accounts in rotation; the worker runs meanwhile"])
+        [(f"wrk, 1 thread, {CONNECTIONS} connections, unique idempotency keys, 48 source "
+         "accounts in rotation; the worker runs meanwhile")])

@@ -107,6 +107,6 @@ async def run(ctx: BenchContext) -> Scenario:
                             "payments/s", tps, f"pgbench tps, {clients} client(s)",
                             ">= 1x pgbench", per_second >= tps))
     return Scenario("drain", rows, data, [
-        "one worker process (one database connection, batches of up to "
+        ("one worker process (one database connection, batches of up to "
         f"{ctx.settings.kafka.worker_batch_size}); drain time from the first to the last "
-        "posted payment's updated_at"])
+        "posted payment's updated_at")])

@@ -6,8 +6,18 @@ from __future__ import annotations
 import httpx
 
 from ..harness import (
-    BenchContext, Row, Scenario, Server, WrkResult, check_query, graphql_lua, progress,
-    redis_commands, scrape, scripts_dir, wrk,
+    BenchContext,
+    Row,
+    Scenario,
+    Server,
+    WrkResult,
+    check_query,
+    graphql_lua,
+    progress,
+    redis_commands,
+    scrape,
+    scripts_dir,
+    wrk,
 )
 
 QUERY = (
@@ -92,5 +102,5 @@ async def run(ctx: BenchContext) -> Scenario:
     ], {"paystream": ours.as_dict(), "naive": theirs.as_dict(), "cold_sql": cold_sql,
         "warm_sql": warm_sql, "cold_redis": cold_redis, "warm_redis": warm_redis,
         "naive_sql": naive_sql, "cache_hits": hits, "cache_misses": misses},
-        [f"wrk, 1 thread, {CONNECTIONS} connections; Redis commands counted server-side "
-         "(INFO commandstats), including the rate limiter's script"])
+        [(f"wrk, 1 thread, {CONNECTIONS} connections; Redis commands counted server-side "
+         "(INFO commandstats), including the rate limiter's script")])

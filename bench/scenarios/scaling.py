@@ -27,5 +27,5 @@ async def run(ctx: BenchContext) -> Scenario:
             one["accepted_per_s"], "--workers 1"),
         Row(name, "createPayment p99", two["create_p99"], "ms", one["create_p99"], "--workers 1"),
     ], {str(k): v for k, v in figures.items()},
-        ["2 cores: the load generator, PostgreSQL, Redis, the broker and the worker share them "
-         "with the API processes, so 2 API workers cannot double anything here"])
+        [("2 cores: the load generator, PostgreSQL, Redis, the broker and the worker share them "
+         "with the API processes, so 2 API workers cannot double anything here")])

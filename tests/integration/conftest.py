@@ -204,7 +204,7 @@ class StatusWatcher:
         await start_with_retry(self.consumer)
         partitions = self.consumer.partitions_for_topic(self.topic)
         if not partitions:
-            await self.consumer._client.force_metadata_update()  # noqa: SLF001
+            await self.consumer._client.force_metadata_update()
             partitions = self.consumer.partitions_for_topic(self.topic)
         assert partitions, f"topic {self.topic} does not exist"
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]

@@ -58,12 +58,12 @@ async def test_migration_created_schema(services) -> None:
     "statement",
     [
         "UPDATE accounts SET balance_minor = -1 WHERE id = :account",
-        "INSERT INTO payments (id, partner_id, idempotency_key, request_hash, source_account_id,"
+        ("INSERT INTO payments (id, partner_id, idempotency_key, request_hash, source_account_id,"
         " destination_account_id, amount_minor, currency, status) VALUES (gen_random_uuid(),"
-        " :partner, 'k', repeat('a', 64), :account, :account, 0, 'USD', 'PENDING')",
-        "INSERT INTO payments (id, partner_id, idempotency_key, request_hash, source_account_id,"
+        " :partner, 'k', repeat('a', 64), :account, :account, 0, 'USD', 'PENDING')"),
+        ("INSERT INTO payments (id, partner_id, idempotency_key, request_hash, source_account_id,"
         " destination_account_id, amount_minor, currency, status) VALUES (gen_random_uuid(),"
-        " :partner, 'k', repeat('a', 64), :account, :account, 1000000000000001, 'USD', 'PENDING')",
+        " :partner, 'k', repeat('a', 64), :account, :account, 1000000000000001, 'USD', 'PENDING')"),
     ],
     ids=["negative-balance", "zero-amount", "amount-over-limit"],
 )
@@ -106,7 +106,8 @@ def test_cli_creates_partner_and_account(server_env: dict[str, str], migrated: S
     name = f"cli-{uuid.uuid4().hex[:8]}"
 
     def run(*args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "paystream.cli", *args], env=server_env,
+        done = subprocess.run([sys.executable, "-m", "paystream.cli", *args], check=False,
+                              env=server_env,
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         return done.stdout.strip().splitlines()[-1]
@@ -118,15 +119,15 @@ def test_cli_creates_partner_and_account(server_env: dict[str, str], migrated: S
     assert uuid.UUID(account_id)
     # The key is stored hashed: nowhere in the api_keys table in clear.
     dump = subprocess.run(
-        [sys.executable, "-c", "import asyncio,os\n"
+        [sys.executable, "-c", ("import asyncio,os\n"
          "from sqlalchemy import text\n"
          "from sqlalchemy.ext.asyncio import create_async_engine\n"
          "async def m():\n"
          " e=create_async_engine(os.environ['PAYSTREAM_DB__PRIMARY_URL'])\n"
          " async with e.connect() as c: print((await c.execute(text('SELECT string_agg(api_keys::text, chr(10)) FROM api_keys'))).scalar())\n"
          " await e.dispose()\n"
-         "asyncio.run(m())"],
-        env=server_env, capture_output=True, text=True, timeout=60,
+         "asyncio.run(m())")],
+        env=server_env, capture_output=True, text=True, timeout=60, check=False,
     )
     assert dump.returncode == 0, dump.stderr
     assert key not in dump.stdout and key[4:] not in dump.stdout
@@ -179,7 +180,8 @@ async def test_cli_rotates_a_key_by_listing_and_revoking(
     name = f"cli-{uuid.uuid4().hex[:8]}"
 
     def run(*args: str, ok: bool = True) -> list[str]:
-        done = subprocess.run([sys.executable, "-m", "paystream.cli", *args], env=server_env,
+        done = subprocess.run([sys.executable, "-m", "paystream.cli", *args], check=False,
+                              env=server_env,
                               capture_output=True, text=True, timeout=60)
         assert (done.returncode == 0) == ok, (done.stdout, done.stderr)
         return (done.stdout if ok else done.stderr).strip().splitlines()

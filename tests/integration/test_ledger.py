@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "paystream.cli", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "paystream.cli", *args], env=env, check=False,
                           capture_output=True, text=True, timeout=60)
 
 

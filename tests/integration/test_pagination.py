@@ -87,7 +87,7 @@ async def test_nested_fifty_payments_batch_sql_and_redis(client, services, make_
         if "api_keys" not in statement:  # authentication is not part of the query
             statements.append(statement)
 
-    engines = [services.db.primary, services.db._primary_reader, *services.db.replicas]  # noqa: SLF001
+    engines = [services.db.primary, services.db._primary_reader, *services.db.replicas]
     commands: list[str] = []
     redis = services.cache.redis
     original = redis.execute_command

@@ -322,10 +322,11 @@ async def test_stalled_subscriber_is_dropped_without_delaying_the_others(
         for _ in range(count):
             payment = await pay(api, partner, source, destination, "1.00")
             created = time.monotonic()
+            payment_id = payment["id"]
             async with arrived:
                 await asyncio.wait_for(arrived.wait_for(
-                    lambda: len(received.get(payment["id"], {})) == 2), 10)
-            delays.append(max(received[payment["id"]].values()) - created)
+                    lambda: len(received.get(payment_id, {})) == 2), 10)  # noqa: B023 (awaited here)
+            delays.append(max(received[payment_id].values()) - created)
         return delays
 
     try:

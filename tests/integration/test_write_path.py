@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -297,11 +298,11 @@ async def test_two_workers_share_the_partitions(migrated, server_env, make_partn
     counts = []
     for name in set(os.listdir(LOG_DIR)) - before:
         posted = 0
-        with open(os.path.join(LOG_DIR, name)) as log:
-            for line in log:
-                entry = json.loads(line) if line.startswith("{") else {}
-                if str(entry.get("msg", "")).startswith("batch posted="):
-                    posted += int(entry["msg"].split()[1].split("=")[1])
+        log = await asyncio.to_thread(Path(LOG_DIR, name).read_text)
+        for line in log.splitlines():
+            entry = json.loads(line) if line.startswith("{") else {}
+            if str(entry.get("msg", "")).startswith("batch posted="):
+                posted += int(entry["msg"].split()[1].split("=")[1])
         counts.append(posted)
     # Each worker posted some of the payments, and together all of them.
     assert len(counts) == 2 and sum(counts) == 24
