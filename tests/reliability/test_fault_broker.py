@@ -61,12 +61,15 @@ async def test_broker_paused_and_stopped_under_load(client, migrated, worker, ma
             await asyncio.sleep(body["errors"][0]["extensions"]["retryAfter"])
 
     async def accept(numbers: range) -> dict[int, str]:
-        """Every request answered PENDING, promptly: the broker is not on the way."""
+        """Every request answered PENDING while the broker is paused or down: it is not on
+        the way. Not a speed check (bench/ measures speed): the broker stays paused until the
+        answers are in, so an acceptance that waited for it would never answer; the bound
+        only keeps a hang from lasting, and is loose for a loaded machine."""
         answers = await asyncio.gather(*(create(n) for n in numbers))
         for body, seconds in answers:
             assert body.get("errors") is None, body
             assert body["data"]["createPayment"]["status"] == "PENDING", body
-            assert seconds < 5.0, seconds
+            assert seconds < 30.0, seconds
         return {n: body["data"]["createPayment"]["id"] for n, (body, _) in zip(numbers, answers,
                                                                              strict=True)}
 
