@@ -21,21 +21,24 @@ from .db import Database
 from .domain.errors import PaystreamError
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from .db.ledger import FundingPosting
+    from .devstack import StackEndpoints
 
 T = TypeVar("T")
 
 DEV_DIR = ".paystream"
 
 
-def dev_settings(endpoints: object, **overrides: object) -> Settings:
-    """Settings for a dev stack's endpoints (a ``devstack.StackEndpoints``)."""
+def dev_settings(endpoints: StackEndpoints, **overrides: Any) -> Settings:
+    """Settings for a dev stack's endpoints."""
     return Settings(
         dev=True,
-        db={"primary_url": endpoints.primary_url, "replica_urls": [endpoints.replica_url]},  # type: ignore[attr-defined]
-        redis={"url": endpoints.redis_url},  # type: ignore[attr-defined]
-        kafka={"bootstrap_servers": endpoints.kafka_bootstrap},  # type: ignore[attr-defined]
-        **overrides,  # type: ignore[arg-type]
+        db={"primary_url": endpoints.primary_url, "replica_urls": [endpoints.replica_url]},
+        redis={"url": endpoints.redis_url},
+        kafka={"bootstrap_servers": endpoints.kafka_bootstrap},
+        **overrides,
     )
 
 

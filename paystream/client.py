@@ -187,7 +187,7 @@ class Subscriptions:
         self.close_code: int | None = None
 
     async def __aenter__(self) -> Self:
-        self.ws = await connect(self.url, subprotocols=[self.protocol],  # type: ignore[list-item]
+        self.ws = await connect(self.url, subprotocols=[self.protocol],  # type: ignore[list-item]  # websockets wants its Subprotocol NewType
                                 **self._connect_options)
         await self.send({"type": "connection_init",
                          "payload": {"authorization": f"Bearer {self.key}"}})

@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import cast
 
 import click
 
@@ -87,7 +88,7 @@ async def _serve(settings: Settings, root: Path, port: int, started: float) -> i
         click.echo(f"  redis:    {settings.redis.url}")
         click.echo(f"  kafka:    {settings.kafka.bootstrap_servers}  (dev broker: in memory only)")
         click.echo(f"  demo partner: {seed['partner']}")
-        for account in seed["accounts"]:  # type: ignore[attr-defined]
+        for account in cast(list[dict[str, str]], seed["accounts"]):
             click.echo(f"  account {account['id']}  {account['currency']}  {account['name']}")
         click.echo("  demo key (Authorization: Bearer <key>):")
         click.echo(f"  {seed['key']}")

@@ -22,3 +22,15 @@ def test_ruff_is_clean_on_the_package_and_its_tests() -> None:
 def test_mypy_strict_is_clean_on_the_package() -> None:
     done = run("mypy", "paystream")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_type_ignore_in_the_package_says_why() -> None:
+    """``# type: ignore[code]`` is followed by a comment with its reason."""
+    import re
+
+    bare = re.compile(r"#\s*type:\s*ignore(\[[^\]]*\])?\s*$")
+    found = [f"{path.relative_to(ROOT)}:{number}"
+             for path in sorted((ROOT / "paystream").rglob("*.py"))
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if bare.search(line)]
+    assert found == [], found

@@ -42,7 +42,7 @@ MAX_UUID = uuid.UUID(int=(1 << 128) - 1)
 def uuid_array(ids: Sequence[uuid.UUID], name: str = "ids") -> BindParameter[list[uuid.UUID]]:
     """One array parameter, so the statement text (and its prepared plan) is the same for
     any number of ids."""
-    return bindparam(name, sorted(set(ids)), type_=ARRAY(UUID(as_uuid=True)))  # type: ignore[arg-type]
+    return bindparam(name, sorted(set(ids)), type_=ARRAY(UUID(as_uuid=True)))  # type: ignore[arg-type]  # SQLAlchemy's ARRAY stub wants a TypeEngine of the list
 
 
 _COLUMNS = (

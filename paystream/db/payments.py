@@ -96,7 +96,7 @@ async def insert_pending(session: WriteSession, row: PaymentRow) -> tuple[Paymen
             )
         )
     ).one()
-    return PaymentRow(*existing), False  # type: ignore[call-arg]
+    return PaymentRow(*existing), False  # type: ignore[call-arg]  # a Row of the dataclass's columns, in order
 
 
 async def delete_pending(session: WriteSession, payment_id: uuid.UUID) -> bool:
@@ -117,7 +117,7 @@ async def payments_by_ids(
     if not ids:
         return {}
     rows = await session.execute(_BY_IDS, {"ids": sorted(set(ids))})
-    return {row[0]: PaymentRow(*row) for row in rows}  # type: ignore[call-arg]
+    return {row[0]: PaymentRow(*row) for row in rows}  # type: ignore[call-arg]  # as above
 
 
 # Newest first across both roles of the account; each half walks its own index.

@@ -254,7 +254,7 @@ class PaymentStatusEvent:
             raise UndecodableMessage("accounts: expected a list")
         if not isinstance(data.get("refund"), dict | None):
             raise UndecodableMessage("refund: expected an object")
-        return cls(**kwargs)  # type: ignore[arg-type]
+        return cls(**kwargs)  # type: ignore[arg-type]  # each field checked above
 
     @classmethod
     def decode(cls, raw: bytes | None) -> PaymentStatusEvent:

@@ -79,7 +79,7 @@ async def readiness(services: Services) -> dict[str, object]:
 
     async def bounded(coro: object) -> object:
         try:
-            return await asyncio.wait_for(coro, timeout=2.0)  # type: ignore[arg-type]
+            return await asyncio.wait_for(coro, timeout=2.0)  # type: ignore[arg-type]  # coroutines of several result types
         except TimeoutError:
             return False
 

@@ -157,14 +157,14 @@ class GatedOperations:
     def should_render_graphql_ide(self, request: Any) -> bool:
         # A persisted-query GET carries no `query` either: it is an operation, not a page load.
         return ("extensions" not in request.query_params
-                and super().should_render_graphql_ide(request))  # type: ignore[misc]
+                and super().should_render_graphql_ide(request))  # type: ignore[misc]  # a mixin: the base is Strawberry's view
 
     async def execute_single(  # Strawberry's signature
         self, request: Any, request_adapter: Any, sub_response: Any, context: Any,
         root_value: Any, request_data: GraphQLRequestData,
     ) -> ExecutionResult:
         async def execute(data: GraphQLRequestData) -> ExecutionResult:
-            result: ExecutionResult = await super(GatedOperations, self).execute_single(  # type: ignore[misc]
+            result: ExecutionResult = await super(GatedOperations, self).execute_single(  # type: ignore[misc]  # mixin, see above
                 request=request, request_adapter=request_adapter, sub_response=sub_response,
                 context=context, root_value=root_value, request_data=data,
             )

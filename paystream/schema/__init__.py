@@ -66,7 +66,7 @@ def build_schema(settings: Settings) -> PaystreamSchema:
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
-        extensions=extensions,  # type: ignore[arg-type]
+        extensions=extensions,  # type: ignore[arg-type]  # Strawberry types this list invariantly
         execution_context_class=SharedEventExecutor,
         config=StrawberryConfig(
             auto_camel_case=True, scalar_map=SCALAR_MAP,

@@ -71,4 +71,4 @@ class ErrorCodes(SchemaExtension):
         errors = getattr(result, "errors", None)
         if result is not None and errors:
             request_id = getattr(self.execution_context.context, "request_id", None)
-            result.errors = [shape_error(e, request_id) for e in errors]  # type: ignore[attr-defined]
+            result.errors = [shape_error(e, request_id) for e in errors]  # type: ignore[attr-defined]  # ExecutionResult and GraphQLExecutionResult both have it; typed as object

@@ -135,11 +135,11 @@ class Payment:
     # executes without a task and one subscriber's result is there for the next at once.
     @strawberry.field
     def source_account(self, info: Info) -> Account:
-        return self._account(info, self.row.source_account_id)  # type: ignore[return-value]
+        return self._account(info, self.row.source_account_id)  # type: ignore[return-value]  # may be an awaitable, see above
 
     @strawberry.field
     def destination_account(self, info: Info) -> Account:
-        return self._account(info, self.row.destination_account_id)  # type: ignore[return-value]
+        return self._account(info, self.row.destination_account_id)  # type: ignore[return-value]  # may be an awaitable, see above
 
     @strawberry.field
     def reference(self) -> str | None:

@@ -83,7 +83,7 @@ class Reader:
     ) -> dict[uuid.UUID, Row]:
         found: dict[uuid.UUID, Row] = {}
         if self.cache is not None:
-            found.update(await self.cache.get_many(kind, ids, decode))  # type: ignore[arg-type]
+            found.update(await self.cache.get_many(kind, ids, decode))  # type: ignore[arg-type]  # keys are the UUIDs asked for
         misses = [i for i in ids if i not in found]
         if misses:
 

@@ -270,7 +270,7 @@ def _decode(records: Iterable[object]) -> list[PaymentStatusEvent]:
     events = []
     for record in records:
         try:
-            events.append(PaymentStatusEvent.decode(record.value))  # type: ignore[attr-defined]
+            events.append(PaymentStatusEvent.decode(record.value))  # type: ignore[attr-defined]  # aiokafka's records are untyped
         except UndecodableMessage as exc:
             log.warning("undecodable status event skipped: %s", exc)
     return events

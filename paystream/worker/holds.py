@@ -126,7 +126,7 @@ async def expire_due(session: WriteSession, *, limit: int, status_topic: str) ->
 
 async def _lock(session: WriteSession, statement: object, params: dict[str, object]
                 ) -> dict[uuid.UUID, tuple[PaymentRow, str | None, int | None]]:
-    rows = await session.execute(statement, params)  # type: ignore[call-overload]
+    rows = await session.execute(statement, params)  # type: ignore[call-overload]  # a text() or select() built by the caller
     return {row[0]: (PaymentRow(*row[:-2]), row[-2], row[-1]) for row in rows}
 
 
