@@ -13,6 +13,7 @@ either websocket protocol. Used by the tests and the benchmarks, and an example 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from typing import Any, Literal, Self
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 Protocol = Literal["graphql-transport-ws", "graphql-ws"]
 
@@ -237,25 +239,51 @@ class Subscriptions:
         await self.send({"id": op_id, "type": kind, "payload": payload})
         return op_id
 
+    @property
+    def operations(self) -> list[str]:
+        """The ids of the subscriptions this connection still follows."""
+        return list(self._queues)
+
+    async def stop(self, op_id: str) -> None:
+        """End a subscription: tell the server (complete, or legacy stop) and forget it."""
+        self._queues.pop(op_id, None)
+        if self.ws is None or self.close_code is not None:
+            return
+        kind = "complete" if self.protocol == "graphql-transport-ws" else "stop"
+        with contextlib.suppress(ConnectionClosed):
+            await self.send({"id": op_id, "type": kind})
+
     async def results(self, op_id: str) -> AsyncIterator[dict[str, Any]]:
         """Each result's ``data``; ends on complete; errors raise :class:`GraphQLErrors`;
-        a dropped connection raises ``ConnectionError``."""
+        a dropped connection raises ``ConnectionError``. A caller that leaves early (a
+        ``break``, an exception; close the iterator, e.g. with ``contextlib.aclosing``, to
+        have it happen at once) ends the subscription on the server too."""
         queue = self._queues[op_id]
-        while True:
-            message = await queue.get()
-            if message is None:
-                raise ConnectionError(f"connection closed ({self.close_code})")
-            kind = message["type"]
-            if kind in ("next", "data"):
-                payload = message["payload"]
-                if payload.get("errors"):
-                    raise GraphQLErrors(payload["errors"])
-                yield payload["data"]
-            elif kind == "error":
-                errors = message["payload"]
-                raise GraphQLErrors(errors if isinstance(errors, list) else [errors])
-            elif kind == "complete":
-                return
+        ended = False  # by the server or the connection: nothing to tell the server
+        try:
+            while True:
+                message = await queue.get()
+                if message is None:
+                    ended = True
+                    raise ConnectionError(f"connection closed ({self.close_code})")
+                kind = message["type"]
+                if kind in ("next", "data"):
+                    payload = message["payload"]
+                    if payload.get("errors"):
+                        raise GraphQLErrors(payload["errors"])
+                    yield payload["data"]
+                elif kind == "error":
+                    ended = True
+                    errors = message["payload"]
+                    raise GraphQLErrors(errors if isinstance(errors, list) else [errors])
+                elif kind == "complete":
+                    ended = True
+                    return
+        finally:
+            if ended:
+                self._queues.pop(op_id, None)
+            else:
+                await self.stop(op_id)
 
     async def subscribe(self, query: str, variables: dict[str, Any] | None = None
                         ) -> AsyncIterator[dict[str, Any]]:

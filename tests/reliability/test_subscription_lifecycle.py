@@ -170,6 +170,38 @@ async def test_completed_subscriptions_stop_streaming_and_release_everything(
     await until_open_subscriptions(api, 0)
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_the_client_ends_a_subscription_its_caller_leaves(
+    lifecycle_api: ApiProcess, worker: Any, make_partner: Any, protocol: str,
+) -> None:
+    """paystream.client: leaving an ``async for`` over a subscription early sends complete (or
+    stop) and frees its queue; the connection carries on (it used to keep the subscription
+    running on the server, and its queue filling, until the socket closed)."""
+    from contextlib import aclosing
+
+    from paystream.client import Subscriptions
+
+    api = lifecycle_api
+    await until_open_subscriptions(api, 0)
+    partner = await make_partner()
+    source, destination = await partner.account(balance="10.00"), await partner.account()
+    async with Subscriptions(api.ws_url, partner.key, protocol) as ws:  # type: ignore[arg-type]
+        op_id = await ws.start(ACCOUNT_ACTIVITY, {"id": source})
+        async with aclosing(ws.results(op_id)) as updates:
+            await until_open_subscriptions(api, 1)
+            paid = await pay(api, partner, source, destination)
+            async for data in updates:
+                assert data["accountActivity"]["id"] == paid["id"]
+                break
+        assert ws.operations == []
+        await until_open_subscriptions(api, 0)
+        # The connection still serves: a payment's status to its end.
+        statuses = [d["paymentStatus"]["status"] async for d in
+                    ws.subscribe(PAYMENT_STATUS, {"id": paid["id"]})]
+        assert statuses[-1] == "SUCCEEDED"
+    assert ws.operations == []
+
+
 async def closed_with(socket: Socket, timeout: float = 10.0) -> int | None:
     """The close code, once the server has closed the connection."""
     await asyncio.wait_for(asyncio.shield(socket._reader), timeout)
