@@ -273,6 +273,23 @@ def account_fund(account_id: str, amount: str) -> None:
     _echo_posting(_run_with_db(settings, work))
 
 
+@account.command("statement")
+@click.argument("account_id")
+@click.option("--from", "from_", default=None, help="ISO 8601 with an offset; entries at or after it.")
+@click.option("--to", default=None, help="ISO 8601 with an offset; entries at or before it.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv",
+              show_default=True, help="csv with a header, or one JSON object per line.")
+def account_statement(account_id: str, from_: str | None, to: str | None, fmt: str) -> None:
+    """Print ACCOUNT_ID's ledger entries with from <= created_at <= to, oldest first: id,
+    created_at, kind, amount (signed), balance_after, payment_id, refund_id. Streamed from
+    the primary through a server-side cursor, so memory stays constant however long."""
+    from .services.statements import write_statement
+
+    settings = _settings_or_exit()
+    _run_with_db(settings, lambda db: write_statement(db, account_id, from_, to, fmt,
+                                                      sys.stdout))
+
+
 def _echo_posting(posting: FundingPosting) -> None:
     from .domain.money import format_minor
 

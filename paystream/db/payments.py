@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from datetime import datetime
 from sqlalchemy import any_, bindparam, delete, select, text
 from sqlalchemy.dialects.postgresql import insert
 
+from ..domain.metadata import Metadata, metadata_from_json, metadata_json
 from .accounts import FAR_FUTURE, MAX_UUID, uuid_array
 from .engine import ReadSession, WriteSession
 from .models import Payment
@@ -38,6 +40,12 @@ class PaymentRow:
     authorization_expires_at: datetime | None = None  # while AUTHORIZED
     captured_minor: int | None = None  # set by a capture
     refunded_minor: int = 0  # the sum of SUCCEEDED refunds
+    metadata_entries: Metadata = ()  # the partner's (key, value) pairs, in its order
+
+    def __post_init__(self) -> None:
+        # Rows come with the stored JSON form (a list of objects, or its text).
+        if not isinstance(self.metadata_entries, tuple):
+            object.__setattr__(self, "metadata_entries", metadata_from_json(self.metadata_entries))
 
     @property
     def captured_amount_minor(self) -> int | None:
@@ -67,6 +75,7 @@ COLUMNS = (
     Payment.authorization_expires_at,
     Payment.captured_minor,
     Payment.refunded_minor,
+    Payment.metadata_entries,
 )
 
 
@@ -86,6 +95,7 @@ async def insert_pending(session: WriteSession, row: PaymentRow) -> tuple[Paymen
     key serialize on the unique index, so exactly one of them creates the payment.
     """
     values = {column.key: getattr(row, column.key) for column in COLUMNS}
+    values["metadata_entries"] = metadata_json(row.metadata_entries)
     created = (await session.execute(_INSERT_PENDING, values)).first()
     if created is not None:
         return PaymentRow(*created), True  # type: ignore[call-arg]  # a Row unpacks to the fields
@@ -120,19 +130,58 @@ async def payments_by_ids(
     return {row[0]: PaymentRow(*row) for row in rows}  # type: ignore[call-arg]
 
 
-# Newest first across both roles of the account; each half walks its own index.
-_PAGE = """
-SELECT * FROM (
+@dataclass(frozen=True, slots=True)
+class PaymentFilter:
+    """What a payments page may be narrowed to (GraphQL ``PaymentFilter``), validated.
+    Dates are inclusive; metadata matches one entry with the key, the value, or both."""
+
+    status: str | None = None
+    direction: str | None = None  # INCOMING (the account is the destination) or OUTGOING
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+    reference: str | None = None
+    metadata_key: str | None = None
+    metadata_value: str | None = None
+
+    def sql(self) -> tuple[str, dict[str, object]]:
+        """The conditions each half of the page adds, and their parameters."""
+        conditions: list[str] = []
+        params: dict[str, object] = {}
+        if self.status is not None:
+            conditions.append("status = :f_status")
+            params["f_status"] = self.status
+        if self.created_from is not None:
+            conditions.append("created_at >= :f_from")
+            params["f_from"] = self.created_from
+        if self.created_to is not None:
+            conditions.append("created_at <= :f_to")
+            params["f_to"] = self.created_to
+        if self.reference is not None:
+            conditions.append("reference = :f_reference")
+            params["f_reference"] = self.reference
+        if self.metadata_key is not None or self.metadata_value is not None:
+            # Containment of one entry: payments_metadata_idx (GIN, jsonb_path_ops) answers it.
+            entry = {name: value for name, value in (("key", self.metadata_key),
+                                                     ("value", self.metadata_value))
+                     if value is not None}
+            conditions.append("metadata_entries @> CAST(:f_metadata AS jsonb)")
+            params["f_metadata"] = json.dumps([entry])
+        return "".join(f" AND {c}" for c in conditions), params
+
+
+NO_FILTER = PaymentFilter()
+
+# Newest first across both roles of the account; each half walks its own index (with a
+# status filter, the role's status index).
+_OUTGOING = """
   (SELECT {cols} FROM payments
     WHERE source_account_id = :account AND (created_at, id) < (:before_at, :before_id)
-    {visible} ORDER BY created_at DESC, id DESC LIMIT :limit)
-  UNION ALL
+    {visible}{filters} ORDER BY created_at DESC, id DESC LIMIT :limit)"""
+_INCOMING = """
   (SELECT {cols} FROM payments
     WHERE destination_account_id = :account AND source_account_id <> :account
       AND (created_at, id) < (:before_at, :before_id)
-    {visible} ORDER BY created_at DESC, id DESC LIMIT :limit)
-) page ORDER BY created_at DESC, id DESC LIMIT :limit
-"""
+    {visible}{filters} ORDER BY created_at DESC, id DESC LIMIT :limit)"""
 # Only payments whose other side belongs to the caller (a counterparty's account).
 _VISIBLE = (
     "AND EXISTS (SELECT 1 FROM accounts o WHERE o.partner_id = :viewer"
@@ -144,13 +193,21 @@ _COLUMN_NAMES = ", ".join(column.key for column in COLUMNS)
 async def account_page(
     session: ReadSession | WriteSession, account_id: uuid.UUID, *, limit: int,
     before: tuple[datetime, uuid.UUID] | None, viewer: uuid.UUID | None,
+    where: PaymentFilter = NO_FILTER,
 ) -> list[PaymentRow]:
     """Up to ``limit`` payments touching the account, newest first, strictly after the cursor
-    ``before`` (created_at, id). ``viewer`` restricts to payments whose accounts it owns."""
+    ``before`` (created_at, id), narrowed by ``where``. ``viewer`` restricts to payments
+    whose accounts it owns."""
     before_at, before_id = before or (FAR_FUTURE, MAX_UUID)
-    sql = _PAGE.format(cols=_COLUMN_NAMES, visible=_VISIBLE if viewer else "")
-    params: dict[str, object] = {"account": account_id, "before_at": before_at,
-                                 "before_id": before_id, "limit": limit}
+    filters, params = where.sql()
+    halves = [half for direction, half in (("OUTGOING", _OUTGOING), ("INCOMING", _INCOMING))
+              if where.direction in (None, direction)]
+    union = " UNION ALL ".join(
+        half.format(cols=_COLUMN_NAMES, visible=_VISIBLE if viewer else "", filters=filters)
+        for half in halves)
+    sql = f"SELECT * FROM ({union}) page ORDER BY created_at DESC, id DESC LIMIT :limit"
+    params.update({"account": account_id, "before_at": before_at, "before_id": before_id,
+                   "limit": limit})
     if viewer:
         params["viewer"] = viewer
     rows = await session.execute(text(sql), params)

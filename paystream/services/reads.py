@@ -32,13 +32,15 @@ from ..cache import (
 from ..config import Settings
 from ..db import Database, ReadSession
 from ..db.accounts import AccountRow, accounts_by_ids
-from ..db.payments import PaymentRow, account_page, payments_by_ids
-from ..db.refunds import RefundRow, refunds_of_payments
+from ..db.payments import NO_FILTER, PaymentFilter, PaymentRow, account_page, payments_by_ids
+from ..db.refunds import RefundRow, refunds_by_ids, refunds_of_payments
+from ..db.statements import EntryRow, account_version, balance_at, entries_page
 from ..domain.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
 Row = TypeVar("Row", AccountRow, PaymentRow)
+T = TypeVar("T")
 
 
 class Reader:
@@ -150,6 +152,10 @@ class Reader:
         cached; the payment's ``refunded_minor`` is, and must agree with the list)."""
         return await self._db.read(lambda s: refunds_of_payments(s, payment_ids), primary=True)
 
+    async def refunds_by_ids(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, RefundRow]:
+        """Refunds by id (a statement's REFUND entries), from the primary like ``refunds``."""
+        return await self._db.read(lambda s: refunds_by_ids(s, ids), primary=True)
+
     async def remember_account(self, row: AccountRow) -> None:
         """Put an account this process just wrote into the cache (read-your-writes)."""
         if self.cache is not None and self._ttl is not None:
@@ -157,13 +163,17 @@ class Reader:
 
     async def account_page(self, account_id: uuid.UUID, *, limit: int,
                            before: tuple[datetime, uuid.UUID] | None,
-                           viewer: uuid.UUID | None) -> list[PaymentRow]:
+                           viewer: uuid.UUID | None,
+                           where: PaymentFilter = NO_FILTER) -> list[PaymentRow]:
         """One SQL statement on a replica for the page, then one MGET: where the cache holds a
         newer version of a payment than the replica (a status the caller may already have
-        seen), the newer one is shown. Rows the cache lacks or holds older are written back."""
+        seen), the newer one is shown. Rows the cache lacks or holds older are written back.
+        Under a status filter, a payment whose newer version has left that status is left
+        out (the page may then be shorter than asked; its cursor still moves on)."""
         async def page(primary: bool) -> list[PaymentRow]:
             return await self._db.read(
-                lambda s: account_page(s, account_id, limit=limit, before=before, viewer=viewer),
+                lambda s: account_page(s, account_id, limit=limit, before=before, viewer=viewer,
+                                       where=where),
                 primary=primary,
             )
 
@@ -188,4 +198,36 @@ class Reader:
             await self.cache.put_many(
                 PAYMENT, {i: payment_entry(r) for i, r in stale.items()}, self._ttl.payment_ttl_s
             )
+        if where.status is not None:
+            newest = [r for r in newest if r.status == where.status]
         return newest
+
+    async def _fresh_read(self, account: AccountRow,
+                          work: Callable[[ReadSession], Awaitable[T]]) -> T:
+        """``work`` on a replica that has replayed the account at least to ``account.version``
+        (the newest state the caller may have been shown: the cache's), else on the primary.
+        Entries are append-only and written with the account's new version in one
+        transaction, so a replica at that version has every entry the caller could know of."""
+        async def checked(session: ReadSession) -> tuple[bool, T | None]:
+            version = await account_version(session, account.id)
+            if version is None or version < account.version:
+                return False, None
+            return True, await work(session)  # read after the version: a snapshot as new or newer
+
+        if await self._replicas_trusted():
+            fresh, result = await self._db.read(checked)
+            if fresh:
+                return result  # type: ignore[return-value]  # set whenever fresh
+        return await self._db.read(work, primary=True)
+
+    async def entries_page(self, account: AccountRow, *, limit: int,
+                           before: tuple[datetime, int] | None, from_at: datetime | None,
+                           to_at: datetime | None) -> list[EntryRow]:
+        """A statement page, newest first, from a replica that is fresh enough (else the
+        primary): never older than the balance the caller may already have seen."""
+        return await self._fresh_read(account, lambda s: entries_page(
+            s, account.id, limit=limit, before=before, from_at=from_at, to_at=to_at))
+
+    async def balance_at(self, account: AccountRow, at: datetime) -> int:
+        """The posted balance after the last entry at or before ``at`` (one index probe)."""
+        return await self._fresh_read(account, lambda s: balance_at(s, account.id, at))

@@ -1,0 +1,81 @@
+"""Inquiry: statements, balances at a point in time, filtered payment history, metadata.
+
+- ``ledger_entries.balance_after_minor`` has been written with every entry since 0001 (the
+  account's posted balance after it, under the account's row lock). A statement lists entries
+  by (created_at, id) and ``balanceAt`` reads the last one at or before a time, so that order
+  must be the order the running balance was computed in: rows where it is not (entries dated
+  earlier than entries posted before them, as 0002's opening balances are, or two workers'
+  clocks apart) get the running sum in (created_at, id) order; on a sound ledger that changes
+  nothing. From here on every writer dates an entry no earlier than the account's last change
+  (``domain.ledger.posting_time``), and ``ledger verify`` checks the running sums.
+- ``ledger_entries_statement_idx`` (account_id, created_at DESC, id DESC) INCLUDE the balance:
+  a statement page is one index range and ``balanceAt`` one index-only probe.
+- ``metadata_entries jsonb NOT NULL DEFAULT '[]'`` on payments, refunds and accounts (an
+  array of {"key", "value"}; ``metadata`` itself is reserved by SQLAlchemy's declarative base).
+- Indexes for the payment filters the docs call supported: status and reference per account
+  role, and a GIN index (jsonb_path_ops) for metadata containment. Dates use the page indexes.
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+from paystream.db.sqlscript import split_statements
+
+revision = "0007"
+down_revision = "0006"
+branch_labels = None
+depends_on = None
+
+UPGRADE = """
+CREATE INDEX ledger_entries_statement_idx
+    ON ledger_entries (account_id, created_at DESC, id DESC) INCLUDE (balance_after_minor);
+
+ALTER TABLE ledger_entries DISABLE TRIGGER ledger_entries_no_update_or_delete;
+UPDATE ledger_entries e SET balance_after_minor = r.running
+  FROM (SELECT id, sum(amount_minor) OVER (PARTITION BY account_id ORDER BY created_at, id)
+               AS running
+          FROM ledger_entries) r
+ WHERE e.id = r.id AND e.balance_after_minor <> r.running;
+ALTER TABLE ledger_entries ENABLE TRIGGER ledger_entries_no_update_or_delete;
+
+ALTER TABLE payments ADD COLUMN metadata_entries jsonb NOT NULL DEFAULT '[]'
+    CHECK (jsonb_typeof(metadata_entries) = 'array' AND jsonb_array_length(metadata_entries) <= 20);
+ALTER TABLE refunds ADD COLUMN metadata_entries jsonb NOT NULL DEFAULT '[]'
+    CHECK (jsonb_typeof(metadata_entries) = 'array' AND jsonb_array_length(metadata_entries) <= 20);
+ALTER TABLE accounts ADD COLUMN metadata_entries jsonb NOT NULL DEFAULT '[]'
+    CHECK (jsonb_typeof(metadata_entries) = 'array' AND jsonb_array_length(metadata_entries) <= 20);
+
+CREATE INDEX payments_source_status_page_idx
+    ON payments (source_account_id, status, created_at DESC, id DESC);
+CREATE INDEX payments_destination_status_page_idx
+    ON payments (destination_account_id, status, created_at DESC, id DESC);
+CREATE INDEX payments_source_reference_idx
+    ON payments (source_account_id, reference) WHERE reference IS NOT NULL;
+CREATE INDEX payments_destination_reference_idx
+    ON payments (destination_account_id, reference) WHERE reference IS NOT NULL;
+CREATE INDEX payments_metadata_idx ON payments USING gin (metadata_entries jsonb_path_ops);
+"""
+
+DOWNGRADE = """
+DROP INDEX payments_metadata_idx;
+DROP INDEX payments_destination_reference_idx;
+DROP INDEX payments_source_reference_idx;
+DROP INDEX payments_destination_status_page_idx;
+DROP INDEX payments_source_status_page_idx;
+ALTER TABLE accounts DROP COLUMN metadata_entries;
+ALTER TABLE refunds DROP COLUMN metadata_entries;
+ALTER TABLE payments DROP COLUMN metadata_entries;
+DROP INDEX ledger_entries_statement_idx;
+"""
+
+
+def upgrade() -> None:
+    for statement in split_statements(UPGRADE):
+        op.execute(statement)
+
+
+def downgrade() -> None:
+    # Running balances recomputed by the upgrade stay as they are: they are the correct ones.
+    for statement in split_statements(DOWNGRADE):
+        op.execute(statement)
