@@ -54,7 +54,7 @@ def posting_time(clock: datetime, last_changes: Iterable[datetime]) -> datetime:
     but their clocks are not: two workers a few milliseconds apart, or one clock stepped
     back, could date a later posting earlier. Never before the previous change closes that.
     """
-    return max(clock, *last_changes)
+    return max([clock, *last_changes])
 
 
 @dataclass(frozen=True)

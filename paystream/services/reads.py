@@ -208,16 +208,16 @@ class Reader:
         (the newest state the caller may have been shown: the cache's), else on the primary.
         Entries are append-only and written with the account's new version in one
         transaction, so a replica at that version has every entry the caller could know of."""
-        async def checked(session: ReadSession) -> tuple[bool, T | None]:
+        async def checked(session: ReadSession) -> list[T]:
             version = await account_version(session, account.id)
             if version is None or version < account.version:
-                return False, None
-            return True, await work(session)  # read after the version: a snapshot as new or newer
+                return []  # not replayed that far yet
+            return [await work(session)]  # read after the version: a snapshot as new or newer
 
         if await self._replicas_trusted():
-            fresh, result = await self._db.read(checked)
-            if fresh:
-                return result  # type: ignore[return-value]  # set whenever fresh
+            found = await self._db.read(checked)
+            if found:
+                return found[0]
         return await self._db.read(work, primary=True)
 
     async def entries_page(self, account: AccountRow, *, limit: int,

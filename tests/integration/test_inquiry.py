@@ -13,6 +13,7 @@ import pytest
 
 from ..reliability.invariants import assert_ledger_verified
 from .conftest import StatusWatcher, gql, wait_for_replay
+from .test_ledger import cli, scratch  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -335,3 +336,126 @@ async def test_invalid_metadata_names_the_entry(client, make_partner, metadata, 
         "idempotencyKey": uuid.uuid4().hex, "name": "n", "currency": "USD",
         "metadata": metadata}}, key=payer.key)
     assert code_and_field(account) == ("BAD_USER_INPUT", field), account
+
+
+async def test_a_statement_is_never_older_than_the_balance_shown_while_the_replica_lags(
+        client, make_partner, watcher, devstack) -> None:  # type: ignore[no-untyped-def]
+    if devstack is None:
+        pytest.skip("needs the embedded stack to pause the replica")
+    payer, payee = await make_partner(), await make_partner()
+    source, destination = await payer.account(balance="20.00"), await payee.account(balance="0")
+    # The replica has the account and its funding, then stops replaying.
+    await wait_for_replay(payer.services.db)
+    devstack.pause_replica_replay()
+    try:
+        payment_id = await pay(client, payer, watcher, source, destination, "7.50")
+        entries = await statement(client, payer, source, first=10)
+        assert [(e["kind"], e["amount"], e["balanceAfter"]) for e in entries] == [
+            ("PAYMENT", "-7.50", "12.50"), ("FUNDING", "20.00", "20.00")]
+        assert entries[0]["payment"] == {"id": payment_id}
+        later = datetime.fromisoformat(entries[0]["createdAt"]) + timedelta(seconds=1)
+        assert await balance_at(client, payer, source, later) == "12.50"
+    finally:
+        devstack.resume_replica_replay()
+
+
+async def test_the_operator_statement_lists_the_range_oldest_first(
+        client, make_partner, watcher, services) -> None:  # type: ignore[no-untyped-def]
+    import io
+    import json
+
+    from paystream.services.statements import write_statement
+
+    payer, payee = await make_partner(), await make_partner()
+    source, destination = await payer.account(balance="30.00"), await payee.account(balance="0")
+    first = await pay(client, payer, watcher, source, destination, "1.25")
+    await pay(client, payer, watcher, source, destination, "2.00")
+    api = await statement(client, payer, source, first=10)
+    out = io.StringIO()
+    assert await write_statement(services.db, source, None, None, "csv", out) == 3
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "id,created_at,kind,amount,balance_after,currency,payment_id,refund_id"
+    assert [line.split(",")[2:6] for line in lines[1:]] == [
+        ["FUNDING", "30.00", "30.00", "USD"], ["PAYMENT", "-1.25", "28.75", "USD"],
+        ["PAYMENT", "-2.00", "26.75", "USD"]]
+    assert [line.split(",")[0] for line in lines[1:]] == [e["id"] for e in reversed(api)]
+    out = io.StringIO()
+    bounded = {"from": api[1]["createdAt"], "to": api[1]["createdAt"]}
+    assert await write_statement(services.db, source, bounded["from"], bounded["to"], "json",
+                                 out) == 1
+    record = json.loads(out.getvalue())
+    assert record["payment_id"] == first and record["balance_after"] == "28.75"
+
+
+def test_the_statement_command_prints_csv_and_refuses_a_backward_range(server_env, migrated  # type: ignore[no-untyped-def]
+                                                                      ) -> None:
+    partner = f"statement-{uuid.uuid4().hex[:8]}"
+    assert cli(server_env, "partner", "create", partner).returncode == 0
+    made = cli(server_env, "account", "create", "--partner", partner, "--name", "s",
+               "--currency", "JPY", "--balance", "1200")
+    assert made.returncode == 0, made.stderr
+    account = made.stdout.splitlines()[-1]
+    assert cli(server_env, "account", "fund", account, "--amount", "34").returncode == 0
+    done = cli(server_env, "account", "statement", account)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split(",") for line in done.stdout.splitlines()]
+    assert rows[0][:6] == ["id", "created_at", "kind", "amount", "balance_after", "currency"]
+    assert [r[2:6] for r in rows[1:]] == [["FUNDING", "1200", "1200", "JPY"],
+                                          ["FUNDING", "34", "1234", "JPY"]]
+    backward = cli(server_env, "account", "statement", account, "--from",
+                   "2026-02-01T00:00:00+00:00", "--to", "2026-01-01T00:00:00+00:00")
+    assert backward.returncode != 0 and "--to must not be before --from" in backward.stderr
+
+
+async def test_0007_recomputes_running_balances_and_verify_checks_them(scratch) -> None:  # type: ignore[no-untyped-def]
+    """Entries dated before entries posted earlier (as 0002's opening balances are) get the
+    running sum in (created_at, id) order; a corrupted one is named by ledger verify."""
+    from sqlalchemy import text
+
+    from paystream.db import Database
+    from paystream.db.migrate import upgrade_async
+    from paystream.services.ledger import verify_ledger
+
+    await upgrade_async(scratch.db.primary_url, "0006")
+    db = Database(scratch.db)
+    partner, account, settlement = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    first, second = uuid.uuid4(), uuid.uuid4()
+    try:
+        async with db.write_session() as session:
+            for statement_sql, params in (
+                ("INSERT INTO partners (id, name) VALUES (:p, 'p0007')", {}),
+                ("INSERT INTO accounts (id, partner_id, name, currency, balance_minor)"
+                 " VALUES (:s, '00000000-0000-0000-0000-000000000001', 'Settlement USD',"
+                 " 'USD', -150), (:a, :p, 'a', 'USD', 150)", {}),
+                # Posted first, dated 10:00; then one dated 09:00, its balances in id order.
+                ("INSERT INTO ledger_entries (posting_id, kind, account_id, amount_minor,"
+                 " balance_after_minor, created_at) VALUES"
+                 " (:first, 'FUNDING', :s, -100, -100, '2026-01-01T10:00:00Z'),"
+                 " (:first, 'FUNDING', :a, 100, 100, '2026-01-01T10:00:00Z'),"
+                 " (:second, 'FUNDING', :s, -50, -150, '2026-01-01T09:00:00Z'),"
+                 " (:second, 'FUNDING', :a, 50, 150, '2026-01-01T09:00:00Z')", {}),
+            ):
+                await session.execute(text(statement_sql), {
+                    "p": partner, "a": account, "s": settlement, "first": first,
+                    "second": second, **params})
+        await upgrade_async(scratch.db.primary_url)
+        async with db.write_session() as session:
+            stored = (await session.execute(text(
+                "SELECT posting_id, balance_after_minor FROM ledger_entries"
+                " WHERE account_id = :a ORDER BY created_at, id"), {"a": account})).all()
+        assert [(p, b) for p, b in stored] == [(second, 50), (first, 150)]
+        report = await verify_ledger(db, scratch)
+        assert report.sound, report.violations
+
+        async with db.write_session() as session:
+            await session.execute(text(
+                "ALTER TABLE ledger_entries DISABLE TRIGGER ledger_entries_no_update_or_delete"))
+            await session.execute(text(
+                "UPDATE ledger_entries SET balance_after_minor = 49"
+                " WHERE account_id = :a AND posting_id = :second"), {"a": account,
+                                                                     "second": second})
+        report = await verify_ledger(db, scratch)
+        found = report.violations["entry's balance after differs from the running sum"]
+        assert len(found) == 1 and "balance after 49, running sum 50" in found[0]
+    finally:
+        await db.dispose()
