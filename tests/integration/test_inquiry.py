@@ -4,6 +4,7 @@ pages, metadata; the ledger verifies (running balances included) after each."""
 from __future__ import annotations
 
 import base64
+import itertools
 import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -119,7 +120,7 @@ async def test_statement_sums_to_the_balance_and_balance_at_follows_it(
     assert [e["amount"] for e in entries] == ["4.00", "-25.00", "-10.00", "100.00"]
     assert sum(Decimal(e["amount"]) for e in entries) == Decimal(account["balance"]) == Decimal("69.00")
     assert entries[0]["balanceAfter"] == account["balance"]
-    for newer, older in zip(entries, entries[1:], strict=False):
+    for newer, older in itertools.pairwise(entries):
         assert Decimal(newer["balanceAfter"]) - Decimal(newer["amount"]) == Decimal(older["balanceAfter"])
     assert entries[0]["refund"] == {"id": refund_id}
     assert entries[0]["payment"] == {"id": first} and entries[1]["payment"] == {"id": held}
@@ -407,7 +408,7 @@ def test_the_statement_command_prints_csv_and_refuses_a_backward_range(server_en
     assert backward.returncode != 0 and "--to must not be before --from" in backward.stderr
 
 
-async def test_0007_recomputes_running_balances_and_verify_checks_them(scratch) -> None:  # type: ignore[no-untyped-def]
+async def test_0007_recomputes_running_balances_and_verify_checks_them(scratch) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     """Entries dated before entries posted earlier (as 0002's opening balances are) get the
     running sum in (created_at, id) order; a corrupted one is named by ledger verify."""
     from sqlalchemy import text
@@ -422,22 +423,22 @@ async def test_0007_recomputes_running_balances_and_verify_checks_them(scratch) 
     first, second = uuid.uuid4(), uuid.uuid4()
     try:
         async with db.write_session() as session:
-            for statement_sql, params in (
-                ("INSERT INTO partners (id, name) VALUES (:p, 'p0007')", {}),
+            for statement_sql in (
+                "INSERT INTO partners (id, name) VALUES (:p, 'p0007')",
                 ("INSERT INTO accounts (id, partner_id, name, currency, balance_minor)"
                  " VALUES (:s, '00000000-0000-0000-0000-000000000001', 'Settlement USD',"
-                 " 'USD', -150), (:a, :p, 'a', 'USD', 150)", {}),
+                 " 'USD', -150), (:a, :p, 'a', 'USD', 150)"),
                 # Posted first, dated 10:00; then one dated 09:00, its balances in id order.
                 ("INSERT INTO ledger_entries (posting_id, kind, account_id, amount_minor,"
                  " balance_after_minor, created_at) VALUES"
                  " (:first, 'FUNDING', :s, -100, -100, '2026-01-01T10:00:00Z'),"
                  " (:first, 'FUNDING', :a, 100, 100, '2026-01-01T10:00:00Z'),"
                  " (:second, 'FUNDING', :s, -50, -150, '2026-01-01T09:00:00Z'),"
-                 " (:second, 'FUNDING', :a, 50, 150, '2026-01-01T09:00:00Z')", {}),
+                 " (:second, 'FUNDING', :a, 50, 150, '2026-01-01T09:00:00Z')"),
             ):
                 await session.execute(text(statement_sql), {
                     "p": partner, "a": account, "s": settlement, "first": first,
-                    "second": second, **params})
+                    "second": second})
         await upgrade_async(scratch.db.primary_url)
         async with db.write_session() as session:
             stored = (await session.execute(text(

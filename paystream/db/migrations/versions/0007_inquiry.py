@@ -14,6 +14,10 @@
   array of {"key", "value"}; ``metadata`` itself is reserved by SQLAlchemy's declarative base).
 - Indexes for the payment filters the docs call supported: status and reference per account
   role, and a GIN index (jsonb_path_ops) for metadata containment. Dates use the page indexes.
+
+The indexes are built inside the migration's transaction, which blocks writes to the table
+while each is built. On a large database build them first with ``CREATE INDEX CONCURRENTLY``
+and the same definitions (docs/operations.md); ``IF NOT EXISTS`` then skips them here.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ branch_labels = None
 depends_on = None
 
 UPGRADE = """
-CREATE INDEX ledger_entries_statement_idx
+CREATE INDEX IF NOT EXISTS ledger_entries_statement_idx
     ON ledger_entries (account_id, created_at DESC, id DESC) INCLUDE (balance_after_minor);
 
 ALTER TABLE ledger_entries DISABLE TRIGGER ledger_entries_no_update_or_delete;
@@ -46,15 +50,15 @@ ALTER TABLE refunds ADD COLUMN metadata_entries jsonb NOT NULL DEFAULT '[]'
 ALTER TABLE accounts ADD COLUMN metadata_entries jsonb NOT NULL DEFAULT '[]'
     CHECK (jsonb_typeof(metadata_entries) = 'array' AND jsonb_array_length(metadata_entries) <= 20);
 
-CREATE INDEX payments_source_status_page_idx
+CREATE INDEX IF NOT EXISTS payments_source_status_page_idx
     ON payments (source_account_id, status, created_at DESC, id DESC);
-CREATE INDEX payments_destination_status_page_idx
+CREATE INDEX IF NOT EXISTS payments_destination_status_page_idx
     ON payments (destination_account_id, status, created_at DESC, id DESC);
-CREATE INDEX payments_source_reference_idx
+CREATE INDEX IF NOT EXISTS payments_source_reference_idx
     ON payments (source_account_id, reference) WHERE reference IS NOT NULL;
-CREATE INDEX payments_destination_reference_idx
+CREATE INDEX IF NOT EXISTS payments_destination_reference_idx
     ON payments (destination_account_id, reference) WHERE reference IS NOT NULL;
-CREATE INDEX payments_metadata_idx ON payments USING gin (metadata_entries jsonb_path_ops);
+CREATE INDEX IF NOT EXISTS payments_metadata_idx ON payments USING gin (metadata_entries jsonb_path_ops);
 """
 
 DOWNGRADE = """
