@@ -309,13 +309,14 @@ def ledger() -> None:
 @ledger.command("verify")
 def ledger_verify() -> None:
     """Prove the ledger on the primary: every balance equals the sum of its entries, every
-    posting sums to zero, no partner account is negative, every account's held amount is
+    entry's balance after equals the running sum, every posting sums to zero, no partner account is negative, every account's held amount is
     its open holds and its available balance (balance minus holds) is never negative,
     every AUTHORIZED payment has exactly its open hold, every SUCCEEDED payment exactly its
     two entries (PAYMENT, or CAPTURE of the captured amount) and every FAILED or CANCELED
     one none, refunds never exceed what their payment moved and each SUCCEEDED one has its
-    two REFUND entries, every PENDING payment and refund has its request queued. Prints a
-    summary; exits 1 naming each violation."""
+    two REFUND entries, every PENDING payment and refund has its request queued, every
+    payment's metadata is in the metadata filter's index. Prints a summary; exits 1 naming
+    each violation."""
     from .services.ledger import verify_ledger
 
     settings = _settings_or_exit()

@@ -194,6 +194,21 @@ _CHECKS: dict[str, str] = {
         SELECT r.id::text || ' (' || r.status || '): ' || count(*) || ' entries' FROM refunds r
           JOIN ledger_entries e ON e.posting_id = r.id
          WHERE r.status <> 'SUCCEEDED' GROUP BY r.id, r.status""",
+    # The metadata filter reads payment_metadata: each entry once per account of the payment.
+    "payment metadata index disagrees with the payment": """
+        WITH m AS (
+            SELECT m.payment_id, count(*) AS n,
+                   bool_and(m.account_id IN (p.source_account_id, p.destination_account_id)
+                            AND m.created_at = p.created_at
+                            AND p.metadata_entries @> jsonb_build_array(
+                                jsonb_build_object('key', m.key, 'value', m.value))) AS ok
+              FROM payment_metadata m JOIN payments p ON p.id = m.payment_id
+             GROUP BY m.payment_id)
+        SELECT p.id::text || ': ' || coalesce(m.n, 0) || ' index rows for '
+               || jsonb_array_length(p.metadata_entries) || ' entries'
+          FROM payments p LEFT JOIN m ON m.payment_id = p.id
+         WHERE coalesce(m.n, 0) <> 2 * jsonb_array_length(p.metadata_entries)
+            OR NOT coalesce(m.ok, true)""",
     "PENDING refund has nothing queued": """
         SELECT r.id::text FROM refunds r
          WHERE r.status = 'PENDING' AND NOT EXISTS (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -98,6 +97,8 @@ async def insert_pending(session: WriteSession, row: PaymentRow) -> tuple[Paymen
     values["metadata_entries"] = metadata_json(row.metadata_entries)
     created = (await session.execute(_INSERT_PENDING, values)).first()
     if created is not None:
+        if row.metadata_entries:
+            await _index_metadata(session, row)
         return PaymentRow(*created), True  # type: ignore[call-arg]  # a Row unpacks to the fields
     existing = (
         await session.execute(
@@ -107,6 +108,23 @@ async def insert_pending(session: WriteSession, row: PaymentRow) -> tuple[Paymen
         )
     ).one()
     return PaymentRow(*existing), False  # type: ignore[call-arg]
+
+
+_INSERT_METADATA = text(
+    "INSERT INTO payment_metadata (account_id, payment_id, key, value, created_at)"
+    " SELECT a, :payment, k, v, :created_at FROM unnest(CAST(:accounts AS uuid[]),"
+    "   CAST(:keys AS text[]), CAST(:values AS text[])) AS u(a, k, v)"
+)
+
+
+async def _index_metadata(session: WriteSession, row: PaymentRow) -> None:
+    """The payment's rows of ``payment_metadata``: each entry for each of its two accounts."""
+    pairs = [(account, key, value) for account in (row.source_account_id,
+                                                   row.destination_account_id)
+             for key, value in row.metadata_entries]
+    await session.execute(_INSERT_METADATA, {
+        "payment": row.id, "created_at": row.created_at, "accounts": [p[0] for p in pairs],
+        "keys": [p[1] for p in pairs], "values": [p[2] for p in pairs]})
 
 
 async def delete_pending(session: WriteSession, payment_id: uuid.UUID) -> bool:
@@ -143,36 +161,29 @@ class PaymentFilter:
     metadata_key: str | None = None
     metadata_value: str | None = None
 
-    def sql(self) -> tuple[str, dict[str, object]]:
-        """The conditions each half of the page adds, and their parameters."""
+    @property
+    def by_metadata(self) -> bool:
+        return self.metadata_key is not None or self.metadata_value is not None
+
+    def sql(self, table: str = "payments") -> tuple[str, dict[str, object]]:
+        """The conditions on the payment row (``table``) and their parameters."""
         conditions: list[str] = []
         params: dict[str, object] = {}
-        if self.status is not None:
-            conditions.append("status = :f_status")
-            params["f_status"] = self.status
-        if self.created_from is not None:
-            conditions.append("created_at >= :f_from")
-            params["f_from"] = self.created_from
-        if self.created_to is not None:
-            conditions.append("created_at <= :f_to")
-            params["f_to"] = self.created_to
-        if self.reference is not None:
-            conditions.append("reference = :f_reference")
-            params["f_reference"] = self.reference
-        if self.metadata_key is not None or self.metadata_value is not None:
-            # Containment of one entry: payments_metadata_idx (GIN, jsonb_path_ops) answers it.
-            entry = {name: value for name, value in (("key", self.metadata_key),
-                                                     ("value", self.metadata_value))
-                     if value is not None}
-            conditions.append("metadata_entries @> CAST(:f_metadata AS jsonb)")
-            params["f_metadata"] = json.dumps([entry])
+        # created_to is not here: account_page folds it into the page's start position.
+        for column, name, value in (("status", "f_status", self.status),
+                                    ("created_at >=", "f_from", self.created_from),
+                                    ("reference", "f_reference", self.reference)):
+            if value is not None:
+                operator = "" if column.endswith(("=", "<", ">")) else " ="
+                conditions.append(f"{table}.{column}{operator} :{name}")
+                params[name] = value
         return "".join(f" AND {c}" for c in conditions), params
 
 
 NO_FILTER = PaymentFilter()
 
 # Newest first across both roles of the account; each half walks its own index (with a
-# status filter, the role's status index).
+# status filter, the role's status index; with a reference, the role's reference index).
 _OUTGOING = """
   (SELECT {cols} FROM payments
     WHERE source_account_id = :account AND (created_at, id) < (:before_at, :before_id)
@@ -182,12 +193,24 @@ _INCOMING = """
     WHERE destination_account_id = :account AND source_account_id <> :account
       AND (created_at, id) < (:before_at, :before_id)
     {visible}{filters} ORDER BY created_at DESC, id DESC LIMIT :limit)"""
+# A metadata filter walks payment_metadata's index for (account, key and/or value) in page
+# order, then each payment by its primary key: a range whatever the matches' density.
+_BY_METADATA = """
+SELECT {pcols} FROM payment_metadata m JOIN payments ON payments.id = m.payment_id
+ WHERE m.account_id = :account {metadata}
+   AND (m.created_at, m.payment_id) < (:before_at, :before_id)
+   {direction}{visible}{filters}
+ ORDER BY m.created_at DESC, m.payment_id DESC LIMIT :limit
+"""
+_DIRECTION = {"OUTGOING": "AND payments.source_account_id = :account",
+              "INCOMING": "AND payments.destination_account_id = :account"}
 # Only payments whose other side belongs to the caller (a counterparty's account).
 _VISIBLE = (
     "AND EXISTS (SELECT 1 FROM accounts o WHERE o.partner_id = :viewer"
     " AND o.id IN (payments.source_account_id, payments.destination_account_id))"
 )
 _COLUMN_NAMES = ", ".join(column.key for column in COLUMNS)
+_QUALIFIED = ", ".join(f"payments.{column.key}" for column in COLUMNS)
 
 
 async def account_page(
@@ -199,13 +222,27 @@ async def account_page(
     ``before`` (created_at, id), narrowed by ``where``. ``viewer`` restricts to payments
     whose accounts it owns."""
     before_at, before_id = before or (FAR_FUTURE, MAX_UUID)
+    if where.created_to is not None:
+        # created_at <= to is (created_at, id) < (to, MAX_UUID): one start position for the
+        # index scan. As a separate condition the scan started at the newest row and read
+        # down to it, checking each row.
+        before_at, before_id = min((before_at, before_id), (where.created_to, MAX_UUID))
     filters, params = where.sql()
-    halves = [half for direction, half in (("OUTGOING", _OUTGOING), ("INCOMING", _INCOMING))
-              if where.direction in (None, direction)]
-    union = " UNION ALL ".join(
-        half.format(cols=_COLUMN_NAMES, visible=_VISIBLE if viewer else "", filters=filters)
-        for half in halves)
-    sql = f"SELECT * FROM ({union}) page ORDER BY created_at DESC, id DESC LIMIT :limit"
+    visible = _VISIBLE if viewer else ""
+    if where.by_metadata:
+        metadata = "".join(f" AND m.{name} = :m_{name}" for name, value in (
+            ("key", where.metadata_key), ("value", where.metadata_value)) if value is not None)
+        params.update({f"m_{n}": v for n, v in (("key", where.metadata_key),
+                                                ("value", where.metadata_value)) if v is not None})
+        sql = _BY_METADATA.format(pcols=_QUALIFIED, metadata=metadata, visible=visible,
+                                  direction=_DIRECTION.get(where.direction or "", ""),
+                                  filters=filters)
+    else:
+        halves = [half for direction, half in (("OUTGOING", _OUTGOING), ("INCOMING", _INCOMING))
+                  if where.direction in (None, direction)]
+        union = " UNION ALL ".join(
+            half.format(cols=_COLUMN_NAMES, visible=visible, filters=filters) for half in halves)
+        sql = f"SELECT * FROM ({union}) page ORDER BY created_at DESC, id DESC LIMIT :limit"
     params.update({"account": account_id, "before_at": before_at, "before_id": before_id,
                    "limit": limit})
     if viewer:

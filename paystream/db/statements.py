@@ -43,7 +43,7 @@ _COLUMNS = ("id, account_id, posting_id, kind, payment_id, amount_minor, balance
 _PAGE = text(
     f"SELECT {_COLUMNS} FROM ledger_entries"
     " WHERE account_id = :account AND (created_at, id) < (:before_at, :before_id)"
-    "   AND created_at >= :from_at AND created_at <= :to_at"
+    "   AND created_at >= :from_at"
     " ORDER BY created_at DESC, id DESC LIMIT :limit"
 )
 _BALANCE_AT = text(
@@ -71,9 +71,12 @@ async def entries_page(
     """Up to ``limit`` entries, newest first, strictly after the cursor ``before``
     (created_at, id), with ``from_at <= created_at <= to_at`` (either bound optional)."""
     before_at, before_id = before or (FAR_FUTURE, _MAX_ENTRY_ID)
+    if to_at is not None:
+        # created_at <= to as the scan's start position (see db.payments.account_page).
+        before_at, before_id = min((before_at, before_id), (to_at, _MAX_ENTRY_ID))
     rows = await session.execute(_PAGE, {
         "account": account_id, "before_at": before_at, "before_id": before_id,
-        "from_at": from_at or FAR_PAST, "to_at": to_at or FAR_FUTURE, "limit": limit})
+        "from_at": from_at or FAR_PAST, "limit": limit})
     return [EntryRow(*row) for row in rows]
 
 

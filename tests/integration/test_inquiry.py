@@ -225,6 +225,9 @@ async def test_every_filter_alone_and_combined_with_pages_across_it(
 
     # The counterparty sees only the payments with its own accounts, filtered the same way.
     assert await page_ids(client, other, theirs, {"reference": "order-1"}) == [incoming, out1]
+    assert await page_ids(client, other, theirs, {"metadataKey": "shop"}) == [out1]
+    # Every payment's metadata is in the filter's index (payment_metadata), per ledger verify.
+    await assert_ledger_verified(services)
 
 
 async def test_bad_filters_and_cursors_are_bad_user_input(client, make_partner) -> None:  # type: ignore[no-untyped-def]

@@ -13,7 +13,8 @@
 - ``metadata_entries jsonb NOT NULL DEFAULT '[]'`` on payments, refunds and accounts (an
   array of {"key", "value"}; ``metadata`` itself is reserved by SQLAlchemy's declarative base).
 - Indexes for the payment filters the docs call supported: status and reference per account
-  role, and a GIN index (jsonb_path_ops) for metadata containment. Dates use the page indexes.
+  role, in page order; ``payment_metadata``, one row per (payment, account, entry), whose
+  indexes make a metadata page a range per account. Dates use the page indexes.
 
 The indexes are built inside the migration's transaction, which blocks writes to the table
 while each is built. On a large database build them first with ``CREATE INDEX CONCURRENTLY``
@@ -55,14 +56,30 @@ CREATE INDEX IF NOT EXISTS payments_source_status_page_idx
 CREATE INDEX IF NOT EXISTS payments_destination_status_page_idx
     ON payments (destination_account_id, status, created_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS payments_source_reference_idx
-    ON payments (source_account_id, reference) WHERE reference IS NOT NULL;
+    ON payments (source_account_id, reference, created_at DESC, id DESC)
+    WHERE reference IS NOT NULL;
 CREATE INDEX IF NOT EXISTS payments_destination_reference_idx
-    ON payments (destination_account_id, reference) WHERE reference IS NOT NULL;
-CREATE INDEX IF NOT EXISTS payments_metadata_idx ON payments USING gin (metadata_entries jsonb_path_ops);
+    ON payments (destination_account_id, reference, created_at DESC, id DESC)
+    WHERE reference IS NOT NULL;
+
+-- The metadata filter's index: one row per (payment, account of either role, entry), so a
+-- filtered page is a range in the page's order whatever the matches' density or role.
+-- Written with the payment (metadata never changes), checked by ledger verify.
+CREATE TABLE payment_metadata (
+    account_id  uuid NOT NULL REFERENCES accounts(id),
+    payment_id  uuid NOT NULL REFERENCES payments(id),
+    key         text NOT NULL,
+    value       text NOT NULL,
+    created_at  timestamptz NOT NULL,
+    PRIMARY KEY (account_id, key, value, created_at, payment_id)
+);
+CREATE INDEX payment_metadata_key_idx ON payment_metadata (account_id, key, created_at, payment_id);
+CREATE INDEX payment_metadata_value_idx
+    ON payment_metadata (account_id, value, created_at, payment_id);
 """
 
 DOWNGRADE = """
-DROP INDEX payments_metadata_idx;
+DROP TABLE payment_metadata;
 DROP INDEX payments_destination_reference_idx;
 DROP INDEX payments_source_reference_idx;
 DROP INDEX payments_destination_status_page_idx;
