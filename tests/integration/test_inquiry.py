@@ -288,6 +288,16 @@ async def test_metadata_round_trips_and_is_part_of_the_request(
     assert body["data"]["account"]["metadata"] == metadata
 
     source = await payer.account(balance="100.00")
+    # Into the account with metadata: the worker's snapshot of it must keep its metadata.
+    funding = await pay(client, payer, watcher, source, account_id, "5.00")
+    body = await gql(client, """query($id: ID!, $p: ID!) {
+        account(id: $id) { balance metadata { key value } }
+        payment(id: $p) { destinationAccount { metadata { key } } } }""",
+        {"id": account_id, "p": funding}, key=payer.key)
+    assert body["data"]["account"] == {"balance": "5.00", "metadata": metadata}
+    assert body["data"]["payment"]["destinationAccount"]["metadata"] == [
+        {"key": "order_id"}, {"key": "note.1"}]
+
     request = payment_input(source, destination, "20.00", metadata=metadata)
     created = await gql(client, CREATE, request, key=payer.key)
     payment_id = created["data"]["createPayment"]["id"]
