@@ -226,6 +226,26 @@ async def test_every_filter_alone_and_combined_with_pages_across_it(
     # The counterparty sees only the payments with its own accounts, filtered the same way.
     assert await page_ids(client, other, theirs, {"reference": "order-1"}) == [incoming, out1]
     assert await page_ids(client, other, theirs, {"metadataKey": "shop"}) == [out1]
+    # Through a payment, the counterparty's account lists only what the caller may see.
+    through = """query($p: ID!, $f: PaymentFilter) { payment(id: $p) { destinationAccount {
+        payments(first: 10, filter: $f) { edges { node { id } } } } } }"""
+    for filter, expected in (({"metadataKey": "shop"}, [out1]), ({"status": "FAILED"}, [failed]),
+                             ({"direction": "OUTGOING"}, [incoming]), (None, [incoming, failed, out1])):
+        body = await gql(client, through, {"p": out1, "f": filter}, key=owner.key)
+        edges = body["data"]["payment"]["destinationAccount"]["payments"]["edges"]
+        assert [e["node"]["id"] for e in edges] == expected, filter
+
+    # A cursor keeps its place under a filter while newer matching payments arrive.
+    first_page = await gql(client, PAGE, {"id": mine, "first": 1,
+                                          "filter": {"reference": "order-1"}}, key=owner.key)
+    assert [e["node"]["id"] for e in first_page["data"]["payments"]["edges"]] == [incoming]
+    newer = await pay(client, owner, watcher, mine, theirs, "2.00", reference="order-1")
+    await wait_for_replay(services.db)
+    cursor = first_page["data"]["payments"]["pageInfo"]["endCursor"]
+    rest = await gql(client, PAGE, {"id": mine, "first": 10, "after": cursor,
+                                    "filter": {"reference": "order-1"}}, key=owner.key)
+    assert [e["node"]["id"] for e in rest["data"]["payments"]["edges"]] == [out1]
+    assert await page_ids(client, owner, mine, {"reference": "order-1"}) == [newer, incoming, out1]
     # Every payment's metadata is in the filter's index (payment_metadata), per ledger verify.
     await assert_ledger_verified(services)
 
