@@ -111,17 +111,16 @@ async def payment_connection(info: Info, account: AccountRow, first: int | None,
     before = decode_cursor(after)
     where = payment_filter(given)
     viewer = None if caller.owns(account.partner_id) else caller.partner_id
-    rows = await info.context.services.reader.account_page(
-        account.id, limit=limit + 1, before=before, viewer=viewer, where=where
+    page = await info.context.services.reader.account_page(
+        account.id, limit=limit, before=before, viewer=viewer, where=where
     )
-    page = rows[:limit]
-    for row in page:
+    for row in page.rows:
         info.context.loaders.payment.prime(row.id, row)
-    edges = [PaymentEdge(cursor=encode_cursor(r), node=Payment(row=r)) for r in page]
+    edges = [PaymentEdge(cursor=encode_cursor(r), node=Payment(row=r)) for r in page.rows]
     return PaymentConnection(
         edges=edges,
-        page_info=PageInfo(has_next_page=len(rows) > limit,
-                           end_cursor=edges[-1].cursor if edges else None),
+        page_info=PageInfo(has_next_page=page.more,
+                           end_cursor=encode_cursor(page.last) if page.last else None),
     )
 
 

@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -41,6 +42,23 @@ log = logging.getLogger(__name__)
 
 Row = TypeVar("Row", AccountRow, PaymentRow)
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentPage:
+    """A page of payments as shown, whether more follow, and the last row of its range (the
+    page's end for the cursor, shown or not)."""
+
+    rows: list[PaymentRow]
+    more: bool
+    last: PaymentRow | None
+
+    @classmethod
+    def of(cls, fetched: list[PaymentRow], limit: int, where: PaymentFilter) -> PaymentPage:
+        window = fetched[:limit]
+        shown = window if where.status is None else [r for r in window
+                                                     if r.status == where.status]
+        return cls(rows=shown, more=len(fetched) > limit, last=window[-1] if window else None)
 
 
 class Reader:
@@ -164,27 +182,30 @@ class Reader:
     async def account_page(self, account_id: uuid.UUID, *, limit: int,
                            before: tuple[datetime, uuid.UUID] | None,
                            viewer: uuid.UUID | None,
-                           where: PaymentFilter = NO_FILTER) -> list[PaymentRow]:
-        """One SQL statement on a replica for the page, then one MGET: where the cache holds a
+                           where: PaymentFilter = NO_FILTER) -> PaymentPage:
+        """Up to ``limit`` payments after ``before``: one SQL statement (``limit`` + 1 rows,
+        to know whether more follow) on a replica, then one MGET: where the cache holds a
         newer version of a payment than the replica (a status the caller may already have
         seen), the newer one is shown. Rows the cache lacks or holds older are written back.
         Under a status filter, a payment whose newer version has left that status is left
-        out (the page may then be shorter than asked; its cursor still moves on)."""
+        out: the page may then be shorter than asked, and its end is still the last row of
+        its range (``PaymentPage.last``), so the next page starts past it."""
         async def page(primary: bool) -> list[PaymentRow]:
             return await self._db.read(
-                lambda s: account_page(s, account_id, limit=limit, before=before, viewer=viewer,
-                                       where=where),
+                lambda s: account_page(s, account_id, limit=limit + 1, before=before,
+                                       viewer=viewer, where=where),
                 primary=primary,
             )
 
         if self.cache is None or self._ttl is None or not await self._replicas_trusted():
-            return await page(primary=True)
+            return PaymentPage.of(await page(primary=True), limit, where)
         rows = await page(primary=False)
         if not rows:
-            return rows
+            return PaymentPage.of(rows, limit, where)
         cached = await self.cache.get_many(PAYMENT, [r.id for r in rows], payment_from)
         if not self._cache_answers():
-            return await page(primary=True)  # Redis failed just now: the replica's rows may lag
+            # Redis failed just now: the replica's rows may lag.
+            return PaymentPage.of(await page(primary=True), limit, where)
         newest: list[PaymentRow] = []
         stale: dict[uuid.UUID, PaymentRow] = {}
         for row in rows:
@@ -198,9 +219,7 @@ class Reader:
             await self.cache.put_many(
                 PAYMENT, {i: payment_entry(r) for i, r in stale.items()}, self._ttl.payment_ttl_s
             )
-        if where.status is not None:
-            newest = [r for r in newest if r.status == where.status]
-        return newest
+        return PaymentPage.of(newest, limit, where)
 
     async def _fresh_read(self, account: AccountRow,
                           work: Callable[[ReadSession], Awaitable[T]]) -> T:

@@ -1,8 +1,10 @@
-"""Inquiry's pure rules: metadata validation, posting dates, entry cursors, filtered-page cost."""
+"""Inquiry's pure rules: metadata validation, posting dates, entry cursors, filtered-page cost,
+a page under a status filter."""
 
 from __future__ import annotations
 
 import base64
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,12 +13,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from paystream.config import Settings
+from paystream.db.payments import NO_FILTER, PaymentFilter, PaymentRow
 from paystream.domain.errors import BadUserInput
 from paystream.domain.ledger import posting_time
 from paystream.domain.metadata import metadata_from_json, metadata_json, validate_metadata
 from paystream.schema import build_schema
 from paystream.schema.limits import query_limits_rule
 from paystream.schema.pagination import decode_entry_cursor, encode_cursor
+from paystream.services.reads import PaymentPage
 
 NOWHERE = {"db": {"primary_url": "postgresql+asyncpg://nowhere/x"},
            "redis": {"url": "redis://nowhere"}, "kafka": {"bootstrap_servers": "nowhere:1"}}
@@ -102,3 +106,26 @@ def test_a_filtered_page_counts_its_page_once_more() -> None:
     ranged = ('query { account(id: "a") { entries(first: 100, from: "2026-01-01T00:00:00Z")'
               ' { edges { node { amount balanceAfter } } } } }')
     assert validate(schema, parse(ranged), [tight_rule])
+
+
+def _payment(status: str, second: int) -> PaymentRow:
+    at = datetime(2026, 1, 1, tzinfo=UTC) - timedelta(seconds=second)
+    return PaymentRow(id=uuid.uuid4(), partner_id=uuid.uuid4(), idempotency_key="k",
+                      request_hash="h", source_account_id=uuid.uuid4(),
+                      destination_account_id=uuid.uuid4(), amount_minor=1, currency="USD",
+                      reference=None, status=status, failure_reason=None, version=2,
+                      created_at=at, updated_at=at)
+
+
+def test_a_page_under_a_status_filter_drops_what_left_the_status_and_still_moves_on() -> None:
+    # Newest first, as read: the second has SUCCEEDED since the replica's PENDING row (the
+    # cache's newer version replaced it), the third is the sentinel of "more follow".
+    fetched = [_payment("PENDING", 1), _payment("SUCCEEDED", 2), _payment("PENDING", 3)]
+    page = PaymentPage.of(fetched, 2, PaymentFilter(status="PENDING"))
+    assert page.rows == fetched[:1]
+    assert page.more and page.last == fetched[1]  # the next page starts past the dropped one
+    whole = PaymentPage.of(fetched, 3, PaymentFilter(status="PENDING"))
+    assert whole.rows == [fetched[0], fetched[2]] and not whole.more
+    assert PaymentPage.of(fetched, 2, NO_FILTER).rows == fetched[:2]
+    empty = PaymentPage.of([], 2, NO_FILTER)
+    assert (empty.rows, empty.more, empty.last) == ([], False, None)
