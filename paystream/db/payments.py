@@ -129,6 +129,9 @@ async def _index_metadata(session: WriteSession, row: PaymentRow) -> None:
 
 async def delete_pending(session: WriteSession, payment_id: uuid.UUID) -> bool:
     """Withdraw a PENDING payment whose request never reached the broker."""
+    await session.execute(
+        text("DELETE FROM payment_metadata m USING payments p WHERE m.payment_id = p.id"
+             " AND p.id = :id AND p.status = 'PENDING'"), {"id": payment_id})
     result = await session.execute(
         delete(Payment).where(Payment.id == payment_id, Payment.status == "PENDING")
     )
