@@ -276,6 +276,23 @@ def account_fund(account_id: str, amount: str) -> None:
     _echo_posting(_run_with_db(settings, work))
 
 
+@account.command("statement")
+@click.argument("account_id")
+@click.option("--from", "from_", default=None, help="ISO 8601 with an offset; entries at or after it.")
+@click.option("--to", default=None, help="ISO 8601 with an offset; entries at or before it.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv",
+              show_default=True, help="csv with a header, or one JSON object per line.")
+def account_statement(account_id: str, from_: str | None, to: str | None, fmt: str) -> None:
+    """Print ACCOUNT_ID's ledger entries with from <= created_at <= to, oldest first: id,
+    created_at, kind, amount (signed), balance_after, payment_id, refund_id. Streamed from
+    the primary through a server-side cursor, so memory stays constant however long."""
+    from .services.statements import write_statement
+
+    settings = _settings_or_exit()
+    _run_with_db(settings, lambda db: write_statement(db, account_id, from_, to, fmt,
+                                                      sys.stdout))
+
+
 def _echo_posting(posting: FundingPosting) -> None:
     from .domain.money import format_minor
 
@@ -295,13 +312,14 @@ def ledger() -> None:
 @ledger.command("verify")
 def ledger_verify() -> None:
     """Prove the ledger on the primary: every balance equals the sum of its entries, every
-    posting sums to zero, no partner account is negative, every account's held amount is
+    entry's balance after equals the running sum, every posting sums to zero, no partner account is negative, every account's held amount is
     its open holds and its available balance (balance minus holds) is never negative,
     every AUTHORIZED payment has exactly its open hold, every SUCCEEDED payment exactly its
     two entries (PAYMENT, or CAPTURE of the captured amount) and every FAILED or CANCELED
     one none, refunds never exceed what their payment moved and each SUCCEEDED one has its
-    two REFUND entries, every PENDING payment and refund has its request queued. Prints a
-    summary; exits 1 naming each violation."""
+    two REFUND entries, every PENDING payment and refund has its request queued, every
+    payment's metadata is in the metadata filter's index. Prints a summary; exits 1 naming
+    each violation."""
     from .services.ledger import verify_ledger
 
     settings = _settings_or_exit()

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import itertools
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Literal, Self
 
@@ -53,6 +53,10 @@ ACCOUNT_FIELDS = "id name currency balance availableBalance"
 CREATE_ACCOUNT = f"""
 mutation($input: CreateAccountInput!) {{ createAccount(input: $input) {{ {ACCOUNT_FIELDS} }} }}
 """
+
+
+def _entries(metadata: Mapping[str, str]) -> list[dict[str, str]]:
+    return [{"key": key, "value": value} for key, value in metadata.items()]
 
 
 class GraphQLErrors(Exception):
@@ -116,13 +120,17 @@ class PaystreamClient:
     async def create_payment(self, *, idempotency_key: str, source_account_id: str,
                              destination_account_id: str, amount: str, currency: str,
                              reference: str | None = None, capture: bool = True,
-                             authorization_ttl_seconds: int | None = None) -> dict[str, Any]:
-        """A payment (PENDING); ``capture=False`` authorizes it (a hold) instead."""
+                             authorization_ttl_seconds: int | None = None,
+                             metadata: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """A payment (PENDING); ``capture=False`` authorizes it (a hold) instead. ``metadata``
+        (your own key-value pairs, in order) is part of the request for idempotency."""
         payload: dict[str, Any] = {
             "idempotencyKey": idempotency_key, "sourceAccountId": source_account_id,
             "destinationAccountId": destination_account_id, "amount": amount,
             "currency": currency, "reference": reference,
         }
+        if metadata is not None:
+            payload["metadata"] = _entries(metadata)
         if not capture:
             payload["capture"] = False
             payload["authorizationTtlSeconds"] = authorization_ttl_seconds
@@ -142,19 +150,21 @@ class PaystreamClient:
         return dict(data["cancelPayment"])
 
     async def refund_payment(self, *, idempotency_key: str, payment_id: str,
-                             amount: str | None = None, reason: str | None = None
-                             ) -> dict[str, Any]:
+                             amount: str | None = None, reason: str | None = None,
+                             metadata: Mapping[str, str] | None = None) -> dict[str, Any]:
         """Refund a SUCCEEDED payment (what is left when ``amount`` is None); PENDING."""
         data = await self.execute(REFUND_PAYMENT, {"input": {
             "idempotencyKey": idempotency_key, "paymentId": payment_id, "amount": amount,
-            "reason": reason}})
+            "reason": reason, "metadata": None if metadata is None else _entries(metadata)}})
         return dict(data["refundPayment"])
 
     async def create_account(self, *, idempotency_key: str, name: str,
-                             currency: str) -> dict[str, Any]:
+                             currency: str, metadata: Mapping[str, str] | None = None
+                             ) -> dict[str, Any]:
         """A zero-balance account owned by the caller."""
         data = await self.execute(CREATE_ACCOUNT, {"input": {
-            "idempotencyKey": idempotency_key, "name": name, "currency": currency}})
+            "idempotencyKey": idempotency_key, "name": name, "currency": currency,
+            "metadata": None if metadata is None else _entries(metadata)}})
         return dict(data["createAccount"])
 
     @asynccontextmanager

@@ -64,6 +64,50 @@ type Subscription {
 }
 """
 
+# DESIGN.md section 2c (inquiry, issue 19), with the types it extends as far as it needs.
+DESIGN_SECTION_2C = """
+scalar Decimal
+scalar DateTime
+enum PaymentStatus { PENDING AUTHORIZED SUCCEEDED FAILED CANCELED }
+type PageInfo { hasNextPage: Boolean!  endCursor: String }
+enum EntryKind { PAYMENT REFUND CAPTURE HOLD RELEASE FUNDING }
+type LedgerEntry {
+  id: ID!  kind: EntryKind!  amount: Decimal!
+  balanceAfter: Decimal!  createdAt: DateTime!  payment: Payment  refund: Refund
+}
+type LedgerEntryConnection { edges: [LedgerEntryEdge!]!  pageInfo: PageInfo! }
+type LedgerEntryEdge { cursor: String!  node: LedgerEntry! }
+type MetadataEntry { key: String!  value: String! }
+input MetadataEntryInput { key: String!  value: String! }
+enum PaymentDirection { INCOMING OUTGOING }
+input PaymentFilter {
+  status: PaymentStatus  direction: PaymentDirection  createdFrom: DateTime  createdTo: DateTime
+  reference: String  metadataKey: String  metadataValue: String
+}
+type Account {
+  entries(first: Int = 20, after: String, from: DateTime, to: DateTime): LedgerEntryConnection!
+  balanceAt(at: DateTime!): Decimal
+  payments(first: Int = 20, after: String, filter: PaymentFilter): PaymentConnection!
+  metadata: [MetadataEntry!]!
+}
+type Payment { metadata: [MetadataEntry!]! }
+type Refund { metadata: [MetadataEntry!]! }
+type PaymentConnection { pageInfo: PageInfo! }
+input CreatePaymentInput {
+  idempotencyKey: String!  sourceAccountId: ID!  destinationAccountId: ID!
+  amount: Decimal!  currency: String!  metadata: [MetadataEntryInput!]
+}
+input CreateAccountInput {
+  idempotencyKey: String!  name: String!  currency: String!  metadata: [MetadataEntryInput!]
+}
+input RefundPaymentInput {
+  idempotencyKey: String!  paymentId: ID!  metadata: [MetadataEntryInput!]
+}
+type Query {
+  payments(accountId: ID!, first: Int = 20, after: String, filter: PaymentFilter): PaymentConnection!
+}
+"""
+
 BEFORE = """
 type Query { payment(id: ID!): Payment }
 enum PaymentStatus { PENDING SUCCEEDED FAILED }
@@ -101,6 +145,10 @@ def test_the_code_breaks_nothing_published_unless_accepted() -> None:
 
 def test_the_code_keeps_every_name_of_the_design_contract() -> None:
     assert breaking_changes(DESIGN_SECTION_2, schema_sdl()) == []
+
+
+def test_the_code_has_every_inquiry_name_of_the_design_contract() -> None:
+    assert breaking_changes(DESIGN_SECTION_2C, schema_sdl()) == []
 
 
 def test_cli_prints_the_schema() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..db.accounts import AccountRow
 from ..db.payments import PaymentRow
+from ..domain.metadata import metadata_from_json, metadata_json
 from ..events.messages import PaymentStatusEvent
 
 PAYMENT = "payment"
@@ -22,6 +23,8 @@ def _dump(row: PaymentRow | AccountRow) -> dict[str, Any]:
             data[name] = str(value)
         elif isinstance(value, datetime):
             data[name] = value.isoformat()
+    # The stored form, as in the database and in status events: [{"key", "value"}, ...].
+    data["metadata_entries"] = metadata_json(row.metadata_entries)
     return data
 
 
@@ -49,6 +52,8 @@ def payment_from(data: dict[str, Any]) -> PaymentRow:
         authorization_expires_at=_instant(data.get("authorization_expires_at")),
         captured_minor=data.get("captured_minor"),
         refunded_minor=int(data.get("refunded_minor", 0)),
+        # Absent from entries cached before metadata existed: none.
+        metadata_entries=metadata_from_json(data.get("metadata_entries")),
     )
 
 
@@ -63,6 +68,7 @@ def account_from(data: dict[str, Any]) -> AccountRow:
         version=int(data["version"]), created_at=datetime.fromisoformat(data["created_at"]),
         updated_at=datetime.fromisoformat(data["updated_at"]),
         held_minor=int(data.get("held_minor", 0)),  # absent from entries cached before holds
+        metadata_entries=metadata_from_json(data.get("metadata_entries")),
     )
 
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from sqlalchemy import BindParameter, any_, bindparam, select, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY, UUID, insert
 
+from ..domain.metadata import Metadata, metadata_from_json, metadata_json
 from .engine import ReadSession, WriteSession
 from .models import Account
 
@@ -28,6 +29,11 @@ class AccountRow:
     created_at: datetime
     updated_at: datetime
     held_minor: int = 0  # open holds; available = balance - held
+    metadata_entries: Metadata = ()  # the partner's (key, value) pairs (createAccount)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.metadata_entries, tuple):
+            object.__setattr__(self, "metadata_entries", metadata_from_json(self.metadata_entries))
 
     @property
     def available_minor(self) -> int:
@@ -55,6 +61,7 @@ _COLUMNS = (
     Account.created_at,
     Account.updated_at,
     Account.held_minor,
+    Account.metadata_entries,
 )
 
 
@@ -69,7 +76,7 @@ async def accounts_by_ids(
     if not ids:
         return {}
     rows = await session.execute(_BY_IDS, {"ids": sorted(set(ids))})
-    return {row[0]: AccountRow(*row) for row in rows}
+    return {row[0]: AccountRow(*row) for row in rows}  # type: ignore[arg-type, call-arg]  # the stored JSON form; __post_init__ makes it pairs
 
 
 async def create_account(
@@ -97,7 +104,8 @@ _INSERT_KEYED = (
     .values(id=bindparam("id"), partner_id=bindparam("partner_id"), name=bindparam("name"),
             currency=bindparam("currency"), balance_minor=0, version=1,
             idempotency_key=bindparam("idempotency_key"), request_hash=bindparam("request_hash"),
-            created_at=bindparam("now"), updated_at=bindparam("now"))
+            created_at=bindparam("now"), updated_at=bindparam("now"),
+            metadata_entries=bindparam("metadata_entries"))
     .on_conflict_do_nothing(constraint="accounts_partner_idempotency_key")
     .returning(*_COLUMNS)
 )
@@ -119,12 +127,13 @@ class KeyedAccount:
 
 async def insert_keyed(
     session: WriteSession, *, partner_id: uuid.UUID, idempotency_key: str, request_hash: str,
-    name: str, currency: str, now: datetime,
+    name: str, currency: str, now: datetime, metadata: Metadata = (),
 ) -> KeyedAccount:
     """A zero-balance account unless (partner, idempotency key) exists already. Concurrent
     callers with one key serialize on the unique constraint: exactly one creates it."""
     params = {"id": uuid.uuid4(), "partner_id": partner_id, "name": name, "currency": currency,
-              "idempotency_key": idempotency_key, "request_hash": request_hash, "now": now}
+              "idempotency_key": idempotency_key, "request_hash": request_hash, "now": now,
+              "metadata_entries": metadata_json(metadata)}
     created = (await session.execute(_INSERT_KEYED, params)).first()
     if created is not None:
         return KeyedAccount(AccountRow(*created), request_hash, True)
@@ -151,4 +160,4 @@ async def partner_page(
     before_at, before_id = before or (FAR_FUTURE, MAX_UUID)
     rows = await session.execute(_PAGE, {"partner_id": partner_id, "before_at": before_at,
                                          "before_id": before_id, "limit": limit})
-    return [AccountRow(*row) for row in rows]
+    return [AccountRow(*row) for row in rows]  # type: ignore[arg-type, call-arg]  # as above

@@ -10,12 +10,12 @@ from datetime import UTC, datetime
 from sqlalchemy import text
 
 from ..domain.errors import BadUserInput, NotFound
-from ..domain.ledger import SYSTEM_PARTNER_ID, EntryKind, post_funding
+from ..domain.ledger import SYSTEM_PARTNER_ID, EntryKind, post_funding, posting_time
 from .accounts import AccountRow
 from .engine import ReadSession, WriteSession
 
 _ACCOUNT_COLUMNS = ("id, partner_id, name, currency, balance_minor, version, created_at, updated_at,"
-                    " held_minor")
+                    " held_minor, metadata_entries")
 
 _ENSURE_SETTLEMENT = text(
     "INSERT INTO accounts (id, partner_id, name, currency, balance_minor, version)"
@@ -77,7 +77,7 @@ async def fund(session: WriteSession, account_id: uuid.UUID, amount_minor: int) 
         settlement_id=settlement_id, settlement_balance=settlement.balance_minor,
         account_id=account_id, account_balance=account.balance_minor, amount_minor=amount_minor,
     )
-    now = datetime.now(UTC)
+    now = posting_time(datetime.now(UTC), (settlement.updated_at, account.updated_at))
     posting_id = uuid.uuid4()
     after = {settlement_id: funding.settlement_balance_after, account_id: funding.account_balance_after}
     updated = {}
@@ -86,7 +86,7 @@ async def fund(session: WriteSession, account_id: uuid.UUID, amount_minor: int) 
             id=account_row.id, partner_id=account_row.partner_id, name=account_row.name,
             currency=account_row.currency, balance_minor=after[account_row.id],
             version=account_row.version + 1, created_at=account_row.created_at, updated_at=now,
-            held_minor=account_row.held_minor,
+            held_minor=account_row.held_minor, metadata_entries=account_row.metadata_entries,
         )
         await session.execute(_SET_BALANCE, {"id": row.id, "balance": row.balance_minor,
                                              "version": row.version, "now": now})
@@ -111,6 +111,15 @@ _CHECKS: dict[str, str] = {
           LEFT JOIN (SELECT account_id, sum(amount_minor) AS total FROM ledger_entries
                       GROUP BY account_id) e ON e.account_id = a.id
          WHERE a.balance_minor <> coalesce(e.total, 0)""",
+    # Statements and balanceAt read balance_after_minor in (created_at, id) order.
+    "entry's balance after differs from the running sum": """
+        SELECT id::text || ' (account ' || account_id::text || '): balance after '
+               || balance_after_minor || ', running sum ' || running
+          FROM (SELECT id, account_id, balance_after_minor,
+                       sum(amount_minor) OVER (PARTITION BY account_id
+                                               ORDER BY created_at, id) AS running
+                  FROM ledger_entries) r
+         WHERE balance_after_minor <> running""",
     "posting does not sum to zero": """
         SELECT posting_id::text || ': sums to ' || sum(amount_minor)
           FROM ledger_entries GROUP BY posting_id HAVING sum(amount_minor) <> 0""",
@@ -185,6 +194,21 @@ _CHECKS: dict[str, str] = {
         SELECT r.id::text || ' (' || r.status || '): ' || count(*) || ' entries' FROM refunds r
           JOIN ledger_entries e ON e.posting_id = r.id
          WHERE r.status <> 'SUCCEEDED' GROUP BY r.id, r.status""",
+    # The metadata filter reads payment_metadata: each entry once per account of the payment.
+    "payment metadata index disagrees with the payment": """
+        WITH m AS (
+            SELECT m.payment_id, count(*) AS n,
+                   bool_and(m.account_id IN (p.source_account_id, p.destination_account_id)
+                            AND m.created_at = p.created_at
+                            AND p.metadata_entries @> jsonb_build_array(
+                                jsonb_build_object('key', m.key, 'value', m.value))) AS ok
+              FROM payment_metadata m JOIN payments p ON p.id = m.payment_id
+             GROUP BY m.payment_id)
+        SELECT p.id::text || ': ' || coalesce(m.n, 0) || ' index rows for '
+               || jsonb_array_length(p.metadata_entries) || ' entries'
+          FROM payments p LEFT JOIN m ON m.payment_id = p.id
+         WHERE coalesce(m.n, 0) <> 2 * jsonb_array_length(p.metadata_entries)
+            OR NOT coalesce(m.ok, true)""",
     "PENDING refund has nothing queued": """
         SELECT r.id::text FROM refunds r
          WHERE r.status = 'PENDING' AND NOT EXISTS (

@@ -53,6 +53,8 @@ class Account(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     # The sum of the account's open holds; available = balance - held.
     held_minor: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # The partner's metadata: [{"key", "value"}, ...] (migration 0007).
+    metadata_entries: Mapped[list[dict[str, str]]] = mapped_column(JSONB, server_default="[]")
 
 
 class Payment(Base):
@@ -80,6 +82,7 @@ class Payment(Base):
     requested_action: Mapped[str | None] = mapped_column(Text)
     requested_capture_minor: Mapped[int | None] = mapped_column(BigInteger)
     refunded_minor: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    metadata_entries: Mapped[list[dict[str, str]]] = mapped_column(JSONB, server_default="[]")
 
 
 class Hold(Base):
@@ -110,16 +113,20 @@ class Refund(Base):
     version: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    metadata_entries: Mapped[list[dict[str, str]]] = mapped_column(JSONB, server_default="[]")
 
 
 class LedgerEntry(Base):
     __tablename__ = "ledger_entries"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    payment_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("payments.id"))
+    payment_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("payments.id"))
     account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"))
     amount_minor: Mapped[int] = mapped_column(BigInteger)
+    # The account's posted balance after this entry: the running sum in (created_at, id) order.
     balance_after_minor: Mapped[int] = mapped_column(BigInteger)
+    posting_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    kind: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

@@ -10,6 +10,7 @@ from datetime import datetime
 from sqlalchemy import any_, bindparam, delete, select, text
 from sqlalchemy.dialects.postgresql import insert
 
+from ..domain.metadata import Metadata, metadata_from_json, metadata_json
 from .accounts import FAR_FUTURE, MAX_UUID, uuid_array
 from .engine import ReadSession, WriteSession
 from .models import Payment
@@ -38,6 +39,12 @@ class PaymentRow:
     authorization_expires_at: datetime | None = None  # while AUTHORIZED
     captured_minor: int | None = None  # set by a capture
     refunded_minor: int = 0  # the sum of SUCCEEDED refunds
+    metadata_entries: Metadata = ()  # the partner's (key, value) pairs, in its order
+
+    def __post_init__(self) -> None:
+        # Rows come with the stored JSON form (a list of objects, or its text).
+        if not isinstance(self.metadata_entries, tuple):
+            object.__setattr__(self, "metadata_entries", metadata_from_json(self.metadata_entries))
 
     @property
     def captured_amount_minor(self) -> int | None:
@@ -67,6 +74,7 @@ COLUMNS = (
     Payment.authorization_expires_at,
     Payment.captured_minor,
     Payment.refunded_minor,
+    Payment.metadata_entries,
 )
 
 
@@ -86,8 +94,11 @@ async def insert_pending(session: WriteSession, row: PaymentRow) -> tuple[Paymen
     key serialize on the unique index, so exactly one of them creates the payment.
     """
     values = {column.key: getattr(row, column.key) for column in COLUMNS}
+    values["metadata_entries"] = metadata_json(row.metadata_entries)
     created = (await session.execute(_INSERT_PENDING, values)).first()
     if created is not None:
+        if row.metadata_entries:
+            await _index_metadata(session, row)
         return PaymentRow(*created), True  # type: ignore[call-arg]  # a Row unpacks to the fields
     existing = (
         await session.execute(
@@ -99,8 +110,28 @@ async def insert_pending(session: WriteSession, row: PaymentRow) -> tuple[Paymen
     return PaymentRow(*existing), False  # type: ignore[call-arg]  # a Row of the dataclass's columns, in order
 
 
+_INSERT_METADATA = text(
+    "INSERT INTO payment_metadata (account_id, payment_id, key, value, created_at)"
+    " SELECT a, :payment, k, v, :created_at FROM unnest(CAST(:accounts AS uuid[]),"
+    "   CAST(:keys AS text[]), CAST(:values AS text[])) AS u(a, k, v)"
+)
+
+
+async def _index_metadata(session: WriteSession, row: PaymentRow) -> None:
+    """The payment's rows of ``payment_metadata``: each entry for each of its two accounts."""
+    pairs = [(account, key, value) for account in (row.source_account_id,
+                                                   row.destination_account_id)
+             for key, value in row.metadata_entries]
+    await session.execute(_INSERT_METADATA, {
+        "payment": row.id, "created_at": row.created_at, "accounts": [p[0] for p in pairs],
+        "keys": [p[1] for p in pairs], "values": [p[2] for p in pairs]})
+
+
 async def delete_pending(session: WriteSession, payment_id: uuid.UUID) -> bool:
     """Withdraw a PENDING payment whose request never reached the broker."""
+    await session.execute(
+        text("DELETE FROM payment_metadata m USING payments p WHERE m.payment_id = p.id"
+             " AND p.id = :id AND p.status = 'PENDING'"), {"id": payment_id})
     result = await session.execute(
         delete(Payment).where(Payment.id == payment_id, Payment.status == "PENDING")
     )
@@ -120,37 +151,103 @@ async def payments_by_ids(
     return {row[0]: PaymentRow(*row) for row in rows}  # type: ignore[call-arg]  # as above
 
 
-# Newest first across both roles of the account; each half walks its own index.
-_PAGE = """
-SELECT * FROM (
+@dataclass(frozen=True, slots=True)
+class PaymentFilter:
+    """What a payments page may be narrowed to (GraphQL ``PaymentFilter``), validated.
+    Dates are inclusive; metadata matches one entry with the key, the value, or both."""
+
+    status: str | None = None
+    direction: str | None = None  # INCOMING (the account is the destination) or OUTGOING
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+    reference: str | None = None
+    metadata_key: str | None = None
+    metadata_value: str | None = None
+
+    @property
+    def by_metadata(self) -> bool:
+        return self.metadata_key is not None or self.metadata_value is not None
+
+    def sql(self, table: str = "payments") -> tuple[str, dict[str, object]]:
+        """The conditions on the payment row (``table``) and their parameters."""
+        conditions: list[str] = []
+        params: dict[str, object] = {}
+        # created_to is not here: account_page folds it into the page's start position.
+        for column, name, value in (("status", "f_status", self.status),
+                                    ("created_at >=", "f_from", self.created_from),
+                                    ("reference", "f_reference", self.reference)):
+            if value is not None:
+                operator = "" if column.endswith(("=", "<", ">")) else " ="
+                conditions.append(f"{table}.{column}{operator} :{name}")
+                params[name] = value
+        return "".join(f" AND {c}" for c in conditions), params
+
+
+NO_FILTER = PaymentFilter()
+
+# Newest first across both roles of the account; each half walks its own index (with a
+# status filter, the role's status index; with a reference, the role's reference index).
+_OUTGOING = """
   (SELECT {cols} FROM payments
     WHERE source_account_id = :account AND (created_at, id) < (:before_at, :before_id)
-    {visible} ORDER BY created_at DESC, id DESC LIMIT :limit)
-  UNION ALL
+    {visible}{filters} ORDER BY created_at DESC, id DESC LIMIT :limit)"""
+_INCOMING = """
   (SELECT {cols} FROM payments
     WHERE destination_account_id = :account AND source_account_id <> :account
       AND (created_at, id) < (:before_at, :before_id)
-    {visible} ORDER BY created_at DESC, id DESC LIMIT :limit)
-) page ORDER BY created_at DESC, id DESC LIMIT :limit
+    {visible}{filters} ORDER BY created_at DESC, id DESC LIMIT :limit)"""
+# A metadata filter walks payment_metadata's index for (account, key and/or value) in page
+# order, then each payment by its primary key: a range whatever the matches' density.
+_BY_METADATA = """
+SELECT {pcols} FROM payment_metadata m JOIN payments ON payments.id = m.payment_id
+ WHERE m.account_id = :account {metadata}
+   AND (m.created_at, m.payment_id) < (:before_at, :before_id)
+   {direction}{visible}{filters}
+ ORDER BY m.created_at DESC, m.payment_id DESC LIMIT :limit
 """
+_DIRECTION = {"OUTGOING": "AND payments.source_account_id = :account",
+              "INCOMING": "AND payments.destination_account_id = :account"}
 # Only payments whose other side belongs to the caller (a counterparty's account).
 _VISIBLE = (
     "AND EXISTS (SELECT 1 FROM accounts o WHERE o.partner_id = :viewer"
     " AND o.id IN (payments.source_account_id, payments.destination_account_id))"
 )
 _COLUMN_NAMES = ", ".join(column.key for column in COLUMNS)
+_QUALIFIED = ", ".join(f"payments.{column.key}" for column in COLUMNS)
 
 
 async def account_page(
     session: ReadSession | WriteSession, account_id: uuid.UUID, *, limit: int,
     before: tuple[datetime, uuid.UUID] | None, viewer: uuid.UUID | None,
+    where: PaymentFilter = NO_FILTER,
 ) -> list[PaymentRow]:
     """Up to ``limit`` payments touching the account, newest first, strictly after the cursor
-    ``before`` (created_at, id). ``viewer`` restricts to payments whose accounts it owns."""
+    ``before`` (created_at, id), narrowed by ``where``. ``viewer`` restricts to payments
+    whose accounts it owns."""
     before_at, before_id = before or (FAR_FUTURE, MAX_UUID)
-    sql = _PAGE.format(cols=_COLUMN_NAMES, visible=_VISIBLE if viewer else "")
-    params: dict[str, object] = {"account": account_id, "before_at": before_at,
-                                 "before_id": before_id, "limit": limit}
+    if where.created_to is not None:
+        # created_at <= to is (created_at, id) < (to, MAX_UUID): one start position for the
+        # index scan. As a separate condition the scan started at the newest row and read
+        # down to it, checking each row.
+        before_at, before_id = min((before_at, before_id), (where.created_to, MAX_UUID))
+    filters, params = where.sql()
+    visible = _VISIBLE if viewer else ""
+    if where.by_metadata:
+        metadata = "".join(f" AND m.{name} = :m_{name}" for name, value in (
+            ("key", where.metadata_key), ("value", where.metadata_value)) if value is not None)
+        params.update({f"m_{n}": v for n, v in (("key", where.metadata_key),
+                                                ("value", where.metadata_value)) if v is not None})
+        sql = _BY_METADATA.format(pcols=_QUALIFIED, metadata=metadata, visible=visible,
+                                  direction=_DIRECTION.get(where.direction or "", ""),
+                                  filters=filters)
+    else:
+        halves = [half for direction, half in (("OUTGOING", _OUTGOING), ("INCOMING", _INCOMING))
+                  if where.direction in (None, direction)]
+        union = " UNION ALL ".join(
+            half.format(cols=_COLUMN_NAMES, visible=visible, filters=filters) for half in halves)
+        sql = f"SELECT * FROM ({union}) page ORDER BY created_at DESC, id DESC LIMIT :limit"
+    params.update({"account": account_id, "before_at": before_at, "before_id": before_id,
+                   "limit": limit})
     if viewer:
         params["viewer"] = viewer
     rows = await session.execute(text(sql), params)

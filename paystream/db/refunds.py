@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import any_, bindparam, select, text
 from sqlalchemy.dialects.postgresql import insert
 
+from ..domain.metadata import Metadata, metadata_from_json, metadata_json
 from .accounts import uuid_array
 from .engine import ReadSession, WriteSession
 from .models import Refund
@@ -32,6 +33,11 @@ class RefundRow:
     version: int
     created_at: datetime
     updated_at: datetime
+    metadata_entries: Metadata = ()  # the partner's (key, value) pairs, in its order
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.metadata_entries, tuple):
+            object.__setattr__(self, "metadata_entries", metadata_from_json(self.metadata_entries))
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -40,6 +46,7 @@ class RefundRow:
                 data[name] = str(value)
             elif isinstance(value, datetime):
                 data[name] = value.isoformat()
+        data["metadata_entries"] = metadata_json(self.metadata_entries)
         return data
 
 
@@ -65,6 +72,7 @@ _OF_PAYMENTS = (select(*COLUMNS).where(Refund.payment_id == any_(uuid_array([]))
 async def insert_refund(session: WriteSession, row: RefundRow) -> tuple[RefundRow, bool]:
     """Insert a PENDING refund unless (partner, idempotency key) exists; (stored, created)."""
     values = {column.key: getattr(row, column.key) for column in COLUMNS}
+    values["metadata_entries"] = metadata_json(row.metadata_entries)
     created = (await session.execute(_INSERT, values)).first()
     if created is not None:
         return RefundRow(*created), True
@@ -82,6 +90,18 @@ async def existing_refund(session: WriteSession, partner_id: uuid.UUID,
 async def claimed_minor(session: WriteSession, payment_id: uuid.UUID) -> int:
     """The sum of the payment's PENDING and SUCCEEDED refunds (call with the payment locked)."""
     return int((await session.execute(_CLAIMED, {"payment": payment_id})).scalar_one())
+
+
+_BY_IDS = select(*COLUMNS).where(Refund.id == any_(uuid_array([])))
+
+
+async def refunds_by_ids(session: ReadSession | WriteSession,
+                         ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, RefundRow]:
+    """One statement for any number of refund ids."""
+    if not ids:
+        return {}
+    return {row[0]: RefundRow(*row)
+            for row in await session.execute(_BY_IDS, {"ids": sorted(set(ids))})}
 
 
 async def refunds_of_payments(session: ReadSession | WriteSession,

@@ -7,7 +7,9 @@ goes negative, a failure moves nothing) are tested without a database.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from uuid import UUID
 
@@ -22,6 +24,7 @@ __all__ = [
     "post_authorization",
     "post_funding",
     "post_transfer",
+    "posting_time",
 ]
 
 SYSTEM_PARTNER_ID = UUID("00000000-0000-0000-0000-000000000001")
@@ -39,6 +42,19 @@ class EntryKind(StrEnum):
     HOLD = "HOLD"
     RELEASE = "RELEASE"
     FUNDING = "FUNDING"
+
+
+def posting_time(clock: datetime, last_changes: Iterable[datetime]) -> datetime:
+    """When a posting is dated: the clock, but never before the last change of an account it
+    touches (its ``updated_at``, read under its row lock).
+
+    Statements list an account's entries by (created_at, id) and ``balanceAt`` takes the last
+    entry at or before a time, so per account the dates must follow the order in which the
+    running balances were computed. Postings on one account are serialized by its row lock,
+    but their clocks are not: two workers a few milliseconds apart, or one clock stepped
+    back, could date a later posting earlier. Never before the previous change closes that.
+    """
+    return max([clock, *last_changes])
 
 
 @dataclass(frozen=True)

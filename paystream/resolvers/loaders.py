@@ -22,6 +22,7 @@ class Loaders:
         self.account = DataLoader[uuid.UUID, AccountRow | None](load_fn=self._load_accounts)
         self.payment = DataLoader[uuid.UUID, PaymentRow | None](load_fn=self._load_payments)
         self.refunds = DataLoader[uuid.UUID, list[RefundRow]](load_fn=self._load_refunds)
+        self.refund = DataLoader[uuid.UUID, RefundRow | None](load_fn=self._load_refund)
 
     async def _load_accounts(self, ids: Sequence[uuid.UUID]) -> list[AccountRow | None]:
         DATALOADER_BATCH_SIZE.labels("account").observe(len(ids))
@@ -31,6 +32,11 @@ class Loaders:
     async def _load_payments(self, ids: Sequence[uuid.UUID]) -> list[PaymentRow | None]:
         DATALOADER_BATCH_SIZE.labels("payment").observe(len(ids))
         found = await self._reader.payments(ids)
+        return [found.get(i) for i in ids]
+
+    async def _load_refund(self, ids: Sequence[uuid.UUID]) -> list[RefundRow | None]:
+        DATALOADER_BATCH_SIZE.labels("refund").observe(len(ids))
+        found = await self._reader.refunds_by_ids(ids)
         return [found.get(i) for i in ids]
 
     async def _load_refunds(self, ids: Sequence[uuid.UUID]) -> list[list[RefundRow]]:

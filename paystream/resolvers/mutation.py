@@ -12,6 +12,7 @@ from ..schema.inputs import (
     CreatePaymentInput,
     RefundPaymentInput,
 )
+from ..schema.metadata import metadata_pairs
 from ..schema.types import Account, Payment, Refund
 from ..services.accounts import CreateAccount
 from ..services.lifecycle import CapturePayment
@@ -39,6 +40,7 @@ class Mutation:
                 reference=input.reference,
                 capture=input.capture is not False,
                 authorization_ttl_seconds=input.authorization_ttl_seconds,
+                metadata=metadata_pairs(input.metadata),
             ),
         )
         # Counted here, at the one createPayment entry, once the service has the payment.
@@ -54,7 +56,7 @@ class Mutation:
         row = await info.context.services.accounts.create(
             info.context.require_caller(),
             CreateAccount(idempotency_key=input.idempotency_key, name=input.name,
-                          currency=input.currency),
+                          currency=input.currency, metadata=metadata_pairs(input.metadata)),
         )
         info.context.loaders.account.prime(row.id, row)
         return Account(row=row)
@@ -91,7 +93,7 @@ class Mutation:
         caller = info.context.require_caller()
         row = await info.context.services.refunds.refund(caller, RefundPayment(
             idempotency_key=input.idempotency_key, payment_id=input.payment_id,
-            amount=input.amount, reason=input.reason))
+            amount=input.amount, reason=input.reason, metadata=metadata_pairs(input.metadata)))
         payment = await info.context.loaders.payment.load(row.payment_id)
         assert payment is not None  # refunds reference their payment by foreign key
         return Refund(row=row, currency=payment.currency)

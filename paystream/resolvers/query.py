@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import strawberry
 
+from ..schema.filters import PaymentFilterInput, payment_filter
 from ..schema.pagination import PageInfo, decode_cursor
 from ..schema.types import (
     Account,
@@ -55,7 +56,8 @@ class Query:
     @strawberry.field(description="An account's payments, newest first; empty when the account "
                       "is absent or not the caller's.")
     async def payments(self, info: Info, account_id: strawberry.ID, first: int | None = 20,
-                       after: str | None = None) -> PaymentConnection:
+                       after: str | None = None,
+                       filter: PaymentFilterInput | None = None) -> PaymentConnection:
         caller = info.context.require_caller()
         caller.require(READ)
         account = None
@@ -63,9 +65,10 @@ class Query:
         if parsed is not None:
             account = await info.context.loaders.account.load(parsed)
         if account is None or not caller.owns(account.partner_id):
-            decode_cursor(after)  # a bad cursor is still BAD_USER_INPUT
+            decode_cursor(after)  # a bad cursor or filter is still BAD_USER_INPUT
+            payment_filter(filter)
             return PaymentConnection(edges=[], page_info=PageInfo(has_next_page=False, end_cursor=None))
-        return await payment_connection(info, account, first, after)
+        return await payment_connection(info, account, first, after, filter)
 
     @strawberry.field(description="The caller's accounts, newest first.")
     async def accounts(self, info: Info, first: int | None = 20,

@@ -38,6 +38,11 @@ def shape_error(error: GraphQLError, request_id: str | None) -> GraphQLError:
     elif isinstance(original, CannotGetOperationTypeError):
         extensions = {"code": ErrorCode.BAD_USER_INPUT.value}
         message = error.message
+    elif isinstance(original, GraphQLError) and original.original_error is None:
+        # A variable's value refused by its type (an unknown enum value in a filter): the
+        # outer message names the variable and the path inside it ("at .status").
+        extensions = {"code": ErrorCode.BAD_USER_INPUT.value}
+        message = error.message
     elif isinstance(original, GraphQLError):
         return shape_error(original, request_id)
     else:

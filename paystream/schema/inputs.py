@@ -6,6 +6,7 @@ from decimal import Decimal as PyDecimal
 
 import strawberry
 
+from .metadata import MetadataEntryInput
 from .scalars import Decimal
 
 
@@ -26,6 +27,9 @@ class CreatePaymentInput:
         default=None, description="With capture false: how long the hold lives before the system "
         "releases it (CANCELED, AUTHORIZATION_EXPIRED); default 7 days, at most 30 days."
     )
+    metadata: list[MetadataEntryInput] | None = strawberry.field(
+        default=None, description="Your own key-value pairs (at most 20); part of the request "
+        "for idempotency.")
 
 
 @strawberry.input
@@ -52,6 +56,9 @@ class RefundPaymentInput:
         default=None, description="At most what is left to refund; omitted: all of it."
     )
     reason: str | None = strawberry.field(default=None, description="At most 140 characters.")
+    metadata: list[MetadataEntryInput] | None = strawberry.field(
+        default=None, description="Your own key-value pairs (at most 20); part of the request "
+        "for idempotency.")
 
 
 @strawberry.input
@@ -61,6 +68,9 @@ class CreateAccountInput:
     )
     name: str = strawberry.field(description="1 to 200 characters.")
     currency: str = strawberry.field(description="ISO 4217 code, e.g. USD.")
+    metadata: list[MetadataEntryInput] | None = strawberry.field(
+        default=None, description="Your own key-value pairs (at most 20); part of the request "
+        "for idempotency.")
 
 
 __all__ = [
@@ -68,6 +78,7 @@ __all__ = [
     "CapturePaymentInput",
     "CreateAccountInput",
     "CreatePaymentInput",
+    "MetadataEntryInput",
     "PyDecimal",
     "RefundPaymentInput",
 ]

@@ -8,7 +8,8 @@ rule here is one class per schema, so a repeated document is validated once.
 The cost estimate counts every selected field once per object it may be resolved on: a field
 with a ``first`` argument multiplies the fields below it by that page size (capped by
 ``max_page_size``, as the resolvers cap it; a variable counts as the cap, since the validation
-result is cached per document, not per variable values).
+result is cached per document, not per variable values). A page narrowed by a ``filter``
+(``payments``) or a date range (``Account.entries``) counts its page size once more.
 """
 
 from __future__ import annotations
@@ -161,7 +162,12 @@ class _Walker:
             field_def = parent.fields.get(name)
             if field_def is not None:
                 field_type = get_named_type(field_def.type)
-                multiplier *= self._page_size(node, field_def.args.get("first"))
+                page = self._page_size(node, field_def.args.get("first"))
+                if _narrowed(node):
+                    # A filtered page (or a statement's date range) may read index rows it
+                    # then drops: it counts its page once more.
+                    m.cost += multiplier * page
+                multiplier *= page
         self.walk(node.selection_set, field_type, depth + 1, multiplier, active)
 
     def _page_size(self, node: FieldNode, first_arg: Any) -> int:
@@ -177,6 +183,13 @@ class _Walker:
                 return 1  # a wrong literal type: validation refuses it anyway
         default = first_arg.default_value
         return min(default, cap) if isinstance(default, int) else cap
+
+
+_NARROWING_ARGUMENTS = frozenset({"filter", "from", "to"})
+
+
+def _narrowed(node: FieldNode) -> bool:
+    return any(a.name.value in _NARROWING_ARGUMENTS for a in node.arguments or ())
 
 
 def query_limits_rule(limits: LimitsSettings) -> type[ValidationRule]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable
 from datetime import datetime
-from enum import Enum
+from typing import Annotated
 
 import strawberry
 
@@ -16,8 +16,14 @@ from ..db.refunds import RefundRow
 from ..domain.money import Money
 from ..resolvers.context import Info
 from ..services.auth import READ
-from .pagination import PageInfo, decode_cursor, encode_cursor, page_size
+from .enums import PaymentStatus, RefundStatus
+from .filters import PaymentFilterInput, entry_range, instant, payment_filter
+from .metadata import MetadataEntry, metadata_entries
+from .pagination import PageInfo, decode_cursor, decode_entry_cursor, encode_cursor, page_size
 from .scalars import Decimal
+from .statements import LedgerEntryConnection, empty_entries, entry_connection
+
+__all__ = ["Account", "Payment", "PaymentStatus", "Refund", "RefundStatus"]
 
 
 @strawberry.type(description="A partner's account. Balance is shown to its owner only.")
@@ -55,31 +61,66 @@ class Account:
         return money_decimal(self.row.available_minor, self.row.currency)
 
     @strawberry.field(description="Newest first; only the payments the caller may see.")
-    async def payments(self, info: Info, first: int | None = 20,
-                       after: str | None = None) -> PaymentConnection:
-        return await payment_connection(info, self.row, first, after)
+    async def payments(self, info: Info, first: int | None = 20, after: str | None = None,
+                       filter: PaymentFilterInput | None = None) -> PaymentConnection:
+        return await payment_connection(info, self.row, first, after, filter)
+
+    @strawberry.field(description="The account's ledger entries, newest first, with "
+                      "from <= createdAt <= to (both optional). Empty unless the caller owns "
+                      "the account.")
+    async def entries(
+        self, info: Info, first: int | None = 20, after: str | None = None,
+        from_: Annotated[datetime | None, strawberry.argument(name="from")] = None,
+        to: datetime | None = None,
+    ) -> LedgerEntryConnection:
+        caller = info.context.require_caller()
+        if not caller.owns(self.row.partner_id):
+            # A counterparty's (or foreign) account: as if it had no entries, like a missing
+            # one; a malformed argument is still BAD_USER_INPUT.
+            decode_entry_cursor(after)
+            entry_range(from_, to)
+            return empty_entries()
+        caller.require(READ)
+        return await entry_connection(info, self.row, first, after, from_, to)
+
+    @strawberry.field(description="The posted balance after the last entry at or before "
+                      "`at` (0 before the first); null unless the caller owns the account.")
+    async def balance_at(self, info: Info, at: datetime) -> Decimal | None:
+        moment = instant(at, "at")
+        assert moment is not None
+        caller = info.context.caller
+        if caller is None or not caller.owns(self.row.partner_id):
+            return None
+        caller.require(READ)
+        minor = await info.context.services.reader.balance_at(self.row, moment)
+        return money_decimal(minor, self.row.currency)
+
+    @strawberry.field(description="The owner's key-value pairs, as given to createAccount.")
+    def metadata(self) -> list[MetadataEntry]:
+        return metadata_entries(self.row.metadata_entries)
 
 
 async def payment_connection(info: Info, account: AccountRow, first: int | None,
-                             after: str | None) -> PaymentConnection:
+                             after: str | None, given: PaymentFilterInput | None = None,
+                             ) -> PaymentConnection:
     """A page of the account's payments; the caller sees all of an account it owns, and of a
     counterparty's account only the payments with its own accounts."""
     caller = info.context.require_caller()
     caller.require(READ)  # also reached from createPayment's answer
     limit = page_size(first, info.context.services.settings.limits.max_page_size)
     before = decode_cursor(after)
+    where = payment_filter(given)
     viewer = None if caller.owns(account.partner_id) else caller.partner_id
-    rows = await info.context.services.reader.account_page(
-        account.id, limit=limit + 1, before=before, viewer=viewer
+    page = await info.context.services.reader.account_page(
+        account.id, limit=limit, before=before, viewer=viewer, where=where
     )
-    page = rows[:limit]
-    for row in page:
+    for row in page.rows:
         info.context.loaders.payment.prime(row.id, row)
-    edges = [PaymentEdge(cursor=encode_cursor(r), node=Payment(row=r)) for r in page]
+    edges = [PaymentEdge(cursor=encode_cursor(r), node=Payment(row=r)) for r in page.rows]
     return PaymentConnection(
         edges=edges,
-        page_info=PageInfo(has_next_page=len(rows) > limit,
-                           end_cursor=edges[-1].cursor if edges else None),
+        page_info=PageInfo(has_next_page=page.more,
+                           end_cursor=encode_cursor(page.last) if page.last else None),
     )
 
 
@@ -93,15 +134,6 @@ def parse_id(raw: str) -> uuid.UUID | None:
         return uuid.UUID(raw)
     except ValueError:
         return None
-
-
-@strawberry.enum(description="Where a payment is in its life.")
-class PaymentStatus(Enum):
-    PENDING = "PENDING"
-    AUTHORIZED = "AUTHORIZED"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELED = "CANCELED"
 
 
 @strawberry.type(description="A transfer between two accounts of the same currency.")
@@ -170,6 +202,10 @@ class Payment:
     def amount_refunded(self) -> Decimal:
         return money_decimal(self.row.refunded_minor, self.row.currency)
 
+    @strawberry.field(description="The key-value pairs given to createPayment.")
+    def metadata(self) -> list[MetadataEntry]:
+        return metadata_entries(self.row.metadata_entries)
+
     @strawberry.field(description="Oldest first.")
     async def refunds(self, info: Info) -> list[Refund]:
         rows = await info.context.loaders.refunds.load(self.row.id)
@@ -229,13 +265,6 @@ async def account_connection(info: Info, first: int | None, after: str | None) -
     )
 
 
-@strawberry.enum(description="Where a refund is in its life.")
-class RefundStatus(Enum):
-    PENDING = "PENDING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-
-
 @strawberry.type(description="Money of a SUCCEEDED payment paid back to its source account.")
 class Refund:
     row: strawberry.Private[RefundRow]
@@ -275,3 +304,7 @@ class Refund:
     @strawberry.field
     def updated_at(self) -> datetime:
         return self.row.updated_at
+
+    @strawberry.field(description="The key-value pairs given to refundPayment.")
+    def metadata(self) -> list[MetadataEntry]:
+        return metadata_entries(self.row.metadata_entries)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -17,6 +18,7 @@ from ..db import Database, ReadSession
 from ..db.accounts import AccountRow, insert_keyed, partner_page
 from ..domain.currency import currency_exponent
 from ..domain.errors import BadUserInput, IdempotencyConflict
+from ..domain.metadata import Metadata, validate_metadata
 from ..domain.validation import validate_idempotency_key
 from .auth import READ, WRITE, Caller
 from .reads import Reader
@@ -31,11 +33,17 @@ class CreateAccount:
     idempotency_key: str
     name: str
     currency: str
+    metadata: Sequence[tuple[str, str]] | None = None
 
 
-def account_request_hash(partner_id: uuid.UUID, name: str, currency: str) -> str:
-    """What makes two createAccount requests "the same": every field but the key."""
-    canonical = json.dumps([str(partner_id), name, currency], separators=(",", ":"))
+def account_request_hash(partner_id: uuid.UUID, name: str, currency: str,
+                         metadata: Metadata = ()) -> str:
+    """What makes two createAccount requests "the same": every field but the key (metadata
+    only when given, so accounts made before it keep their hashes)."""
+    fields: list[object] = [str(partner_id), name, currency]
+    if metadata:
+        fields.append({"metadata": [list(pair) for pair in metadata]})
+    canonical = json.dumps(fields, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -60,11 +68,12 @@ class AccountService:
         key = validate_idempotency_key(request.idempotency_key)
         name = validate_account_name(request.name)
         currency_exponent(request.currency)  # BAD_USER_INPUT on currency unless ISO 4217
-        digest = account_request_hash(caller.partner_id, name, request.currency)
+        metadata = validate_metadata(request.metadata)
+        digest = account_request_hash(caller.partner_id, name, request.currency, metadata)
         async with self._db.write_session() as session:
             stored = await insert_keyed(
                 session, partner_id=caller.partner_id, idempotency_key=key, request_hash=digest,
-                name=name, currency=request.currency, now=datetime.now(UTC),
+                name=name, currency=request.currency, now=datetime.now(UTC), metadata=metadata,
             )
         if stored.request_hash != digest:
             raise IdempotencyConflict("idempotencyKey was already used with a different request",

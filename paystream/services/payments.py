@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -27,6 +28,7 @@ from ..domain.currency import currency_exponent
 from ..domain.errors import BadUserInput, IdempotencyConflict
 from ..domain.ledger import SYSTEM_PARTNER_ID
 from ..domain.lifecycle import validate_authorization_ttl
+from ..domain.metadata import Metadata, validate_metadata
 from ..domain.money import Money
 from ..domain.validation import parse_account_id, validate_idempotency_key, validate_reference
 from ..events.messages import PaymentRequested
@@ -49,11 +51,12 @@ class CreatePayment:
     reference: str | None = None
     capture: bool = True  # False: authorize (hold) until capturePayment or cancelPayment
     authorization_ttl_seconds: int | None = None
+    metadata: Sequence[tuple[str, str]] | None = None  # (key, value) pairs, validated here
 
 
 def request_hash(partner_id: uuid.UUID, source: uuid.UUID, destination: uuid.UUID,
                  money: Money, reference: str | None, *, capture: bool = True,
-                 authorization_ttl_s: int | None = None) -> str:
+                 authorization_ttl_s: int | None = None, metadata: Metadata = ()) -> str:
     """What makes two requests "the same" for idempotency: every field but the key."""
     fields: list[object] = [str(partner_id), str(source), str(destination), money.minor,
                             money.currency, reference]
@@ -61,6 +64,9 @@ def request_hash(partner_id: uuid.UUID, source: uuid.UUID, destination: uuid.UUI
         # Only for authorizations: a transfer's hash stays what it was before holds existed,
         # so a retry across the upgrade is still recognised as the same request.
         fields += [False, authorization_ttl_s]
+    if metadata:
+        # Likewise only when given: payments without metadata keep their hashes.
+        fields.append({"metadata": [list(pair) for pair in metadata]})
     canonical = json.dumps(fields, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -81,6 +87,7 @@ class PaymentService:
         currency_exponent(request.currency)
         money = Money.parse(request.amount, request.currency, field="amount")
         ttl = validate_authorization_ttl(request.authorization_ttl_seconds, capture=request.capture)
+        metadata = validate_metadata(request.metadata)
         if source_id == destination_id:
             raise BadUserInput("destinationAccountId must differ from sourceAccountId",
                                field="destinationAccountId")
@@ -103,11 +110,12 @@ class PaymentService:
         draft = PaymentRow(
             id=uuid.uuid4(), partner_id=caller.partner_id, idempotency_key=key,
             request_hash=request_hash(caller.partner_id, source_id, destination_id, money, reference,
-                                      capture=request.capture, authorization_ttl_s=ttl),
+                                      capture=request.capture, authorization_ttl_s=ttl,
+                                      metadata=metadata),
             source_account_id=source_id, destination_account_id=destination_id,
             amount_minor=money.minor, currency=money.currency, reference=reference,
             status="PENDING", failure_reason=None, version=1, created_at=now, updated_at=now,
-            capture=request.capture, authorization_ttl_s=ttl,
+            capture=request.capture, authorization_ttl_s=ttl, metadata_entries=metadata,
         )
         kafka = self._settings.kafka
         payload = _message(draft).encode()

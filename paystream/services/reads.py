@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -32,13 +33,32 @@ from ..cache import (
 from ..config import Settings
 from ..db import Database, ReadSession
 from ..db.accounts import AccountRow, accounts_by_ids
-from ..db.payments import PaymentRow, account_page, payments_by_ids
-from ..db.refunds import RefundRow, refunds_of_payments
+from ..db.payments import NO_FILTER, PaymentFilter, PaymentRow, account_page, payments_by_ids
+from ..db.refunds import RefundRow, refunds_by_ids, refunds_of_payments
+from ..db.statements import EntryRow, account_version, balance_at, entries_page
 from ..domain.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
 Row = TypeVar("Row", AccountRow, PaymentRow)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentPage:
+    """A page of payments as shown, whether more follow, and the last row of its range (the
+    page's end for the cursor, shown or not)."""
+
+    rows: list[PaymentRow]
+    more: bool
+    last: PaymentRow | None
+
+    @classmethod
+    def of(cls, fetched: list[PaymentRow], limit: int, where: PaymentFilter) -> PaymentPage:
+        window = fetched[:limit]
+        shown = window if where.status is None else [r for r in window
+                                                     if r.status == where.status]
+        return cls(rows=shown, more=len(fetched) > limit, last=window[-1] if window else None)
 
 
 class Reader:
@@ -150,6 +170,10 @@ class Reader:
         cached; the payment's ``refunded_minor`` is, and must agree with the list)."""
         return await self._db.read(lambda s: refunds_of_payments(s, payment_ids), primary=True)
 
+    async def refunds_by_ids(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, RefundRow]:
+        """Refunds by id (a statement's REFUND entries), from the primary like ``refunds``."""
+        return await self._db.read(lambda s: refunds_by_ids(s, ids), primary=True)
+
     async def remember_account(self, row: AccountRow) -> None:
         """Put an account this process just wrote into the cache (read-your-writes)."""
         if self.cache is not None and self._ttl is not None:
@@ -157,24 +181,31 @@ class Reader:
 
     async def account_page(self, account_id: uuid.UUID, *, limit: int,
                            before: tuple[datetime, uuid.UUID] | None,
-                           viewer: uuid.UUID | None) -> list[PaymentRow]:
-        """One SQL statement on a replica for the page, then one MGET: where the cache holds a
+                           viewer: uuid.UUID | None,
+                           where: PaymentFilter = NO_FILTER) -> PaymentPage:
+        """Up to ``limit`` payments after ``before``: one SQL statement (``limit`` + 1 rows,
+        to know whether more follow) on a replica, then one MGET: where the cache holds a
         newer version of a payment than the replica (a status the caller may already have
-        seen), the newer one is shown. Rows the cache lacks or holds older are written back."""
+        seen), the newer one is shown. Rows the cache lacks or holds older are written back.
+        Under a status filter, a payment whose newer version has left that status is left
+        out: the page may then be shorter than asked, and its end is still the last row of
+        its range (``PaymentPage.last``), so the next page starts past it."""
         async def page(primary: bool) -> list[PaymentRow]:
             return await self._db.read(
-                lambda s: account_page(s, account_id, limit=limit, before=before, viewer=viewer),
+                lambda s: account_page(s, account_id, limit=limit + 1, before=before,
+                                       viewer=viewer, where=where),
                 primary=primary,
             )
 
         if self.cache is None or self._ttl is None or not await self._replicas_trusted():
-            return await page(primary=True)
+            return PaymentPage.of(await page(primary=True), limit, where)
         rows = await page(primary=False)
         if not rows:
-            return rows
+            return PaymentPage.of(rows, limit, where)
         cached = await self.cache.get_many(PAYMENT, [r.id for r in rows], payment_from)
         if not self._cache_answers():
-            return await page(primary=True)  # Redis failed just now: the replica's rows may lag
+            # Redis failed just now: the replica's rows may lag.
+            return PaymentPage.of(await page(primary=True), limit, where)
         newest: list[PaymentRow] = []
         stale: dict[uuid.UUID, PaymentRow] = {}
         for row in rows:
@@ -188,4 +219,34 @@ class Reader:
             await self.cache.put_many(
                 PAYMENT, {i: payment_entry(r) for i, r in stale.items()}, self._ttl.payment_ttl_s
             )
-        return newest
+        return PaymentPage.of(newest, limit, where)
+
+    async def _fresh_read(self, account: AccountRow,
+                          work: Callable[[ReadSession], Awaitable[T]]) -> T:
+        """``work`` on a replica that has replayed the account at least to ``account.version``
+        (the newest state the caller may have been shown: the cache's), else on the primary.
+        Entries are append-only and written with the account's new version in one
+        transaction, so a replica at that version has every entry the caller could know of."""
+        async def checked(session: ReadSession) -> list[T]:
+            version = await account_version(session, account.id)
+            if version is None or version < account.version:
+                return []  # not replayed that far yet
+            return [await work(session)]  # read after the version: a snapshot as new or newer
+
+        if await self._replicas_trusted():
+            found = await self._db.read(checked)
+            if found:
+                return found[0]
+        return await self._db.read(work, primary=True)
+
+    async def entries_page(self, account: AccountRow, *, limit: int,
+                           before: tuple[datetime, int] | None, from_at: datetime | None,
+                           to_at: datetime | None) -> list[EntryRow]:
+        """A statement page, newest first, from a replica that is fresh enough (else the
+        primary): never older than the balance the caller may already have seen."""
+        return await self._fresh_read(account, lambda s: entries_page(
+            s, account.id, limit=limit, before=before, from_at=from_at, to_at=to_at))
+
+    async def balance_at(self, account: AccountRow, at: datetime) -> int:
+        """The posted balance after the last entry at or before ``at`` (one index probe)."""
+        return await self._fresh_read(account, lambda s: balance_at(s, account.id, at))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -30,6 +31,7 @@ from ..db.refunds import (
 )
 from ..domain.errors import IdempotencyConflict, NotFound
 from ..domain.lifecycle import decide_refund
+from ..domain.metadata import Metadata, validate_metadata
 from ..domain.money import Money
 from ..domain.status import PaymentStatus
 from ..domain.validation import parse_uuid, validate_idempotency_key, validate_reference
@@ -46,13 +48,17 @@ class RefundPayment:
     payment_id: str
     amount: str | Decimal | None = None  # None: all that is left
     reason: str | None = None
+    metadata: Sequence[tuple[str, str]] | None = None
 
 
 def refund_request_hash(partner_id: uuid.UUID, payment_id: uuid.UUID, amount: str | None,
-                        reason: str | None) -> str:
-    """Every field but the key; the amount as sent (omitted means "what is left")."""
-    canonical = json.dumps([str(partner_id), str(payment_id), amount, reason],
-                           separators=(",", ":"))
+                        reason: str | None, metadata: Metadata = ()) -> str:
+    """Every field but the key; the amount as sent (omitted means "what is left"); metadata
+    only when given, so refunds made before it keep their hashes."""
+    fields: list[object] = [str(partner_id), str(payment_id), amount, reason]
+    if metadata:
+        fields.append({"metadata": [list(pair) for pair in metadata]})
+    canonical = json.dumps(fields, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -66,6 +72,7 @@ class RefundService:
         caller.require(WRITE)
         key = validate_idempotency_key(request.idempotency_key)
         reason = validate_reference(request.reason, field="reason")
+        metadata = validate_metadata(request.metadata)
         payment_id = parse_uuid(request.payment_id)
         if payment_id is None:
             raise NotFound("no such payment", field="paymentId")
@@ -79,7 +86,7 @@ class RefundService:
                          else Money.parse(request.amount, payment.currency, field="amount"))
             digest = refund_request_hash(
                 caller.partner_id, payment.id,
-                None if requested is None else str(requested.minor), reason)
+                None if requested is None else str(requested.minor), reason, metadata)
             # A retry is answered before the rules: the first attempt already claimed its part.
             known = await existing_refund(session, caller.partner_id, key)
             if known is not None:
@@ -98,7 +105,7 @@ class RefundService:
                 id=uuid.uuid4(), partner_id=caller.partner_id, idempotency_key=key,
                 request_hash=digest, payment_id=payment.id, amount_minor=amount, reason=reason,
                 status="PENDING", failure_reason=None, version=1, created_at=now,
-                updated_at=now))
+                updated_at=now, metadata_entries=metadata))
             if not created:  # a concurrent duplicate committed first (the payment lock
                 return row   # serializes them, so this is a race we lost by a hair)
             message = RefundRequested(

@@ -27,7 +27,7 @@ from ..db import WriteSession
 from ..db.accounts import AccountRow
 from ..db.payments import COLUMNS as PAYMENT_COLUMNS
 from ..db.payments import PaymentRow
-from ..domain.ledger import EntryKind
+from ..domain.ledger import EntryKind, posting_time
 from ..domain.lifecycle import capture_outcome
 from ..domain.status import FailureReason, PaymentStatus, check_transition
 from ..events.messages import (
@@ -58,7 +58,7 @@ _LOCK_EXPIRED = text(
 )
 _LOCK_ACCOUNTS = text(
     "SELECT id, partner_id, name, currency, balance_minor, version, created_at, updated_at,"
-    " held_minor FROM accounts WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id"
+    " held_minor, metadata_entries FROM accounts WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id"
     " FOR NO KEY UPDATE"
 )
 _SET_PAYMENT = text(
@@ -139,7 +139,7 @@ async def _apply(session: WriteSession,
                           for a in (row.source_account_id, row.destination_account_id)})
     accounts = {row[0]: AccountRow(*row)
                 for row in await session.execute(_LOCK_ACCOUNTS, {"ids": account_ids})}
-    now = datetime.now(UTC)
+    now = posting_time(datetime.now(UTC), (a.updated_at for a in accounts.values()))
     events: list[PaymentStatusEvent] = []
     payments: list[PaymentRow] = []
     changed: dict[uuid.UUID, AccountRow] = {}

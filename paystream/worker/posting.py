@@ -27,8 +27,9 @@ from ..db import WriteSession
 from ..db.accounts import AccountRow
 from ..db.payments import COLUMNS as PAYMENT_COLUMNS
 from ..db.payments import PaymentRow
-from ..domain.ledger import post_authorization, post_transfer
+from ..domain.ledger import post_authorization, post_transfer, posting_time
 from ..domain.lifecycle import DEFAULT_AUTHORIZATION_TTL_S
+from ..domain.metadata import Metadata, metadata_from_json
 from ..domain.status import PaymentStatus, check_transition
 from ..events.messages import (
     PaymentCommand,
@@ -47,7 +48,7 @@ _LOCK_PAYMENTS = text(
 )
 _LOCK_ACCOUNTS = text(
     "SELECT id, partner_id, currency, balance_minor, version, name, created_at, updated_at,"
-    " held_minor FROM accounts"
+    " held_minor, metadata_entries FROM accounts"
     " WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR NO KEY UPDATE"
 )
 _UPDATE_PAYMENTS = text(
@@ -95,13 +96,15 @@ class _Account:
     created_at: datetime
     updated_at: datetime
     held: int = 0
+    metadata_entries: Metadata = ()
     touched: bool = False
 
     def row(self, account_id: uuid.UUID) -> AccountRow:
         return AccountRow(id=account_id, partner_id=self.partner_id, name=self.name,
                           currency=self.currency, balance_minor=self.balance,
                           version=self.version, created_at=self.created_at,
-                          updated_at=self.updated_at, held_minor=self.held)
+                          updated_at=self.updated_at, held_minor=self.held,
+                          metadata_entries=self.metadata_entries)
 
     def change(self, now: datetime) -> None:
         """A posting (or hold) changed this account: a new version for the cache."""
@@ -169,10 +172,11 @@ async def post_batch(
     account_ids = sorted({a for p in pending for a in (p.source_account_id, p.destination_account_id)})
     accounts = {
         row.id: _Account(row.partner_id, row.currency, row.balance_minor, row.version, row.name,
-                         row.created_at, row.updated_at, row.held_minor)
+                         row.created_at, row.updated_at, row.held_minor,
+                         metadata_from_json(row.metadata_entries))
         for row in await session.execute(_LOCK_ACCOUNTS, {"ids": account_ids})
     }
-    now = datetime.now(UTC)
+    now = posting_time(datetime.now(UTC), (a.updated_at for a in accounts.values()))
     entries: list[tuple[uuid.UUID, uuid.UUID, int, int]] = []
     holds: list[tuple[uuid.UUID, uuid.UUID, int, datetime]] = []
     events: list[PaymentStatusEvent] = []

@@ -26,7 +26,7 @@ from ..db.payments import COLUMNS as PAYMENT_COLUMNS
 from ..db.payments import PaymentRow
 from ..db.refunds import COLUMNS as REFUND_COLUMNS
 from ..db.refunds import RefundRow
-from ..domain.ledger import EntryKind
+from ..domain.ledger import EntryKind, posting_time
 from ..domain.lifecycle import refund_outcome
 from ..domain.status import RefundStatus
 from ..events.messages import PaymentCommand, PaymentRequested, PaymentStatusEvent, RefundRequested
@@ -42,7 +42,7 @@ _LOCK_REFUNDS = text(
 )
 _LOCK_ACCOUNTS = text(
     "SELECT id, partner_id, name, currency, balance_minor, version, created_at, updated_at,"
-    " held_minor FROM accounts WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id"
+    " held_minor, metadata_entries FROM accounts WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id"
     " FOR NO KEY UPDATE"
 )
 _SET_REFUND = text(
@@ -102,7 +102,7 @@ async def post_refunds(session: WriteSession, requests: Sequence[RefundRequested
         payments[r.payment_id].source_account_id, payments[r.payment_id].destination_account_id)})
     accounts = {row[0]: AccountRow(*row)
                 for row in await session.execute(_LOCK_ACCOUNTS, {"ids": account_ids})}
-    now = datetime.now(UTC)
+    now = posting_time(datetime.now(UTC), (a.updated_at for a in accounts.values()))
     events: list[PaymentStatusEvent] = []
     changed: dict[uuid.UUID, PaymentRow] = {}
     touched: dict[uuid.UUID, AccountRow] = {}
