@@ -259,15 +259,25 @@ async def record_attempt(session: WriteSession, claimed: ClaimedDelivery, *,
         "                         scheduled_at + make_interval(secs => :window))"
         " WHERE id = :row AND state = 'PENDING' RETURNING state"),
         {"row": claimed.id, "window": window_s, "retry": retry_in_s})
-    state = result.scalar_one_or_none() or "DELIVERED"
-    await session.execute(text(
+    # None: another sender settled the row meanwhile (its lease had ended).
+    state = result.scalar_one_or_none() or "SETTLED"
+    result = await session.execute(text(
         "UPDATE webhook_endpoints SET failing_since = coalesce(failing_since, now()),"
         " status = CASE WHEN now() - coalesce(failing_since, now())"
         "                    >= make_interval(secs => :disable) THEN 'DISABLED' ELSE status END,"
         " disabled_at = CASE WHEN status = 'ENABLED' AND now() - coalesce(failing_since, now())"
         "                    >= make_interval(secs => :disable) THEN now() ELSE disabled_at END"
-        " WHERE id = :endpoint"),
+        " WHERE id = :endpoint RETURNING status"),
         {"endpoint": claimed.endpoint_id, "disable": disable_after_s})
+    if result.scalar_one_or_none() == "DISABLED":
+        # A disabled endpoint is sent nothing more: what it still had waiting is given up
+        # (`paystream webhooks resend` can send an event again).
+        await session.execute(text(
+            "UPDATE webhook_events SET state = 'FAILED', finished_at = now()"
+            " WHERE endpoint_id = :endpoint AND state = 'PENDING'"),
+            {"endpoint": claimed.endpoint_id})
+        if state == "PENDING":
+            state = "FAILED"
     return str(state)
 
 

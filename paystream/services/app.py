@@ -18,6 +18,7 @@ from .reads import Reader
 from .refunds import RefundService
 from .status_hub import StatusHub
 from .subscriptions import Subscriptions
+from .webhooks import WebhookService
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Services:
     refunds: RefundService
     hub: StatusHub
     subscriptions: Subscriptions
+    webhooks: WebhookService
 
     @classmethod
     def create(cls, settings: Settings) -> Services:
@@ -52,6 +54,7 @@ class Services:
             lifecycle=LifecycleService(settings, db, reader, publisher),
             refunds=RefundService(settings, db, publisher),
             hub=hub, subscriptions=Subscriptions(db, reader, hub),
+            webhooks=WebhookService(settings, db),
         )
 
     _publishing: asyncio.Task[None] | None = field(default=None, init=False, repr=False)

@@ -1,0 +1,89 @@
+"""A real webhook receiver for the tests: uvicorn on loopback, recording every request, able
+to answer 500 or to be down (its port closed) and come back on the same port."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    answered: int
+
+    @property
+    def json(self) -> dict[str, Any]:
+        return dict(json.loads(self.body))
+
+
+class Receiver:
+    def __init__(self) -> None:
+        # The port is held by the test while the receiver is down, so nothing else takes it.
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port: int = probe.getsockname()[1]
+        probe.close()
+        self.answer = 200
+        self.answers: dict[str, int] = {}  # per path, over ``answer``
+        self.requests: list[Received] = []
+        self._changed = asyncio.Condition()
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._socket: socket.socket | None = None
+        self.app = Starlette(routes=[Route("/{path:path}", self._hook, methods=["POST"])])
+
+    def url(self, path: str = "hook", host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}/{path}"
+
+    async def _hook(self, request: Request) -> Response:
+        body = await request.body()
+        path = request.url.path.lstrip("/")
+        answer = self.answers.get(path, self.answer)
+        received = Received(path, dict(request.headers), body, answer)
+        async with self._changed:
+            self.requests.append(received)
+            self._changed.notify_all()
+        return Response("ok" if answer < 300 else "no", status_code=answer)
+
+    async def start(self) -> None:
+        """Listening as soon as this returns (the socket is bound and listening before
+        uvicorn serves it, so no connection is refused in between)."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        sock.listen(128)
+        self._socket = sock
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+
+    async def stop(self) -> None:
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            await self._task
+        if self._socket is not None:
+            self._socket.close()
+        self._server = self._task = self._socket = None
+
+    async def wait_for(self, predicate: Callable[[list[Received]], bool],
+                       timeout: float = 30.0) -> list[Received]:
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self.requests)),
+                                   timeout)
+        return list(self.requests)
+
+    def delivered(self, path: str | None = None) -> list[Received]:
+        return [r for r in self.requests if r.answered < 300 and (path is None or r.path == path)]
