@@ -445,3 +445,49 @@ async def test_a_failing_endpoint_is_given_up_and_disabled_without_holding_up_an
     assert sorted(d["attempt"] for d in log) == list(range(1, len(log) + 1))
     [good_row] = await schedule_rows(services, good["endpoint"]["id"])
     assert good_row["state"] == "DELIVERED" and good_row["attempts"] == 1
+
+
+REFUND = """mutation($input: RefundPaymentInput!) { refundPayment(input: $input) { id } }"""
+REFUND_VIEW = """
+query($id: ID!) { payment(id: $id) { refunds { id amount status reason failureReason createdAt
+  updatedAt } } }"""
+
+
+async def test_a_refund_reaches_both_partners_as_refund_succeeded(
+        client, make_partner, watcher, receiver, migrated, services) -> None:  # type: ignore[no-untyped-def]
+    payer, payee = await make_partner(), await make_partner()
+    source, destination = await payer.account(balance="100.00"), await payee.account(balance="0")
+    kinds = ["refund.succeeded", "refund.failed"]
+    payer_hook = await endpoint(client, payer, receiver.url("payer"), events=kinds)
+    payee_hook = await endpoint(client, payee, receiver.url("payee"), events=kinds)
+    await receiver.start()
+    async with sender(fast_settings(migrated)):
+        payment_id = await pay(client, payer, source, destination, "30.00")
+        await watcher.terminal(payment_id)
+        body = await gql(client, REFUND, {"input": {
+            "idempotencyKey": uuid.uuid4().hex, "paymentId": payment_id, "amount": "10.00",
+            "reason": "returned"}}, key=payer.key)
+        refund_id = body["data"]["refundPayment"]["id"]  # type: ignore[index]
+
+        def refunded(path: str) -> Callable[[list[Received]], bool]:
+            return lambda rs: any(r.path == path and r.json["type"] == "refund.succeeded"
+                                  and r.json["data"]["id"] == refund_id for r in rs)
+
+        requests = await receiver.wait_for(lambda rs: refunded("payer")(rs)
+                                           and refunded("payee")(rs))
+        for path, hook, partner in (("payer", payer_hook, payer), ("payee", payee_hook, payee)):
+            request = next(r for r in requests if r.path == path)
+            verify_signature(hook["secret"], request.headers["paystream-signature"], request.body)
+            data = request.json["data"]
+            query = (await gql(client, REFUND_VIEW, {"id": payment_id}, key=partner.key)
+                     )["data"]["payment"]["refunds"]  # type: ignore[index]
+            assert {k: v for k, v in data.items() if k != "payment"} == query[0]
+            assert data["amount"] == "10.00" and data["status"] == "SUCCEEDED"
+            assert data["payment"]["id"] == payment_id
+            assert data["payment"]["amountRefunded"] == "10.00"
+            own, other = (("sourceAccount", "destinationAccount") if partner is payer
+                          else ("destinationAccount", "sourceAccount"))
+            assert data["payment"][own]["balance"] is not None
+            assert data["payment"][other]["balance"] is None
+        assert {r.path for r in requests} == {"payer", "payee"}
+        assert all(r.json["type"] == "refund.succeeded" for r in requests)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -189,3 +190,26 @@ def test_no_key_means_no_secrets_and_a_bad_key_is_not_echoed() -> None:
     with pytest.raises(SecretsUnavailable) as caught:
         SecretBox(WebhookSettings(encryption_key=SecretStr("not-a-key-value-123")))
     assert "not-a-key-value-123" not in str(caught.value)
+
+
+async def test_the_readme_receiver_accepts_signed_events_once_and_refuses_the_rest() -> None:
+    import httpx
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = readme.split("## Webhooks", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, object] = {}
+    exec(compile(example, "README.md", "exec"), namespace)  # noqa: S102 (our own README)
+    namespace["SECRETS"] = ["whsec_readme"]
+    transport = httpx.ASGITransport(app=namespace["app"])  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://receiver") as http:
+        now = int(time.time())
+        body = b'{"id":"e-1","type":"payment.succeeded","data":{"id":"p","status":"SUCCEEDED"}}'
+        good = {"Paystream-Signature": signature_header(["whsec_readme"], now, body)}
+        assert (await http.post("/paystream", content=body, headers=good)).status_code == 204
+        assert (await http.post("/paystream", content=body, headers=good)).status_code == 204
+        assert namespace["seen"] == {"e-1"}
+        tampered = body.replace(b"SUCCEEDED", b"FAILED")
+        assert (await http.post("/paystream", content=tampered, headers=good)).status_code == 400
+        stale = {"Paystream-Signature": signature_header(["whsec_readme"], now - 600, body)}
+        assert (await http.post("/paystream", content=body, headers=stale)).status_code == 400
+        assert (await http.post("/paystream", content=body)).status_code == 400
