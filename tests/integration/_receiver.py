@@ -13,7 +13,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 
@@ -38,6 +38,13 @@ class Receiver:
         probe.close()
         self.answer = 200
         self.answers: dict[str, int] = {}  # per path, over ``answer``
+        self.redirects: set[str] = set()  # paths answering 307 to "<path>-target"
+        self.slow: dict[str, float] = {}  # paths answering only after this many seconds
+        # Paths answering 200 with a 100 MiB body; how many 64 KiB chunks went out, and set
+        # once the body ended (sent or cut by the client).
+        self.huge: set[str] = set()
+        self.huge_chunks_sent = 0
+        self.huge_ended = asyncio.Event()
         self.requests: list[Received] = []
         self._changed = asyncio.Condition()
         self._server: uvicorn.Server | None = None
@@ -56,7 +63,25 @@ class Receiver:
         async with self._changed:
             self.requests.append(received)
             self._changed.notify_all()
+        if path in self.redirects:
+            return Response(status_code=307, headers={"Location": f"/{path}-target"})
+        if path in self.slow:
+            await asyncio.sleep(self.slow[path])  # a slow server, not a synchronisation
+        if path in self.huge:
+            return StreamingResponse(self._huge_body(request), status_code=200)
         return Response("ok" if answer < 300 else "no", status_code=answer)
+
+    async def _huge_body(self, request: Request) -> Any:
+        # uvicorn drops writes to a closed connection silently, so the body stops only when
+        # the client's hang-up is noticed.
+        try:
+            for _ in range(1600):
+                if await request.is_disconnected():
+                    break
+                yield b"x" * 65536
+                self.huge_chunks_sent += 1
+        finally:
+            self.huge_ended.set()
 
     async def start(self) -> None:
         """Listening as soon as this returns (the socket is bound and listening before

@@ -491,3 +491,38 @@ async def test_a_refund_reaches_both_partners_as_refund_succeeded(
             assert data["payment"][other]["balance"] is None
         assert {r.path for r in requests} == {"payer", "payee"}
         assert all(r.json["type"] == "refund.succeeded" for r in requests)
+
+
+async def test_redirects_are_not_followed_slow_answers_time_out_big_ones_are_not_read(
+        client, make_partner, watcher, receiver, migrated) -> None:  # type: ignore[no-untyped-def]
+    partner = await make_partner()
+    source, destination = await partner.account(balance="100.00"), await partner.account(balance="0")
+    hooks = {path: await endpoint(client, partner, receiver.url(path), events=["payment.succeeded"])
+             for path in ("redirect", "slow", "huge", "plain")}
+    receiver.redirects.add("redirect")
+    receiver.slow["slow"] = 3.0  # past the sender's 2 s request timeout (FAST)
+    receiver.huge.add("huge")
+    await receiver.start()
+    async with sender(fast_settings(migrated)):
+        payment_id = await pay(client, partner, source, destination)
+        await receiver.wait_for(lambda rs: all(of_type("payment.succeeded", payment_id, path)(rs)
+                                               for path in ("plain", "huge")))
+        await asyncio.wait_for(receiver.huge_ended.wait(), 30)
+
+        def logged(path: str, predicate: Callable[[dict[str, Any]], bool]
+                   ) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:
+                log = (await gql(client, DELIVERIES, {"id": hooks[path]["endpoint"]["id"]},
+                                 key=partner.key))["data"]["webhookDeliveries"]  # type: ignore[index]
+                return any(predicate(d) for d in log)
+            return check
+
+        await eventually(logged("redirect", lambda d: d["responseStatus"] == 307
+                                      and d["error"] == "HTTP 307"))
+        await eventually(logged("slow", lambda d: d["responseStatus"] is None
+                                      and d["error"] == "timeout after 2 s"))
+        await eventually(logged("huge", lambda d: d["responseStatus"] == 200))
+    assert not any(r.path == "redirect-target" for r in receiver.requests)
+    # The sender stopped reading after the first KiB and hung up: most of 100 MiB never left.
+    # (A sender reading it all makes the receiver send all 1600 chunks: checked by hand.)
+    assert receiver.huge_chunks_sent < 160
