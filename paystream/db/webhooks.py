@@ -234,7 +234,14 @@ async def record_attempt(session: WriteSession, claimed: ClaimedDelivery, *,
                          retry_in_s: float, window_s: float, disable_after_s: float) -> str:
     """Log the attempt and settle the row: DELIVERED; or due again in ``retry_in_s`` (never
     past the end of its retry window); or FAILED once the window has passed. The endpoint's
-    failure streak starts, ends, or (past ``disable_after_s``) disables it. The row's state."""
+    failure streak starts, ends, or (past ``disable_after_s``) disables it. The row's state,
+    or "DELETED" when its endpoint was deleted during the attempt (nothing is recorded)."""
+    # Locked first: an endpoint deleted meanwhile took the row with it (and a deletion
+    # waits for this transaction), so the log never references a row that is gone.
+    present = await session.execute(text(
+        "SELECT 1 FROM webhook_events WHERE id = :row FOR UPDATE"), {"row": claimed.id})
+    if present.one_or_none() is None:
+        return "DELETED"
     await session.execute(text(
         "INSERT INTO webhook_deliveries (webhook_event_id, endpoint_id, event_id, attempt,"
         " response_status, error) VALUES (:row, :endpoint, :event, :attempt, :status, :error)"),

@@ -96,7 +96,10 @@ class DeliveryLoop:
 
             state = await until_done("recording a webhook attempt", settle)
             self.attempts += 1
-            if delivered:
+            if state == "DELETED":
+                log.info("webhook %s: endpoint %s deleted during the attempt", delivery.event_id,
+                         delivery.endpoint_id)
+            elif delivered:
                 log.info("webhook %s (%s) delivered to endpoint %s, attempt %d",
                          delivery.event_id, delivery.type, delivery.endpoint_id, delivery.attempt)
             else:

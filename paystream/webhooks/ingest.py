@@ -9,6 +9,7 @@ once, never lost. An endpoint gets the events that happen after its creation.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -97,7 +98,9 @@ class Ingest:
             try:
                 batches = await self.consumer.getmany(timeout_ms=200)
             except (IllegalStateError, KafkaError) as exc:
+                # A rebalance in progress, the coordinator moving: poll again shortly.
                 log.warning("poll failed (%s); polling again", type(exc).__name__)
+                await asyncio.sleep(0.2)
                 continue
             for tp, records in batches.items():
                 await self._handle(tp, records)

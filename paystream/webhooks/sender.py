@@ -26,6 +26,9 @@ async def run_sender(settings: Settings, *, resolver: Resolver | None = None,
 
     ``resolver`` replaces the system's DNS resolver (tests change what a name resolves to).
     Refuses to start without an encryption key for the endpoints' secrets."""
+    # httpx logs every request's URL at INFO; partners put tokens in webhook URLs, so the
+    # sender logs endpoint ids instead.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     box = SecretBox(settings.webhooks)
     if not box.configured:
         raise SecretsUnavailable("PAYSTREAM_WEBHOOKS__ENCRYPTION_KEY is not set: the sender "

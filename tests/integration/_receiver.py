@@ -40,6 +40,7 @@ class Receiver:
         self.answers: dict[str, int] = {}  # per path, over ``answer``
         self.redirects: set[str] = set()  # paths answering 307 to "<path>-target"
         self.slow: dict[str, float] = {}  # paths answering only after this many seconds
+        self.answered_slowly: list[str] = []  # slow paths, as each answer goes out
         # Paths answering 200 with a 100 MiB body; how many 64 KiB chunks went out, and set
         # once the body ended (sent or cut by the client).
         self.huge: set[str] = set()
@@ -67,6 +68,9 @@ class Receiver:
             return Response(status_code=307, headers={"Location": f"/{path}-target"})
         if path in self.slow:
             await asyncio.sleep(self.slow[path])  # a slow server, not a synchronisation
+            async with self._changed:
+                self.answered_slowly.append(path)
+                self._changed.notify_all()
         if path in self.huge:
             return StreamingResponse(self._huge_body(request), status_code=200)
         return Response("ok" if answer < 300 else "no", status_code=answer)
@@ -109,6 +113,11 @@ class Receiver:
             await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self.requests)),
                                    timeout)
         return list(self.requests)
+
+    async def wait_answered_slowly(self, path: str, timeout: float = 30.0) -> None:
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: path in self.answered_slowly),
+                                   timeout)
 
     def delivered(self, path: str | None = None) -> list[Received]:
         return [r for r in self.requests if r.answered < 300 and (path is None or r.path == path)]

@@ -526,3 +526,31 @@ async def test_redirects_are_not_followed_slow_answers_time_out_big_ones_are_not
     # The sender stopped reading after the first KiB and hung up: most of 100 MiB never left.
     # (A sender reading it all makes the receiver send all 1600 chunks: checked by hand.)
     assert receiver.huge_chunks_sent < 160
+
+
+async def test_an_endpoint_deleted_during_an_attempt_leaves_the_sender_running(
+        client, make_partner, watcher, receiver, migrated, services) -> None:  # type: ignore[no-untyped-def]
+    partner = await make_partner()
+    source, destination = await partner.account(balance="100.00"), await partner.account(balance="0")
+    doomed = await endpoint(client, partner, receiver.url("doomed"), events=["payment.succeeded"])
+    receiver.slow["doomed"] = 1.0  # answers 200, within the timeout, after the deletion
+    await receiver.start()
+    async with sender(fast_settings(migrated)):
+        first = await pay(client, partner, source, destination)
+        await receiver.wait_for(lambda rs: any(r.path == "doomed" for r in rs))
+        deleted = await gql(client, DELETE, {"id": doomed["endpoint"]["id"]}, key=partner.key)
+        assert deleted["data"] == {"deleteWebhookEndpoint": True}
+        assert await schedule_rows(services, doomed["endpoint"]["id"]) == []
+        # The attempt in flight ends after the deletion (the sender settles it a moment
+        # later, finding no row); the sender goes on delivering and recording.
+        await receiver.wait_answered_slowly("doomed")
+        later = await endpoint(client, partner, receiver.url("later"), events=["payment.succeeded"])
+        second = await pay(client, partner, source, destination, "2.00")
+        await receiver.wait_for(of_type("payment.succeeded", second, "later"))
+
+        async def recorded() -> bool:
+            rows = await schedule_rows(services, later["endpoint"]["id"])
+            return [r["state"] for r in rows] == ["DELIVERED"]
+        await eventually(recorded)
+        assert any(r.path == "doomed" and r.json["data"]["id"] == first for r in receiver.requests)
+        assert later["endpoint"]["id"] != doomed["endpoint"]["id"]
