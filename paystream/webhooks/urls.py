@@ -39,9 +39,10 @@ async def system_resolver(host: str, port: int) -> list[str]:
 
 def parse_url(url: str, *, dev: bool) -> tuple[str, int]:
     """The host and port of an acceptable URL; raises :class:`UrlRefused`."""
-    if len(url) > MAX_URL_LENGTH or any(c.isspace() for c in url):
+    if len(url) > MAX_URL_LENGTH or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F
+                                        for c in url):
         raise UrlRefused("URL_INVALID", f"url must be an absolute URL of at most "
-                         f"{MAX_URL_LENGTH} characters without spaces")
+                         f"{MAX_URL_LENGTH} characters without spaces or control characters")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -69,7 +70,7 @@ async def resolve_checked(host: str, port: int, *, dev: bool, resolver: Resolver
         try:
             async with asyncio.timeout(timeout_s):
                 addresses = await resolver(host, port)
-        except (OSError, TimeoutError, UnicodeError):
+        except (OSError, TimeoutError, ValueError):  # ValueError: UnicodeError, a NUL
             raise UrlRefused("URL_NOT_RESOLVABLE", "url's host does not resolve") from None
     if not addresses:
         raise UrlRefused("URL_NOT_RESOLVABLE", "url's host does not resolve")

@@ -153,6 +153,10 @@ async def test_outside_dev_only_https_to_public_addresses() -> None:
     assert await refused("https://user:pw@hooks.example.com/", dev=False) == "URL_INVALID"
     assert await refused("ftp://hooks.example.com/", dev=False) == "URL_SCHEME_NOT_ALLOWED"
     assert await refused("not a url", dev=False) == "URL_INVALID"
+    for bad in ("https://hooks.example.com/a\x00b", "https://hooks.example.com/\x7f",
+                "https://[::1/", "https://hooks.example.com:99999/", "https:///path",
+                "https://" + "a" * 2048 + ".com/"):
+        assert await refused(bad, dev=False) == "URL_INVALID", bad
 
 
 async def test_dev_allows_http_to_loopback() -> None:
@@ -161,13 +165,24 @@ async def test_dev_allows_http_to_loopback() -> None:
     assert await refused("http://10.0.0.1/hook", dev=True) == "URL_ADDRESS_NOT_ALLOWED"
 
 
-async def test_an_unresolvable_host_is_refused() -> None:
+@pytest.mark.parametrize("error", [OSError("Name or service not known"), UnicodeError("idna"),
+                                   ValueError("embedded null byte"), TimeoutError()])
+async def test_an_unresolvable_host_is_refused(error: Exception) -> None:
     async def fails(host: str, port: int) -> list[str]:
-        raise OSError("Name or service not known")
+        raise error
 
     with pytest.raises(UrlRefused) as caught:
         await check_url("https://nowhere.invalid/", dev=False, resolver=fails, timeout_s=1.0)
     assert caught.value.reason == "URL_NOT_RESOLVABLE"
+
+
+async def test_the_system_resolver_refuses_odd_names_without_crashing() -> None:
+    from paystream.webhooks.urls import system_resolver
+
+    for host in ("xn--.invalid", "a" * 300 + ".invalid"):
+        with pytest.raises(UrlRefused):
+            await check_url(f"https://{host}/", dev=False, resolver=system_resolver,
+                            timeout_s=2.0)
 
 
 def test_secrets_round_trip_encrypted_and_old_keys_decrypt() -> None:
