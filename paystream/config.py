@@ -200,12 +200,12 @@ class WebhookSettings(BaseModel):
     old_encryption_keys: list[SecretStr] = Field(default_factory=list)
     # The sender's consumer group on payments.status.
     group: str = "paystream-webhooks"
-    # One POST: connect + read + write, then it counts as failed. Redirects are not followed
+    # One POST, whole (connect, send, answer), then it counts as failed. Redirects are not followed
     # and at most max_response_bytes of the answer are read.
     request_timeout_s: float = 10.0
     max_response_bytes: int = 1024
     # A claimed delivery is leased for this long: a sender that dies mid-attempt leaves it
-    # due again then (must exceed request_timeout_s).
+    # due again then (must exceed an attempt: resolve_timeout_s + request_timeout_s).
     lease_s: float = 30.0
     # Retries: retry_base_s doubling per failed attempt up to retry_max_s, with jitter (the
     # first retry within retry_base_s); an event is given up retry_window_s after it was
@@ -228,9 +228,10 @@ class WebhookSettings(BaseModel):
     resolve_timeout_s: float = 5.0
 
     @model_validator(mode="after")
-    def _lease_outlasts_a_request(self) -> WebhookSettings:
-        if self.lease_s <= self.request_timeout_s:
-            raise ValueError("webhooks.lease_s must exceed webhooks.request_timeout_s")
+    def _lease_outlasts_an_attempt(self) -> WebhookSettings:
+        if self.lease_s <= self.request_timeout_s + self.resolve_timeout_s:
+            raise ValueError("webhooks.lease_s must exceed webhooks.request_timeout_s plus "
+                             "webhooks.resolve_timeout_s (an attempt's longest time)")
         return self
 
 

@@ -141,8 +141,10 @@ class DeliveryLoop:
                                                     body),
         }
         try:
-            async with self._client.stream("POST", delivery.url, content=body,
-                                           headers=headers) as response:
+            # httpx's timeout bounds each phase (connect, each read); the deadline bounds the
+            # whole exchange, so an endpoint dripping a byte at a time cannot hold a slot.
+            async with asyncio.timeout(self._settings.request_timeout_s), self._client.stream(
+                    "POST", delivery.url, content=body, headers=headers) as response:
                 # At most max_response_bytes of the answer are read; the rest is dropped
                 # with the connection.
                 read = 0
@@ -151,7 +153,7 @@ class DeliveryLoop:
                     if read >= self._settings.max_response_bytes:
                         break
                 status = response.status_code
-        except httpx.TimeoutException:
+        except (httpx.TimeoutException, TimeoutError):
             return None, f"timeout after {self._settings.request_timeout_s:g} s"
         except httpx.ConnectError as exc:
             return None, f"connection failed: {str(exc)[:200] or type(exc).__name__}"

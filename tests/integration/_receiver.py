@@ -44,6 +44,7 @@ class Receiver:
         # Paths answering 200 with a 100 MiB body; how many 64 KiB chunks went out, and set
         # once the body ended (sent or cut by the client).
         self.huge: set[str] = set()
+        self.drip: set[str] = set()  # paths answering 200 and then a byte every 0.5 s
         self.huge_chunks_sent = 0
         self.huge_ended = asyncio.Event()
         self.requests: list[Received] = []
@@ -73,6 +74,8 @@ class Receiver:
                 self._changed.notify_all()
         if path in self.huge:
             return StreamingResponse(self._huge_body(request), status_code=200)
+        if path in self.drip:
+            return StreamingResponse(self._drip_body(request), status_code=200)
         return Response("ok" if answer < 300 else "no", status_code=answer)
 
     async def _huge_body(self, request: Request) -> Any:
@@ -86,6 +89,13 @@ class Receiver:
                 self.huge_chunks_sent += 1
         finally:
             self.huge_ended.set()
+
+    async def _drip_body(self, request: Request) -> Any:
+        for _ in range(2400):
+            if await request.is_disconnected():
+                return
+            yield b"x"
+            await asyncio.sleep(0.5)  # a slow server, not a synchronisation
 
     async def start(self) -> None:
         """Listening as soon as this returns (the socket is bound and listening before

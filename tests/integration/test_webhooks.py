@@ -54,7 +54,7 @@ query($id: ID!) {{ payment(id: $id) {{
 
 # Retries in tenths of a second instead of seconds to hours.
 FAST = {"retry_base_s": 0.2, "retry_max_s": 1.0, "request_timeout_s": 2.0, "lease_s": 3.0,
-        "poll_interval_s": 0.1}
+        "resolve_timeout_s": 0.5, "poll_interval_s": 0.1}
 
 
 @pytest.fixture
@@ -498,8 +498,9 @@ async def test_redirects_are_not_followed_slow_answers_time_out_big_ones_are_not
     partner = await make_partner()
     source, destination = await partner.account(balance="100.00"), await partner.account(balance="0")
     hooks = {path: await endpoint(client, partner, receiver.url(path), events=["payment.succeeded"])
-             for path in ("redirect", "slow", "huge", "plain")}
+             for path in ("redirect", "slow", "drip", "huge", "plain")}
     receiver.redirects.add("redirect")
+    receiver.drip.add("drip")  # a byte every 0.5 s: no read waits 2 s, the whole would take long
     receiver.slow["slow"] = 3.0  # past the sender's 2 s request timeout (FAST)
     receiver.huge.add("huge")
     await receiver.start()
@@ -521,6 +522,8 @@ async def test_redirects_are_not_followed_slow_answers_time_out_big_ones_are_not
                                       and d["error"] == "HTTP 307"))
         await eventually(logged("slow", lambda d: d["responseStatus"] is None
                                       and d["error"] == "timeout after 2 s"))
+        await eventually(logged("drip", lambda d: d["responseStatus"] is None
+                                and d["error"] == "timeout after 2 s"))
         await eventually(logged("huge", lambda d: d["responseStatus"] == 200))
     assert not any(r.path == "redirect-target" for r in receiver.requests)
     # The sender stopped reading after the first KiB and hung up: most of 100 MiB never left.
