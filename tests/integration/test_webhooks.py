@@ -351,8 +351,9 @@ async def test_a_sender_killed_mid_retry_leaves_the_schedule_to_the_next(
     second = None
     try:
         payment_id = await pay(client, partner, source, destination)
+        # A process start and a group join first: generous on a loaded machine.
         await receiver.wait_for(lambda rs: sum(r.json["data"]["id"] == payment_id
-                                               for r in rs) >= 2)
+                                               for r in rs) >= 2, timeout=90)
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         [row] = await schedule_rows(services, hook["endpoint"]["id"])
@@ -361,7 +362,8 @@ async def test_a_sender_killed_mid_retry_leaves_the_schedule_to_the_next(
 
         receiver.answer = 200
         second = sender_process(server_env, group)
-        requests = await receiver.wait_for(of_type("payment.succeeded", payment_id, "kill"))
+        requests = await receiver.wait_for(of_type("payment.succeeded", payment_id, "kill"),
+                                           timeout=90)
         ids = {r.headers["paystream-event-id"] for r in requests}
         assert ids == {row["event_id"]}  # the same event id on every attempt, both senders
         request = the(requests, "payment.succeeded", payment_id, "kill")
