@@ -559,3 +559,28 @@ async def test_an_endpoint_deleted_during_an_attempt_leaves_the_sender_running(
         await eventually(recorded)
         assert any(r.path == "doomed" and r.json["data"]["id"] == first for r in receiver.requests)
         assert later["endpoint"]["id"] != doomed["endpoint"]["id"]
+
+
+async def test_two_senders_share_the_schedule_and_deliver_each_event_once(
+        client, make_partner, watcher, receiver, migrated, services) -> None:  # type: ignore[no-untyped-def]
+    partner = await make_partner()
+    source, destination = await partner.account(balance="100.00"), await partner.account(balance="0")
+    hooks = [await endpoint(client, partner, receiver.url(f"shared-{n}"),
+                            events=["payment.succeeded"]) for n in range(3)]
+    await receiver.start()
+    settings = fast_settings(migrated)  # one group for both
+    async with sender(settings), sender(settings):
+        payments = [await pay(client, partner, source, destination, f"{n}.00")
+                    for n in range(1, 9)]
+        expected = {(f"shared-{n}", p) for n in range(3) for p in payments}
+        await receiver.wait_for(lambda rs: {(r.path, r.json["data"]["id"]) for r in rs
+                                            if r.answered < 300} >= expected, timeout=60)
+
+        async def settled() -> bool:
+            rows = [r for h in hooks for r in await schedule_rows(services, h["endpoint"]["id"])]
+            return len(rows) == len(expected) and all(r["state"] == "DELIVERED" for r in rows)
+        await eventually(settled)
+    # Claims are exclusive (SKIP LOCKED, leases far longer than an attempt here): no event
+    # went to an endpoint twice.
+    sent = [(r.path, r.headers["paystream-event-id"]) for r in receiver.requests]
+    assert len(sent) == len(set(sent)) == len(expected)
