@@ -2,7 +2,8 @@
 
 ``paystream dev`` runs everything on embedded servers; ``api``, ``worker`` and ``migrate`` run
 one role against the servers the settings name; ``partner`` and ``account`` administer;
-``schema`` prints the GraphQL SDL. Run in the directory where ``paystream dev`` runs, the
+``webhooks`` runs a webhook sender (its subcommands administer endpoints); ``schema`` prints
+the GraphQL SDL. Run in the directory where ``paystream dev`` runs, the
 admin commands act on that dev stack.
 """
 
@@ -24,15 +25,34 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .db.ledger import FundingPosting
+    from .db.webhooks import EndpointRow
     from .devstack import StackEndpoints
+    from .services.webhooks import WebhookService
 
 T = TypeVar("T")
 
 DEV_DIR = ".paystream"
 
 
-def dev_settings(endpoints: StackEndpoints, **overrides: Any) -> Settings:
-    """Settings for a dev stack's endpoints."""
+def dev_encryption_key(root: Path) -> str:
+    """The dev stack's key for webhook secrets: generated once into ``root/webhooks.key``
+    (mode 600) and reused, so secrets stored by one run decrypt in the next."""
+    path = root / "webhooks.key"
+    if not path.exists():
+        from .webhooks.secrets import new_encryption_key
+
+        root.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(new_encryption_key())
+    return path.read_text().strip()
+
+
+def dev_settings(endpoints: StackEndpoints, root: Path | None = None, **overrides: Any
+                 ) -> Settings:
+    """Settings for a dev stack's endpoints; with the stack's
+    ``root``, its webhook encryption key too (:func:`dev_encryption_key`)."""
+    if root is not None and "webhooks" not in overrides:
+        overrides["webhooks"] = {"encryption_key": dev_encryption_key(root)}
     return Settings(
         dev=True,
         db={"primary_url": endpoints.primary_url, "replica_urls": [endpoints.replica_url]},
@@ -50,7 +70,7 @@ def load_settings() -> Settings:
         return Settings()
     endpoints = read_running_stack(Path.cwd() / DEV_DIR)
     if endpoints is not None:
-        return dev_settings(endpoints)
+        return dev_settings(endpoints, Path.cwd() / DEV_DIR)
     return Settings()
 
 
@@ -330,6 +350,108 @@ def ledger_verify() -> None:
     click.echo(report.summary())
     if not report.sound:
         sys.exit(1)
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def webhooks(ctx: click.Context) -> None:
+    """Without a subcommand: run a webhook sender (consume payments.status into the delivery
+    schedule in PostgreSQL, POST what is due, signed; any number of processes). The
+    subcommands administer partners' endpoints."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .logging import configure_logging
+    from .webhooks.secrets import SecretsUnavailable
+    from .webhooks.sender import run_sender
+
+    settings = _settings_or_exit()
+    configure_logging(settings)
+    try:
+        asyncio.run(run_sender(settings, handle_signals=True))
+    except SecretsUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 (the sender logs its own failures)
+        raise click.ClickException(f"the webhook sender stopped: {exc!r}") from None
+
+
+def _webhook_service(db: Database, settings: Settings) -> WebhookService:
+    from .services.webhooks import WebhookService
+
+    return WebhookService(settings, db)
+
+
+@webhooks.command("create")
+@click.option("--partner", required=True, help="Owning partner's name.")
+@click.option("--url", required=True, help="https URL (http://127.0.0.1:PORT in dev).")
+@click.option("--event", "events", multiple=True,
+              help="An event type to send (repeat); default: all.")
+def webhooks_create(partner: str, url: str, events: tuple[str, ...]) -> None:
+    """Register an endpoint for PARTNER; prints its id, then its signing secret alone on the
+    last line (shown once, stored encrypted)."""
+    settings = _settings_or_exit()
+
+    async def work(db: Database) -> tuple[str, str]:
+        service = _webhook_service(db, settings)
+        created = await service.create_for(await service.partner_named(partner), url,
+                                           events or None)
+        return str(created.endpoint.id), created.secret
+
+    endpoint_id, secret = _run_with_db(settings, work)
+    click.echo(f"webhook endpoint {endpoint_id} created for {partner}; its signing secret "
+               "(shown once):")
+    click.echo(secret)
+
+
+@webhooks.command("list")
+@click.option("--partner", default=None, help="Only this partner's endpoints.")
+def webhooks_list(partner: str | None) -> None:
+    """List endpoints: id, partner id, status, url, events (never the secrets)."""
+    from .db.webhooks import all_endpoints, endpoints_of
+
+    settings = _settings_or_exit()
+
+    async def work(db: Database) -> list[EndpointRow]:
+        if partner is None:
+            return await db.read(all_endpoints, primary=True)
+        partner_id = await _webhook_service(db, settings).partner_named(partner)
+        return await db.read(lambda s: endpoints_of(s, partner_id), primary=True)
+
+    for row in _run_with_db(settings, work):
+        click.echo(f"{row.id}  {row.partner_id}  {row.status}  {row.url}  {','.join(row.events)}")
+
+
+@webhooks.command("delete")
+@click.argument("endpoint_id")
+def webhooks_delete(endpoint_id: str) -> None:
+    """Delete an endpoint with its pending deliveries and log."""
+    settings = _settings_or_exit()
+    deleted = _run_with_db(settings, lambda db: _webhook_service(db, settings).delete_any(endpoint_id))
+    if not deleted:
+        raise click.ClickException("no such webhook endpoint")
+    click.echo("deleted")
+
+
+@webhooks.command("rotate")
+@click.argument("endpoint_id")
+def webhooks_rotate(endpoint_id: str) -> None:
+    """A new signing secret for an endpoint (printed alone on the last line, once); the old
+    one keeps signing for 24 h."""
+    settings = _settings_or_exit()
+    created = _run_with_db(settings,
+                           lambda db: _webhook_service(db, settings).rotate_for(None, endpoint_id))
+    click.echo(f"webhook endpoint {created.endpoint.id}: new signing secret (the old one is "
+               "valid for 24 h more):")
+    click.echo(created.secret)
+
+
+@webhooks.command("resend")
+@click.argument("event_id")
+def webhooks_resend(event_id: str) -> None:
+    """Deliver EVENT_ID (a Paystream-Event-Id) again to every endpoint it was scheduled for,
+    starting now, with a new retry window."""
+    settings = _settings_or_exit()
+    count = _run_with_db(settings, lambda db: _webhook_service(db, settings).resend(event_id))
+    click.echo(f"event {event_id} scheduled again for {count} endpoint(s)")
 
 
 @main.group()

@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import itertools
 import json
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal, Self
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+
+from .domain.webhooks import parse_signature_header, signature
 
 Protocol = Literal["graphql-transport-ws", "graphql-ws"]
 
@@ -299,3 +303,37 @@ class Subscriptions:
                         ) -> AsyncIterator[dict[str, Any]]:
         async for data in self.results(await self.start(query, variables)):
             yield data
+
+
+class WebhookSignatureError(ValueError):
+    """A webhook whose ``Paystream-Signature`` does not prove it came from paystream, intact
+    and recent: answer it 400 and do not act on it."""
+
+
+def verify_signature(secrets: str | Sequence[str], header: str | None, body: bytes, *,
+                     tolerance: float = 300.0, now: float | None = None) -> None:
+    """Check a webhook's ``Paystream-Signature`` header against the raw request ``body``.
+
+    ``secrets`` is the endpoint's signing secret, or several (during a rotation, the new and
+    the old: either one's ``v1`` is accepted). The timestamp must be within ``tolerance``
+    seconds (5 minutes) of ``now`` (the local clock), so a captured request cannot be
+    replayed later. Comparisons are constant-time. Raises :class:`WebhookSignatureError`;
+    returns None when the signature is good. Verify the bytes as received, before parsing
+    them: re-serialized JSON would not match."""
+    if not header:
+        raise WebhookSignatureError("no Paystream-Signature header")
+    timestamp, values = parse_signature_header(header)
+    if timestamp is None or not values:
+        raise WebhookSignatureError("malformed Paystream-Signature header")
+    current = time.time() if now is None else now
+    if abs(current - timestamp) > tolerance:
+        raise WebhookSignatureError("signature timestamp outside the tolerance")
+    keys = [secrets] if isinstance(secrets, str) else list(secrets)
+    # Every pair is compared, whatever matched first: the time taken says nothing.
+    matched = False
+    for key in keys:
+        expected = signature(key, timestamp, body)
+        for value in values:
+            matched |= hmac.compare_digest(expected.encode(), value.encode())
+    if not matched:
+        raise WebhookSignatureError("no v1 signature matches")

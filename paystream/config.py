@@ -7,7 +7,7 @@ Nothing else in the package reads ``os.environ``.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -192,6 +192,52 @@ class MetricsSettings(BaseModel):
     sample_interval_s: float = 15.0
 
 
+class WebhookSettings(BaseModel):
+    """Webhooks to partner back ends: the sender role (``paystream webhooks``) and the API's
+    endpoint registration."""
+
+    # Fernet key (urlsafe base64 of 32 bytes) encrypting the endpoints' signing secrets at
+    # rest; ``old_encryption_keys`` still decrypt (key rotation). `paystream dev` and the
+    # tests generate one into the stack's directory; elsewhere it must be set.
+    encryption_key: SecretStr = SecretStr("")
+    old_encryption_keys: list[SecretStr] = Field(default_factory=list)
+    # The sender's consumer group on payments.status.
+    group: str = "paystream-webhooks"
+    # One POST, whole (connect, send, answer), then it counts as failed. Redirects are not followed
+    # and at most max_response_bytes of the answer are read.
+    request_timeout_s: float = 10.0
+    max_response_bytes: int = 1024
+    # A claimed delivery is leased for this long: a sender that dies mid-attempt leaves it
+    # due again then (must exceed an attempt: resolve_timeout_s + request_timeout_s).
+    lease_s: float = 30.0
+    # Retries: retry_base_s doubling per failed attempt up to retry_max_s, with jitter (the
+    # first retry within retry_base_s); an event is given up retry_window_s after it was
+    # scheduled, and an endpoint whose every attempt failed for disable_after_s is DISABLED.
+    retry_base_s: float = 10.0
+    retry_max_s: float = 3600.0
+    retry_window_s: float = 3 * 24 * 3600.0
+    disable_after_s: float = 3 * 24 * 3600.0
+    # A rotated secret keeps signing (a second v1) for this long.
+    previous_secret_ttl_s: float = 24 * 3600.0
+    # The delivery loop: due rows claimed at most claim_batch at a time, looking again every
+    # poll_interval_s when idle; deliveries in flight per process, and per endpoint (so one
+    # slow endpoint cannot take every slot).
+    claim_batch: int = 100
+    poll_interval_s: float = 0.5
+    max_in_flight: int = 64
+    max_in_flight_per_endpoint: int = 8
+    max_endpoints_per_partner: int = 20
+    # DNS resolution of an endpoint's host (at registration and before each attempt).
+    resolve_timeout_s: float = 5.0
+
+    @model_validator(mode="after")
+    def _lease_outlasts_an_attempt(self) -> WebhookSettings:
+        if self.lease_s <= self.request_timeout_s + self.resolve_timeout_s:
+            raise ValueError("webhooks.lease_s must exceed webhooks.request_timeout_s plus "
+                             "webhooks.resolve_timeout_s (an attempt's longest time)")
+        return self
+
+
 class Settings(BaseSettings):
     """All of paystream's settings.
 
@@ -213,6 +259,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     subscriptions: SubscriptionSettings = Field(default_factory=SubscriptionSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
 
     @model_validator(mode="after")
     def _require_servers(self) -> Settings:
@@ -259,4 +306,7 @@ def environment_for(settings: Settings, base: dict[str, str]) -> dict[str, str]:
         PAYSTREAM_REDIS__URL=settings.redis.url,
         PAYSTREAM_KAFKA__BOOTSTRAP_SERVERS=settings.kafka.bootstrap_servers,
     )
+    key = settings.webhooks.encryption_key.get_secret_value()
+    if key:
+        env["PAYSTREAM_WEBHOOKS__ENCRYPTION_KEY"] = key
     return env

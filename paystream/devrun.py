@@ -76,6 +76,7 @@ async def _serve(settings: Settings, root: Path, port: int, started: float) -> i
     )
     server = uvicorn.Server(config)
     worker = asyncio.create_task(_supervised_worker(settings), name="worker")
+    sender = asyncio.create_task(_supervised(settings, "webhook sender"), name="webhooks")
     api = asyncio.create_task(server.serve(), name="api")
     while not server.started and not api.done():
         await asyncio.sleep(0.05)
@@ -87,6 +88,7 @@ async def _serve(settings: Settings, root: Path, port: int, started: float) -> i
         click.echo(f"  replica:  {settings.db.replica_urls[0]}")
         click.echo(f"  redis:    {settings.redis.url}")
         click.echo(f"  kafka:    {settings.kafka.bootstrap_servers}  (dev broker: in memory only)")
+        click.echo("  webhook sender: running (dev allows http://127.0.0.1:PORT endpoints)")
         click.echo(f"  demo partner: {seed['partner']}")
         for account in cast(list[dict[str, str]], seed["accounts"]):
             click.echo(f"  account {account['id']}  {account['currency']}  {account['name']}")
@@ -94,36 +96,49 @@ async def _serve(settings: Settings, root: Path, port: int, started: float) -> i
         click.echo(f"  {seed['key']}")
         click.echo("Ctrl-C stops everything.")
     try:
-        await asyncio.wait({api, worker}, return_when=asyncio.FIRST_COMPLETED)
-        if worker.done():
-            # Never an API without its worker: the whole stack stops, saying why.
-            click.echo(f"the worker stopped for good ({worker.exception()!r}); "
-                       "stopping paystream dev", err=True)
-            server.should_exit = True
-            await api
-            return 1
+        await asyncio.wait({api, worker, sender}, return_when=asyncio.FIRST_COMPLETED)
+        for role, task in (("worker", worker), ("webhook sender", sender)):
+            if task.done():
+                # Never an API without its worker (or sender): the whole stack stops.
+                click.echo(f"the {role} stopped for good ({task.exception()!r}); "
+                           "stopping paystream dev", err=True)
+                server.should_exit = True
+                await api
+                return 1
         return 0
     finally:
         worker.cancel()
-        await asyncio.gather(worker, return_exceptions=True)
+        sender.cancel()
+        await asyncio.gather(worker, sender, return_exceptions=True)
 
 
 async def _supervised_worker(settings: Settings) -> None:
     """The dev stack's worker, restarted after a crash (logged with its reason) unless it
     crashes again and again: MAX_RESTARTS within RESTART_WINDOW_S ends the stack."""
+    await _supervised(settings, "worker")
+
+
+async def _supervised(settings: Settings, role: str) -> None:
+    """The dev stack's worker or webhook sender, restarted after a crash (logged with its
+    reason) unless it crashes again and again: MAX_RESTARTS within RESTART_WINDOW_S ends
+    the stack."""
+    from .webhooks.sender import run_sender
     from .worker.main import run_worker
 
     crashes: list[float] = []
     while True:
         try:
-            await run_worker(settings)
+            if role == "worker":
+                await run_worker(settings)
+            else:
+                await run_sender(settings)
             return
         except Exception as exc:
             now = time.monotonic()
             crashes = [t for t in crashes if now - t < RESTART_WINDOW_S] + [now]
             if len(crashes) > MAX_RESTARTS:
                 raise
-            log.error("worker crashed (%r); restarting it (%d of %d within %d s)", exc,
+            log.error("%s crashed (%r); restarting it (%d of %d within %d s)", role, exc,
                       len(crashes), MAX_RESTARTS, RESTART_WINDOW_S)
             await asyncio.sleep(min(2 ** len(crashes) * 0.1, 5.0))
 
@@ -142,7 +157,7 @@ def run_dev(root: Path, *, port: int) -> int:
         click.echo(f"paystream dev is already running here: {exc}", err=True)
         return 1
     try:
-        settings = dev_settings(endpoints, api={"host": "127.0.0.1", "port": port})
+        settings = dev_settings(endpoints, root, api={"host": "127.0.0.1", "port": port})
         configure_logging(settings)
         # uvicorn turns SIGINT/SIGTERM into a graceful exit of server.serve().
         return asyncio.run(_serve(settings, root, port, started))

@@ -40,7 +40,7 @@ def settings(devstack: object | None) -> Settings:
         return Settings(dev=True)
     from paystream.cli import dev_settings
 
-    return dev_settings(devstack.endpoints)  # type: ignore[attr-defined]
+    return dev_settings(devstack.endpoints, devstack.root)  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session")

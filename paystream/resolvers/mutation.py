@@ -10,10 +10,12 @@ from ..schema.inputs import (
     CapturePaymentInput,
     CreateAccountInput,
     CreatePaymentInput,
+    CreateWebhookEndpointInput,
     RefundPaymentInput,
 )
 from ..schema.metadata import metadata_pairs
 from ..schema.types import Account, Payment, Refund
+from ..schema.webhooks import WebhookEndpoint, WebhookEndpointCreated
 from ..services.accounts import CreateAccount
 from ..services.lifecycle import CapturePayment
 from ..services.payments import CreatePayment
@@ -97,3 +99,30 @@ class Mutation:
         payment = await info.context.loaders.payment.load(row.payment_id)
         assert payment is not None  # refunds reference their payment by foreign key
         return Refund(row=row, currency=payment.currency)
+
+    @strawberry.mutation(
+        description="Register a webhook endpoint for the caller's events (all when events is "
+        "omitted); answers its signing secret, shown this once."
+    )
+    async def create_webhook_endpoint(self, info: Info,
+                                      input: CreateWebhookEndpointInput) -> WebhookEndpointCreated:
+        created = await info.context.services.webhooks.create(
+            info.context.require_caller(), input.url, input.events)
+        return WebhookEndpointCreated(endpoint=WebhookEndpoint(row=created.endpoint),
+                                      secret=created.secret)
+
+    @strawberry.mutation(
+        description="Delete one of the caller's webhook endpoints with its pending deliveries; "
+        "false when there is no such endpoint."
+    )
+    async def delete_webhook_endpoint(self, info: Info, id: strawberry.ID) -> bool:
+        return await info.context.services.webhooks.delete(info.context.require_caller(), id)
+
+    @strawberry.mutation(
+        description="A new signing secret, shown this once; the old one stays valid for 24 h "
+        "(both signatures are sent meanwhile)."
+    )
+    async def rotate_webhook_secret(self, info: Info, id: strawberry.ID) -> WebhookEndpointCreated:
+        created = await info.context.services.webhooks.rotate(info.context.require_caller(), id)
+        return WebhookEndpointCreated(endpoint=WebhookEndpoint(row=created.endpoint),
+                                      secret=created.secret)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import strawberry
 
 from ..schema.filters import PaymentFilterInput, payment_filter
-from ..schema.pagination import PageInfo, decode_cursor
+from ..schema.pagination import PageInfo, decode_cursor, page_size
 from ..schema.types import (
     Account,
     AccountConnection,
@@ -15,6 +15,7 @@ from ..schema.types import (
     parse_id,
     payment_connection,
 )
+from ..schema.webhooks import WebhookDelivery, WebhookEndpoint
 from ..services.auth import READ
 from .context import Info
 
@@ -74,3 +75,19 @@ class Query:
     async def accounts(self, info: Info, first: int | None = 20,
                        after: str | None = None) -> AccountConnection:
         return await account_connection(info, first, after)
+
+    @strawberry.field(description="The caller's webhook endpoints, oldest first.")
+    async def webhook_endpoints(self, info: Info) -> list[WebhookEndpoint]:
+        rows = await info.context.services.webhooks.endpoints(info.context.require_caller())
+        return [WebhookEndpoint(row=r) for r in rows]
+
+    @strawberry.field(description="Attempts to deliver to one of the caller's endpoints, newest "
+                      "first; after: the id of the last attempt seen.")
+    async def webhook_deliveries(self, info: Info, endpoint_id: strawberry.ID,
+                                 first: int | None = 20,
+                                 after: str | None = None) -> list[WebhookDelivery]:
+        services = info.context.services
+        rows = await services.webhooks.deliveries(
+            info.context.require_caller(), endpoint_id,
+            limit=page_size(first, services.settings.limits.max_page_size), after=after)
+        return [WebhookDelivery(row=r) for r in rows]

@@ -82,3 +82,14 @@ __all__ = [
     "PyDecimal",
     "RefundPaymentInput",
 ]
+
+
+@strawberry.input
+class CreateWebhookEndpointInput:
+    url: str = strawberry.field(
+        description="https only (http://127.0.0.1:PORT in dev); never a loopback, link-local, "
+        "private or metadata address after DNS resolution."
+    )
+    events: list[str] | None = strawberry.field(
+        default=None, description="Event types to send, e.g. payment.succeeded; default: all."
+    )

@@ -19,6 +19,7 @@ from .reads import Reader
 from .refunds import RefundService
 from .status_hub import StatusHub
 from .subscriptions import Subscriptions
+from .webhooks import WebhookService
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Services:
     subscriptions: Subscriptions
     # The rate limiter's own connections (gateway/ratelimit.py says why).
     limiter_redis: BoundedRedis
+    webhooks: WebhookService
 
     @classmethod
     def create(cls, settings: Settings) -> Services:
@@ -57,6 +59,7 @@ class Services:
             hub=hub, subscriptions=Subscriptions(db, reader, hub),
             limiter_redis=blocking_client(settings.redis.url, settings.redis.socket_timeout_s,
                                           settings.limits.redis_connections),
+            webhooks=WebhookService(settings, db),
         )
 
     _publishing: asyncio.Task[None] | None = field(default=None, init=False, repr=False)

@@ -1,0 +1,167 @@
+"""The delivering half of a sender: claim due rows, POST each signed, settle it.
+
+Rows are leased (``db.webhooks.claim_due``) so any number of senders share the schedule and
+no transaction is open during a request. Each attempt is its own task in the loop's task
+group, at most ``max_in_flight`` per process and ``max_in_flight_per_endpoint`` per endpoint,
+so a slow or failing endpoint holds only its own rows: the others' are claimed past it. A
+failed attempt is due again after :func:`paystream.domain.webhooks.retry_delay_s`; after the
+retry window the row is FAILED (the payment's next version may then go), and an endpoint
+whose attempts all failed for ``disable_after_s`` is DISABLED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+
+import httpx
+
+from ..config import WebhookSettings
+from ..db import Database
+from ..db.webhooks import ClaimedDelivery, claim_due, record_attempt
+from ..domain.webhooks import retry_delay_s, signature_header
+from ..retry import until_done
+from .secrets import SecretBox, SecretsUnavailable
+from .urls import Resolver, UrlRefused, check_url
+
+log = logging.getLogger("paystream.webhooks")
+
+USER_AGENT = "paystream-webhooks/1"
+
+
+class DeliveryLoop:
+    def __init__(self, settings: WebhookSettings, db: Database, box: SecretBox,
+                 client: httpx.AsyncClient, resolver: Resolver, *, dev: bool) -> None:
+        self._settings = settings
+        self._db = db
+        self._box = box
+        self._client = client
+        self._resolver = resolver
+        self._dev = dev
+        self._in_flight: Counter[uuid.UUID] = Counter()
+        self._wake = asyncio.Event()
+        self.attempts = 0
+
+    def wake(self) -> None:
+        """Look for due rows now (new rows were scheduled, or an attempt ended)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        settings = self._settings
+        async with asyncio.TaskGroup() as group:
+            while True:
+                self._wake.clear()
+                free = settings.max_in_flight - sum(self._in_flight.values())
+                claimed: list[ClaimedDelivery] = []
+                if free > 0:
+                    busy = [e for e, n in self._in_flight.items()
+                            if n >= settings.max_in_flight_per_endpoint]
+                    limit = min(free, settings.claim_batch)
+                    claimed = await until_done("claiming webhook deliveries",
+                                               lambda: self._claim(limit, busy))  # noqa: B023 (awaited at once)
+                for delivery in claimed:
+                    self._in_flight[delivery.endpoint_id] += 1
+                    group.create_task(self._attempt(delivery),
+                                      name=f"webhook-{delivery.event_id}")
+                if not claimed:
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), settings.poll_interval_s)
+                    except TimeoutError:
+                        pass
+
+    async def _claim(self, limit: int, busy: list[uuid.UUID]) -> list[ClaimedDelivery]:
+        async with self._db.write_session() as session:
+            return await claim_due(session, limit=limit, lease_s=self._settings.lease_s,
+                                   busy_endpoints=busy)
+
+    async def _attempt(self, delivery: ClaimedDelivery) -> None:
+        try:
+            status, error = await self.post(delivery)
+            delivered = status is not None and 200 <= status < 300
+            settings = self._settings
+            delay = retry_delay_s(delivery.attempt, base_s=settings.retry_base_s,
+                                  max_s=settings.retry_max_s, jitter=random.random())
+
+            async def settle() -> str:
+                async with self._db.write_session() as session:
+                    return await record_attempt(
+                        session, delivery, response_status=status, error=error,
+                        delivered=delivered, retry_in_s=delay, window_s=settings.retry_window_s,
+                        disable_after_s=settings.disable_after_s)
+
+            state = await until_done("recording a webhook attempt", settle)
+            self.attempts += 1
+            if state == "DELETED":
+                log.info("webhook %s: endpoint %s deleted during the attempt", delivery.event_id,
+                         delivery.endpoint_id)
+            elif delivered:
+                log.info("webhook %s (%s) delivered to endpoint %s, attempt %d",
+                         delivery.event_id, delivery.type, delivery.endpoint_id, delivery.attempt)
+            else:
+                log.warning("webhook %s to endpoint %s failed (attempt %d: %s); %s", delivery.event_id,
+                            delivery.endpoint_id, delivery.attempt, error,
+                            "given up" if state == "FAILED" else f"retry in {delay:.1f} s")
+        finally:
+            self._in_flight[delivery.endpoint_id] -= 1
+            if self._in_flight[delivery.endpoint_id] <= 0:
+                del self._in_flight[delivery.endpoint_id]
+            self.wake()
+
+    def _secrets(self, delivery: ClaimedDelivery) -> list[str]:
+        secrets = [self._box.decrypt(delivery.secret_ciphertext)]
+        expires = delivery.previous_secret_expires_at
+        if (delivery.previous_secret_ciphertext is not None and expires is not None
+                and expires > datetime.now(UTC)):
+            secrets.append(self._box.decrypt(delivery.previous_secret_ciphertext))
+        return secrets
+
+    async def post(self, delivery: ClaimedDelivery) -> tuple[int | None, str | None]:
+        """One signed POST: the response status (None when there was none) and what went
+        wrong (None for a 2xx). Never raises for the endpoint's or the network's faults."""
+        body = delivery.body.encode()
+        try:
+            await check_url(delivery.url, dev=self._dev, resolver=self._resolver,
+                            timeout_s=self._settings.resolve_timeout_s)
+        except UrlRefused as exc:
+            return None, f"refused: {exc.message}"
+        try:
+            secrets = self._secrets(delivery)
+        except SecretsUnavailable as exc:
+            log.error("webhook %s not signed: %s", delivery.event_id, exc)
+            return None, "the sender cannot sign for this endpoint (server configuration)"
+        headers = {
+            "Content-Type": "application/json", "User-Agent": USER_AGENT,
+            "Paystream-Event-Id": str(delivery.event_id),
+            "Paystream-Signature": signature_header(secrets, int(time.time()),
+                                                    body),
+        }
+        try:
+            # httpx's timeout bounds each phase (connect, each read); the deadline bounds the
+            # whole exchange, so an endpoint dripping a byte at a time cannot hold a slot.
+            async with asyncio.timeout(self._settings.request_timeout_s), self._client.stream(
+                    "POST", delivery.url, content=body, headers=headers) as response:
+                # At most max_response_bytes of the answer are read; the rest is dropped
+                # with the connection.
+                read = 0
+                async for chunk in response.aiter_raw():
+                    read += len(chunk)
+                    if read >= self._settings.max_response_bytes:
+                        break
+                status = response.status_code
+        except (httpx.TimeoutException, TimeoutError):
+            return None, f"timeout after {self._settings.request_timeout_s:g} s"
+        except httpx.ConnectError as exc:
+            return None, f"connection failed: {str(exc)[:200] or type(exc).__name__}"
+        except httpx.HTTPError as exc:
+            return None, f"{type(exc).__name__}: {str(exc)[:200]}"
+        if 200 <= status < 300:
+            return status, None
+        return status, f"HTTP {status}"
+
+
+__all__ = ["DeliveryLoop"]
