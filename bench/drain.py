@@ -39,10 +39,11 @@ async def enqueue(services: Services, payments: int, accounts: int) -> list[str]
 
     async def one(i: int) -> None:
         source, destination = rng.sample(ids, 2)
+        cents = rng.randint(1, 10000)
         async with semaphore:
             await services.payments.create(caller, CreatePayment(
                 idempotency_key=f"drain-{i}", source_account_id=source,
-                destination_account_id=destination, amount=f"{rng.randint(1, 10000) / 100:.2f}",
+                destination_account_id=destination, amount=f"{cents // 100}.{cents % 100:02d}",
                 currency="USD"))
 
     started = time.monotonic()
