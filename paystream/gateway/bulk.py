@@ -19,7 +19,8 @@ from graphql import (
     VariableNode,
 )
 
-BULK_FIELD = "createPayments"
+from ..schema.limits import BULK_FIELD
+
 BULK_ARGUMENT = "inputs"
 
 

@@ -296,3 +296,36 @@ async def test_primary_down_is_unavailable_and_nothing_is_written(settings, make
     assert body["data"] is None
     assert [e["extensions"]["code"] for e in body["errors"]] == ["UNAVAILABLE"]
     assert await partner_rows(services, partner.key) == (0, 0)
+
+
+async def test_pages_below_the_bulk_answer_count_once_per_possible_input(client, make_partner
+                                                                        ) -> None:
+    partner = await make_partner()
+    a, b = await partner.account(), await partner.account()
+    body = await gql(client, "mutation($inputs: [CreatePaymentInput!]!) { createPayments("
+                     "inputs: $inputs) { payment { sourceAccount { payments(first: 20) {"
+                     " edges { node { id } } } } } } }", {"inputs": [item(a, b, "1.00")]},
+                     key=partner.key)
+    assert body["data"] is None
+    assert body["errors"][0]["extensions"]["code"] == "QUERY_TOO_COMPLEX"
+    assert body["errors"][0]["extensions"]["limit"] == "cost"
+
+
+async def test_the_typed_client_creates_payments_in_bulk(client, make_partner, watcher) -> None:
+    from paystream.client import PaystreamClient, payment_input
+
+    partner = await make_partner()
+    a, b = await partner.account(balance="10.00"), await partner.account(balance="0")
+    inputs = [payment_input(idempotency_key=uuid.uuid4().hex, source_account_id=a,
+                            destination_account_id=b, amount=amount, currency="USD",
+                            metadata={"batch": "7"})
+              for amount in ("1.00", "1.001", "2.00")]
+    async with PaystreamClient("http://test", partner.key, transport=client._transport) as api:
+        results = await api.create_payments(inputs)
+    assert [r.ok for r in results] == [True, False, True]
+    assert results[1].error == {"code": "BAD_USER_INPUT", "field": "amount", "reason": None,
+                                "message": results[1].error["message"]}
+    created = [r.payment for r in results if r.payment]
+    assert [p["sourceAccount"]["id"] for p in created] == [a, a]
+    for payment in created:
+        assert (await watcher.terminal(payment["id"]))["status"] == "SUCCEEDED"
