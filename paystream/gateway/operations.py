@@ -142,8 +142,8 @@ class OperationGate:
             # It can never pass whole: the hint is when the bucket is full again, for the
             # smaller batches the client must send instead.
             error = RateLimited(
-                f"a batch of {tokens} exceeds the {kind} burst of {burst}: send at most "
-                f"{burst} inputs per request (the bucket is full again in {seconds} s)",
+                f"a batch of {tokens} exceeds the {kind} burst of {burst}: it can never "
+                f"pass; send at most {burst} inputs per request",
                 retry_after_seconds=seconds, extensions={"burst": burst})
         else:
             error = RateLimited(f"rate limit for {kind} operations reached; retry in {seconds} s",
