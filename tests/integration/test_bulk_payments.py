@@ -329,3 +329,20 @@ async def test_the_typed_client_creates_payments_in_bulk(client, make_partner, w
     assert [p["sourceAccount"]["id"] for p in created] == [a, a]
     for payment in created:
         assert (await watcher.terminal(payment["id"]))["status"] == "SUCCEEDED"
+
+
+async def test_concurrent_bulk_requests_sharing_keys_make_one_payment_per_key(
+        client, make_partner, services) -> None:
+    """Two calls with the same inputs, one in reverse order, at once: each key gets exactly
+    one payment, both calls answer it, and neither deadlocks on the other's keys."""
+    import asyncio
+
+    partner = await make_partner()
+    a, b = await partner.account(balance="50.00"), await partner.account()
+    inputs = [item(a, b, "1.00") for _ in range(20)]
+    forward, backward = await asyncio.gather(bulk(client, partner.key, inputs),
+                                             bulk(client, partner.key, inputs[::-1]))
+    ids = [r["payment"]["id"] for r in forward]
+    assert [r["payment"]["id"] for r in backward] == ids[::-1]
+    assert len(set(ids)) == 20
+    assert await partner_rows(services, partner.key) == (20, 20)
