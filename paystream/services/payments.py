@@ -124,12 +124,15 @@ class PaymentService:
         first_of_key: dict[str, int] = {}
         for index, request in enumerate(requests):
             try:
-                item = _parse(request)
-                earlier = first_of_key.setdefault(item.key, index)
+                # The key first, as createPayment checks it first: a repetition is refused
+                # whatever else is wrong with it or with the input that used the key before.
+                key = validate_idempotency_key(request.idempotency_key)
+                earlier = first_of_key.setdefault(key, index)
                 if earlier != index:
                     raise BadUserInput(
                         f"idempotencyKey is used by inputs[{earlier}] of this request already",
                         field="idempotencyKey", extensions={"reason": "DUPLICATE_IDEMPOTENCY_KEY"})
+                item = _parse(request)
             except PaystreamError as exc:
                 answers[index] = exc
                 continue
@@ -160,8 +163,9 @@ class PaymentService:
         async with self._db.write_session() as session:
             stored = await insert_pending_many(session, caller.partner_id,
                                                [d[0] for d in ordered])
-            new = [(row, payloads[row.idempotency_key]) for d in ordered
-                   for row, created in [stored[d[0].idempotency_key]] if created]
+            created_rows = [stored[d[0].idempotency_key] for d in ordered]
+            new = [(row, payloads[row.idempotency_key]) for row, created in created_rows
+                   if created]
             outbox_ids = await outbox.add_many(session, kafka.requested_topic, [
                 (str(row.source_account_id), payload.decode()) for row, payload in new])
         parties = {d[0].idempotency_key: (d[1], d[2]) for d in ordered}

@@ -192,6 +192,13 @@ async def test_a_key_repeated_within_the_request_is_refused_on_its_repetitions(
         assert repeated["error"]["field"] == "idempotencyKey"
         assert repeated["error"]["reason"] == "DUPLICATE_IDEMPOTENCY_KEY"
     assert await partner_rows(services, partner.key) == (1, 1)
+    # The key counts as used even by an input refused for something else.
+    other = uuid.uuid4().hex
+    results = await bulk(client, partner.key, [item(a, b, "0.001", key=other),
+                                               item(a, b, "1.00", key=other)])
+    assert results[0]["error"]["field"] == "amount"
+    assert results[1]["error"]["reason"] == "DUPLICATE_IDEMPOTENCY_KEY"
+    assert await partner_rows(services, partner.key) == (1, 1)
 
 
 async def test_more_inputs_than_the_limit_are_refused_before_anything(settings, make_partner
