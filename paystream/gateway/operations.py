@@ -1,7 +1,7 @@
 """What the gateway does around each HTTP GraphQL operation (each one of a batch): resolve a
-persisted query, take a rate-limit token, then execute, register a persisted query that
-proved acceptable, and record metrics. Also the view's
-websocket Origin list."""
+persisted query, take its rate-limit tokens (one, or one per createPayments input), then
+execute, register a persisted query that proved acceptable, and record metrics. Also the
+view's websocket Origin list."""
 
 from __future__ import annotations
 
@@ -93,15 +93,16 @@ class OperationGate:
         if operation is None or operation.operation.value != "mutation" or query is None:
             return 1
         document = self._parse(query, max_tokens=self._max_tokens)
-        size = bulk_size(document, operation, variables or {})
+        # Variables are the client's JSON: anything but an object leaves them to validation.
+        size = bulk_size(document, operation, variables if isinstance(variables, dict) else {})
         check_batch_size(size, self._max_bulk)
         return max(1, size)
 
     def _describe(self, query: str | None, operation_name: str | None
                   ) -> tuple[str, str, OperationDefinitionNode | None]:
-        """(operation name for metrics, type) of the operation that ``operationName`` selects,
-        as the GraphQL spec's GetOperation does: a document of several operations needs a
-        name, and the name must be one of them (BadUserInput otherwise, because the limiter
+        """(operation name for metrics, type, its node) of the operation that
+        ``operationName`` selects, as the GraphQL spec's GetOperation does: a document of
+        several operations needs a name, and the name must be one of them (BadUserInput otherwise, because the limiter
         and the metrics would else bill one operation and Strawberry run another). A document
         that does not parse counts as a query, so malformed requests use the query bucket."""
         if query is None:

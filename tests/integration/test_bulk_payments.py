@@ -353,3 +353,14 @@ async def test_concurrent_bulk_requests_sharing_keys_make_one_payment_per_key(
     assert [r["payment"]["id"] for r in backward] == ids[::-1]
     assert len(set(ids)) == 20
     assert await partner_rows(services, partner.key) == (20, 20)
+
+
+async def test_variables_that_are_not_an_object_are_refused_not_failed(client, make_partner
+                                                                        ) -> None:
+    """The gateway reads the batch's size from the variables: a client's list there is a
+    400, as for any operation, never a server error."""
+    partner = await make_partner()
+    response = await client.post("/graphql", json={"query": CREATE_MANY, "variables": [1, 2]},
+                                 headers={"Authorization": f"Bearer {partner.key}"})
+    assert response.status_code == 400
+    assert "variables" in response.text
