@@ -41,8 +41,8 @@ the rest of this page is by hand.
   Raw figures go to `bench/results/<scenario>.json`.
 - Load generators run as separate processes, never in the bench process nor in a server:
   `wrk` (one thread; the connections are given per scenario) for HTTP queries and mutations,
-  and the Python generators under `bench/loadgen/` for websocket subscriptions (their
-  process and connection counts are in each scenario's notes).
+  and the Python generators under `bench/loadgen/` for websocket subscriptions and for bulk
+  createPayments (their process and connection counts are in each scenario's notes).
 - Every figure stands beside a baseline measured in the same run on the same machine, and
   the table gives their ratio: the machine is shared and noisy, so a ratio says more than an
   absolute figure. The baselines: a minimal Strawberry app with no I/O (the floor) and a

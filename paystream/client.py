@@ -20,6 +20,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, Literal, Self
 
 import httpx
@@ -43,6 +44,10 @@ ACCOUNT_ACTIVITY = (
 CREATE_PAYMENT = f"""
 mutation($input: CreatePaymentInput!) {{ createPayment(input: $input) {{ {PAYMENT_FIELDS} }} }}
 """
+CREATE_PAYMENTS = f"""
+mutation($inputs: [CreatePaymentInput!]!) {{ createPayments(inputs: $inputs) {{
+  payment {{ {PAYMENT_FIELDS} }} error {{ code message field reason }} }} }}
+"""
 CAPTURE_PAYMENT = f"""
 mutation($input: CapturePaymentInput!) {{ capturePayment(input: $input) {{ {PAYMENT_FIELDS} }} }}
 """
@@ -61,6 +66,37 @@ mutation($input: CreateAccountInput!) {{ createAccount(input: $input) {{ {ACCOUN
 
 def _entries(metadata: Mapping[str, str]) -> list[dict[str, str]]:
     return [{"key": key, "value": value} for key, value in metadata.items()]
+
+
+def payment_input(*, idempotency_key: str, source_account_id: str, destination_account_id: str,
+                  amount: str, currency: str, reference: str | None = None,
+                  capture: bool = True, authorization_ttl_seconds: int | None = None,
+                  metadata: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A CreatePaymentInput as GraphQL spells it (for createPayment and createPayments)."""
+    payload: dict[str, Any] = {
+        "idempotencyKey": idempotency_key, "sourceAccountId": source_account_id,
+        "destinationAccountId": destination_account_id, "amount": amount,
+        "currency": currency, "reference": reference,
+    }
+    if metadata is not None:
+        payload["metadata"] = _entries(metadata)
+    if not capture:
+        payload["capture"] = False
+        payload["authorizationTtlSeconds"] = authorization_ttl_seconds
+    return payload
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentResult:
+    """One input's answer from createPayments: exactly one of the two is set. ``error`` has
+    ``code``, ``message``, ``field`` and ``reason`` (as createPayment's error extensions)."""
+
+    payment: dict[str, Any] | None
+    error: dict[str, Any] | None
+
+    @property
+    def ok(self) -> bool:
+        return self.payment is not None
 
 
 class GraphQLErrors(Exception):
@@ -128,18 +164,24 @@ class PaystreamClient:
                              metadata: Mapping[str, str] | None = None) -> dict[str, Any]:
         """A payment (PENDING); ``capture=False`` authorizes it (a hold) instead. ``metadata``
         (your own key-value pairs, in order) is part of the request for idempotency."""
-        payload: dict[str, Any] = {
-            "idempotencyKey": idempotency_key, "sourceAccountId": source_account_id,
-            "destinationAccountId": destination_account_id, "amount": amount,
-            "currency": currency, "reference": reference,
-        }
-        if metadata is not None:
-            payload["metadata"] = _entries(metadata)
-        if not capture:
-            payload["capture"] = False
-            payload["authorizationTtlSeconds"] = authorization_ttl_seconds
-        data = await self.execute(CREATE_PAYMENT, {"input": payload})
+        data = await self.execute(CREATE_PAYMENT, {"input": payment_input(
+            idempotency_key=idempotency_key, source_account_id=source_account_id,
+            destination_account_id=destination_account_id, amount=amount, currency=currency,
+            reference=reference, capture=capture,
+            authorization_ttl_seconds=authorization_ttl_seconds, metadata=metadata)})
         return dict(data["createPayment"])
+
+    async def create_payments(self, inputs: Sequence[Mapping[str, Any]]
+                              ) -> list[PaymentResult]:
+        """Many payments in one request (createPayments): ``inputs`` are CreatePaymentInput
+        objects as GraphQL spells them (:func:`payment_input` builds one). The answer has one
+        :class:`PaymentResult` per input, in order: its payment (PENDING, or as it stands for
+        an idempotent replay) or its error. A refusal of the whole call (UNAVAILABLE: none was
+        recorded; QUERY_TOO_COMPLEX; RATE_LIMITED past the waiting budget) raises
+        :class:`GraphQLErrors`; sending the same inputs again is safe."""
+        data = await self.execute(CREATE_PAYMENTS, {"inputs": [dict(i) for i in inputs]})
+        return [PaymentResult(payment=r["payment"], error=r["error"])
+                for r in data["createPayments"]]
 
     async def capture_payment(self, payment_id: str, amount: str | None = None
                               ) -> dict[str, Any]:

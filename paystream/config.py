@@ -111,6 +111,10 @@ class LimitsSettings(BaseModel):
     max_body_bytes: int = 256 * 1024
     # Operations in one JSON-array (batched) request; 1 refuses batching.
     max_batch_operations: int = 10
+    # Inputs of one createPayments (bulk) call; more is QUERY_TOO_COMPLEX, limit "batch".
+    # Each input takes a mutation rate-limit token, so a batch above mutation_burst is
+    # refused (RATE_LIMITED) whatever this says.
+    max_bulk_payments: int = Field(default=1000, ge=1)
     parser_cache_size: int = 1024
     validation_cache_size: int = 1024
     # Token buckets per API key (per client address without a valid key): `burst` requests

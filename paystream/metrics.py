@@ -92,8 +92,8 @@ OPEN_SUBSCRIPTIONS = Gauge(
 
 PAYMENTS_ACCEPTED = Counter(
     "paystream_payments_accepted",
-    "createPayment answers that carried a payment (committed with its request, or found by an "
-    "idempotent retry).", registry=REGISTRY,
+    "createPayment answers, and createPayments inputs, that carried a payment (committed with "
+    "its request, or found by an idempotent retry).", registry=REGISTRY,
 )
 READY = Gauge(
     "paystream_ready", "1 while a readiness check of /readyz passes, by check; refreshed on "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict
+from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +17,9 @@ ACCOUNT = "account"
 
 
 def _dump(row: PaymentRow | AccountRow) -> dict[str, Any]:
-    data = asdict(row)
+    # The rows are flat: a shallow walk of the fields. dataclasses.asdict deep-copies every
+    # value, which was most of a 1,000-payment createPayments' time in the API.
+    data = {field.name: getattr(row, field.name) for field in fields(row)}
     for name, value in data.items():
         if isinstance(value, uuid.UUID):
             data[name] = str(value)

@@ -18,6 +18,13 @@ _INSERT = text(
     "INSERT INTO outbox (topic, key, payload) VALUES (:topic, :key, CAST(:payload AS jsonb))"
     " RETURNING id"
 )
+# Many rows in one statement, in the order given (ids follow it: one sequence, one insert).
+_INSERT_MANY = text(
+    "INSERT INTO outbox (topic, key, payload)"
+    " SELECT :topic, k, CAST(p AS jsonb) FROM unnest(CAST(:keys AS text[]),"
+    "   CAST(:payloads AS text[])) WITH ORDINALITY AS u(k, p, ord) ORDER BY ord"
+    " RETURNING id"
+)
 _MARK_SENT = text(
     "UPDATE outbox SET sent_at = now() WHERE id = ANY(CAST(:ids AS bigint[])) AND sent_at IS NULL"
 )
@@ -73,6 +80,19 @@ async def add(session: WriteSession, topic: str, key: str, payload: str) -> int:
     """One row, in the caller's transaction; returns its id."""
     return int((await session.execute(_INSERT, {"topic": topic, "key": key, "payload": payload}))
                .scalar_one())
+
+
+async def add_many(session: WriteSession, topic: str,
+                   messages: Sequence[tuple[str, str]]) -> list[int]:
+    """Rows of (key, payload) on one topic, in the caller's transaction, in one statement;
+    returns their ids in the order given."""
+    if not messages:
+        return []
+    result = await session.execute(_INSERT_MANY, {
+        "topic": topic, "keys": [m[0] for m in messages], "payloads": [m[1] for m in messages]})
+    # Ids come from one sequence in insertion order; RETURNING's order is not promised, so
+    # sort them back.
+    return sorted(int(i) for i in result.scalars())
 
 
 async def mark_sent(session: WriteSession, ids: Sequence[int]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,6 +79,8 @@ COLUMNS = (
 )
 
 
+_COLUMN_NAMES = ", ".join(column.key for column in COLUMNS)
+
 # Built once: a statement built per call costs its cache-key walk on every payment.
 _INSERT_PENDING = (
     insert(Payment)
@@ -125,6 +128,80 @@ async def _index_metadata(session: WriteSession, row: PaymentRow) -> None:
     await session.execute(_INSERT_METADATA, {
         "payment": row.id, "created_at": row.created_at, "accounts": [p[0] for p in pairs],
         "keys": [p[1] for p in pairs], "values": [p[2] for p in pairs]})
+
+
+# The bulk insert: one statement for any number of payments, in the order given (the
+# caller sorts by idempotency key, so two bulk requests sharing keys wait on each other's
+# unique-index entries in one order and cannot deadlock).
+_INSERT_PENDING_MANY = text(
+    f"INSERT INTO payments ({', '.join(column.key for column in COLUMNS)})"
+    " SELECT id, partner_id, idempotency_key, request_hash, source_account_id,"
+    "   destination_account_id, amount_minor, currency, reference, 'PENDING', NULL, 1,"
+    "   created_at, created_at, capture, authorization_ttl_s, NULL, NULL, 0,"
+    "   CAST(metadata_entries AS jsonb)"
+    " FROM unnest(CAST(:ids AS uuid[]), CAST(:partners AS uuid[]), CAST(:keys AS text[]),"
+    "   CAST(:hashes AS text[]), CAST(:sources AS uuid[]), CAST(:destinations AS uuid[]),"
+    "   CAST(:amounts AS bigint[]), CAST(:currencies AS text[]), CAST(:references AS text[]),"
+    "   CAST(:created AS timestamptz[]), CAST(:captures AS boolean[]),"
+    "   CAST(:ttls AS integer[]), CAST(:metadata AS text[]))"
+    "   WITH ORDINALITY AS u(id, partner_id, idempotency_key, request_hash, source_account_id,"
+    "     destination_account_id, amount_minor, currency, reference, created_at, capture,"
+    "     authorization_ttl_s, metadata_entries, ord)"
+    " ORDER BY ord"
+    " ON CONFLICT ON CONSTRAINT payments_partner_idempotency_key DO NOTHING"
+    f" RETURNING {_COLUMN_NAMES}"
+)
+_EXISTING_BY_KEYS = text(
+    f"SELECT {_COLUMN_NAMES} FROM payments"
+    " WHERE partner_id = :partner AND idempotency_key = ANY(CAST(:keys AS text[]))"
+)
+_INSERT_METADATA_MANY = text(
+    "INSERT INTO payment_metadata (account_id, payment_id, key, value, created_at)"
+    " SELECT a, p, k, v, c FROM unnest(CAST(:accounts AS uuid[]), CAST(:payments AS uuid[]),"
+    "   CAST(:keys AS text[]), CAST(:values AS text[]), CAST(:created AS timestamptz[]))"
+    "   AS u(a, p, k, v, c)"
+)
+
+
+async def insert_pending_many(session: WriteSession, partner_id: uuid.UUID,
+                              rows: Sequence[PaymentRow]) -> dict[str, tuple[PaymentRow, bool]]:
+    """Insert PENDING payments of one partner, each unless its idempotency key exists
+    already: one INSERT for all of them, one SELECT for the keys that existed, one INSERT for
+    their metadata index rows. Returns, by idempotency key, the stored row and whether this
+    call created it. Keys must be distinct; rows are inserted in the order given."""
+    if not rows:
+        return {}
+    assert all(r.partner_id == partner_id for r in rows)
+    created = await session.execute(_INSERT_PENDING_MANY, {
+        "ids": [r.id for r in rows], "partners": [r.partner_id for r in rows],
+        "keys": [r.idempotency_key for r in rows], "hashes": [r.request_hash for r in rows],
+        "sources": [r.source_account_id for r in rows],
+        "destinations": [r.destination_account_id for r in rows],
+        "amounts": [r.amount_minor for r in rows], "currencies": [r.currency for r in rows],
+        "references": [r.reference for r in rows], "created": [r.created_at for r in rows],
+        "captures": [r.capture for r in rows], "ttls": [r.authorization_ttl_s for r in rows],
+        "metadata": [json.dumps(metadata_json(r.metadata_entries)) for r in rows],
+    })
+    stored: dict[str, tuple[PaymentRow, bool]] = {}
+    for values in created:
+        row = PaymentRow(*values)
+        stored[row.idempotency_key] = (row, True)
+    missing = [r.idempotency_key for r in rows if r.idempotency_key not in stored]
+    if missing:
+        for values in await session.execute(_EXISTING_BY_KEYS, {"partner": partner_id,
+                                                                "keys": missing}):
+            row = PaymentRow(*values)
+            stored[row.idempotency_key] = (row, False)
+    index = [(account, row.id, key, value, row.created_at)
+             for row, new in stored.values() if new
+             for account in (row.source_account_id, row.destination_account_id)
+             for key, value in row.metadata_entries]
+    if index:
+        await session.execute(_INSERT_METADATA_MANY, {
+            "accounts": [i[0] for i in index], "payments": [i[1] for i in index],
+            "keys": [i[2] for i in index], "values": [i[3] for i in index],
+            "created": [i[4] for i in index]})
+    return stored
 
 
 async def delete_pending(session: WriteSession, payment_id: uuid.UUID) -> bool:
@@ -212,7 +289,6 @@ _VISIBLE = (
     "AND EXISTS (SELECT 1 FROM accounts o WHERE o.partner_id = :viewer"
     " AND o.id IN (payments.source_account_id, payments.destination_account_id))"
 )
-_COLUMN_NAMES = ", ".join(column.key for column in COLUMNS)
 _QUALIFIED = ", ".join(f"payments.{column.key}" for column in COLUMNS)
 
 

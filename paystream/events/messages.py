@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -64,7 +64,7 @@ class PaymentRequested:
     created_at: str  # ISO 8601
 
     def encode(self) -> bytes:
-        data = asdict(self)
+        data = {field.name: getattr(self, field.name) for field in fields(self)}  # flat: no deep copy
         for name in ("payment_id", "partner_id", "source_account_id", "destination_account_id"):
             data[name] = str(data[name])
         data["type"] = "payment.requested"
@@ -228,7 +228,9 @@ class PaymentStatusEvent:
         return self.source_account_id, self.destination_account_id
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        # Shallow: the snapshots are plain JSON already and are only serialized from here
+        # (asdict would deep-copy each of them once per event).
+        data = {field.name: getattr(self, field.name) for field in fields(self)}
         for name, value in data.items():
             if isinstance(value, uuid.UUID):
                 data[name] = str(value)

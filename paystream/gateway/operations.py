@@ -1,7 +1,7 @@
 """What the gateway does around each HTTP GraphQL operation (each one of a batch): resolve a
-persisted query, take a rate-limit token, then execute, register a persisted query that
-proved acceptable, and record metrics. Also the view's
-websocket Origin list."""
+persisted query, take its rate-limit tokens (one, or one per createPayments input), then
+execute, register a persisted query that proved acceptable, and record metrics. Also the
+view's websocket Origin list."""
 
 from __future__ import annotations
 
@@ -15,12 +15,14 @@ from strawberry.http import GraphQLRequestData
 from strawberry.http.websocket_origin import normalize_allowed_origins
 from strawberry.types import ExecutionResult
 
-from ..domain.errors import BadUserInput, PaystreamError, RateLimited
+from ..domain.errors import BadUserInput, PaystreamError, QueryTooComplex, RateLimited
 from ..metrics import ERRORS, RATE_LIMITED, REQUEST_SECONDS, REQUESTS
 from ..resolvers.context import Context
 from ..schema.limits import cached_parser
 from ..services.app import Services
+from ..services.payments import check_batch_size
 from .apq import PersistedQueries, PersistedQueryError
+from .bulk import bulk_size
 from .ratelimit import RateLimiter, retry_after_header
 from .redis_guard import RedisGuard
 
@@ -41,6 +43,7 @@ class OperationGate:
         # The schema's own parse cache (same size, same arguments): parsed once per document.
         self._parse: Callable[..., DocumentNode] = cached_parser(settings.limits.parser_cache_size)
         self._max_tokens = settings.limits.max_tokens
+        self._max_bulk = settings.limits.max_bulk_payments
         self._names: set[str] = set()
 
     async def run(self, data: GraphQLRequestData, context: Context, sub_response: Any,
@@ -56,17 +59,20 @@ class OperationGate:
                 return result
             query = resolved.query
             try:
-                name, kind = self._describe(query, data.operation_name)
+                name, kind, operation = self._describe(query, data.operation_name)
                 if kind == "subscription":
                     # Strawberry would run it as a single result and fail it as INTERNAL.
                     raise BadUserInput("subscriptions are served over the websocket at /graphql")
-            except BadUserInput as exc:
+                # A bulk createPayments costs a token per input; refused past its limit before
+                # a token is taken.
+                tokens = self._tokens(operation, query, data.variables)
+            except (BadUserInput, QueryTooComplex) as exc:
                 # Refused before the rate limiter: what a token is taken for must be known.
                 result = _refusal(exc, context)
                 return result
-            wait = await self.limiter.retry_after(kind, client_key(context))
+            wait = await self.limiter.retry_after(kind, client_key(context), tokens)
             if wait is not None:
-                result = self._refuse(kind, wait, context, sub_response)
+                result = self._refuse(kind, wait, context, sub_response, tokens)
                 return result
             result = await execute(dataclasses.replace(data, query=query))
             if context.caller is not None and query in context.executed:
@@ -80,18 +86,31 @@ class OperationGate:
             for returned in (result.errors or []) if result is not None else []:
                 ERRORS.labels(str((returned.extensions or {}).get("code", "UNKNOWN"))).inc()
 
-    def _describe(self, query: str | None, operation_name: str | None) -> tuple[str, str]:
-        """(operation name for metrics, type) of the operation that ``operationName`` selects,
-        as the GraphQL spec's GetOperation does: a document of several operations needs a
-        name, and the name must be one of them (BadUserInput otherwise, because the limiter
+    def _tokens(self, operation: OperationDefinitionNode | None, query: str | None,
+                variables: dict[str, Any] | None) -> int:
+        """Rate-limit tokens the operation takes: one, or for a mutation with createPayments
+        the number of their inputs (at least one)."""
+        if operation is None or operation.operation.value != "mutation" or query is None:
+            return 1
+        document = self._parse(query, max_tokens=self._max_tokens)
+        # Variables are the client's JSON: anything but an object leaves them to validation.
+        size = bulk_size(document, operation, variables if isinstance(variables, dict) else {})
+        check_batch_size(size, self._max_bulk)
+        return max(1, size)
+
+    def _describe(self, query: str | None, operation_name: str | None
+                  ) -> tuple[str, str, OperationDefinitionNode | None]:
+        """(operation name for metrics, type, its node) of the operation that
+        ``operationName`` selects, as the GraphQL spec's GetOperation does: a document of
+        several operations needs a name, and the name must be one of them (BadUserInput otherwise, because the limiter
         and the metrics would else bill one operation and Strawberry run another). A document
         that does not parse counts as a query, so malformed requests use the query bucket."""
         if query is None:
-            return "unknown", "query"
+            return "unknown", "query", None
         try:
             document = self._parse(query, max_tokens=self._max_tokens)
         except GraphQLError:
-            return "invalid", "query"
+            return "invalid", "query", None
         operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
         if operation_name is None:
             if len(operations) > 1:
@@ -106,21 +125,30 @@ class OperationGate:
                 raise BadUserInput("no operation of the document has the name in operationName",
                                    field="operationName")
         if operation is None:
-            return "unknown", "query"  # no operation at all: validation says so
+            return "unknown", "query", None  # no operation at all: validation says so
         name = operation.name.value if operation.name else "anonymous"
         if name not in self._names:
             if len(self._names) >= MAX_OPERATION_NAMES:
                 name = "other"
             else:
                 self._names.add(name)
-        return name, operation.operation.value
+        return name, operation.operation.value, operation
 
     def _refuse(self, kind: str, wait: float, context: Context,
-                sub_response: Any) -> ExecutionResult:
+                sub_response: Any, tokens: int = 1) -> ExecutionResult:
         RATE_LIMITED.labels(kind).inc()
         seconds = round(wait, 3)
-        error = RateLimited(f"rate limit for {kind} operations reached; retry in {seconds} s",
-                            retry_after_seconds=seconds)
+        burst = self.limiter.capacity(kind)
+        if tokens > burst:
+            # It can never pass whole: the hint is when the bucket is full again, for the
+            # smaller batches the client must send instead.
+            error = RateLimited(
+                f"a batch of {tokens} exceeds the {kind} burst of {burst}: it can never "
+                f"pass; send at most {burst} inputs per request",
+                retry_after_seconds=seconds, extensions={"burst": burst})
+        else:
+            error = RateLimited(f"rate limit for {kind} operations reached; retry in {seconds} s",
+                                retry_after_seconds=seconds)
         extensions = {**error.graphql_extensions(), "requestId": context.request_id}
         sub_response.status_code = 429
         sub_response.headers["Retry-After"] = retry_after_header(wait)

@@ -23,12 +23,14 @@ from redis.exceptions import RedisError
 from ..config import LimitsSettings
 from .redis_guard import RedisGuard
 
-# KEYS[1]: the bucket; ARGV: capacity, refill per second. Takes one token if there is one.
-# Returns {1, "0"} when taken, else {0, seconds until one is available} (a string: Redis would
-# truncate a Lua float to an integer).
+# KEYS[1]: the bucket; ARGV: capacity, refill per second, tokens wanted. Takes them all or
+# none. Returns {1, "0"} when taken, else {0, seconds until they are available} (a string:
+# Redis would truncate a Lua float to an integer); more than the capacity is never
+# available, and its wait is until the bucket is full.
 _TAKE = """
 local capacity = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
+local wanted = tonumber(ARGV[3] or '1')
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
@@ -41,11 +43,13 @@ end
 tokens = math.min(capacity, tokens + math.max(0, now - at) * rate)
 local taken = 0
 local wait = 0
-if tokens >= 1 then
-  tokens = tokens - 1
+if wanted > capacity then
+  wait = (capacity - tokens) / rate
+elseif tokens >= wanted then
+  tokens = tokens - wanted
   taken = 1
 else
-  wait = (1 - tokens) / rate
+  wait = (wanted - tokens) / rate
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / rate * 1000) + 1000)
@@ -82,26 +86,30 @@ class LocalBuckets:
         self._state: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._max_keys = max_keys
 
-    def take(self, bucket: Bucket, key: str) -> float | None:
-        """Take a token: None when taken, else seconds until one is available."""
-        return self._change(bucket, key, -1)
+    def take(self, bucket: Bucket, key: str, tokens: int = 1) -> float | None:
+        """Take ``tokens`` (all or none): None when taken, else seconds until they are
+        available (more than the capacity never is: then until the bucket is full)."""
+        return self._change(bucket, key, -tokens)
 
-    def give_back(self, bucket: Bucket, key: str) -> None:
-        """Return a token taken here for a request the shared bucket refused."""
-        self._change(bucket, key, +1)
+    def give_back(self, bucket: Bucket, key: str, tokens: int = 1) -> None:
+        """Return tokens taken here for a request the shared bucket refused."""
+        self._change(bucket, key, tokens)
 
     def _change(self, bucket: Bucket, key: str, delta: int) -> float | None:
         now = time.monotonic()
         name = f"{bucket.name}:{key}"
-        tokens, at = self._state.pop(name, (float(bucket.capacity), now))
-        tokens = min(float(bucket.capacity), tokens + max(0.0, now - at) * bucket.per_s)
+        capacity = float(bucket.capacity)
+        tokens, at = self._state.pop(name, (capacity, now))
+        tokens = min(capacity, tokens + max(0.0, now - at) * bucket.per_s)
         wait = None
         if delta > 0:
-            tokens = min(float(bucket.capacity), tokens + delta)
-        elif tokens >= 1:
-            tokens -= 1
+            tokens = min(capacity, tokens + delta)
+        elif -delta > capacity:
+            wait = max((capacity - tokens) / bucket.per_s, 0.001)
+        elif tokens >= -delta:
+            tokens += delta
         else:
-            wait = max((1 - tokens) / bucket.per_s, 0.001)
+            wait = max((-delta - tokens) / bucket.per_s, 0.001)
         self._state[name] = (tokens, now)
         if len(self._state) > self._max_keys:
             self._state.popitem(last=False)
@@ -109,7 +117,8 @@ class LocalBuckets:
 
 
 class RateLimiter:
-    """``retry_after(kind, key)``: None when the request may go ahead, else seconds to wait."""
+    """``retry_after(kind, key, tokens)``: None when the request may go ahead, else seconds
+    to wait."""
 
     def __init__(self, redis: Redis, limits: LimitsSettings, guard: RedisGuard) -> None:
         self._take = redis.register_script(_TAKE)
@@ -117,25 +126,32 @@ class RateLimiter:
         self._guard = guard
         self.local = LocalBuckets()
 
-    async def retry_after(self, kind: str, key: str) -> float | None:
+    def capacity(self, kind: str) -> int:
+        """The burst of the operation type's bucket (0 when it has none)."""
+        bucket = self._buckets.get(kind)
+        return bucket.capacity if bucket else 0
+
+    async def retry_after(self, kind: str, key: str, tokens: int = 1) -> float | None:
+        """Take ``tokens`` at once (a bulk createPayments takes one per input) or none."""
         bucket = self._buckets.get(kind)
         if bucket is None:
             return None
         # This process's own bucket first: empty, the shared one is empty too.
-        wait = self.local.take(bucket, key)
+        wait = self.local.take(bucket, key, tokens)
         if wait is not None or not self._guard.available:
             return wait
         try:
             taken, shared_wait = await self._take(
-                keys=[f"ratelimit:{bucket.name}:{key}"], args=[bucket.capacity, bucket.per_s]
+                keys=[f"ratelimit:{bucket.name}:{key}"],
+                args=[bucket.capacity, bucket.per_s, tokens],
             )
         except (RedisError, OSError) as exc:
             self._guard.failed("rate limits", exc)
-            return None  # the local token stands
+            return None  # the local tokens stand
         if int(taken):
             return None
         # Other processes spent the shared bucket: this request was not let through here.
-        self.local.give_back(bucket, key)
+        self.local.give_back(bucket, key, tokens)
         return max(float(shared_wait), 0.001)
 
 

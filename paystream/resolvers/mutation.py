@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import strawberry
 
+from ..domain.errors import PaystreamError
 from ..metrics import PAYMENTS_ACCEPTED
+from ..schema.bulk import CreatePaymentError, CreatePaymentResult
 from ..schema.inputs import (
     CancelPaymentInput,
     CapturePaymentInput,
@@ -23,6 +25,20 @@ from ..services.refunds import RefundPayment
 from .context import Info
 
 
+def _request(input: CreatePaymentInput) -> CreatePayment:
+    return CreatePayment(
+        idempotency_key=input.idempotency_key,
+        source_account_id=input.source_account_id,
+        destination_account_id=input.destination_account_id,
+        amount=input.amount,
+        currency=input.currency,
+        reference=input.reference,
+        capture=input.capture is not False,
+        authorization_ttl_seconds=input.authorization_ttl_seconds,
+        metadata=metadata_pairs(input.metadata),
+    )
+
+
 @strawberry.type
 class Mutation:
     @strawberry.mutation(
@@ -31,24 +47,31 @@ class Mutation:
     )
     async def create_payment(self, info: Info, input: CreatePaymentInput) -> Payment:
         caller = info.context.require_caller()
-        row = await info.context.services.payments.create(
-            caller,
-            CreatePayment(
-                idempotency_key=input.idempotency_key,
-                source_account_id=input.source_account_id,
-                destination_account_id=input.destination_account_id,
-                amount=input.amount,
-                currency=input.currency,
-                reference=input.reference,
-                capture=input.capture is not False,
-                authorization_ttl_seconds=input.authorization_ttl_seconds,
-                metadata=metadata_pairs(input.metadata),
-            ),
-        )
+        row = await info.context.services.payments.create(caller, _request(input))
         # Counted here, at the one createPayment entry, once the service has the payment.
         PAYMENTS_ACCEPTED.inc()
         info.context.loaders.payment.prime(row.id, row)
         return Payment(row=row)
+
+    @strawberry.mutation(
+        description="Create many payments at once (at most PAYSTREAM_LIMITS__MAX_BULK_PAYMENTS, "
+        "1000 by default; each takes a mutation rate-limit token). Each input is validated and "
+        "answered on its own, in input order: the payment, or the error createPayment would "
+        "give. The accepted ones commit together; UNAVAILABLE means none was recorded."
+    )
+    async def create_payments(self, info: Info,
+                              inputs: list[CreatePaymentInput]) -> list[CreatePaymentResult]:
+        caller = info.context.require_caller()
+        answers = await info.context.services.payments.create_many(
+            caller, [_request(i) for i in inputs])
+        results = [CreatePaymentResult(error=CreatePaymentError.of(answer))
+                   if isinstance(answer, PaystreamError)
+                   else CreatePaymentResult(payment=Payment(row=answer)) for answer in answers]
+        rows = {answer.id: answer for answer in answers if not isinstance(answer, PaystreamError)}
+        info.context.loaders.payment.prime_many(rows)  # one call: prime() is per key
+        # Accepted answers, as createPayment counts them (an idempotent replay too).
+        PAYMENTS_ACCEPTED.inc(len(rows))
+        return results
 
     @strawberry.mutation(
         description="Open a zero-balance account owned by the caller; the same idempotencyKey "

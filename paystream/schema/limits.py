@@ -9,7 +9,9 @@ The cost estimate counts every selected field once per object it may be resolved
 with a ``first`` argument multiplies the fields below it by that page size (capped by
 ``max_page_size``, as the resolvers cap it; a variable counts as the cap, since the validation
 result is cached per document, not per variable values). A page narrowed by a ``filter``
-(``payments``) or a date range (``Account.entries``) counts its page size once more.
+(``payments``) or a date range (``Account.entries``) counts its page size once more. Below
+``createPayments`` the first page counts once per input the batch may have
+(``max_bulk_payments``): it runs for each of them.
 """
 
 from __future__ import annotations
@@ -128,31 +130,37 @@ class _Walker:
                 or m.cost > lim.max_query_cost)
 
     def walk(self, selections: SelectionSetNode | None, parent: GraphQLNamedType | None,
-             depth: int, multiplier: int, active: frozenset[str]) -> None:
+             depth: int, multiplier: int, active: frozenset[str], per_input: int = 1) -> None:
         if selections is None:
             return
         for selection in selections.selections:
             if self.over():
                 return
             if isinstance(selection, FieldNode):
-                self._field(selection, parent, depth, multiplier, active)
+                self._field(selection, parent, depth, multiplier, active, per_input)
             elif isinstance(selection, InlineFragmentNode):
                 condition = selection.type_condition
                 target = self.schema.get_type(condition.name.value) if condition else parent
-                self.walk(selection.selection_set, target, depth, multiplier, active)
+                self.walk(selection.selection_set, target, depth, multiplier, active, per_input)
             elif isinstance(selection, FragmentSpreadNode):
                 name = selection.name.value
                 fragment = self.fragments.get(name)
                 if fragment is None or name in active:  # unknown or cyclic: other rules report
                     continue
                 target = self.schema.get_type(fragment.type_condition.name.value)
-                self.walk(fragment.selection_set, target, depth, multiplier, active | {name})
+                self.walk(fragment.selection_set, target, depth, multiplier, active | {name},
+                          per_input)
 
     def _field(self, node: FieldNode, parent: GraphQLNamedType | None, depth: int,
-               multiplier: int, active: frozenset[str]) -> None:
+               multiplier: int, active: frozenset[str], per_input: int = 1) -> None:
         name = node.name.value
         if name.startswith("__"):  # introspection: dev only, and cheap
             return
+        if name == BULK_FIELD and parent is self.schema.mutation_type:
+            # Its answer's fields count once (the batch's size is a variable, and the rate
+            # limit bills it), but a page below it runs once per input: the first page
+            # under it counts the whole batch's pages.
+            per_input = self.limits.max_bulk_payments
         m = self.measure
         m.depth = max(m.depth, depth + 1)
         m.aliases += int(node.alias is not None)
@@ -162,13 +170,16 @@ class _Walker:
             field_def = parent.fields.get(name)
             if field_def is not None:
                 field_type = get_named_type(field_def.type)
-                page = self._page_size(node, field_def.args.get("first"))
+                first = field_def.args.get("first")
+                page = self._page_size(node, first)
+                if first is not None:
+                    page, per_input = page * per_input, 1
                 if _narrowed(node):
                     # A filtered page (or a statement's date range) may read index rows it
                     # then drops: it counts its page once more.
                     m.cost += multiplier * page
                 multiplier *= page
-        self.walk(node.selection_set, field_type, depth + 1, multiplier, active)
+        self.walk(node.selection_set, field_type, depth + 1, multiplier, active, per_input)
 
     def _page_size(self, node: FieldNode, first_arg: Any) -> int:
         if first_arg is None:
@@ -185,6 +196,7 @@ class _Walker:
         return min(default, cap) if isinstance(default, int) else cap
 
 
+BULK_FIELD = "createPayments"
 _NARROWING_ARGUMENTS = frozenset({"filter", "from", "to"})
 
 

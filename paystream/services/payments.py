@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -23,9 +23,10 @@ from decimal import Decimal
 from ..cache.entities import status_event
 from ..config import Settings
 from ..db import Database, outbox
-from ..db.payments import PaymentRow, insert_pending
+from ..db.accounts import AccountRow
+from ..db.payments import PaymentRow, insert_pending, insert_pending_many
 from ..domain.currency import currency_exponent
-from ..domain.errors import BadUserInput, IdempotencyConflict
+from ..domain.errors import BadUserInput, IdempotencyConflict, PaystreamError, QueryTooComplex
 from ..domain.ledger import SYSTEM_PARTNER_ID
 from ..domain.lifecycle import validate_authorization_ttl
 from ..domain.metadata import Metadata, validate_metadata
@@ -80,43 +81,10 @@ class PaymentService:
 
     async def create(self, caller: Caller, request: CreatePayment) -> PaymentRow:
         caller.require(WRITE)
-        key = validate_idempotency_key(request.idempotency_key)
-        reference = validate_reference(request.reference)
-        source_id = parse_account_id(request.source_account_id, field="sourceAccountId")
-        destination_id = parse_account_id(request.destination_account_id, field="destinationAccountId")
-        currency_exponent(request.currency)
-        money = Money.parse(request.amount, request.currency, field="amount")
-        ttl = validate_authorization_ttl(request.authorization_ttl_seconds, capture=request.capture)
-        metadata = validate_metadata(request.metadata)
-        if source_id == destination_id:
-            raise BadUserInput("destinationAccountId must differ from sourceAccountId",
-                               field="destinationAccountId")
-        accounts = await self._reader.accounts([source_id, destination_id])
-        source, destination = accounts.get(source_id), accounts.get(destination_id)
-        # A foreign source account is reported exactly like a missing one.
-        if source is None or not caller.owns(source.partner_id):
-            raise BadUserInput("sourceAccountId: no such account", field="sourceAccountId")
-        # Settlement accounts are the ledger's edge, not a party to payments.
-        if destination is None or destination.partner_id == SYSTEM_PARTNER_ID:
-            raise BadUserInput("destinationAccountId: no such account", field="destinationAccountId")
-        if source.currency != money.currency or destination.currency != money.currency:
-            raise BadUserInput(
-                f"currency: payment is {money.currency}, source account is {source.currency},"
-                f" destination account is {destination.currency}",
-                field="currency", extensions={"reason": "CURRENCY_MISMATCH"},
-            )
-
-        now = datetime.now(UTC)
-        draft = PaymentRow(
-            id=uuid.uuid4(), partner_id=caller.partner_id, idempotency_key=key,
-            request_hash=request_hash(caller.partner_id, source_id, destination_id, money, reference,
-                                      capture=request.capture, authorization_ttl_s=ttl,
-                                      metadata=metadata),
-            source_account_id=source_id, destination_account_id=destination_id,
-            amount_minor=money.minor, currency=money.currency, reference=reference,
-            status="PENDING", failure_reason=None, version=1, created_at=now, updated_at=now,
-            capture=request.capture, authorization_ttl_s=ttl, metadata_entries=metadata,
-        )
+        parsed = _parse(request)
+        accounts = await self._reader.accounts([parsed.source_id, parsed.destination_id])
+        source, destination = _check_accounts(caller, parsed, accounts)
+        draft = _draft(caller, parsed, datetime.now(UTC))
         kafka = self._settings.kafka
         payload = _message(draft).encode()
         outbox_id: int | None = None
@@ -126,10 +94,7 @@ class PaymentService:
                 outbox_id = await outbox.add(session, kafka.requested_topic,
                                              str(row.source_account_id), payload.decode())
         if not created:
-            if row.request_hash != draft.request_hash:
-                raise IdempotencyConflict(
-                    "idempotencyKey was already used with a different request", field="idempotencyKey"
-                )
+            _check_replay(row, draft)
             # Its request was committed with it the first time: nothing to produce again.
             return row
         # Visible to payment(id) at once, whatever the replica's lag.
@@ -142,6 +107,169 @@ class PaymentService:
             Outgoing(kafka.status_topic, str(row.id).encode(), event.encode()),
         )
         return row
+
+    async def create_many(self, caller: Caller,
+                          requests: Sequence[CreatePayment]) -> list[PaymentRow | PaystreamError]:
+        """createPayments: each request validated and answered on its own, in input order (the
+        payment, or the error createPayment would have raised for it); the good ones accepted
+        in one transaction (one INSERT of the payments, one of their outbox requests) and
+        handed to the publisher as one group. A key repeated within the request is refused
+        on its repetitions. Raises only for the whole call: a missing scope, more than
+        ``max_bulk_payments`` requests, or the primary not committing (UNAVAILABLE: nothing
+        of the call was recorded)."""
+        caller.require(WRITE)
+        check_batch_size(len(requests), self._settings.limits.max_bulk_payments)
+        answers: list[PaymentRow | PaystreamError | None] = [None] * len(requests)
+        parsed: dict[int, _Parsed] = {}
+        first_of_key: dict[str, int] = {}
+        for index, request in enumerate(requests):
+            try:
+                # The key first, as createPayment checks it first: a repetition is refused
+                # whatever else is wrong with it or with the input that used the key before.
+                key = validate_idempotency_key(request.idempotency_key)
+                earlier = first_of_key.setdefault(key, index)
+                if earlier != index:
+                    raise BadUserInput(
+                        f"idempotencyKey is used by inputs[{earlier}] of this request already",
+                        field="idempotencyKey", extensions={"reason": "DUPLICATE_IDEMPOTENCY_KEY"})
+                item = _parse(request)
+            except PaystreamError as exc:
+                answers[index] = exc
+                continue
+            parsed[index] = item
+        accounts = await self._reader.accounts(
+            sorted({i for p in parsed.values() for i in (p.source_id, p.destination_id)}))
+        now = datetime.now(UTC)
+        drafts: dict[int, tuple[PaymentRow, AccountRow, AccountRow]] = {}
+        for index, item in parsed.items():
+            try:
+                source, destination = _check_accounts(caller, item, accounts)
+            except PaystreamError as exc:
+                answers[index] = exc
+                continue
+            drafts[index] = (_draft(caller, item, now), source, destination)
+        if drafts:
+            await self._accept_many(caller, drafts, answers)
+        assert all(a is not None for a in answers)
+        return answers  # type: ignore[return-value]  # every slot is filled above
+
+    async def _accept_many(self, caller: Caller,
+                           drafts: dict[int, tuple[PaymentRow, AccountRow, AccountRow]],
+                           answers: list[PaymentRow | PaystreamError | None]) -> None:
+        kafka = self._settings.kafka
+        # By key: two bulk requests sharing keys then meet the unique index in one order.
+        ordered = sorted(drafts.values(), key=lambda d: d[0].idempotency_key)
+        payloads = {d[0].idempotency_key: _message(d[0]).encode() for d in ordered}
+        async with self._db.write_session() as session:
+            stored = await insert_pending_many(session, caller.partner_id,
+                                               [d[0] for d in ordered])
+            created_rows = [stored[d[0].idempotency_key] for d in ordered]
+            new = [(row, payloads[row.idempotency_key]) for row, created in created_rows
+                   if created]
+            outbox_ids = await outbox.add_many(session, kafka.requested_topic, [
+                (str(row.source_account_id), payload.decode()) for row, payload in new])
+        parties = {d[0].idempotency_key: (d[1], d[2]) for d in ordered}
+        outgoing: list[Outgoing] = []
+        accepted: list[PaymentRow] = []
+        for (row, payload), outbox_id in zip(new, outbox_ids, strict=True):
+            source, destination = parties[row.idempotency_key]
+            event = status_event(row, source, destination, with_accounts=False)
+            outgoing += [
+                Outgoing(kafka.requested_topic, str(row.source_account_id).encode(), payload,
+                         outbox_id),
+                Outgoing(kafka.status_topic, str(row.id).encode(), event.encode()),
+            ]
+            accepted.append(row)
+        for index, (draft, _, _) in drafts.items():
+            row, created = stored[draft.idempotency_key]
+            try:
+                if not created:
+                    _check_replay(row, draft)
+            except PaystreamError as exc:
+                answers[index] = exc
+                continue
+            answers[index] = row
+        await self._reader.remember_payments(accepted)
+        self._publisher.submit(*outgoing)
+
+
+def check_batch_size(size: int, maximum: int) -> None:
+    """createPayments takes at most ``maximum`` inputs (QUERY_TOO_COMPLEX, limit "batch",
+    as the gateway's other request limits report)."""
+    if size > maximum:
+        raise QueryTooComplex(f"createPayments takes at most {maximum} inputs, got {size}",
+                              extensions={"limit": "batch", "max": maximum})
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    """A createPayment input checked on its own (no reads yet)."""
+
+    key: str
+    reference: str | None
+    source_id: uuid.UUID
+    destination_id: uuid.UUID
+    money: Money
+    capture: bool
+    ttl: int | None
+    metadata: Metadata
+
+
+def _parse(request: CreatePayment) -> _Parsed:
+    key = validate_idempotency_key(request.idempotency_key)
+    reference = validate_reference(request.reference)
+    source_id = parse_account_id(request.source_account_id, field="sourceAccountId")
+    destination_id = parse_account_id(request.destination_account_id, field="destinationAccountId")
+    currency_exponent(request.currency)
+    money = Money.parse(request.amount, request.currency, field="amount")
+    ttl = validate_authorization_ttl(request.authorization_ttl_seconds, capture=request.capture)
+    metadata = validate_metadata(request.metadata)
+    if source_id == destination_id:
+        raise BadUserInput("destinationAccountId must differ from sourceAccountId",
+                           field="destinationAccountId")
+    return _Parsed(key, reference, source_id, destination_id, money, request.capture, ttl,
+                   metadata)
+
+
+def _check_accounts(caller: Caller, item: _Parsed,
+                    accounts: Mapping[uuid.UUID, AccountRow]) -> tuple[AccountRow, AccountRow]:
+    """The source and destination accounts, if the caller may pay between them."""
+    source, destination = accounts.get(item.source_id), accounts.get(item.destination_id)
+    # A foreign source account is reported exactly like a missing one.
+    if source is None or not caller.owns(source.partner_id):
+        raise BadUserInput("sourceAccountId: no such account", field="sourceAccountId")
+    # Settlement accounts are the ledger's edge, not a party to payments.
+    if destination is None or destination.partner_id == SYSTEM_PARTNER_ID:
+        raise BadUserInput("destinationAccountId: no such account", field="destinationAccountId")
+    money = item.money
+    if source.currency != money.currency or destination.currency != money.currency:
+        raise BadUserInput(
+            f"currency: payment is {money.currency}, source account is {source.currency},"
+            f" destination account is {destination.currency}",
+            field="currency", extensions={"reason": "CURRENCY_MISMATCH"},
+        )
+    return source, destination
+
+
+def _draft(caller: Caller, item: _Parsed, now: datetime) -> PaymentRow:
+    return PaymentRow(
+        id=uuid.uuid4(), partner_id=caller.partner_id, idempotency_key=item.key,
+        request_hash=request_hash(caller.partner_id, item.source_id, item.destination_id,
+                                  item.money, item.reference, capture=item.capture,
+                                  authorization_ttl_s=item.ttl, metadata=item.metadata),
+        source_account_id=item.source_id, destination_account_id=item.destination_id,
+        amount_minor=item.money.minor, currency=item.money.currency, reference=item.reference,
+        status="PENDING", failure_reason=None, version=1, created_at=now, updated_at=now,
+        capture=item.capture, authorization_ttl_s=item.ttl, metadata_entries=item.metadata,
+    )
+
+
+def _check_replay(existing: PaymentRow, draft: PaymentRow) -> None:
+    """An existing payment answers a retry only of the same request."""
+    if existing.request_hash != draft.request_hash:
+        raise IdempotencyConflict(
+            "idempotencyKey was already used with a different request", field="idempotencyKey"
+        )
 
 
 def _message(row: PaymentRow) -> PaymentRequested:

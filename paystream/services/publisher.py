@@ -78,7 +78,12 @@ class Publisher:
         self._settings = settings
         self._db = db
         self._producer = producer
-        self._queue: asyncio.Queue[Outgoing] = asyncio.Queue(max_queued)
+        # Groups of messages submitted together (a payment's request and its event; a bulk
+        # request's all), never split between produce batches; the bound counts messages.
+        self._queue: asyncio.Queue[tuple[Outgoing, ...]] = asyncio.Queue()
+        self._max_queued = max_queued
+        self._queued = 0
+        self._carry: tuple[Outgoing, ...] | None = None  # the group that starts the next batch
         self._max_batch = max_batch
         self.dropped = 0  # queue full: left to the relay
         self.published = 0
@@ -89,15 +94,32 @@ class Publisher:
     @property
     def busy(self) -> bool:
         """Whether messages are queued or being produced (whose rows may still be marked sent)."""
-        return self._in_flight > 0 or not self._queue.empty()
+        return self._in_flight > 0 or self._carry is not None or not self._queue.empty()
 
     def submit(self, *messages: Outgoing) -> None:
-        """Queue committed messages; never waits. A full queue leaves them to the relay."""
-        for message in messages:
-            try:
-                self._queue.put_nowait(message)
-            except asyncio.QueueFull:
-                self.dropped += 1
+        """Queue committed messages as one group, produced in one batch (a group larger than
+        ``max_batch`` is a batch of its own); never waits. A full queue leaves the whole group
+        to the relay."""
+        if not messages:
+            return
+        if self._queued + len(messages) > self._max_queued:
+            self.dropped += len(messages)
+            return
+        self._queued += len(messages)
+        self._queue.put_nowait(messages)
+
+    def _take(self, first: tuple[Outgoing, ...]) -> list[Outgoing]:
+        """``first`` and the groups queued behind it, up to ``max_batch`` messages (whole
+        groups only: one that does not fit starts the next batch)."""
+        batch = list(first)
+        while self._carry is None and not self._queue.empty():
+            group = self._queue.get_nowait()
+            if len(batch) + len(group) > self._max_batch:
+                self._carry = group
+            else:
+                batch.extend(group)
+        self._queued -= len(batch)
+        return batch
 
     def stop(self) -> None:
         """Ask :meth:`run` to return after the batch in hand (what is queued stays for
@@ -112,9 +134,13 @@ class Publisher:
         """Produce batches until stopped (or cancelled); a failed batch is left to the relay."""
         loop = asyncio.get_running_loop()
         while not self._stopping:
-            if self._queue.empty():
+            if self._carry is not None:
+                first, self._carry = self._carry, None
+                batch = self._take(first)
+            elif self._queue.empty():
                 self._wake = loop.create_future()
-                getter: asyncio.Future[Outgoing] = asyncio.ensure_future(self._queue.get())
+                getter: asyncio.Future[tuple[Outgoing, ...]] = asyncio.ensure_future(
+                    self._queue.get())
                 waiting: set[asyncio.Future[Any]] = {getter, self._wake}
                 try:
                     await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
@@ -123,11 +149,9 @@ class Publisher:
                         getter.cancel()
                 if not getter.done() or getter.cancelled():
                     continue
-                batch = [getter.result()]
+                batch = self._take(getter.result())
             else:
-                batch = [self._queue.get_nowait()]
-            while len(batch) < self._max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+                batch = self._take(self._queue.get_nowait())
             try:
                 await self._publish(batch)
             except asyncio.CancelledError:
@@ -138,9 +162,11 @@ class Publisher:
 
     async def drain(self, timeout_s: float) -> None:
         """At shutdown: publish what is queued, within ``timeout_s``; the rest is the relay's."""
-        batch: list[Outgoing] = []
+        batch: list[Outgoing] = list(self._carry or ())
+        self._carry = None
         while not self._queue.empty():
-            batch.append(self._queue.get_nowait())
+            batch.extend(self._queue.get_nowait())
+        self._queued = 0
         if batch:
             try:
                 async with asyncio.timeout(timeout_s):

@@ -164,6 +164,12 @@ class Reader:
         if self.cache is not None and self._ttl is not None:
             await self.cache.put_many(PAYMENT, {row.id: payment_entry(row)}, self._ttl.payment_ttl_s)
 
+    async def remember_payments(self, rows: Sequence[PaymentRow]) -> None:
+        """The same for many payments, in one cache write."""
+        if rows and self.cache is not None and self._ttl is not None:
+            await self.cache.put_many(PAYMENT, {row.id: payment_entry(row) for row in rows},
+                                      self._ttl.payment_ttl_s)
+
     async def refunds(self, payment_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[RefundRow]]:
         """Each payment's refunds, oldest first, in one statement on the primary: a refund
         accepted or posted a moment ago is listed whatever a replica's lag (refunds are not
