@@ -113,7 +113,7 @@ class LimitsSettings(BaseModel):
     max_batch_operations: int = 10
     # Inputs of one createPayments (bulk) call; more is QUERY_TOO_COMPLEX, limit "batch".
     # Each input takes a mutation rate-limit token, so a batch above mutation_burst is
-    # refused (RATE_LIMITED) whatever this says.
+    # refused (RATE_LIMITED) whatever this says; the default burst admits one full batch.
     max_bulk_payments: int = Field(default=1000, ge=1)
     parser_cache_size: int = 1024
     validation_cache_size: int = 1024
@@ -122,7 +122,9 @@ class LimitsSettings(BaseModel):
     query_rate_per_s: float = 100.0
     query_burst: int = 200
     mutation_rate_per_s: float = 50.0
-    mutation_burst: int = 100
+    # 1,000: one full createPayments batch at once (then 50 a second); admission control
+    # (api.max_in_flight) still bounds how many single mutations run at once.
+    mutation_burst: int = 1000
     # Subscribe (graphql-ws: start) messages per API key, over all its sockets: each one
     # reads the primary and registers a watch, so a client looping subscribe/complete costs.
     subscribe_rate_per_s: float = 20.0
