@@ -145,10 +145,19 @@ class Payment:
     # Set on a subscription update: results of executing documents on it, shared by its
     # subscribers (schema/sharing.py).
     executions: strawberry.Private[dict[object, object] | None] = None
+    # Set on a subscription update: the cursor of the event it came from.
+    cursor: strawberry.Private[str | None] = None
 
     @strawberry.field
     def id(self) -> strawberry.ID:
         return strawberry.ID(str(self.row.id))
+
+    @strawberry.field(description="On subscription updates: the cursor of the event this state "
+                      "came from (pass it as `after` to `events` or `accountActivity` to resume "
+                      "after it); null elsewhere, and on the current state `paymentStatus` sends "
+                      "first.")
+    def event_cursor(self) -> str | None:
+        return self.cursor
 
     @strawberry.field
     def status(self) -> PaymentStatus:

@@ -22,7 +22,7 @@ from decimal import Decimal
 
 from ..cache.entities import status_event
 from ..config import Settings
-from ..db import Database, outbox
+from ..db import Database, events, outbox
 from ..db.payments import PaymentRow, insert_pending
 from ..domain.currency import currency_exponent
 from ..domain.errors import BadUserInput, IdempotencyConflict
@@ -31,7 +31,7 @@ from ..domain.lifecycle import validate_authorization_ttl
 from ..domain.metadata import Metadata, validate_metadata
 from ..domain.money import Money
 from ..domain.validation import parse_account_id, validate_idempotency_key, validate_reference
-from ..events.messages import PaymentRequested
+from ..events.messages import PaymentRequested, PaymentStatusEvent
 from .auth import WRITE, Caller
 from .publisher import Outgoing, Publisher
 from .reads import Reader
@@ -120,11 +120,16 @@ class PaymentService:
         kafka = self._settings.kafka
         payload = _message(draft).encode()
         outbox_id: int | None = None
+        event: PaymentStatusEvent | None = None
         async with self._db.write_session() as session:
             row, created = await insert_pending(session, draft)
             if created:
                 outbox_id = await outbox.add(session, kafka.requested_topic,
                                              str(row.source_account_id), payload.decode())
+                # The PENDING event is in the events feed from the acceptance's commit on;
+                # its cursor comes with it on the status stream.
+                [event] = await events.record(
+                    session, [status_event(row, source, destination, with_accounts=False)])
         if not created:
             if row.request_hash != draft.request_hash:
                 raise IdempotencyConflict(
@@ -135,8 +140,9 @@ class PaymentService:
         # Visible to payment(id) at once, whatever the replica's lag.
         await self._reader.remember_payment(row)
         # The PENDING event tells account activity subscribers of the new payment; best
-        # effort (not in the outbox), since a watcher starts from the current state anyway.
-        event = status_event(row, source, destination, with_accounts=False)
+        # effort on the stream (not in the outbox), since a watcher starts from the current
+        # state anyway, and a resumed accountActivity replays it from the feed.
+        assert event is not None
         self._publisher.submit(
             Outgoing(kafka.requested_topic, str(row.source_account_id).encode(), payload, outbox_id),
             Outgoing(kafka.status_topic, str(row.id).encode(), event.encode()),
