@@ -152,10 +152,10 @@ class Payment:
     def id(self) -> strawberry.ID:
         return strawberry.ID(str(self.row.id))
 
-    @strawberry.field(description="On subscription updates: the cursor of the event this state "
-                      "came from (pass it as `after` to `events` or `accountActivity` to resume "
-                      "after it); null elsewhere, and on the current state `paymentStatus` sends "
-                      "first.")
+    @strawberry.field(description="On subscription updates (and an event's payment): the "
+                      "cursor of the event this state came from; pass it as `after` to `events` "
+                      "or `accountActivity` to resume after it. Null on queries and mutations, "
+                      "and on the current state `paymentStatus` sends first.")
     def event_cursor(self) -> str | None:
         return self.cursor
 

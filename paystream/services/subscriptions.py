@@ -3,6 +3,8 @@
 ``payment_status`` registers with the status hub *before* it reads the current state from the
 primary, so an event published in between is queued rather than lost; events at or below the
 version already sent are dropped, so each newer status arrives exactly once and in order.
+``account_activity`` with a cursor does the same across the past: watch first, then the
+account's events after the cursor from the events table, then the live ones, each change once.
 
 Every subscriber an event reaches is given the same :class:`PaymentUpdate` for it (built once,
 with at most one read), so work done on it for one subscriber can serve the others: the
