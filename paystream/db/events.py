@@ -116,8 +116,8 @@ async def record(session: WriteSession, events: Sequence[PaymentStatusEvent]
         "payloads": [json.dumps(e.to_json()) for e in events],
     })
     # (payment, version) names one event: a payment changes at most once per transaction.
-    cursors = {(r[0], int(r[1])): encode_event_cursor(int(r[2]), int(r[3])) for r in rows}
-    return [replace(e, cursor=cursors[(e.payment_id, e.version)]) for e in events]
+    cursors = {(str(r[0]), int(r[1])): encode_event_cursor(int(r[2]), int(r[3])) for r in rows}
+    return [replace(e, cursor=cursors[(str(e.payment_id), e.version)]) for e in events]
 
 
 def _records(rows: Sequence[tuple[int, str, str]]) -> list[EventRecord]:
