@@ -225,3 +225,64 @@ async def test_account_activity_resumed_from_a_cursor_taken_before_50_payments_s
     # The payer's own account with its balance, the counterparty's without.
     assert all(u["sourceAccount"]["balance"] is not None for u in updates)
     assert all(u["destinationAccount"]["balance"] is None for u in updates)
+
+
+async def test_events_older_than_30_days_are_not_listed_and_the_relay_prunes_them(
+        services: Any) -> None:
+    from sqlalchemy import text
+
+    from paystream.config import OutboxSettings
+    from paystream.db.events import partner_page
+    from paystream.events.messages import PaymentStatusEvent
+    from paystream.worker.outbox import OutboxRelay
+
+    partner, payee = uuid.uuid4(), uuid.uuid4()
+    now = "2026-01-01T00:00:00+00:00"
+
+    def payload(version: int) -> str:
+        import json
+
+        return json.dumps(PaymentStatusEvent(
+            payment_id=uuid.uuid4(), version=version, status="SUCCEEDED", failure_reason=None,
+            partner_id=partner, source_account_id=uuid.uuid4(),
+            destination_account_id=uuid.uuid4(), source_partner_id=partner,
+            destination_partner_id=payee, amount_minor=1, currency="USD", reference=None,
+            created_at=now, updated_at=now).to_json())
+
+    insert = text(
+        "INSERT INTO events (created_at, type, payment_id, version, source_account_id,"
+        " destination_account_id, source_partner_id, destination_partner_id, payload)"
+        " VALUES (now() - make_interval(days => :age), 'payment.succeeded', gen_random_uuid(),"
+        " 2, gen_random_uuid(), gen_random_uuid(), :partner, :payee, CAST(:payload AS jsonb))")
+    async with services.db.write_session() as session:
+        for age in (31, 31, 40, 1):
+            await session.execute(insert, {"age": age, "partner": partner, "payee": payee,
+                                           "payload": payload(2)})
+
+    async def listed() -> int:
+        """How many the feed lists (re-read while the horizon has not passed the insert)."""
+        async def read(session: Any) -> int:
+            return len(await partner_page(session, partner, after=None, limit=100,
+                                          keep_days=30))
+
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:
+            found = int(await services.db.read(read, primary=True))
+            if found or asyncio.get_running_loop().time() > deadline:
+                return found
+            await asyncio.sleep(0.02)
+
+    async def count() -> int:
+        async with services.db.write_session() as session:
+            return int((await session.execute(text(
+                "SELECT count(*) FROM events WHERE source_partner_id = :p"),
+                {"p": partner})).scalar_one())
+
+    # Past the retention they are gone from the feed at once, pruned or not.
+    assert await listed() == 1 and await count() == 4
+    relay = OutboxRelay(services.db, producer=None, topic="payments.status",  # type: ignore[arg-type]
+                        requested_topic="payments.requested",
+                        settings=OutboxSettings(events_retention_days=30, prune_batch=2))
+    pruned = [await relay.prune_events_once() for _ in range(3)]
+    assert pruned[0] == 2 and pruned[-1] == 0 and sum(pruned) >= 3
+    assert await count() == 1 and await listed() == 1
