@@ -74,6 +74,23 @@ _ACCOUNT_EVENTS = text(
     f" SELECT {_COLUMNS} FROM picked p JOIN events e ON e.id = p.id"
     " ORDER BY p.txid, p.id LIMIT :limit"
 )
+# The account's latest events below the horizon, newest first (the caller reverses them): a
+# resumed accountActivity from the last of them misses nothing (see latest_account_events).
+_LATEST_ACCOUNT_EVENTS = text(
+    "WITH horizon AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),"
+    " picked AS ("
+    "  (SELECT e.txid, e.id FROM events e, horizon h WHERE e.source_partner_id = :partner"
+    "     AND e.source_account_id = :account AND e.txid < h.xmin"
+    "     AND e.created_at > now() - make_interval(secs => :keep)"
+    "   ORDER BY e.txid DESC, e.id DESC LIMIT :limit)"
+    "  UNION"
+    "  (SELECT e.txid, e.id FROM events e, horizon h WHERE e.destination_partner_id = :partner"
+    "     AND e.destination_account_id = :account AND e.txid < h.xmin"
+    "     AND e.created_at > now() - make_interval(secs => :keep)"
+    "   ORDER BY e.txid DESC, e.id DESC LIMIT :limit))"
+    f" SELECT {_COLUMNS} FROM picked p JOIN events e ON e.id = p.id"
+    " ORDER BY p.txid DESC, p.id DESC LIMIT :limit"
+)
 # The oldest rows first, through the primary key (ids grow with time): a bounded batch.
 _PRUNE = text(
     "DELETE FROM events WHERE id IN (SELECT id FROM events"
@@ -155,10 +172,23 @@ async def account_events(session: ReadSession, account_id: uuid.UUID, owner_id: 
     return _records([(r[0], r[1], r[2]) for r in rows])
 
 
+async def latest_account_events(session: ReadSession, account_id: uuid.UUID,
+                                owner_id: uuid.UUID, *, limit: int, keep_days: float
+                                ) -> list[EventRecord]:
+    """The last ``limit`` events of the account, oldest first, below the snapshot's xmin (on
+    the primary): every event committed later sorts after the last one, so
+    ``accountActivity(after: <its cursor>)`` continues from here without a gap."""
+    rows = await session.execute(_LATEST_ACCOUNT_EVENTS, {
+        "partner": owner_id, "account": account_id, "limit": limit,
+        "keep": keep_days * 86400})
+    return _records([(r[0], r[1], r[2]) for r in rows])[::-1]
+
+
 async def prune(session: WriteSession, *, keep_days: float, limit: int) -> int:
     """Delete up to ``limit`` events older than ``keep_days``; returns how many."""
     result = await session.execute(_PRUNE, {"keep": keep_days * 86400, "limit": limit})
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-__all__ = ["EventRecord", "account_events", "kind_of", "partner_page", "prune", "record"]
+__all__ = ["EventRecord", "account_events", "kind_of", "latest_account_events", "partner_page",
+           "prune", "record"]

@@ -162,7 +162,9 @@ class _Walker:
             field_def = parent.fields.get(name)
             if field_def is not None:
                 field_type = get_named_type(field_def.type)
-                page = self._page_size(node, field_def.args.get("first"))
+                # `first` pages; `last` (Account.recentEvents) bounds a list the same way.
+                size = "first" if "first" in field_def.args else "last"
+                page = self._page_size(node, field_def.args.get(size), size)
                 if _narrowed(node):
                     # A filtered page (or a statement's date range) may read index rows it
                     # then drops: it counts its page once more.
@@ -170,12 +172,12 @@ class _Walker:
                 multiplier *= page
         self.walk(node.selection_set, field_type, depth + 1, multiplier, active)
 
-    def _page_size(self, node: FieldNode, first_arg: Any) -> int:
+    def _page_size(self, node: FieldNode, first_arg: Any, name: str = "first") -> int:
         if first_arg is None:
             return 1
         cap = self.limits.max_page_size
         for argument in node.arguments or ():
-            if argument.name.value == "first":
+            if argument.name.value == name:
                 if isinstance(argument.value, IntValueNode):
                     return max(0, min(int(argument.value.value), cap))
                 if isinstance(argument.value, VariableNode):

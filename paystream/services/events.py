@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from ..config import Settings
 from ..db import Database, ReadSession
-from ..db.events import EventRecord, partner_page
+from ..db.accounts import AccountRow
+from ..db.events import EventRecord, latest_account_events, partner_page
 from ..domain.feed import decode_event_cursor
 from .auth import READ, Caller
 
@@ -42,6 +43,20 @@ class EventService:
 
         records = await self._db.read(read, primary=True)
         return EventPage(records[:limit], len(records) > limit)
+
+    async def latest_of_account(self, caller: Caller, account: AccountRow, *,
+                                limit: int) -> list[EventRecord]:
+        """The account's last ``limit`` events, oldest first; none unless the caller owns it
+        (as if it had none, like ``Account.entries``)."""
+        caller.require(READ)
+        if limit == 0 or not caller.owns(account.partner_id):
+            return []
+
+        async def read(session: ReadSession) -> list[EventRecord]:
+            return await latest_account_events(session, account.id, account.partner_id,
+                                               limit=limit, keep_days=self._keep_days)
+
+        return await self._db.read(read, primary=True)
 
 
 __all__ = ["EventPage", "EventService"]

@@ -286,3 +286,36 @@ async def test_events_older_than_30_days_are_not_listed_and_the_relay_prunes_the
     pruned = [await relay.prune_events_once() for _ in range(3)]
     assert pruned[0] == 2 and pruned[-1] == 0 and sum(pruned) >= 3
     assert await count() == 1 and await listed() == 1
+
+
+RECENT = """
+query($id: ID!, $last: Int) { account(id: $id) { recentEvents(last: $last) { cursor type
+  payment { id } } } }
+"""
+
+
+async def test_an_accounts_recent_events_are_its_latest_oldest_first(
+        client: httpx.AsyncClient, watcher: StatusWatcher, make_partner: Any) -> None:
+    partner, payee = await make_partner(), await make_partner()
+    source, other = await partner.account(balance="100.00"), await partner.account()
+    destination = await payee.account(balance="0")
+    payments = []
+    for target in (destination, destination, other):
+        payments.append(await pay(client, partner, source, target))
+        await watcher.terminal(payments[-1])
+    everything, _ = await read_feed(client, partner, after=None, count=6)
+
+    async def recent(account: str, last: int, key: str) -> list[dict[str, Any]]:
+        body = await gql(client, RECENT, {"id": account, "last": last}, key=key)
+        assert "errors" not in body, body
+        return list(body["data"]["account"]["recentEvents"])  # type: ignore[index]
+
+    latest = await recent(source, 3, partner.key)
+    assert [e["cursor"] for e in latest] == [n["cursor"] for n in everything[-3:]]
+    # Only the account's own: the last payment touched `other` as well, the first two did not.
+    assert [e["cursor"] for e in await recent(other, 20, partner.key)] == [
+        n["cursor"] for n in everything[-2:]]
+    # Seen through a payment by its counterparty: nothing.
+    seen = await gql(client, """query($id: ID!) { payment(id: $id) {
+        sourceAccount { recentEvents { cursor } } } }""", {"id": payments[0]}, key=payee.key)
+    assert seen["data"] == {"payment": {"sourceAccount": {"recentEvents": []}}}
