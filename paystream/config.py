@@ -81,6 +81,9 @@ class OutboxSettings(BaseModel):
     # kept); the relay prunes in batches of prune_batch rows.
     retention_days: float = 7.0
     prune_batch: int = 1_000
+    # The events feed (``events``, resumable ``accountActivity``) keeps this many days; the
+    # same relay prunes older rows, prune_batch at a time.
+    events_retention_days: float = 30.0
     # The relay publishes rows left unsent for this long (their producer had its chance),
     # relay_batch at a time, looking again every relay_interval_s.
     relay_min_age_s: float = 5.0

@@ -49,6 +49,20 @@ class RefundRow:
         data["metadata_entries"] = metadata_json(self.metadata_entries)
         return data
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RefundRow:
+        """The inverse of :meth:`to_json` (as status events carry a refund)."""
+        return cls(
+            id=uuid.UUID(str(data["id"])), partner_id=uuid.UUID(str(data["partner_id"])),
+            idempotency_key=data["idempotency_key"], request_hash=data["request_hash"],
+            payment_id=uuid.UUID(str(data["payment_id"])), amount_minor=int(data["amount_minor"]),
+            reason=data.get("reason"), status=data["status"],
+            failure_reason=data.get("failure_reason"), version=int(data["version"]),
+            created_at=datetime.fromisoformat(data["created_at"]),
+            updated_at=datetime.fromisoformat(data["updated_at"]),
+            metadata_entries=metadata_from_json(data.get("metadata_entries")),
+        )
+
 
 COLUMNS = tuple(getattr(Refund, name) for name in RefundRow.__dataclass_fields__)
 

@@ -218,6 +218,9 @@ class PaymentStatusEvent:
     # The refund whose outcome this event announces (the payment's refunded amount changed,
     # or a refund failed), as ``db.refunds.RefundRow.to_json``.
     refund: dict[str, Any] | None = None
+    # The event's place in the events feed (``domain.feed``), written in the transaction that
+    # wrote the event. Absent from events published before the feed existed.
+    cursor: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -256,6 +259,7 @@ class PaymentStatusEvent:
             raise UndecodableMessage("accounts: expected a list")
         if not isinstance(data.get("refund"), dict | None):
             raise UndecodableMessage("refund: expected an object")
+        _str(data, "cursor", optional=True)
         return cls(**kwargs)  # type: ignore[arg-type]  # each field checked above
 
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import strawberry
 
+from ..schema.events import EventConnection, event_connection
 from ..schema.filters import PaymentFilterInput, payment_filter
 from ..schema.pagination import PageInfo, decode_cursor, page_size
 from ..schema.types import (
@@ -91,3 +92,10 @@ class Query:
             info.context.require_caller(), endpoint_id,
             limit=page_size(first, services.settings.limits.max_page_size), after=after)
         return [WebhookDelivery(row=r) for r in rows]
+
+    @strawberry.field(description="Every event the caller may see (a payment or refund of one "
+                      "of its accounts), oldest first, kept 30 days; resume with `after` (a "
+                      "cursor from here, an update's eventCursor or a webhook's).")
+    async def events(self, info: Info, first: int | None = 20,
+                     after: str | None = None) -> EventConnection:
+        return await event_connection(info, first, after)

@@ -22,7 +22,8 @@ def _payment(info: Info, update: PaymentUpdate) -> Payment:
     payment = update.shared.get("payment")
     if payment is None:
         payment = update.shared["payment"] = Payment(row=update.payment,
-                                                     accounts=update.accounts, executions={})
+                                                     accounts=update.accounts, executions={},
+                                                     cursor=update.cursor)
     assert isinstance(payment, Payment)
     return payment
 
@@ -42,12 +43,14 @@ class Subscription:
                 yield _payment(info, update)
 
     @strawberry.subscription(
-        description="Every status change of a payment touching an account the caller owns."
+        description="Every status change of a payment touching an account the caller owns, "
+        "each with its eventCursor. With `after` (an event cursor): first every change after "
+        "it (up to 30 days back), then the live ones, with no gap and no duplicate between."
     )
-    async def account_activity(self, info: Info,
-                               account_id: strawberry.ID) -> AsyncGenerator[Payment, None]:
+    async def account_activity(self, info: Info, account_id: strawberry.ID,
+                               after: str | None = None) -> AsyncGenerator[Payment, None]:
         stream = info.context.services.subscriptions.account_activity(
-            info.context.require_caller(), account_id, info.context.drop_connection)
+            info.context.require_caller(), account_id, info.context.drop_connection, after)
         async with aclosing(stream):
             async for update in stream:
                 yield _payment(info, update)

@@ -170,9 +170,11 @@ class _Walker:
             field_def = parent.fields.get(name)
             if field_def is not None:
                 field_type = get_named_type(field_def.type)
-                first = field_def.args.get("first")
-                page = self._page_size(node, first)
-                if first is not None:
+                # `first` pages; `last` (Account.recentEvents) bounds a list the same way.
+                size = "first" if "first" in field_def.args else "last"
+                bound = field_def.args.get(size)
+                page = self._page_size(node, bound, size)
+                if bound is not None:
                     page, per_input = page * per_input, 1
                 if _narrowed(node):
                     # A filtered page (or a statement's date range) may read index rows it
@@ -181,12 +183,12 @@ class _Walker:
                 multiplier *= page
         self.walk(node.selection_set, field_type, depth + 1, multiplier, active, per_input)
 
-    def _page_size(self, node: FieldNode, first_arg: Any) -> int:
+    def _page_size(self, node: FieldNode, first_arg: Any, name: str = "first") -> int:
         if first_arg is None:
             return 1
         cap = self.limits.max_page_size
         for argument in node.arguments or ():
-            if argument.name.value == "first":
+            if argument.name.value == name:
                 if isinstance(argument.value, IntValueNode):
                     return max(0, min(int(argument.value.value), cap))
                 if isinstance(argument.value, VariableNode):

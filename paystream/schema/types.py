@@ -6,13 +6,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable
 from datetime import datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import strawberry
 
 from ..db.accounts import AccountRow
 from ..db.payments import PaymentRow
 from ..db.refunds import RefundRow
+from ..domain.errors import BadUserInput
 from ..domain.money import Money
 from ..resolvers.context import Info
 from ..services.auth import READ
@@ -22,6 +23,9 @@ from .metadata import MetadataEntry, metadata_entries
 from .pagination import PageInfo, decode_cursor, decode_entry_cursor, encode_cursor, page_size
 from .scalars import Decimal
 from .statements import LedgerEntryConnection, empty_entries, entry_connection
+
+if TYPE_CHECKING:
+    from .events import Event
 
 __all__ = ["Account", "Payment", "PaymentStatus", "Refund", "RefundStatus"]
 
@@ -99,6 +103,23 @@ class Account:
     def metadata(self) -> list[MetadataEntry]:
         return metadata_entries(self.row.metadata_entries)
 
+    @strawberry.field(description="The account's latest events (`last` of them, at most "
+                      "100), oldest first; empty unless the caller owns the account. "
+                      "accountActivity with `after` set to the last one's cursor continues from "
+                      "there without a gap.")
+    async def recent_events(
+        self, info: Info, last: int | None = 20,
+    ) -> list[Annotated[Event, strawberry.lazy("paystream.schema.events")]]:
+        from .events import Event
+
+        services = info.context.services
+        if last is not None and last < 0:
+            raise BadUserInput("last must be 0 or more", field="last")
+        records = await services.events.latest_of_account(
+            info.context.require_caller(), self.row,
+            limit=page_size(last, services.settings.limits.max_page_size))
+        return [Event(record=r) for r in records]
+
 
 async def payment_connection(info: Info, account: AccountRow, first: int | None,
                              after: str | None, given: PaymentFilterInput | None = None,
@@ -145,10 +166,19 @@ class Payment:
     # Set on a subscription update: results of executing documents on it, shared by its
     # subscribers (schema/sharing.py).
     executions: strawberry.Private[dict[object, object] | None] = None
+    # Set on a subscription update: the cursor of the event it came from.
+    cursor: strawberry.Private[str | None] = None
 
     @strawberry.field
     def id(self) -> strawberry.ID:
         return strawberry.ID(str(self.row.id))
+
+    @strawberry.field(description="On subscription updates (and an event's payment): the "
+                      "cursor of the event this state came from; pass it as `after` to `events` "
+                      "or `accountActivity` to resume after it. Null on queries and mutations, "
+                      "and on the current state `paymentStatus` sends first.")
+    def event_cursor(self) -> str | None:
+        return self.cursor
 
     @strawberry.field
     def status(self) -> PaymentStatus:

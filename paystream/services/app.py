@@ -12,6 +12,7 @@ from ..config import Settings
 from ..db import Database
 from .accounts import AccountService
 from .auth import Authenticator
+from .events import EventService
 from .lifecycle import LifecycleService
 from .payments import PaymentService
 from .publisher import LazyProducer, Publisher
@@ -40,6 +41,7 @@ class Services:
     # The rate limiter's own connections (gateway/ratelimit.py says why).
     limiter_redis: BoundedRedis
     webhooks: WebhookService
+    events: EventService
 
     @classmethod
     def create(cls, settings: Settings) -> Services:
@@ -56,10 +58,12 @@ class Services:
             accounts=AccountService(db, reader),
             lifecycle=LifecycleService(settings, db, reader, publisher),
             refunds=RefundService(settings, db, publisher),
-            hub=hub, subscriptions=Subscriptions(db, reader, hub),
+            hub=hub, subscriptions=Subscriptions(
+                db, reader, hub, keep_days=settings.outbox.events_retention_days),
             limiter_redis=blocking_client(settings.redis.url, settings.redis.socket_timeout_s,
                                           settings.limits.redis_connections),
             webhooks=WebhookService(settings, db),
+            events=EventService(settings, db),
         )
 
     _publishing: asyncio.Task[None] | None = field(default=None, init=False, repr=False)

@@ -22,7 +22,7 @@ from decimal import Decimal
 
 from ..cache.entities import status_event
 from ..config import Settings
-from ..db import Database, outbox
+from ..db import Database, events, outbox
 from ..db.accounts import AccountRow
 from ..db.payments import PaymentRow, insert_pending, insert_pending_many
 from ..domain.currency import currency_exponent
@@ -32,7 +32,7 @@ from ..domain.lifecycle import validate_authorization_ttl
 from ..domain.metadata import Metadata, validate_metadata
 from ..domain.money import Money
 from ..domain.validation import parse_account_id, validate_idempotency_key, validate_reference
-from ..events.messages import PaymentRequested
+from ..events.messages import PaymentRequested, PaymentStatusEvent
 from .auth import WRITE, Caller
 from .publisher import Outgoing, Publisher
 from .reads import Reader
@@ -88,11 +88,16 @@ class PaymentService:
         kafka = self._settings.kafka
         payload = _message(draft).encode()
         outbox_id: int | None = None
+        event: PaymentStatusEvent | None = None
         async with self._db.write_session() as session:
             row, created = await insert_pending(session, draft)
             if created:
                 outbox_id = await outbox.add(session, kafka.requested_topic,
                                              str(row.source_account_id), payload.decode())
+                # The PENDING event is in the events feed from the acceptance's commit on;
+                # its cursor comes with it on the status stream.
+                [event] = await events.record(
+                    session, [status_event(row, source, destination, with_accounts=False)])
         if not created:
             _check_replay(row, draft)
             # Its request was committed with it the first time: nothing to produce again.
@@ -100,8 +105,9 @@ class PaymentService:
         # Visible to payment(id) at once, whatever the replica's lag.
         await self._reader.remember_payment(row)
         # The PENDING event tells account activity subscribers of the new payment; best
-        # effort (not in the outbox), since a watcher starts from the current state anyway.
-        event = status_event(row, source, destination, with_accounts=False)
+        # effort on the stream (not in the outbox), since a watcher starts from the current
+        # state anyway, and a resumed accountActivity replays it from the feed.
+        assert event is not None
         self._publisher.submit(
             Outgoing(kafka.requested_topic, str(row.source_account_id).encode(), payload, outbox_id),
             Outgoing(kafka.status_topic, str(row.id).encode(), event.encode()),
@@ -160,6 +166,7 @@ class PaymentService:
         # By key: two bulk requests sharing keys then meet the unique index in one order.
         ordered = sorted(drafts.values(), key=lambda d: d[0].idempotency_key)
         payloads = {d[0].idempotency_key: _message(d[0]).encode() for d in ordered}
+        parties = {d[0].idempotency_key: (d[1], d[2]) for d in ordered}
         async with self._db.write_session() as session:
             stored = await insert_pending_many(session, caller.partner_id,
                                                [d[0] for d in ordered])
@@ -168,12 +175,13 @@ class PaymentService:
                    if created]
             outbox_ids = await outbox.add_many(session, kafka.requested_topic, [
                 (str(row.source_account_id), payload.decode()) for row, payload in new])
-        parties = {d[0].idempotency_key: (d[1], d[2]) for d in ordered}
+            # The PENDING events are in the events feed from this commit on (with cursors).
+            recorded = await events.record(session, [
+                status_event(row, *parties[row.idempotency_key], with_accounts=False)
+                for row, _ in new])
         outgoing: list[Outgoing] = []
         accepted: list[PaymentRow] = []
-        for (row, payload), outbox_id in zip(new, outbox_ids, strict=True):
-            source, destination = parties[row.idempotency_key]
-            event = status_event(row, source, destination, with_accounts=False)
+        for (row, payload), outbox_id, event in zip(new, outbox_ids, recorded, strict=True):
             outgoing += [
                 Outgoing(kafka.requested_topic, str(row.source_account_id).encode(), payload,
                          outbox_id),

@@ -3,6 +3,8 @@
 ``payment_status`` registers with the status hub *before* it reads the current state from the
 primary, so an event published in between is queued rather than lost; events at or below the
 version already sent are dropped, so each newer status arrives exactly once and in order.
+``account_activity`` with a cursor does the same across the past: watch first, then the
+account's events after the cursor from the events table, then the live ones, each change once.
 
 Every subscriber an event reaches is given the same :class:`PaymentUpdate` for it (built once,
 with at most one read), so work done on it for one subscriber can serve the others: the
@@ -15,15 +17,17 @@ import asyncio
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..cache.entities import event_rows
 from ..cache.singleflight import joined, shared_task
 from ..db import Database, ReadSession
 from ..db.accounts import AccountRow, accounts_by_ids
+from ..db.events import EventRecord, account_events
 from ..db.payments import PaymentRow, payments_by_ids
 from ..domain.errors import NotFound, Unavailable
+from ..domain.feed import EventPosition, decode_event_cursor
 from ..domain.status import is_terminal
 from ..domain.validation import parse_uuid
 from ..events.messages import PaymentStatusEvent
@@ -36,6 +40,8 @@ _REMEMBERED_PAYMENTS = 10_000
 # Updates kept for subscribers still draining their queues: a subscriber more than this many
 # events behind builds its own (correct, just not shared).
 _SHARED_UPDATES = 1_024
+# Events read per query while a resumed accountActivity replays the past.
+_REPLAY_PAGE = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,11 +52,16 @@ class PaymentUpdate:
     accounts: dict[uuid.UUID, AccountRow] = field(default_factory=dict)
     # Scratch space shared by every subscriber sent this update (the GraphQL view of it).
     shared: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # The cursor of the event this update came from (``Payment.eventCursor``): None for a
+    # current state read from the database, and for events published before the feed.
+    cursor: str | None = None
 
 
 class Subscriptions:
-    def __init__(self, db: Database, reader: Reader, hub: StatusHub) -> None:
+    def __init__(self, db: Database, reader: Reader, hub: StatusHub, *,
+                 keep_days: float = 30.0) -> None:
         self._db = db
+        self._keep_days = keep_days  # the events feed's retention
         self._reader = reader
         self.hub = hub
         self._updates: OrderedDict[tuple[uuid.UUID, int], asyncio.Future[PaymentUpdate]] = (
@@ -81,10 +92,18 @@ class Subscriptions:
                 yield current
 
     async def account_activity(self, caller: Caller, raw_id: str,
-                               on_overflow: Callable[[], None] | None = None
+                               on_overflow: Callable[[], None] | None = None,
+                               after: str | None = None,
                                ) -> AsyncGenerator[PaymentUpdate, None]:
-        """Every status change of a payment touching an account the caller owns."""
+        """Every status change of a payment touching an account the caller owns.
+
+        With ``after`` (an event cursor, from the feed, a webhook or an earlier update's
+        ``eventCursor``): first every event of the account after it, from the database, then
+        the live ones. The watch is registered before the replay reads, so an event committed
+        meanwhile is queued rather than lost; one that is both replayed and live is sent once
+        (by payment and version), so the seam has neither a gap nor a duplicate."""
         caller.require(READ)
+        position = decode_event_cursor(after)
         account_id = parse_uuid(raw_id)
         account = None
         if account_id is not None:
@@ -92,17 +111,45 @@ class Subscriptions:
         if account is None or not caller.owns(account.partner_id):
             raise NotFound("no such account")
         sent: OrderedDict[uuid.UUID, int] = OrderedDict()
+
+        def first_time(event: PaymentStatusEvent) -> bool:
+            if sent.get(event.payment_id, 0) >= event.version:
+                return False
+            sent[event.payment_id] = event.version
+            sent.move_to_end(event.payment_id)
+            if len(sent) > _REMEMBERED_PAYMENTS:
+                sent.popitem(last=False)
+            return True
+
         with await self.hub.watch(accounts=[account.id]) as watch:
             watch.on_overflow = on_overflow
+            if position is not None:
+                async for event in self._replay(account.id, account.partner_id, position):
+                    if first_time(event):
+                        # Built for this subscriber alone: replays are not shared.
+                        yield await self._update(event.payment_id, event_rows(event),
+                                                 event.cursor)
             while True:
                 event = await _next(watch)
-                if sent.get(event.payment_id, 0) >= event.version:
-                    continue
-                sent[event.payment_id] = event.version
-                sent.move_to_end(event.payment_id)
-                if len(sent) > _REMEMBERED_PAYMENTS:
-                    sent.popitem(last=False)
-                yield await self._shared_update(event)
+                if first_time(event):
+                    yield await self._shared_update(event)
+
+    async def _replay(self, account_id: uuid.UUID, owner_id: uuid.UUID,
+                      position: EventPosition) -> AsyncGenerator[PaymentStatusEvent, None]:
+        """The account's committed events after ``position``, oldest first, a page at a time
+        from the primary (it has the latest commits; the live stream covers anything later)."""
+        while True:
+            async def read(session: ReadSession, after: EventPosition = position
+                           ) -> list[EventRecord]:
+                return await account_events(session, account_id, owner_id, after=after,
+                                            limit=_REPLAY_PAGE, keep_days=self._keep_days)
+
+            records = await self._db.read(read, primary=True)
+            for record in records:
+                yield record.event
+            if len(records) < _REPLAY_PAGE:
+                return
+            position = records[-1].position
 
     async def _shared_update(self, event: PaymentStatusEvent) -> PaymentUpdate:
         """The update for ``event``, built once for all the subscribers it reaches."""
@@ -110,27 +157,28 @@ class Subscriptions:
         update = self._updates.get(key)
         if update is None:
             update = shared_task(self._updates, key,
-                                 self._update(event.payment_id, event_rows(event)))
+                                 self._update(event.payment_id, event_rows(event), event.cursor))
             while len(self._updates) > _SHARED_UPDATES:
                 self._updates.popitem(last=False)
         outcome = joined(update)
         return await outcome if isinstance(outcome, asyncio.Future) else outcome
 
     async def _update(self, payment_id: uuid.UUID,
-                      rows: tuple[PaymentRow | None, list[AccountRow]]) -> PaymentUpdate:
+                      rows: tuple[PaymentRow | None, list[AccountRow]],
+                      cursor: str | None = None) -> PaymentUpdate:
         payment, accounts = rows
         if payment is None:
             # An event without snapshots (published by an older release): read it.
             current = await self._current(payment_id)
             if current is None:
                 raise NotFound("no such payment")
-            return current
+            return replace(current, cursor=cursor)
         if not accounts:
             # The API's PENDING event: the accounts did not change; the cache has them.
             found = await self._reader.accounts(
                 [payment.source_account_id, payment.destination_account_id])
             accounts = list(found.values())
-        return PaymentUpdate(payment, {a.id: a for a in accounts})
+        return PaymentUpdate(payment, {a.id: a for a in accounts}, cursor=cursor)
 
     async def _current(self, payment_id: uuid.UUID) -> PaymentUpdate | None:
         """From the primary: a replica may not have the latest state, and the event that

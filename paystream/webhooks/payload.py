@@ -64,7 +64,9 @@ def refund_view(refund: dict[str, Any], payment: dict[str, Any]) -> dict[str, An
 
 
 def event_cursor(created_at: str, event: uuid.UUID) -> str:
-    """Opaque, like the API's other cursors: the event's time and id."""
+    """The cursor of an event published before the events feed existed (its time and id):
+    events carry their feed cursor (``PaymentStatusEvent.cursor``), which the body sends
+    instead, so that ``events(after:)`` and ``accountActivity(after:)`` resume from it."""
     return base64.urlsafe_b64encode(f"{created_at}|{event}".encode()).decode().rstrip("=")
 
 
@@ -83,7 +85,7 @@ def webhook_body(event: PaymentStatusEvent, payment: PaymentRow,
     if event.refund:
         data = refund_view(event.refund, data)
     envelope = {"id": str(identity), "type": kind_of(event), "createdAt": created_at,
-                "cursor": event_cursor(created_at, identity), "data": data}
+                "cursor": event.cursor or event_cursor(created_at, identity), "data": data}
     return json.dumps(envelope, separators=(",", ":"))
 
 

@@ -14,7 +14,6 @@ are locked in id order, after the payments, as the posting of payments does.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
@@ -36,7 +35,7 @@ from ..events.messages import (
     PaymentStatusEvent,
     RefundRequested,
 )
-from .posting import _INSERT_OUTBOX, BatchResult
+from .posting import BatchResult, write_status_events
 
 CAPTURE = "payment.capture_requested"
 CANCEL = "payment.cancel_requested"
@@ -186,10 +185,6 @@ async def _apply(session: WriteSession,
         payments.append(payment)
         events.append(status_event(payment, accounts[row.source_account_id],
                                    accounts[row.destination_account_id]))
-    outbox = await session.execute(
-        _INSERT_OUTBOX,
-        {"topic": status_topic, "keys": [str(e.payment_id) for e in events],
-         "payloads": [json.dumps(e.to_json()) for e in events]},
-    )
-    return BatchResult(events=events, outbox_ids=[r[0] for r in outbox], skipped=0,
+    events, outbox_ids = await write_status_events(session, events, status_topic=status_topic)
+    return BatchResult(events=events, outbox_ids=outbox_ids, skipped=0,
                        payments=payments, accounts=list(changed.values()))

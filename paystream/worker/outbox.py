@@ -3,7 +3,8 @@
 The worker hands each committed batch's status events straight to :meth:`OutboxRelay.publish`;
 the API's publisher produces the requests it accepted. :meth:`OutboxRelay.sweep_forever`
 publishes whatever either left unsent (a crash after commit, a broker outage), oldest first,
-and prunes rows sent more than ``retention_days`` ago in bounded batches. Publishing twice is
+and prunes rows sent more than ``retention_days`` ago in bounded batches (and the events
+feed's rows past ``events_retention_days``). Publishing twice is
 harmless: the worker skips a request already posted, and every status consumer keeps the
 highest version it has seen per payment.
 """
@@ -19,6 +20,7 @@ from aiokafka.errors import KafkaError
 
 from ..config import OutboxSettings
 from ..db import Database
+from ..db.events import prune as prune_events
 from ..db.outbox import claim_unsent, mark_sent, prune_sent
 from ..events.messages import PaymentStatusEvent
 from ..retry import until_done
@@ -80,6 +82,12 @@ class OutboxRelay:
                                     requested_topic=self._requested_topic,
                                     limit=self._settings.prune_batch)
 
+    async def prune_events_once(self) -> int:
+        """Delete one bounded batch of the events feed's rows past its retention (30 days)."""
+        async with self._db.write_session() as session:
+            return await prune_events(session, keep_days=self._settings.events_retention_days,
+                                      limit=self._settings.prune_batch)
+
     async def sweep_forever(self) -> None:
         """Sweep and prune every ``relay_interval_s``; each step retried under the fault
         policy, so an outage delays the relay and never ends it."""
@@ -88,6 +96,9 @@ class OutboxRelay:
                 pass
             while await until_done("outbox prune", self.prune_once, on_sleep=self._on_wait) \
                     >= self._settings.prune_batch:
+                pass
+            while await until_done("events prune", self.prune_events_once,
+                                   on_sleep=self._on_wait) >= self._settings.prune_batch:
                 pass
             await asyncio.sleep(self._settings.relay_interval_s)
 

@@ -7,7 +7,7 @@ changes nothing and is handed back as rejected, for the dead-letter topic.
 For each request still PENDING: lock both accounts (all accounts of the batch, in id order,
 in one statement, so two workers never deadlock), apply the domain's posting rule, write the
 status, two ledger entries (one PAYMENT posting, whose id is the payment's) and the balances,
-and an outbox row with the status event. A request with ``capture: false`` places a hold
+a row of the events feed (``db.events``) and an outbox row with the status event. A request with ``capture: false`` places a hold
 instead (status AUTHORIZED, a ``holds`` row, the source's ``held_minor``; no entries). A request whose payment is no longer PENDING was
 handled before (redelivery) and changes nothing.
 """
@@ -25,6 +25,7 @@ from sqlalchemy import text
 from ..cache.entities import status_event
 from ..db import WriteSession
 from ..db.accounts import AccountRow
+from ..db.events import record as record_events
 from ..db.payments import COLUMNS as PAYMENT_COLUMNS
 from ..db.payments import PaymentRow
 from ..domain.ledger import post_authorization, post_transfer, posting_time
@@ -126,6 +127,19 @@ class BatchResult:
     # each with the reason: for the dead-letter topic.
     rejected: list[tuple[PaymentRequested | PaymentCommand | RefundRequested, str]] = field(
         default_factory=list)
+
+
+async def write_status_events(session: WriteSession, events: list[PaymentStatusEvent], *,
+                              status_topic: str) -> tuple[list[PaymentStatusEvent], list[int]]:
+    """The events' rows of the feed, then their outbox rows (carrying the feed cursors), in the
+    caller's transaction; returns the events as published and their outbox ids."""
+    events = await record_events(session, events)
+    outbox = await session.execute(
+        _INSERT_OUTBOX,
+        {"topic": status_topic, "keys": [str(e.payment_id) for e in events],
+         "payloads": [json.dumps(e.to_json()) for e in events]},
+    )
+    return events, [row[0] for row in outbox]
 
 
 def disagreement(request: PaymentRequested, row: PaymentRow | None) -> str | None:
@@ -249,13 +263,9 @@ async def post_batch(
             {"now": now, "payments": [h[0] for h in holds], "accounts": [h[1] for h in holds],
              "amounts": [h[2] for h in holds], "expiries": [h[3] for h in holds]},
         )
-    outbox = await session.execute(
-        _INSERT_OUTBOX,
-        {"topic": status_topic, "keys": [str(e.payment_id) for e in events],
-         "payloads": [json.dumps(e.to_json()) for e in events]},
-    )
+    events, outbox_ids = await write_status_events(session, events, status_topic=status_topic)
     account_rows = [a.row(i) for i, a in touched]
     return BatchResult(
-        events=events, outbox_ids=[row[0] for row in outbox], skipped=skipped,
+        events=events, outbox_ids=outbox_ids, skipped=skipped,
         payments=payments, accounts=account_rows, rejected=rejected,
     )

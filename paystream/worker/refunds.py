@@ -11,7 +11,6 @@ Either outcome is a new version of the payment and a status event carrying the r
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
@@ -30,7 +29,7 @@ from ..domain.ledger import EntryKind, posting_time
 from ..domain.lifecycle import refund_outcome
 from ..domain.status import RefundStatus
 from ..events.messages import PaymentCommand, PaymentRequested, PaymentStatusEvent, RefundRequested
-from .posting import _INSERT_OUTBOX, BatchResult
+from .posting import BatchResult, write_status_events
 
 _LOCK_PAYMENTS = text(
     f"SELECT {', '.join(c.key for c in PAYMENT_COLUMNS)} FROM payments"
@@ -146,11 +145,7 @@ async def post_refunds(session: WriteSession, requests: Sequence[RefundRequested
                                      accounts[payment.destination_account_id]),
                         refund=done.to_json())
         events.append(event)
-    outbox = await session.execute(
-        _INSERT_OUTBOX,
-        {"topic": status_topic, "keys": [str(e.payment_id) for e in events],
-         "payloads": [json.dumps(e.to_json()) for e in events]},
-    )
-    return BatchResult(events=events, outbox_ids=[r[0] for r in outbox], skipped=skipped,
+    events, outbox_ids = await write_status_events(session, events, status_topic=status_topic)
+    return BatchResult(events=events, outbox_ids=outbox_ids, skipped=skipped,
                        payments=list(changed.values()), accounts=list(touched.values()),
                        rejected=rejected)

@@ -217,3 +217,44 @@ async def test_account_page_shows_a_canceled_hold(
         await expect(row.locator(".status")).to_have_text("AUTHORIZED", timeout=TIMEOUT_MS)
         await http.cancel_payment(payment["id"])
         await expect(row.locator(".status")).to_have_text("CANCELED", timeout=TIMEOUT_MS)
+
+
+@pytest.fixture
+async def watcher(migrated, worker):  # type: ignore[no-untyped-def]
+    from .conftest import StatusWatcher
+
+    watcher = StatusWatcher(migrated)
+    await watcher.start()
+    yield watcher
+    await watcher.stop()
+
+
+async def test_account_page_opens_on_its_history_then_continues_live_in_local_time(
+    api: ApiProcess, watcher: Any, make_partner: Any, page: Page,
+) -> None:
+    partner, other = await make_partner(), await make_partner()
+    source = await partner.account(balance="100.00", name="Ops")
+    destination = await other.account(balance="0", name="Vendor")
+    past = []
+    for _ in range(3):
+        past.append(await pay(api, partner, source, destination, "5.00"))
+        await watcher.terminal(past[-1]["id"])
+    before = await open_subscriptions(api)
+    await page.goto(f"{api.url}/status/account/{source}#key={partner.key}")
+    # Shown from the feed before anything happens live.
+    for payment in past:
+        row = page.locator(f"#activity tr[data-payment-id='{payment['id']}']")
+        await expect(row.locator(".status")).to_have_text("SUCCEEDED", timeout=TIMEOUT_MS)
+    rows = page.locator("#activity tr")
+    assert [await rows.nth(i).get_attribute("data-payment-id") for i in range(3)] == [
+        p["id"] for p in reversed(past)]  # the latest on top
+    await until_subscribed(api, before)
+    live = await pay(api, partner, source, destination, "5.00")
+    live_row = page.locator(f"#activity tr[data-payment-id='{live['id']}']")
+    await expect(live_row.locator(".status")).to_have_text("SUCCEEDED", timeout=TIMEOUT_MS)
+    await expect(live_row.locator(".c-source")).to_have_text(f"Ops ({source}) · balance 80.00 USD")
+    assert await rows.count() == 4
+    # The viewer's locale, not the raw ISO string (which stays in the tooltip).
+    updated = live_row.locator(".c-updated")
+    assert not re.search(r"\d{4}-\d{2}-\d{2}T", await updated.inner_text())
+    assert re.match(r"\d{4}-\d{2}-\d{2}T", await updated.get_attribute("title") or "")

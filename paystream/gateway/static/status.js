@@ -1,4 +1,5 @@
-// paystream status page: follows paymentStatus or accountActivity over graphql-transport-ws.
+// paystream status page: follows paymentStatus or accountActivity over graphql-transport-ws;
+// an account's page opens on its last 20 changes (the events feed) and resumes after them.
 // No framework and no build step. Everything the server sends is shown with textContent,
 // never parsed as HTML.
 "use strict";
@@ -10,8 +11,13 @@
     "destinationAccount { id name balance availableBalance }";
   const QUERIES = {
     payment: "subscription($id: ID!) { paymentStatus(id: $id) { " + PAYMENT_FIELDS + " } }",
-    account: "subscription($id: ID!) { accountActivity(accountId: $id) { " + PAYMENT_FIELDS + " } }",
+    // Resumed after the last change shown: the history first, then live, with no gap.
+    account: "subscription($id: ID!, $after: String) { accountActivity(accountId: $id, " +
+      "after: $after) { eventCursor " + PAYMENT_FIELDS + " } }",
   };
+  // The account's last 20 changes, from the events feed, shown before going live.
+  const HISTORY = "query($id: ID!) { account(id: $id) { recentEvents(last: 20) { cursor " +
+    "payment { " + PAYMENT_FIELDS + " } } } }";
   // Close codes after which reconnecting cannot help (graphql-transport-ws 44xx: bad key,
   // bad message, init timeout...).
   const FINAL_CLOSE = (code) => code >= 4400 && code < 4500;
@@ -64,6 +70,19 @@
     return text;
   }
 
+  // Times in the viewer's locale and time zone; the exact ISO value stays in the tooltip.
+  function showTime(el, iso) {
+    if (!iso) {
+      el.textContent = "—";
+      el.removeAttribute("title");
+      return;
+    }
+    const when = new Date(iso);
+    el.textContent = isNaN(when.getTime()) ? iso
+      : when.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "medium" });
+    el.title = iso;
+  }
+
   function setStatus(el, status) {
     el.textContent = status;
     el.dataset.status = status;
@@ -80,8 +99,8 @@
     // Amounts stay strings: a zero test on the text, no floating point.
     const refunded = p.amountRefunded && !/^0(\.0+)?$/.test(p.amountRefunded);
     $("refunded").textContent = refunded ? p.amountRefunded + " " + p.currency : "—";
-    $("expires-at").textContent = p.authorizationExpiresAt || "—";
-    $("updated-at").textContent = p.updatedAt;
+    showTime($("expires-at"), p.authorizationExpiresAt);
+    showTime($("updated-at"), p.updatedAt);
   }
 
   function renderActivity(p) {
@@ -111,7 +130,7 @@
     row.querySelector(".c-source").textContent = describeAccount(p.sourceAccount, p.currency);
     row.querySelector(".c-destination").textContent = describeAccount(p.destinationAccount, p.currency);
     row.querySelector(".c-reason").textContent = p.failureReason || "";
-    row.querySelector(".c-updated").textContent = p.updatedAt;
+    showTime(row.querySelector(".c-updated"), p.updatedAt);
   }
 
   function codesOf(errors) {
@@ -130,6 +149,26 @@
   // One watcher: a socket, reconnected with back-off until the subscription completes, fails
   // for good, or the key changes. A reconnected paymentStatus sends the current state first,
   // so a terminal status reached while away is not missed.
+  // The account's recent history over HTTP (same origin, the key in the Authorization
+  // header, never in the URL); resolves to the last change's cursor, or null.
+  async function loadHistory(key, what) {
+    const response = await fetch("/graphql", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "Authorization": "Bearer " + key },
+      body: JSON.stringify({ query: HISTORY, variables: { id: what.id } }),
+    });
+    const body = await response.json();
+    if (body.errors && body.errors.length) throw new Error(errorText(body.errors));
+    const account = body.data && body.data.account;
+    if (!account) throw new Error("NOT_FOUND: no such account");
+    let cursor = null;
+    for (const event of account.recentEvents) { // oldest first: the newest ends on top
+      if (event.payment) renderActivity(event.payment);
+      cursor = event.cursor;
+    }
+    return cursor;
+  }
+
   function watch(key, what) {
     const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/graphql";
     const field = what.kind === "payment" ? "paymentStatus" : "accountActivity";
@@ -137,6 +176,9 @@
     let stopped = false;
     let attempt = 0;
     let timer = null;
+    // accountActivity resumes after the last change shown (history or live), also after a
+    // reconnect, so nothing in between is missed.
+    let after = null;
 
     function connect() {
       setConnection("connecting", "connecting…");
@@ -156,9 +198,10 @@
           case "connection_ack":
             attempt = 0;
             setConnection("live", "live");
+            const variables = what.kind === "account" ? { id: what.id, after: after }
+              : { id: what.id };
             socket.send(JSON.stringify({
-              id: "1", type: "subscribe",
-              payload: { query: QUERIES[what.kind], variables: { id: what.id } },
+              id: "1", type: "subscribe", payload: { query: QUERIES[what.kind], variables },
             }));
             break;
           case "ping":
@@ -173,7 +216,9 @@
             }
             if (payload.data && payload.data[field]) {
               showError("");
-              (what.kind === "payment" ? renderPayment : renderActivity)(payload.data[field]);
+              const update = payload.data[field];
+              if (update.eventCursor) after = update.eventCursor;
+              (what.kind === "payment" ? renderPayment : renderActivity)(update);
             }
             break;
           }
@@ -213,7 +258,19 @@
       };
     }
 
-    connect();
+    if (what.kind === "account") {
+      setConnection("connecting", "loading history…");
+      loadHistory(key, what).then((cursor) => {
+        after = cursor;
+      }, (error) => {
+        // Live without the history rather than nothing; the subscription reports a bad key.
+        showError("history unavailable: " + error.message);
+      }).finally(() => {
+        if (!stopped) connect();
+      });
+    } else {
+      connect();
+    }
     return function stop() {
       stopped = true;
       clearTimeout(timer);

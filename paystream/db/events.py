@@ -1,0 +1,194 @@
+"""The events table: every status event, in the transaction that writes it, for the feed.
+
+:func:`record` is called by every writer of status events (the worker's postings, captures,
+cancels, expiries and refunds; the API's PENDING event) in its own transaction, before the
+outbox row: it hands back the events with their feed cursors, so the published message
+carries the cursor too.
+
+Reads: :func:`partner_page` (the ``events`` feed) lists only rows whose transaction id is below
+the xmin of the current snapshot, so it must run on the primary (a replica's snapshot says
+nothing about the primary's running transactions); :func:`account_events` (the replay of a
+resumed ``accountActivity``) lists everything committed, since its caller deduplicates
+against the live stream instead.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from sqlalchemy import text
+
+from ..domain.feed import EventPosition, encode_event_cursor
+from ..domain.webhooks import event_type
+from ..events.messages import PaymentStatusEvent
+from .engine import ReadSession, WriteSession
+
+_INSERT = text(
+    "INSERT INTO events (created_at, type, payment_id, refund_id, version, source_account_id,"
+    " destination_account_id, source_partner_id, destination_partner_id, payload)"
+    " SELECT c, t, p, r, v, s, d, sp, dp, CAST(j AS jsonb) FROM unnest("
+    "   CAST(:created AS timestamptz[]), CAST(:types AS text[]), CAST(:payments AS uuid[]),"
+    "   CAST(:refunds AS uuid[]), CAST(:versions AS integer[]), CAST(:sources AS uuid[]),"
+    "   CAST(:destinations AS uuid[]), CAST(:source_partners AS uuid[]),"
+    "   CAST(:destination_partners AS uuid[]), CAST(:payloads AS text[]))"
+    "   AS u(c, t, p, r, v, s, d, sp, dp, j)"
+    " RETURNING payment_id, version, CAST(txid AS text), id"
+)
+_COLUMNS = "e.id, CAST(e.txid AS text), e.payload::text"
+# Each side of the page walks its own index ((partner, txid, id)) from the cursor; the UNION
+# drops an event seen from both sides (a transfer between two of the partner's accounts).
+_PARTNER_PAGE = text(
+    "WITH horizon AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),"
+    " picked AS ("
+    "  (SELECT e.txid, e.id FROM events e, horizon h WHERE e.source_partner_id = :partner"
+    "     AND (e.txid, e.id) > (CAST(CAST(:txid AS text) AS xid8), :id) AND e.txid < h.xmin"
+    "     AND e.created_at > now() - make_interval(secs => :keep)"
+    "   ORDER BY e.txid, e.id LIMIT :limit)"
+    "  UNION"
+    "  (SELECT e.txid, e.id FROM events e, horizon h WHERE e.destination_partner_id = :partner"
+    "     AND (e.txid, e.id) > (CAST(CAST(:txid AS text) AS xid8), :id) AND e.txid < h.xmin"
+    "     AND e.created_at > now() - make_interval(secs => :keep)"
+    "   ORDER BY e.txid, e.id LIMIT :limit))"
+    f" SELECT {_COLUMNS} FROM picked p JOIN events e ON e.id = p.id"
+    " ORDER BY p.txid, p.id LIMIT :limit"
+)
+# The owner's index on each side, filtered to the account: an account's events are a subset
+# of its owner's (see docs/decisions.md on why there is no per-account index).
+_ACCOUNT_EVENTS = text(
+    "WITH picked AS ("
+    "  (SELECT e.txid, e.id FROM events e WHERE e.source_partner_id = :partner"
+    "     AND e.source_account_id = :account"
+    "     AND (e.txid, e.id) > (CAST(CAST(:txid AS text) AS xid8), :id)"
+    "     AND e.created_at > now() - make_interval(secs => :keep)"
+    "   ORDER BY e.txid, e.id LIMIT :limit)"
+    "  UNION"
+    "  (SELECT e.txid, e.id FROM events e WHERE e.destination_partner_id = :partner"
+    "     AND e.destination_account_id = :account"
+    "     AND (e.txid, e.id) > (CAST(CAST(:txid AS text) AS xid8), :id)"
+    "     AND e.created_at > now() - make_interval(secs => :keep)"
+    "   ORDER BY e.txid, e.id LIMIT :limit))"
+    f" SELECT {_COLUMNS} FROM picked p JOIN events e ON e.id = p.id"
+    " ORDER BY p.txid, p.id LIMIT :limit"
+)
+# The account's latest events below the horizon, newest first (the caller reverses them): a
+# resumed accountActivity from the last of them misses nothing (see latest_account_events).
+_LATEST_ACCOUNT_EVENTS = text(
+    "WITH horizon AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),"
+    " picked AS ("
+    "  (SELECT e.txid, e.id FROM events e, horizon h WHERE e.source_partner_id = :partner"
+    "     AND e.source_account_id = :account AND e.txid < h.xmin"
+    "     AND e.created_at > now() - make_interval(secs => :keep)"
+    "   ORDER BY e.txid DESC, e.id DESC LIMIT :limit)"
+    "  UNION"
+    "  (SELECT e.txid, e.id FROM events e, horizon h WHERE e.destination_partner_id = :partner"
+    "     AND e.destination_account_id = :account AND e.txid < h.xmin"
+    "     AND e.created_at > now() - make_interval(secs => :keep)"
+    "   ORDER BY e.txid DESC, e.id DESC LIMIT :limit))"
+    f" SELECT {_COLUMNS} FROM picked p JOIN events e ON e.id = p.id"
+    " ORDER BY p.txid DESC, p.id DESC LIMIT :limit"
+)
+# The oldest rows first, through the primary key (ids grow with time): a bounded batch.
+_PRUNE = text(
+    "DELETE FROM events WHERE id IN (SELECT id FROM events"
+    "  WHERE created_at < now() - make_interval(secs => :keep) ORDER BY id LIMIT :limit)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One row of the feed: its place and the status event as published (with its cursor)."""
+
+    position: EventPosition
+    event: PaymentStatusEvent
+
+    @property
+    def cursor(self) -> str:
+        return encode_event_cursor(self.position.txid, self.position.id)
+
+
+def kind_of(event: PaymentStatusEvent) -> str:
+    """The event's type name (DESIGN.md 2b): ``payment.<status>`` or ``refund.<status>``."""
+    return event_type(event.status, str(event.refund["status"]) if event.refund else None)
+
+
+async def record(session: WriteSession, events: Sequence[PaymentStatusEvent]
+                 ) -> list[PaymentStatusEvent]:
+    """Write the events in the caller's transaction; returns them with their cursors, in order."""
+    if not events:
+        return []
+    rows = await session.execute(_INSERT, {
+        "created": [datetime.fromisoformat(e.updated_at) for e in events],
+        "types": [kind_of(e) for e in events],
+        "payments": [e.payment_id for e in events],
+        "refunds": [uuid.UUID(str(e.refund["id"])) if e.refund else None for e in events],
+        "versions": [e.version for e in events],
+        "sources": [e.source_account_id for e in events],
+        "destinations": [e.destination_account_id for e in events],
+        "source_partners": [e.source_partner_id for e in events],
+        "destination_partners": [e.destination_partner_id for e in events],
+        "payloads": [json.dumps(e.to_json()) for e in events],
+    })
+    # (payment, version) names one event: a payment changes at most once per transaction.
+    cursors = {(str(r[0]), int(r[1])): encode_event_cursor(int(r[2]), int(r[3])) for r in rows}
+    return [replace(e, cursor=cursors[(str(e.payment_id), e.version)]) for e in events]
+
+
+def _records(rows: Sequence[tuple[int, str, str]]) -> list[EventRecord]:
+    records = []
+    for row_id, txid, payload in rows:
+        position = EventPosition(int(txid), int(row_id))
+        event = PaymentStatusEvent.from_json(json.loads(payload))
+        records.append(EventRecord(position, replace(
+            event, cursor=encode_event_cursor(position.txid, position.id))))
+    return records
+
+
+def _params(after: EventPosition | None, limit: int, keep_days: float) -> dict[str, object]:
+    return {"txid": str(after.txid if after else 0), "id": after.id if after else 0,
+            "limit": limit, "keep": keep_days * 86400}
+
+
+async def partner_page(session: ReadSession, partner_id: uuid.UUID, *,
+                       after: EventPosition | None, limit: int, keep_days: float
+                       ) -> list[EventRecord]:
+    """Up to ``limit`` events either account owner of which is ``partner_id``, oldest first,
+    after ``after``, of transactions below the snapshot's xmin. On the primary."""
+    rows = await session.execute(_PARTNER_PAGE,
+                                 {"partner": partner_id, **_params(after, limit, keep_days)})
+    return _records([(r[0], r[1], r[2]) for r in rows])
+
+
+async def account_events(session: ReadSession, account_id: uuid.UUID, owner_id: uuid.UUID, *,
+                         after: EventPosition | None, limit: int, keep_days: float
+                         ) -> list[EventRecord]:
+    """Up to ``limit`` committed events of payments touching ``account_id`` (owned by
+    ``owner_id``), oldest first, after ``after``. On the primary (the latest commits)."""
+    rows = await session.execute(_ACCOUNT_EVENTS, {
+        "partner": owner_id, "account": account_id, **_params(after, limit, keep_days)})
+    return _records([(r[0], r[1], r[2]) for r in rows])
+
+
+async def latest_account_events(session: ReadSession, account_id: uuid.UUID,
+                                owner_id: uuid.UUID, *, limit: int, keep_days: float
+                                ) -> list[EventRecord]:
+    """The last ``limit`` events of the account, oldest first, below the snapshot's xmin (on
+    the primary): every event committed later sorts after the last one, so
+    ``accountActivity(after: <its cursor>)`` continues from here without a gap."""
+    rows = await session.execute(_LATEST_ACCOUNT_EVENTS, {
+        "partner": owner_id, "account": account_id, "limit": limit,
+        "keep": keep_days * 86400})
+    return _records([(r[0], r[1], r[2]) for r in rows])[::-1]
+
+
+async def prune(session: WriteSession, *, keep_days: float, limit: int) -> int:
+    """Delete up to ``limit`` events older than ``keep_days``; returns how many."""
+    result = await session.execute(_PRUNE, {"keep": keep_days * 86400, "limit": limit})
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+__all__ = ["EventRecord", "account_events", "kind_of", "latest_account_events", "partner_page",
+           "prune", "record"]
