@@ -319,3 +319,25 @@ async def test_an_accounts_recent_events_are_its_latest_oldest_first(
     seen = await gql(client, """query($id: ID!) { payment(id: $id) {
         sourceAccount { recentEvents { cursor } } } }""", {"id": payments[0]}, key=payee.key)
     assert seen["data"] == {"payment": {"sourceAccount": {"recentEvents": []}}}
+
+
+async def test_bulk_payments_are_in_the_feed_from_their_acceptance(
+        client: httpx.AsyncClient, watcher: StatusWatcher, make_partner: Any) -> None:
+    """createPayments writes each accepted input's PENDING event in its transaction, as
+    createPayment does: the feed lists both payments' PENDING and SUCCEEDED events."""
+    partner, payee = await make_partner(), await make_partner()
+    source = await partner.account(balance="100.00")
+    destination = await payee.account(balance="0")
+    body = await gql(client, """
+        mutation($inputs: [CreatePaymentInput!]!) {
+          createPayments(inputs: $inputs) { payment { id } error { code } } }""",
+        {"inputs": [{"idempotencyKey": uuid.uuid4().hex, "sourceAccountId": source,
+                     "destinationAccountId": destination, "amount": "1.00", "currency": "USD"}
+                    for _ in range(2)]}, key=partner.key)
+    assert "errors" not in body, body
+    ids = [r["payment"]["id"] for r in body["data"]["createPayments"]]  # type: ignore[index]
+    for payment_id in ids:
+        await watcher.terminal(payment_id)
+    nodes, _ = await read_feed(client, partner, after=None, count=4, first=10)
+    assert sorted((n["payment"]["id"], n["type"]) for n in nodes) == sorted(
+        (p, kind) for p in ids for kind in ("payment.pending", "payment.succeeded"))
