@@ -136,7 +136,9 @@ class StatusHub:
         """Register a watch; the caller reads the current state after this returns."""
         if not self.positioned.is_set():
             try:
-                await asyncio.wait_for(self.positioned.wait(), self._settings.kafka.produce_timeout_s)
+                # asyncio.timeout keeps a cancellation that wait_for may lose on 3.11.
+                async with asyncio.timeout(self._settings.kafka.produce_timeout_s):
+                    await self.positioned.wait()
             except TimeoutError:
                 raise Unavailable("the status stream is unavailable; retry shortly") from None
         watch = Watch(self, payments, accounts, self._settings.subscriptions.max_queued_events)

@@ -69,8 +69,13 @@ class DeliveryLoop:
                     group.create_task(self._attempt(delivery),
                                       name=f"webhook-{delivery.event_id}")
                 if not claimed:
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a
+                    # cancellation that lands as the wake-up completes (CPython gh-86296), and
+                    # the loop then ran on for ever: the sender never stopped (a suite run hung
+                    # in a webhook test's shutdown).
                     try:
-                        await asyncio.wait_for(self._wake.wait(), settings.poll_interval_s)
+                        async with asyncio.timeout(settings.poll_interval_s):
+                            await self._wake.wait()
                     except TimeoutError:
                         pass
 
