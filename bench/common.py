@@ -23,8 +23,8 @@ def bench_stack() -> Iterator[tuple[Settings, object | None]]:
     if os.environ.get("PAYSTREAM_DB__PRIMARY_URL"):
         yield Settings(dev=True), None
         return
-    from paystream.cli import dev_settings
     from paystream.devstack import DevStack
+    from paystream.devstack.settings import dev_settings
 
     stack = DevStack(Path(tempfile.mkdtemp(prefix="paystream-bench-")), fsync=True)
     endpoints = stack.start()

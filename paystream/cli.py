@@ -17,55 +17,23 @@ from typing import TYPE_CHECKING, TypeVar
 
 import click
 
-from .config import Settings
+from .config import DEV_DIR, Settings
 from .db import Database
 from .domain.errors import PaystreamError
 
 if TYPE_CHECKING:
-    from typing import Any
 
     from .db.ledger import FundingPosting
     from .db.webhooks import EndpointRow
-    from .devstack import StackEndpoints
     from .services.webhooks import WebhookService
 
 T = TypeVar("T")
-
-DEV_DIR = ".paystream"
-
-
-def dev_encryption_key(root: Path) -> str:
-    """The dev stack's key for webhook secrets: generated once into ``root/webhooks.key``
-    (mode 600) and reused, so secrets stored by one run decrypt in the next."""
-    path = root / "webhooks.key"
-    if not path.exists():
-        from .webhooks.secrets import new_encryption_key
-
-        root.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(new_encryption_key())
-    return path.read_text().strip()
-
-
-def dev_settings(endpoints: StackEndpoints, root: Path | None = None, **overrides: Any
-                 ) -> Settings:
-    """Settings for a dev stack's endpoints; with the stack's
-    ``root``, its webhook encryption key too (:func:`dev_encryption_key`)."""
-    if root is not None and "webhooks" not in overrides:
-        overrides["webhooks"] = {"encryption_key": dev_encryption_key(root)}
-    return Settings(
-        dev=True,
-        db={"primary_url": endpoints.primary_url, "replica_urls": [endpoints.replica_url]},
-        redis={"url": endpoints.redis_url},
-        kafka={"bootstrap_servers": endpoints.kafka_bootstrap},
-        **overrides,
-    )
-
 
 def load_settings() -> Settings:
     """The running dev stack's settings when in its directory, else the environment's."""
     try:
         from .devstack import read_running_stack
+        from .devstack.settings import dev_settings
     except ImportError:  # the dev extra is not installed
         return Settings()
     endpoints = read_running_stack(Path.cwd() / DEV_DIR)
@@ -178,7 +146,7 @@ def schema() -> None:
 
     Needs no servers or settings; tests/test_schema_contract.py checks the committed file
     against it and refuses breaking changes not listed in schema.breaking."""
-    from .schema.contract import schema_sdl
+    from .resolvers.contract import schema_sdl
 
     click.echo(schema_sdl(), nl=False)
 

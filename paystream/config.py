@@ -10,6 +10,12 @@ from __future__ import annotations
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Dev defaults, named here so production code can refuse them without importing the dev runner.
+DEV_DIR = ".paystream"
+"""Where ``paystream dev`` keeps its servers' data, its state and the demo key."""
+DEMO_PARTNER = "demo"
+"""The partner ``paystream dev`` seeds; its key is kept in clear under DEV_DIR."""
+
 
 class DatabaseSettings(BaseModel):
     """PostgreSQL: the primary takes every write; replicas serve reads."""

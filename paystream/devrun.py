@@ -11,7 +11,7 @@ from typing import cast
 
 import click
 
-from .config import Settings
+from .config import DEMO_PARTNER, Settings
 from .db import Database
 from .db.outbox import requeue_pending
 from .logging import configure_logging
@@ -21,7 +21,6 @@ log = logging.getLogger("paystream.dev")
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60
 
-DEMO_PARTNER = "demo"
 DEMO_ACCOUNTS = (("Demo USD operating", "USD", "10000.00"), ("Demo USD reserve", "USD", "2500.00"),
                  ("Demo EUR operating", "EUR", "5000.00"), ("Demo JPY operating", "JPY", "1000000"))
 
@@ -145,8 +144,8 @@ async def _supervised(settings: Settings, role: str) -> None:
 
 def run_dev(root: Path, *, port: int) -> int:
     """Start the stack under ``root``, run until Ctrl-C or SIGTERM, stop everything. Exit code."""
-    from .cli import dev_settings
     from .devstack import DevStack, StackAlreadyRunning
+    from .devstack.settings import dev_settings
 
     started = time.monotonic()
     root.mkdir(parents=True, exist_ok=True)

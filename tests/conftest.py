@@ -38,7 +38,7 @@ def devstack() -> Iterator[object | None]:
 def settings(devstack: object | None) -> Settings:
     if devstack is None:
         return Settings(dev=True)
-    from paystream.cli import dev_settings
+    from paystream.devstack.settings import dev_settings
 
     return dev_settings(devstack.endpoints, devstack.root)  # type: ignore[attr-defined]
 

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from paystream.cli import main
-from paystream.schema.contract import (
+from paystream.resolvers.contract import (
     BreakingChange,
     accepted_changes,
     breaking_changes,

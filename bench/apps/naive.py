@@ -15,9 +15,10 @@ from strawberry.asgi import GraphQL
 
 from paystream.config import Settings
 from paystream.db import Database
-from paystream.db.accounts import AccountRow, accounts_by_ids
+from paystream.db.accounts import accounts_by_ids
 from paystream.db.partners import owner_of_key
-from paystream.db.payments import PaymentRow, account_page, payments_by_ids
+from paystream.db.payments import account_page, payments_by_ids
+from paystream.domain.entities import AccountRow, PaymentRow
 from paystream.domain.money import Money
 
 db = Database(Settings().db)  # type: ignore[call-arg]

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import text
 
+from paystream.domain.entities import PaymentRow
 from paystream.events.kafka import make_producer
 from paystream.events.messages import PaymentRequested
 from paystream.services.ledger import verify_ledger
@@ -38,21 +39,22 @@ async def backlog(ctx: BenchContext, count: int, prefix: str) -> None:
     requests = []
     for i in range(count):
         source, destination = (uuid.UUID(a) for a in rng.sample(ctx.accounts[2:], 2))
-        requests.append(PaymentRequested(
-            payment_id=uuid.uuid4(), partner_id=caller.partner_id,
-            idempotency_key=f"{prefix}-{i}", request_hash="", source_account_id=source,
-            destination_account_id=destination, amount_minor=rng.randint(1, 10_000),
-            currency="USD", reference=None, created_at=now.isoformat()))
+        requests.append(PaymentRequested.of(PaymentRow(
+            id=uuid.uuid4(), partner_id=caller.partner_id, idempotency_key=f"{prefix}-{i}",
+            request_hash="x", source_account_id=source, destination_account_id=destination,
+            amount_minor=rng.randint(1, 10_000), currency="USD", reference=None,
+            status="PENDING", failure_reason=None, version=1, created_at=now, updated_at=now)))
     for chunk in range(0, count, 10_000):
         part = requests[chunk:chunk + 10_000]
         async with ctx.services.db.write_session() as session:
             await session.execute(_BACKLOG, {
                 "partner": caller.partner_id, "now": now,
-                "ids": [r.payment_id for r in part], "keys": [r.idempotency_key for r in part],
-                "hashes": [r.request_hash or "x" for r in part],
-                "sources": [r.source_account_id for r in part],
-                "destinations": [r.destination_account_id for r in part],
-                "amounts": [r.amount_minor for r in part]})
+                "ids": [r.payment.id for r in part],
+                "keys": [r.payment.idempotency_key for r in part],
+                "hashes": [r.payment.request_hash for r in part],
+                "sources": [r.payment.source_account_id for r in part],
+                "destinations": [r.payment.destination_account_id for r in part],
+                "amounts": [r.payment.amount_minor for r in part]})
     producer = make_producer(ctx.settings.kafka, linger_ms=20)
     await producer.start()
     try:

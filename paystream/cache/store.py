@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -27,6 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ..config import RedisSettings
+from .breaker import Breaker
 from .client import redis_client
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class VersionedCache:
         # cancellation on Python 3.11 (cache/client.py).
         self.redis = redis or redis_client(settings.url, settings.socket_timeout_s)
         self._cas = self.redis.register_script(_CAS)
-        self._down_until = 0.0
+        self._breaker = Breaker(settings.retry_after_failure_s)
         # Writes that failed while Redis was unreachable, replayed once it answers again (the
         # compare-and-set makes a late replay harmless). Without this, an entry written just
         # before an outage would keep its older version until its TTL ran out.
@@ -84,12 +84,11 @@ class VersionedCache:
 
     @property
     def available(self) -> bool:
-        return time.monotonic() >= self._down_until
+        return self._breaker.available
 
     def _failed(self, exc: BaseException) -> None:
         self.failures += 1
-        log.warning("redis unavailable (%s); serving from the database", type(exc).__name__)
-        self._down_until = time.monotonic() + self._settings.retry_after_failure_s
+        self._breaker.failed("the cache (serving from the database)", exc)
 
     async def get_many(self, kind: str, ids: Sequence[object],
                        decode: Callable[[dict[str, Any]], T]) -> dict[object, T]:
@@ -146,7 +145,7 @@ class VersionedCache:
         if written is None:
             # After a Redis restart every pooled connection is dead and fails once; a second
             # attempt gets a fresh connection. Only if that fails too is Redis really down.
-            self._down_until = 0.0
+            self._breaker.close()
             written = await self._cas_many(kind, entries, ttl_s)
         if written is None:
             self._keep(kind, entries, ttl_s)

@@ -11,34 +11,10 @@ from datetime import UTC, datetime
 from sqlalchemy import BindParameter, any_, bindparam, select, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY, UUID, insert
 
-from ..domain.metadata import Metadata, metadata_from_json, metadata_json
+from ..domain.entities import AccountRow, field_names
+from ..domain.metadata import Metadata, metadata_json
 from .engine import ReadSession, WriteSession
 from .models import Account
-
-
-@dataclass(frozen=True, slots=True)
-class AccountRow:
-    """An account as read, detached from any session (safe to cache)."""
-
-    id: uuid.UUID
-    partner_id: uuid.UUID
-    name: str
-    currency: str
-    balance_minor: int
-    version: int
-    created_at: datetime
-    updated_at: datetime
-    held_minor: int = 0  # open holds; available = balance - held
-    metadata_entries: Metadata = ()  # the partner's (key, value) pairs (createAccount)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.metadata_entries, tuple):
-            object.__setattr__(self, "metadata_entries", metadata_from_json(self.metadata_entries))
-
-    @property
-    def available_minor(self) -> int:
-        return self.balance_minor - self.held_minor
-
 
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 MAX_UUID = uuid.UUID(int=(1 << 128) - 1)
@@ -51,18 +27,7 @@ def uuid_array(ids: Sequence[uuid.UUID], name: str = "ids") -> BindParameter[lis
     return bindparam(name, sorted(set(ids)), type_=ARRAY(UUID(as_uuid=True)))  # type: ignore[arg-type]  # SQLAlchemy's ARRAY stub wants a TypeEngine of the list
 
 
-_COLUMNS = (
-    Account.id,
-    Account.partner_id,
-    Account.name,
-    Account.currency,
-    Account.balance_minor,
-    Account.version,
-    Account.created_at,
-    Account.updated_at,
-    Account.held_minor,
-    Account.metadata_entries,
-)
+_COLUMNS = tuple(getattr(Account, name) for name in field_names(AccountRow))
 
 
 # Built once (see payments.insert_pending); the ids are bound at execution.
@@ -76,7 +41,7 @@ async def accounts_by_ids(
     if not ids:
         return {}
     rows = await session.execute(_BY_IDS, {"ids": sorted(set(ids))})
-    return {row[0]: AccountRow(*row) for row in rows}  # type: ignore[arg-type, call-arg]  # the stored JSON form; __post_init__ makes it pairs
+    return {row[0]: AccountRow(*row) for row in rows}
 
 
 async def create_account(
@@ -138,7 +103,7 @@ async def insert_keyed(
     if created is not None:
         return KeyedAccount(AccountRow(*created), request_hash, True)
     existing = (await session.execute(_BY_KEY, params)).one()
-    return KeyedAccount(AccountRow(*existing[:-1]), str(existing[-1]), False)  # type: ignore[arg-type]  # the row's first columns are the fields
+    return KeyedAccount(AccountRow(*existing[:-1]), str(existing[-1]), False)
 
 
 _PAGE = (
@@ -160,4 +125,4 @@ async def partner_page(
     before_at, before_id = before or (FAR_FUTURE, MAX_UUID)
     rows = await session.execute(_PAGE, {"partner_id": partner_id, "before_at": before_at,
                                          "before_id": before_id, "limit": limit})
-    return [AccountRow(*row) for row in rows]  # type: ignore[arg-type, call-arg]  # as above
+    return [AccountRow(*row) for row in rows]

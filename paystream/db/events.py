@@ -14,11 +14,9 @@ against the live stream instead.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
 
 from sqlalchemy import text
 
@@ -121,16 +119,16 @@ async def record(session: WriteSession, events: Sequence[PaymentStatusEvent]
     if not events:
         return []
     rows = await session.execute(_INSERT, {
-        "created": [datetime.fromisoformat(e.updated_at) for e in events],
+        "created": [e.payment.updated_at for e in events],
         "types": [kind_of(e) for e in events],
         "payments": [e.payment_id for e in events],
         "refunds": [uuid.UUID(str(e.refund["id"])) if e.refund else None for e in events],
         "versions": [e.version for e in events],
-        "sources": [e.source_account_id for e in events],
-        "destinations": [e.destination_account_id for e in events],
+        "sources": [e.payment.source_account_id for e in events],
+        "destinations": [e.payment.destination_account_id for e in events],
         "source_partners": [e.source_partner_id for e in events],
         "destination_partners": [e.destination_partner_id for e in events],
-        "payloads": [json.dumps(e.to_json()) for e in events],
+        "payloads": [e.to_json_text() for e in events],
     })
     # (payment, version) names one event: a payment changes at most once per transaction.
     cursors = {(str(r[0]), int(r[1])): encode_event_cursor(int(r[2]), int(r[3])) for r in rows}
@@ -141,7 +139,7 @@ def _records(rows: Sequence[tuple[int, str, str]]) -> list[EventRecord]:
     records = []
     for row_id, txid, payload in rows:
         position = EventPosition(int(txid), int(row_id))
-        event = PaymentStatusEvent.from_json(json.loads(payload))
+        event = PaymentStatusEvent.decode(payload)
         records.append(EventRecord(position, replace(
             event, cursor=encode_event_cursor(position.txid, position.id))))
     return records

@@ -7,8 +7,9 @@ import uuid
 
 from sqlalchemy import text
 
+from ..domain.entities import PaymentRow
 from .engine import WriteSession
-from .payments import COLUMNS, PaymentRow
+from .payments import COLUMNS
 
 _LOCK = text(
     f"SELECT {', '.join(c.key for c in COLUMNS)}, requested_action, requested_capture_minor"

@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 
 from sqlalchemy import text
 
+from ..domain.entities import AccountRow
 from ..domain.errors import BadUserInput, NotFound
 from ..domain.ledger import SYSTEM_PARTNER_ID, EntryKind, post_funding, posting_time
-from .accounts import AccountRow
 from .engine import ReadSession, WriteSession
 
 _ACCOUNT_COLUMNS = ("id, partner_id, name, currency, balance_minor, version, created_at, updated_at,"

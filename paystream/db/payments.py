@@ -11,72 +11,14 @@ from datetime import datetime
 from sqlalchemy import any_, bindparam, delete, select, text
 from sqlalchemy.dialects.postgresql import insert
 
-from ..domain.metadata import Metadata, metadata_from_json, metadata_json
+from ..domain.entities import PaymentRow, field_names
+from ..domain.metadata import metadata_json
 from .accounts import FAR_FUTURE, MAX_UUID, uuid_array
 from .engine import ReadSession, WriteSession
 from .models import Payment
 
-
-@dataclass(frozen=True, slots=True)
-class PaymentRow:
-    """A payment as read, detached from any session (safe to cache)."""
-
-    id: uuid.UUID
-    partner_id: uuid.UUID
-    idempotency_key: str
-    request_hash: str
-    source_account_id: uuid.UUID
-    destination_account_id: uuid.UUID
-    amount_minor: int
-    currency: str
-    reference: str | None
-    status: str
-    failure_reason: str | None
-    version: int
-    created_at: datetime
-    updated_at: datetime
-    capture: bool = True  # False: an authorization (hold) until captured or canceled
-    authorization_ttl_s: int | None = None
-    authorization_expires_at: datetime | None = None  # while AUTHORIZED
-    captured_minor: int | None = None  # set by a capture
-    refunded_minor: int = 0  # the sum of SUCCEEDED refunds
-    metadata_entries: Metadata = ()  # the partner's (key, value) pairs, in its order
-
-    def __post_init__(self) -> None:
-        # Rows come with the stored JSON form (a list of objects, or its text).
-        if not isinstance(self.metadata_entries, tuple):
-            object.__setattr__(self, "metadata_entries", metadata_from_json(self.metadata_entries))
-
-    @property
-    def captured_amount_minor(self) -> int | None:
-        """What the payment moved: the capture, or the whole amount of a transfer."""
-        if self.status != "SUCCEEDED":
-            return None
-        return self.captured_minor if self.captured_minor is not None else self.amount_minor
-
-
-COLUMNS = (
-    Payment.id,
-    Payment.partner_id,
-    Payment.idempotency_key,
-    Payment.request_hash,
-    Payment.source_account_id,
-    Payment.destination_account_id,
-    Payment.amount_minor,
-    Payment.currency,
-    Payment.reference,
-    Payment.status,
-    Payment.failure_reason,
-    Payment.version,
-    Payment.created_at,
-    Payment.updated_at,
-    Payment.capture,
-    Payment.authorization_ttl_s,
-    Payment.authorization_expires_at,
-    Payment.captured_minor,
-    Payment.refunded_minor,
-    Payment.metadata_entries,
-)
+COLUMNS = tuple(getattr(Payment, name) for name in field_names(PaymentRow))
+"""The payments table's columns that make a :class:`PaymentRow`, in its field order."""
 
 
 _COLUMN_NAMES = ", ".join(column.key for column in COLUMNS)
@@ -102,7 +44,7 @@ async def insert_pending(session: WriteSession, row: PaymentRow) -> tuple[Paymen
     if created is not None:
         if row.metadata_entries:
             await _index_metadata(session, row)
-        return PaymentRow(*created), True  # type: ignore[call-arg]  # a Row unpacks to the fields
+        return PaymentRow(*created), True
     existing = (
         await session.execute(
             select(*COLUMNS).where(
@@ -110,7 +52,7 @@ async def insert_pending(session: WriteSession, row: PaymentRow) -> tuple[Paymen
             )
         )
     ).one()
-    return PaymentRow(*existing), False  # type: ignore[call-arg]  # a Row of the dataclass's columns, in order
+    return PaymentRow(*existing), False
 
 
 _INSERT_METADATA = text(
@@ -225,7 +167,7 @@ async def payments_by_ids(
     if not ids:
         return {}
     rows = await session.execute(_BY_IDS, {"ids": sorted(set(ids))})
-    return {row[0]: PaymentRow(*row) for row in rows}  # type: ignore[call-arg]  # as above
+    return {row[0]: PaymentRow(*row) for row in rows}
 
 
 @dataclass(frozen=True, slots=True)

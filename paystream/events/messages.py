@@ -1,101 +1,125 @@
-"""Message schemas of the two topics, as JSON. Amounts are integer minor units."""
+"""Message schemas of the two topics, as JSON. Amounts are integer minor units.
+
+One frozen dataclass per message, read and written by pydantic (a ``TypeAdapter`` per
+message, built once): pydantic checks every field's type on decode, and a message that fails
+is :class:`UndecodableMessage` (the worker dead-letters it, the status consumers skip it).
+Construction from trusted rows is a plain dataclass call, with no validation cost. The
+payment's and the accounts' fields are not spelled out here: the messages carry
+:class:`~paystream.domain.entities.PaymentRow` and ``AccountRow`` snapshots, the one
+definition of each.
+"""
 
 from __future__ import annotations
 
-import json
 import uuid
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
+from pydantic import AfterValidator, ConfigDict, TypeAdapter, ValidationError
+
+from ..domain.entities import AccountRow, PaymentRow, payment_from_json
 from ..domain.status import is_terminal
+
+__all__ = ["COMMAND_TYPES", "CommandType", "PaymentCommand", "PaymentRequested", "PaymentStatusEvent",
+           "RefundRequested", "UndecodableMessage", "decode_requested"]
+
+# Strict: a JSON string is no integer and true is no amount. UUIDs and times still come as
+# JSON strings, which strict mode accepts from JSON input.
+_STRICT = ConfigDict(strict=True)
 
 
 class UndecodableMessage(ValueError):
     """A message that is not valid JSON of the expected shape (goes to the dead-letter topic)."""
 
 
-def _uuid(data: dict[str, Any], name: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(str(data[name]))
-    except (KeyError, ValueError) as exc:
-        raise UndecodableMessage(f"{name}: {exc!s}") from None
-
-
-def _int(data: dict[str, Any], name: str) -> int:
-    value = data.get(name)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise UndecodableMessage(f"{name}: expected an integer")
+def _iso(value: str) -> str:
+    datetime.fromisoformat(value)  # raises ValueError: not ISO 8601
     return value
 
 
-def _str(data: dict[str, Any], name: str, *, optional: bool = False) -> str | None:
-    value = data.get(name)
-    if value is None and optional:
-        return None
-    if not isinstance(value, str):
-        raise UndecodableMessage(f"{name}: expected a string")
-    return value
+IsoTime = Annotated[str, AfterValidator(_iso)]
+"""A time kept as the ISO 8601 text it was sent as."""
 
 
-def _loads(raw: bytes | None) -> dict[str, Any]:
+def _reason(exc: ValidationError) -> str:
+    """The first error as ``field: message``, without the input (it may be anything)."""
+    error = exc.errors(include_input=False, include_url=False)[0]
+    where = ".".join(str(part) for part in error["loc"]) or "message"
+    return f"{where}: {error['msg']}"
+
+
+def _object(raw: bytes | str | None) -> dict[str, Any]:
     try:
-        data = json.loads(raw or b"")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UndecodableMessage(f"not JSON: {exc!s}") from None
-    if not isinstance(data, dict):
-        raise UndecodableMessage("not a JSON object")
-    return data
+        return _OBJECT.validate_json(raw or b"")
+    except ValidationError as exc:
+        error = exc.errors(include_input=False, include_url=False)[0]
+        if error["type"] == "json_invalid":
+            raise UndecodableMessage(f"not JSON: {error['msg']}") from None
+        raise UndecodableMessage("not a JSON object") from None
+
+
+def _decode(adapter: TypeAdapter[Any], raw: bytes | str | None) -> Any:
+    try:
+        return adapter.validate_json(raw or b"")
+    except ValidationError as exc:
+        raise UndecodableMessage(_reason(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)
 class PaymentRequested:
-    """A createPayment accepted by the API; everything the worker needs to post it."""
+    """A createPayment accepted by the API: the payment as it was accepted (PENDING). The
+    worker posts from its locked row and dead-letters a request that disagrees with it."""
 
+    __pydantic_config__: ClassVar[ConfigDict] = _STRICT
+
+    # The payment's id beside it, as every message of the topic names it (the outbox's SQL
+    # finds a request's payment by ``payload->>'payment_id'``).
     payment_id: uuid.UUID
-    partner_id: uuid.UUID
-    idempotency_key: str
-    request_hash: str
-    source_account_id: uuid.UUID
-    destination_account_id: uuid.UUID
-    amount_minor: int
-    currency: str
-    reference: str | None
-    created_at: str  # ISO 8601
+    payment: PaymentRow
+    type: Literal["payment.requested"] = "payment.requested"
+    schema: Literal[2] = 2
+
+    def __post_init__(self) -> None:
+        _same_payment(self.payment_id, self.payment)
+
+    @classmethod
+    def of(cls, payment: PaymentRow) -> PaymentRequested:
+        return cls(payment_id=payment.id, payment=payment)
+
+    @property
+    def source_account_id(self) -> uuid.UUID:
+        return self.payment.source_account_id
 
     def encode(self) -> bytes:
-        data = {field.name: getattr(self, field.name) for field in fields(self)}  # flat: no deep copy
-        for name in ("payment_id", "partner_id", "source_account_id", "destination_account_id"):
-            data[name] = str(data[name])
-        data["type"] = "payment.requested"
-        data["schema"] = 1
-        return json.dumps(data, separators=(",", ":")).encode()
+        return _REQUESTED.dump_json(self)
 
     @classmethod
     def decode(cls, raw: bytes | None) -> PaymentRequested:
-        data = _loads(raw)
-        if data.get("type") != "payment.requested":
-            raise UndecodableMessage("type: expected payment.requested")
-        created_at = _str(data, "created_at") or ""
-        try:
-            datetime.fromisoformat(created_at)
-        except ValueError:
-            raise UndecodableMessage("created_at: not ISO 8601") from None
-        return cls(
-            payment_id=_uuid(data, "payment_id"),
-            partner_id=_uuid(data, "partner_id"),
-            idempotency_key=_str(data, "idempotency_key") or "",
-            request_hash=_str(data, "request_hash") or "",
-            source_account_id=_uuid(data, "source_account_id"),
-            destination_account_id=_uuid(data, "destination_account_id"),
-            amount_minor=_int(data, "amount_minor"),
-            currency=_str(data, "currency") or "",
-            reference=_str(data, "reference", optional=True),
-            created_at=created_at,
-        )
+        data = _object(raw)
+        if data.get("schema", 1) == 1 and data.get("type") == "payment.requested":
+            return cls.of(_legacy_request(data))
+        return _decode(_REQUESTED, raw)  # type: ignore[no-any-return]  # the adapter's type
 
 
-COMMAND_TYPES = ("payment.capture_requested", "payment.cancel_requested")
+def _same_payment(payment_id: uuid.UUID, payment: PaymentRow) -> None:
+    if payment_id != payment.id:
+        raise ValueError("payment_id is not the payment's id")
+
+
+def _legacy_request(data: dict[str, Any]) -> PaymentRow:
+    """Schema 1 (before this module was pydantic's) carried the payment's fields flat, under
+    their own names but ``payment_id``, and none of its state: a PENDING version 1."""
+    try:
+        return payment_from_json({
+            **data, "id": data.get("payment_id"), "status": "PENDING", "version": 1,
+            "failure_reason": None, "updated_at": data.get("created_at")})
+    except ValidationError as exc:
+        raise UndecodableMessage(_reason(exc)) from None
+
+
+CommandType = Literal["payment.capture_requested", "payment.cancel_requested"]
+COMMAND_TYPES: tuple[CommandType, ...] = ("payment.capture_requested", "payment.cancel_requested")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,37 +130,18 @@ class PaymentCommand:
     The worker acts on the locked payment row; ``amount_minor`` is the capture's (None: all of
     the authorization) and must agree with what the row recorded at acceptance."""
 
-    type: str  # one of COMMAND_TYPES
+    __pydantic_config__: ClassVar[ConfigDict] = _STRICT
+
+    type: CommandType
     payment_id: uuid.UUID
     partner_id: uuid.UUID
     source_account_id: uuid.UUID
     amount_minor: int | None
-    created_at: str  # ISO 8601
+    created_at: IsoTime
+    schema: int = 1
 
     def encode(self) -> bytes:
-        data = asdict(self)
-        for name in ("payment_id", "partner_id", "source_account_id"):
-            data[name] = str(data[name])
-        data["schema"] = 1
-        return json.dumps(data, separators=(",", ":")).encode()
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PaymentCommand:
-        kind = data.get("type")
-        if kind not in COMMAND_TYPES:
-            raise UndecodableMessage(f"type: expected one of {', '.join(COMMAND_TYPES)}")
-        amount = data.get("amount_minor")
-        if amount is not None:
-            amount = _int(data, "amount_minor")
-        created_at = _str(data, "created_at") or ""
-        try:
-            datetime.fromisoformat(created_at)
-        except ValueError:
-            raise UndecodableMessage("created_at: not ISO 8601") from None
-        return cls(type=str(kind), payment_id=_uuid(data, "payment_id"),
-                   partner_id=_uuid(data, "partner_id"),
-                   source_account_id=_uuid(data, "source_account_id"), amount_minor=amount,
-                   created_at=created_at)
+        return _COMMAND.dump_json(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,124 +149,107 @@ class RefundRequested:
     """A refundPayment accepted by the API (on ``payments.requested``, keyed by the payment's
     source account). The worker posts the locked refund row; the message must agree with it."""
 
+    __pydantic_config__: ClassVar[ConfigDict] = _STRICT
+
     refund_id: uuid.UUID
     payment_id: uuid.UUID
     partner_id: uuid.UUID
     source_account_id: uuid.UUID
     amount_minor: int
-    created_at: str  # ISO 8601
+    created_at: IsoTime
+    type: Literal["refund.requested"] = "refund.requested"
+    schema: int = 1
 
     def encode(self) -> bytes:
-        data: dict[str, Any] = {name: str(value) if isinstance(value, uuid.UUID) else value
-                                for name, value in asdict(self).items()}
-        data["type"] = "refund.requested"
-        data["schema"] = 1
-        return json.dumps(data, separators=(",", ":")).encode()
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RefundRequested:
-        if data.get("type") != "refund.requested":
-            raise UndecodableMessage("type: expected refund.requested")
-        created_at = _str(data, "created_at") or ""
-        try:
-            datetime.fromisoformat(created_at)
-        except ValueError:
-            raise UndecodableMessage("created_at: not ISO 8601") from None
-        return cls(refund_id=_uuid(data, "refund_id"), payment_id=_uuid(data, "payment_id"),
-                   partner_id=_uuid(data, "partner_id"),
-                   source_account_id=_uuid(data, "source_account_id"),
-                   amount_minor=_int(data, "amount_minor"), created_at=created_at)
+        return _REFUND.dump_json(self)
 
 
 def decode_requested(raw: bytes | None) -> PaymentRequested | PaymentCommand | RefundRequested:
     """A message of ``payments.requested``: a payment's request, a command on a payment, or a
     refund's request."""
-    data = _loads(raw)
-    if data.get("type") in COMMAND_TYPES:
-        return PaymentCommand.from_json(data)
-    if data.get("type") == "refund.requested":
-        return RefundRequested.from_json(data)
+    kind = _object(raw).get("type")
+    if kind in COMMAND_TYPES:
+        return _decode(_COMMAND, raw)  # type: ignore[no-any-return]  # the adapter's type
+    if kind == "refund.requested":
+        return _decode(_REFUND, raw)  # type: ignore[no-any-return]  # the adapter's type
+    if kind != "payment.requested":
+        raise UndecodableMessage("type: expected payment.requested, refund.requested or one of "
+                                 + ", ".join(COMMAND_TYPES))
     return PaymentRequested.decode(raw)
 
 
 @dataclass(frozen=True, slots=True)
 class PaymentStatusEvent:
-    """A payment's state after a change, with the balances the posting left.
+    """A payment's state after a change, with the accounts as the posting left them.
 
-    ``version`` increases per payment; account versions increase per posting on that account,
-    so a consumer can drop anything older than what it has.
+    ``payment.version`` increases per payment; account versions increase per posting on that
+    account, so a consumer can drop anything older than what it has. The snapshots are what
+    the cache stores, so a consumer can replace cache entries and render the payment without
+    reading the database.
     """
 
+    # Lax, unlike the requests: the snapshots are the cache's JSON form (times and ids as
+    # strings), written by this code only. The payment's id is also named beside it, as in
+    # every message (and in schema 1).
     payment_id: uuid.UUID
-    version: int
-    status: str
-    failure_reason: str | None
-    partner_id: uuid.UUID
-    source_account_id: uuid.UUID
-    destination_account_id: uuid.UUID
+    payment: PaymentRow
     source_partner_id: uuid.UUID
     destination_partner_id: uuid.UUID
-    amount_minor: int
-    currency: str
-    reference: str | None
-    created_at: str
-    updated_at: str
-    source_balance_minor: int | None = None
-    source_account_version: int | None = None
-    destination_balance_minor: int | None = None
-    destination_account_version: int | None = None
-    # Whole snapshots as the cache stores them (``cache.entities``), so a consumer can replace
-    # cache entries and render the payment without reading the database. ``accounts`` is
-    # absent on the PENDING event the API publishes.
-    payment: dict[str, Any] | None = None
-    accounts: list[dict[str, Any]] | None = None
+    # Both accounts after the posting; None on the PENDING event the API publishes (the
+    # accounts did not change, and the API's read of them may be older than the cache's).
+    accounts: tuple[AccountRow, ...] | None = None
     # The refund whose outcome this event announces (the payment's refunded amount changed,
     # or a refund failed), as ``db.refunds.RefundRow.to_json``.
     refund: dict[str, Any] | None = None
     # The event's place in the events feed (``domain.feed``), written in the transaction that
-    # wrote the event. Absent from events published before the feed existed.
+    # wrote the event.
     cursor: str | None = None
+    type: Literal["payment.status"] = "payment.status"
+    schema: int = 2
+
+    @classmethod
+    def of(cls, payment: PaymentRow, source: AccountRow, destination: AccountRow, *,
+           with_accounts: bool = True) -> PaymentStatusEvent:
+        """The event for a payment's state; ``with_accounts`` False for the API's PENDING."""
+        return cls(payment_id=payment.id, payment=payment, source_partner_id=source.partner_id,
+                   destination_partner_id=destination.partner_id,
+                   accounts=(source, destination) if with_accounts else None)
+
+    def __post_init__(self) -> None:
+        _same_payment(self.payment_id, self.payment)
+
+    # The payment's state, as every consumer names it.
+    @property
+    def version(self) -> int:
+        return self.payment.version
+
+    @property
+    def status(self) -> str:
+        return self.payment.status
 
     @property
     def terminal(self) -> bool:
-        return is_terminal(self.status)
+        return is_terminal(self.payment.status)
 
     @property
     def account_ids(self) -> tuple[uuid.UUID, uuid.UUID]:
-        return self.source_account_id, self.destination_account_id
-
-    def to_json(self) -> dict[str, Any]:
-        # Shallow: the snapshots are plain JSON already and are only serialized from here
-        # (asdict would deep-copy each of them once per event).
-        data = {field.name: getattr(self, field.name) for field in fields(self)}
-        for name, value in data.items():
-            if isinstance(value, uuid.UUID):
-                data[name] = str(value)
-        data["type"] = "payment.status"
-        return data
+        return self.payment.source_account_id, self.payment.destination_account_id
 
     def encode(self) -> bytes:
-        return json.dumps(self.to_json(), separators=(",", ":")).encode()
+        return _STATUS.dump_json(self)
+
+    def to_json_text(self) -> str:
+        return self.encode().decode()
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PaymentStatusEvent:
-        if data.get("type") != "payment.status":
-            raise UndecodableMessage("type: expected payment.status")
-        uuids = ("payment_id", "partner_id", "source_account_id", "destination_account_id",
-                 "source_partner_id", "destination_partner_id")
-        kwargs = {name: data.get(name) for name in cls.__dataclass_fields__}
-        for name in uuids:
-            kwargs[name] = _uuid(data, name)
-        _int(data, "version")
-        if not isinstance(data.get("payment"), dict | None):
-            raise UndecodableMessage("payment: expected an object")
-        if not isinstance(data.get("accounts"), list | None):
-            raise UndecodableMessage("accounts: expected a list")
-        if not isinstance(data.get("refund"), dict | None):
-            raise UndecodableMessage("refund: expected an object")
-        _str(data, "cursor", optional=True)
-        return cls(**kwargs)  # type: ignore[arg-type]  # each field checked above
+    def decode(cls, raw: bytes | str | None) -> PaymentStatusEvent:
+        """An event of schema 2, or of schema 1 (whose flat copies of the payment's fields
+        beside its snapshot are ignored)."""
+        return _decode(_STATUS, raw)  # type: ignore[no-any-return]  # the adapter's type
 
-    @classmethod
-    def decode(cls, raw: bytes | None) -> PaymentStatusEvent:
-        return cls.from_json(_loads(raw))
+
+_OBJECT: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
+_REQUESTED = TypeAdapter(PaymentRequested)
+_COMMAND = TypeAdapter(PaymentCommand)
+_REFUND = TypeAdapter(RefundRequested)
+_STATUS = TypeAdapter(PaymentStatusEvent)

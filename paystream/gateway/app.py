@@ -26,9 +26,9 @@ from strawberry.types.unset import UNSET
 from ..config import Settings
 from ..domain.errors import PaystreamError, Unavailable
 from ..metrics import CONTENT_TYPE_LATEST, record_readiness, render, watch_cache
-from ..resolvers.context import Context
-from ..resolvers.loaders import Loaders
-from ..schema import build_schema
+from ..resolvers.schema import build_schema
+from ..schema.context import Context
+from ..schema.loaders import Loaders
 from ..services.app import Services
 from .admission import AdmissionMiddleware
 from .health import readiness

@@ -22,9 +22,9 @@ from graphql import GraphQLError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from ..cache.breaker import Breaker
 from ..domain.errors import ErrorCode
 from ..metrics import PERSISTED_QUERIES
-from .redis_guard import RedisGuard
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -56,7 +56,7 @@ class Resolved:
 
 
 class PersistedQueries:
-    def __init__(self, redis: Redis, ttl_s: int, guard: RedisGuard) -> None:
+    def __init__(self, redis: Redis, ttl_s: int, guard: Breaker) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
         self._guard = guard

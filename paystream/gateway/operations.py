@@ -15,16 +15,16 @@ from strawberry.http import GraphQLRequestData
 from strawberry.http.websocket_origin import normalize_allowed_origins
 from strawberry.types import ExecutionResult
 
+from ..cache.breaker import Breaker
 from ..domain.errors import BadUserInput, PaystreamError, QueryTooComplex, RateLimited
 from ..metrics import ERRORS, RATE_LIMITED, REQUEST_SECONDS, REQUESTS
-from ..resolvers.context import Context
+from ..schema.context import Context
 from ..schema.limits import cached_parser
 from ..services.app import Services
 from ..services.payments import check_batch_size
 from .apq import PersistedQueries, PersistedQueryError
 from .bulk import bulk_size
 from .ratelimit import RateLimiter, retry_after_header
-from .redis_guard import RedisGuard
 
 Execute = Callable[[GraphQLRequestData], Awaitable[ExecutionResult]]
 
@@ -36,7 +36,7 @@ MAX_OPERATION_NAMES = 500
 class OperationGate:
     def __init__(self, services: Services) -> None:
         settings = services.settings
-        guard = RedisGuard(settings.redis.retry_after_failure_s)
+        guard = Breaker(settings.redis.retry_after_failure_s)
         redis = services.cache.redis
         self.persisted = PersistedQueries(redis, settings.api.persisted_query_ttl_s, guard)
         self.limiter = RateLimiter(services.limiter_redis, settings.limits, guard)

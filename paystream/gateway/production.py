@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from ..config import DEMO_PARTNER
 from ..db.partners import live_key_count
-from ..devrun import DEMO_PARTNER
 from ..services.app import Services
 
 

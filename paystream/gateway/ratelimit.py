@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from ..cache.breaker import Breaker
 from ..config import LimitsSettings
-from .redis_guard import RedisGuard
 
 # KEYS[1]: the bucket; ARGV: capacity, refill per second, tokens wanted. Takes them all or
 # none. Returns {1, "0"} when taken, else {0, seconds until they are available} (a string:
@@ -120,7 +120,7 @@ class RateLimiter:
     """``retry_after(kind, key, tokens)``: None when the request may go ahead, else seconds
     to wait."""
 
-    def __init__(self, redis: Redis, limits: LimitsSettings, guard: RedisGuard) -> None:
+    def __init__(self, redis: Redis, limits: LimitsSettings, guard: Breaker) -> None:
         self._take = redis.register_script(_TAKE)
         self._buckets = buckets(limits)
         self._guard = guard

@@ -7,6 +7,7 @@ import strawberry
 from ..domain.errors import PaystreamError
 from ..metrics import PAYMENTS_ACCEPTED
 from ..schema.bulk import CreatePaymentError, CreatePaymentResult
+from ..schema.context import Info
 from ..schema.inputs import (
     CancelPaymentInput,
     CapturePaymentInput,
@@ -22,7 +23,6 @@ from ..services.accounts import CreateAccount
 from ..services.lifecycle import CapturePayment
 from ..services.payments import CreatePayment
 from ..services.refunds import RefundPayment
-from .context import Info
 
 
 def _request(input: CreatePaymentInput) -> CreatePayment:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import strawberry
 
+from ..schema.context import Info
 from ..schema.events import EventConnection, event_connection
 from ..schema.filters import PaymentFilterInput, payment_filter
 from ..schema.pagination import PageInfo, decode_cursor, page_size
@@ -18,7 +19,6 @@ from ..schema.types import (
 )
 from ..schema.webhooks import WebhookDelivery, WebhookEndpoint
 from ..services.auth import READ
-from .context import Info
 
 
 @strawberry.type

@@ -7,10 +7,10 @@ from contextlib import aclosing
 
 import strawberry
 
+from ..schema.context import Info
+from ..schema.loaders import Loaders
 from ..schema.types import Payment
 from ..services.subscriptions import PaymentUpdate
-from .context import Info
-from .loaders import Loaders
 
 
 def _payment(info: Info, update: PaymentUpdate) -> Payment:

@@ -11,11 +11,10 @@ from datetime import datetime
 
 import strawberry
 
-from ..cache.entities import event_rows
 from ..db.events import EventRecord, kind_of
 from ..db.refunds import RefundRow
 from ..domain.webhooks import event_id
-from ..resolvers.context import Info
+from .context import Info
 from .pagination import PageInfo, page_size
 from .types import Payment, Refund
 
@@ -42,16 +41,12 @@ class Event:
 
     @strawberry.field
     def created_at(self) -> datetime:
-        return datetime.fromisoformat(self.record.event.updated_at)
+        return self.record.event.payment.updated_at
 
     @strawberry.field(description="The payment as it was after this change.")
-    async def payment(self, info: Info) -> Payment | None:
-        row, accounts = event_rows(self.record.event)
-        if row is None:  # every stored event carries its snapshot; this is belt and braces
-            row = await info.context.loaders.payment.load(self.record.event.payment_id)
-            if row is None:
-                return None
-        return Payment(row=row, accounts={a.id: a for a in accounts} or None,
+    def payment(self) -> Payment | None:
+        event = self.record.event
+        return Payment(row=event.payment, accounts={a.id: a for a in event.accounts or ()} or None,
                        cursor=self.record.cursor)
 
     @strawberry.field(description="For refund.* events: the refund whose outcome this is.")
@@ -59,7 +54,7 @@ class Event:
         refund = self.record.event.refund
         if not refund:
             return None
-        return Refund(row=RefundRow.from_json(refund), currency=self.record.event.currency)
+        return Refund(row=RefundRow.from_json(refund), currency=self.record.event.payment.currency)
 
 
 @strawberry.type

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import strawberry
 
-from ..db.accounts import AccountRow
 from ..db.statements import EntryRow
+from ..domain.entities import AccountRow
 from ..domain.money import Money
-from ..resolvers.context import Info
+from .context import Info
 from .enums import EntryKind
 from .filters import entry_range
 from .pagination import PageInfo, decode_entry_cursor, encode_cursor, page_size

@@ -10,13 +10,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import strawberry
 
-from ..db.accounts import AccountRow
-from ..db.payments import PaymentRow
 from ..db.refunds import RefundRow
+from ..domain.entities import AccountRow, PaymentRow
 from ..domain.errors import BadUserInput
 from ..domain.money import Money
-from ..resolvers.context import Info
 from ..services.auth import READ
+from .context import Info
 from .enums import PaymentStatus, RefundStatus
 from .filters import PaymentFilterInput, entry_range, instant, payment_filter
 from .metadata import MetadataEntry, metadata_entries

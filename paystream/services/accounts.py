@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ..db import Database, ReadSession
-from ..db.accounts import AccountRow, insert_keyed, partner_page
+from ..db.accounts import insert_keyed, partner_page
 from ..domain.currency import currency_exponent
+from ..domain.entities import AccountRow
 from ..domain.errors import BadUserInput, IdempotencyConflict
 from ..domain.metadata import Metadata, validate_metadata
 from ..domain.validation import validate_idempotency_key

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from ..config import Settings
 from ..db import Database, ReadSession
-from ..db.accounts import AccountRow
 from ..db.events import EventRecord, latest_account_events, partner_page
+from ..domain.entities import AccountRow
 from ..domain.feed import decode_event_cursor
 from .auth import READ, Caller
 

@@ -17,13 +17,13 @@ from decimal import Decimal
 from ..config import Settings
 from ..db import Database, outbox
 from ..db.holds import lock_for_action, record_action
-from ..db.payments import PaymentRow
+from ..domain.entities import PaymentRow
 from ..domain.errors import NotFound
 from ..domain.lifecycle import Action, Decision, decide_cancel, decide_capture
 from ..domain.money import Money
 from ..domain.status import PaymentStatus
 from ..domain.validation import parse_uuid
-from ..events.messages import PaymentCommand
+from ..events.messages import CommandType, PaymentCommand
 from .auth import WRITE, Caller
 from .publisher import Outgoing, Publisher
 from .reads import Reader
@@ -89,7 +89,8 @@ class LifecycleService:
 
 
 def _command(row: PaymentRow, action: Action, capture_minor: int | None) -> PaymentCommand:
-    kind = "payment.capture_requested" if action is Action.CAPTURE else "payment.cancel_requested"
+    kind: CommandType = ("payment.capture_requested" if action is Action.CAPTURE
+                         else "payment.cancel_requested")
     return PaymentCommand(type=kind, payment_id=row.id, partner_id=row.partner_id,
                           source_account_id=row.source_account_id, amount_minor=capture_minor,
                           created_at=datetime.now(UTC).isoformat())

@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from ..cache.entities import status_event
 from ..config import Settings
 from ..db import Database, events, outbox
-from ..db.accounts import AccountRow
-from ..db.payments import PaymentRow, insert_pending, insert_pending_many
+from ..db.payments import insert_pending, insert_pending_many
 from ..domain.currency import currency_exponent
+from ..domain.entities import AccountRow, PaymentRow
 from ..domain.errors import BadUserInput, IdempotencyConflict, PaystreamError, QueryTooComplex
 from ..domain.ledger import SYSTEM_PARTNER_ID
 from ..domain.lifecycle import validate_authorization_ttl
@@ -97,7 +96,7 @@ class PaymentService:
                 # The PENDING event is in the events feed from the acceptance's commit on;
                 # its cursor comes with it on the status stream.
                 [event] = await events.record(
-                    session, [status_event(row, source, destination, with_accounts=False)])
+                    session, [PaymentStatusEvent.of(row, source, destination, with_accounts=False)])
         if not created:
             _check_replay(row, draft)
             # Its request was committed with it the first time: nothing to produce again.
@@ -177,7 +176,7 @@ class PaymentService:
                 (str(row.source_account_id), payload.decode()) for row, payload in new])
             # The PENDING events are in the events feed from this commit on (with cursors).
             recorded = await events.record(session, [
-                status_event(row, *parties[row.idempotency_key], with_accounts=False)
+                PaymentStatusEvent.of(row, *parties[row.idempotency_key], with_accounts=False)
                 for row, _ in new])
         outgoing: list[Outgoing] = []
         accepted: list[PaymentRow] = []
@@ -281,9 +280,4 @@ def _check_replay(existing: PaymentRow, draft: PaymentRow) -> None:
 
 
 def _message(row: PaymentRow) -> PaymentRequested:
-    return PaymentRequested(
-        payment_id=row.id, partner_id=row.partner_id, idempotency_key=row.idempotency_key,
-        request_hash=row.request_hash, source_account_id=row.source_account_id,
-        destination_account_id=row.destination_account_id, amount_minor=row.amount_minor,
-        currency=row.currency, reference=row.reference, created_at=row.created_at.isoformat(),
-    )
+    return PaymentRequested.of(row)

@@ -32,10 +32,11 @@ from ..cache import (
 )
 from ..config import Settings
 from ..db import Database, ReadSession
-from ..db.accounts import AccountRow, accounts_by_ids
-from ..db.payments import NO_FILTER, PaymentFilter, PaymentRow, account_page, payments_by_ids
+from ..db.accounts import accounts_by_ids
+from ..db.payments import NO_FILTER, PaymentFilter, account_page, payments_by_ids
 from ..db.refunds import RefundRow, refunds_by_ids, refunds_of_payments
 from ..db.statements import EntryRow, account_version, balance_at, entries_page
+from ..domain.entities import AccountRow, PaymentRow
 from ..domain.errors import Unavailable
 
 log = logging.getLogger(__name__)

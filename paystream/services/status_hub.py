@@ -23,7 +23,7 @@ from typing import Any, Self
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ..cache import ACCOUNT, PAYMENT, VersionedCache
-from ..cache.entities import event_rows
+from ..cache.entities import account_entry, payment_entry
 from ..config import Settings
 from ..domain.errors import Unavailable
 from ..events.kafka import make_consumer
@@ -254,12 +254,8 @@ class StatusHub:
 
 def _cache_entries(event: PaymentStatusEvent) -> tuple[
         tuple[int, dict[str, Any]] | None, dict[uuid.UUID, tuple[int, dict[str, Any]]]]:
-    """The event's snapshots as cache entries; raises if any cannot be read. The rows are
-    decoded as subscribers will decode them, so an event that passes here renders too."""
-    event_rows(event)
-    payment = (int(event.version), event.payment) if event.payment else None
-    accounts = {uuid.UUID(a["id"]): (int(a["version"]), a) for a in event.accounts or ()}
-    return payment, accounts
+    """The event's snapshots as cache entries (decoding checked them)."""
+    return payment_entry(event.payment), {a.id: account_entry(a) for a in event.accounts or ()}
 
 
 def _keep_newest(entries: dict[uuid.UUID, tuple[int, dict[str, Any]]], key: uuid.UUID,
@@ -274,5 +270,7 @@ def _decode(records: Iterable[object]) -> list[PaymentStatusEvent]:
         try:
             events.append(PaymentStatusEvent.decode(record.value))  # type: ignore[attr-defined]  # aiokafka's records are untyped
         except UndecodableMessage as exc:
-            log.warning("undecodable status event skipped: %s", exc)
+            # Counted with the events that cannot be applied: either way, one bad event.
+            log.warning("status event skipped: undecodable: %s", exc)
+            STATUS_EVENTS_DROPPED.inc()
     return events

@@ -17,15 +17,15 @@ import asyncio
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..cache.entities import event_rows
 from ..cache.singleflight import joined, shared_task
 from ..db import Database, ReadSession
-from ..db.accounts import AccountRow, accounts_by_ids
+from ..db.accounts import accounts_by_ids
 from ..db.events import EventRecord, account_events
-from ..db.payments import PaymentRow, payments_by_ids
+from ..db.payments import payments_by_ids
+from ..domain.entities import AccountRow, PaymentRow
 from ..domain.errors import NotFound, Unavailable
 from ..domain.feed import EventPosition, decode_event_cursor
 from ..domain.status import is_terminal
@@ -127,8 +127,7 @@ class Subscriptions:
                 async for event in self._replay(account.id, account.partner_id, position):
                     if first_time(event):
                         # Built for this subscriber alone: replays are not shared.
-                        yield await self._update(event.payment_id, event_rows(event),
-                                                 event.cursor)
+                        yield await self._update(event)
             while True:
                 event = await _next(watch)
                 if first_time(event):
@@ -157,28 +156,20 @@ class Subscriptions:
         update = self._updates.get(key)
         if update is None:
             update = shared_task(self._updates, key,
-                                 self._update(event.payment_id, event_rows(event), event.cursor))
+                                 self._update(event))
             while len(self._updates) > _SHARED_UPDATES:
                 self._updates.popitem(last=False)
         outcome = joined(update)
         return await outcome if isinstance(outcome, asyncio.Future) else outcome
 
-    async def _update(self, payment_id: uuid.UUID,
-                      rows: tuple[PaymentRow | None, list[AccountRow]],
-                      cursor: str | None = None) -> PaymentUpdate:
-        payment, accounts = rows
-        if payment is None:
-            # An event without snapshots (published by an older release): read it.
-            current = await self._current(payment_id)
-            if current is None:
-                raise NotFound("no such payment")
-            return replace(current, cursor=cursor)
+    async def _update(self, event: PaymentStatusEvent) -> PaymentUpdate:
+        payment, accounts = event.payment, list(event.accounts or ())
         if not accounts:
             # The API's PENDING event: the accounts did not change; the cache has them.
             found = await self._reader.accounts(
                 [payment.source_account_id, payment.destination_account_id])
             accounts = list(found.values())
-        return PaymentUpdate(payment, {a.id: a for a in accounts}, cursor=cursor)
+        return PaymentUpdate(payment, {a.id: a for a in accounts}, cursor=event.cursor)
 
     async def _current(self, payment_id: uuid.UUID) -> PaymentUpdate | None:
         """From the primary: a replica may not have the latest state, and the event that

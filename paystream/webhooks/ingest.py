@@ -17,12 +17,11 @@ from collections.abc import Callable, Sequence
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 
-from ..cache.entities import event_rows
 from ..config import Settings
 from ..db import Database, WriteSession
-from ..db.accounts import AccountRow, accounts_by_ids
-from ..db.payments import payments_by_ids
+from ..db.accounts import accounts_by_ids
 from ..db.webhooks import ScheduledEvent, enabled_endpoints_for, schedule
+from ..domain.entities import AccountRow
 from ..domain.webhooks import event_id
 from ..events.kafka import make_consumer
 from ..events.messages import PaymentStatusEvent, UndecodableMessage
@@ -56,14 +55,8 @@ async def schedule_events(session: WriteSession, events: Sequence[PaymentStatusE
                   and kind in ep.events]
         if not wanted:
             continue
-        payment, account_rows = event_rows(event)
-        if payment is None:
-            # An event without snapshots (an older release): the payment as it is now.
-            payment = (await payments_by_ids(session, [event.payment_id])).get(event.payment_id)
-            if payment is None:
-                log.warning("status event for unknown payment %s skipped", event.payment_id)
-                continue
-        accounts: dict[uuid.UUID, AccountRow] = {a.id: a for a in account_rows}
+        payment = event.payment
+        accounts: dict[uuid.UUID, AccountRow] = {a.id: a for a in event.accounts or ()}
         if not accounts:
             # The API's PENDING event carries no accounts (they did not change).
             accounts = await accounts_by_ids(

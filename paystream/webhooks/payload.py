@@ -12,8 +12,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from ..db.accounts import AccountRow
-from ..db.payments import PaymentRow
+from ..domain.entities import AccountRow, PaymentRow
 from ..domain.money import format_minor
 from ..domain.webhooks import event_id, event_type
 from ..events.messages import PaymentStatusEvent
@@ -80,7 +79,7 @@ def webhook_body(event: PaymentStatusEvent, payment: PaymentRow,
     """The JSON body sent to ``viewer``'s endpoints for ``event``: ``id``, ``type``,
     ``createdAt``, ``cursor`` and ``data`` (the payment, or the refund with its payment)."""
     identity = event_id(event.payment_id, event.version)
-    created_at = _time(payment.updated_at) or event.updated_at
+    created_at = payment.updated_at.isoformat()
     data = payment_view(payment, accounts, viewer)
     if event.refund:
         data = refund_view(event.refund, data)

@@ -21,11 +21,9 @@ from datetime import UTC, datetime
 
 from sqlalchemy import text
 
-from ..cache.entities import status_event
 from ..db import WriteSession
-from ..db.accounts import AccountRow
 from ..db.payments import COLUMNS as PAYMENT_COLUMNS
-from ..db.payments import PaymentRow
+from ..domain.entities import AccountRow, PaymentRow
 from ..domain.ledger import EntryKind, posting_time
 from ..domain.lifecycle import capture_outcome
 from ..domain.status import FailureReason, PaymentStatus, check_transition
@@ -183,7 +181,7 @@ async def _apply(session: WriteSession,
             "id": row.id, "status": payment.status, "reason": reason, "version": payment.version,
             "captured": captured, "now": now})
         payments.append(payment)
-        events.append(status_event(payment, accounts[row.source_account_id],
+        events.append(PaymentStatusEvent.of(payment, accounts[row.source_account_id],
                                    accounts[row.destination_account_id]))
     events, outbox_ids = await write_status_events(session, events, status_topic=status_topic)
     return BatchResult(events=events, outbox_ids=outbox_ids, skipped=0,

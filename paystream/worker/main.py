@@ -56,11 +56,12 @@ def validate_request(request: Message) -> None:
         if request.amount_minor is not None and not 0 < request.amount_minor <= MAX_MINOR_UNITS:
             raise UndecodableMessage("amount_minor out of range")
         return
-    if not 0 < request.amount_minor <= MAX_MINOR_UNITS:
+    payment = request.payment
+    if not 0 < payment.amount_minor <= MAX_MINOR_UNITS:
         raise UndecodableMessage("amount_minor out of range")
-    if request.currency not in CURRENCY_EXPONENTS:
+    if payment.currency not in CURRENCY_EXPONENTS:
         raise UndecodableMessage("unknown currency")
-    if not 1 <= len(request.idempotency_key) <= 255:
+    if not 1 <= len(payment.idempotency_key) <= 255:
         raise UndecodableMessage("idempotency_key length")
 
 

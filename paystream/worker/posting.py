@@ -14,7 +14,6 @@ handled before (redelivery) and changes nothing.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -22,12 +21,10 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
 
-from ..cache.entities import status_event
 from ..db import WriteSession
-from ..db.accounts import AccountRow
 from ..db.events import record as record_events
 from ..db.payments import COLUMNS as PAYMENT_COLUMNS
-from ..db.payments import PaymentRow
+from ..domain.entities import AccountRow, PaymentRow
 from ..domain.ledger import post_authorization, post_transfer, posting_time
 from ..domain.lifecycle import DEFAULT_AUTHORIZATION_TTL_S
 from ..domain.metadata import Metadata, metadata_from_json
@@ -137,7 +134,7 @@ async def write_status_events(session: WriteSession, events: list[PaymentStatusE
     outbox = await session.execute(
         _INSERT_OUTBOX,
         {"topic": status_topic, "keys": [str(e.payment_id) for e in events],
-         "payloads": [json.dumps(e.to_json()) for e in events]},
+         "payloads": [e.to_json_text() for e in events]},
     )
     return events, [row[0] for row in outbox]
 
@@ -146,17 +143,15 @@ def disagreement(request: PaymentRequested, row: PaymentRow | None) -> str | Non
     """Why a request does not match its payment row, or None when it does."""
     if row is None:
         return "no such payment"
-    for name, message_value, row_value in (
-        ("partner_id", request.partner_id, row.partner_id),
-        ("source_account_id", request.source_account_id, row.source_account_id),
-        ("destination_account_id", request.destination_account_id, row.destination_account_id),
-        ("amount_minor", request.amount_minor, row.amount_minor),
-        ("currency", request.currency, row.currency),
-        ("idempotency_key", request.idempotency_key, row.idempotency_key),
-    ):
-        if message_value != row_value:
+    # The terms the partner asked for; the state (status, version, times) is the row's own.
+    for name in _TERMS:
+        if getattr(request.payment, name) != getattr(row, name):
             return f"message disagrees with its payment row: {name}"
     return None
+
+
+_TERMS = ("partner_id", "source_account_id", "destination_account_id", "amount_minor",
+          "currency", "idempotency_key")
 
 
 async def post_batch(
@@ -233,7 +228,7 @@ async def post_batch(
                           version=row.version + 1, updated_at=now,
                           authorization_expires_at=expires_at)
         payments.append(payment)
-        events.append(status_event(
+        events.append(PaymentStatusEvent.of(
             payment, source.row(row.source_account_id),
             destination.row(row.destination_account_id),
         ))

@@ -18,13 +18,11 @@ from datetime import UTC, datetime
 
 from sqlalchemy import text
 
-from ..cache.entities import status_event
 from ..db import WriteSession
-from ..db.accounts import AccountRow
 from ..db.payments import COLUMNS as PAYMENT_COLUMNS
-from ..db.payments import PaymentRow
 from ..db.refunds import COLUMNS as REFUND_COLUMNS
 from ..db.refunds import RefundRow
+from ..domain.entities import AccountRow, PaymentRow
 from ..domain.ledger import EntryKind, posting_time
 from ..domain.lifecycle import refund_outcome
 from ..domain.status import RefundStatus
@@ -141,7 +139,7 @@ async def post_refunds(session: WriteSession, requests: Sequence[RefundRequested
                                              "version": payment.version, "now": now})
         done = replace(refund, status=status.value, failure_reason=reason,
                        version=refund.version + 1, updated_at=now)
-        event = replace(status_event(payment, accounts[payment.source_account_id],
+        event = replace(PaymentStatusEvent.of(payment, accounts[payment.source_account_id],
                                      accounts[payment.destination_account_id]),
                         refund=done.to_json())
         events.append(event)

@@ -184,6 +184,19 @@ def worker(server_env: dict[str, str], migrated: Settings) -> Iterator[subproces
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELED")
 
 
+def flat_event(event: dict[str, Any]) -> dict[str, Any]:
+    """A status event as the tests read it: the payment's snapshot's fields at the top (its
+    ``id`` as ``payment_id``), and the accounts' balances after the posting as
+    ``source_balance_minor`` and ``destination_balance_minor`` when the event has them."""
+    payment = event["payment"]
+    flat = {**event, **payment, "payment_id": payment["id"]}
+    balances = {a["id"]: a["balance_minor"] for a in event.get("accounts") or ()}
+    if balances:
+        flat["source_balance_minor"] = balances[payment["source_account_id"]]
+        flat["destination_balance_minor"] = balances[payment["destination_account_id"]]
+    return flat
+
+
 class StatusWatcher:
     """Follows ``payments.status`` from the end and lets a test await a payment's events."""
 
@@ -216,7 +229,7 @@ class StatusWatcher:
         import json
 
         async for record in self.consumer:
-            event = json.loads(record.value)
+            event = flat_event(json.loads(record.value))
             async with self._changed:
                 self.events.setdefault(event["payment_id"], []).append(event)
                 self._changed.notify_all()

@@ -229,10 +229,13 @@ async def test_account_activity_resumed_from_a_cursor_taken_before_50_payments_s
 
 async def test_events_older_than_30_days_are_not_listed_and_the_relay_prunes_them(
         services: Any) -> None:
+    from datetime import datetime
+
     from sqlalchemy import text
 
     from paystream.config import OutboxSettings
     from paystream.db.events import partner_page
+    from paystream.domain.entities import PaymentRow
     from paystream.events.messages import PaymentStatusEvent
     from paystream.worker.outbox import OutboxRelay
 
@@ -240,14 +243,14 @@ async def test_events_older_than_30_days_are_not_listed_and_the_relay_prunes_the
     now = "2026-01-01T00:00:00+00:00"
 
     def payload(version: int) -> str:
-        import json
-
-        return json.dumps(PaymentStatusEvent(
-            payment_id=uuid.uuid4(), version=version, status="SUCCEEDED", failure_reason=None,
-            partner_id=partner, source_account_id=uuid.uuid4(),
-            destination_account_id=uuid.uuid4(), source_partner_id=partner,
-            destination_partner_id=payee, amount_minor=1, currency="USD", reference=None,
-            created_at=now, updated_at=now).to_json())
+        at = datetime.fromisoformat(now)
+        payment = PaymentRow(
+            id=uuid.uuid4(), partner_id=partner, idempotency_key="k", request_hash="h",
+            source_account_id=uuid.uuid4(), destination_account_id=uuid.uuid4(),
+            amount_minor=1, currency="USD", reference=None, status="SUCCEEDED",
+            failure_reason=None, version=version, created_at=at, updated_at=at)
+        return PaymentStatusEvent(payment_id=payment.id, payment=payment, source_partner_id=partner,
+                                  destination_partner_id=payee).to_json_text()
 
     insert = text(
         "INSERT INTO events (created_at, type, payment_id, version, source_account_id,"

@@ -376,8 +376,8 @@ def test_production_settings_refuse_dev_only_values() -> None:
 
 
 async def test_production_start_refuses_live_demo_keys(settings, services) -> None:
+    from paystream.config import DEMO_PARTNER
     from paystream.db.partners import partner_id_by_name, revoke_api_key
-    from paystream.devrun import DEMO_PARTNER
     from paystream.gateway.production import UnsafeForProduction, check_production
     from paystream.services.admin import new_api_key, new_partner
 

@@ -202,9 +202,8 @@ async def test_status_stream_caches_the_newest_version_whatever_the_batch_order(
     from datetime import UTC, datetime
 
     from paystream.cache import ACCOUNT, account_from, payment_from
-    from paystream.cache.entities import status_event
-    from paystream.db.accounts import AccountRow
-    from paystream.db.payments import PaymentRow
+    from paystream.domain.entities import AccountRow, PaymentRow
+    from paystream.events.messages import PaymentStatusEvent
     from paystream.services.status_hub import StatusHub
 
     now = datetime.now(UTC)
@@ -219,8 +218,8 @@ async def test_status_stream_caches_the_newest_version_whatever_the_batch_order(
     cache = VersionedCache(migrated.redis)
     try:
         await StatusHub(migrated, cache).apply([
-            status_event(done, *posted), status_event(pending, source, destination,
-                                                      with_accounts=False)])
+            PaymentStatusEvent.of(done, *posted),
+            PaymentStatusEvent.of(pending, source, destination, with_accounts=False)])
         payment = await cache.get_many(PAYMENT, [pending.id], payment_from)
         balances = await cache.get_many(ACCOUNT, [source.id, destination.id], account_from)
     finally:

@@ -157,8 +157,8 @@ async def test_message_disagreeing_with_its_row_is_dead_lettered(
             "SELECT payload::text FROM outbox WHERE payload->>'payment_id' = :p"),
             {"p": str(row.id)})).scalar()
     tampered = json.loads(payload)
-    tampered["amount_minor"] = 900
-    assert PaymentRequested.decode(json.dumps(tampered).encode()).amount_minor == 900
+    tampered["payment"]["amount_minor"] = 900
+    assert PaymentRequested.decode(json.dumps(tampered).encode()).payment.amount_minor == 900
     producer = make_producer(isolated.settings.kafka)
     await producer.start()
     try:

@@ -76,7 +76,7 @@ async def test_no_generated_operation_is_internal_or_5xx(settings, make_partner,
     limits = {"query_burst": 1_000_000, "query_rate_per_s": 1e6, "mutation_burst": 1_000_000,
               "mutation_rate_per_s": 1e6}
     async with app_client(settings, limits=limits) as (http, services):
-        from paystream.schema import build_schema
+        from paystream.resolvers.schema import build_schema
 
         sdl = str(build_schema(services.settings))
         # DateTime arguments (statement ranges, balanceAt, payment filters) get the hostile

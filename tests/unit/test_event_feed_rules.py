@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from datetime import UTC, datetime
 
 import pytest
+from entity_samples import sample_payment
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -50,23 +52,22 @@ def test_no_cursor_is_the_start() -> None:
     assert decode_event_cursor(None) is None
 
 
-def _event(**extra: object) -> dict[str, object]:
-    return {"type": "payment.status", "payment_id": str(uuid.uuid4()), "version": 2,
-            "status": "SUCCEEDED", "failure_reason": None, "partner_id": str(uuid.uuid4()),
-            "source_account_id": str(uuid.uuid4()), "destination_account_id": str(uuid.uuid4()),
-            "source_partner_id": str(uuid.uuid4()), "destination_partner_id": str(uuid.uuid4()),
-            "amount_minor": 1, "currency": "USD", "reference": None, "created_at": NOW,
-            "updated_at": NOW, **extra}
+def _event(**extra: object) -> str:
+    payment = sample_payment(status="SUCCEEDED", version=2)
+    event = json.loads(PaymentStatusEvent(
+        payment_id=payment.id, payment=payment, source_partner_id=uuid.uuid4(),
+        destination_partner_id=uuid.uuid4()).encode())
+    return json.dumps({**{k: v for k, v in event.items() if k != "cursor"}, **extra})
 
 
 def test_a_status_event_carries_its_cursor_and_an_old_one_decodes_without() -> None:
     cursor = encode_event_cursor(7, 9)
-    decoded = PaymentStatusEvent.from_json(_event(cursor=cursor))
+    decoded = PaymentStatusEvent.decode(_event(cursor=cursor))
     assert decoded.cursor == cursor
     assert PaymentStatusEvent.decode(decoded.encode()) == decoded
-    assert PaymentStatusEvent.from_json(_event()).cursor is None
+    assert PaymentStatusEvent.decode(_event()).cursor is None
 
 
 def test_a_cursor_that_is_not_a_string_is_undecodable() -> None:
     with pytest.raises(UndecodableMessage):
-        PaymentStatusEvent.from_json(_event(cursor=12))
+        PaymentStatusEvent.decode(_event(cursor=12))

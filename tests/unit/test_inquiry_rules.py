@@ -4,20 +4,21 @@ a page under a status filter."""
 from __future__ import annotations
 
 import base64
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from entity_samples import sample_payment
 from graphql import parse, validate
 from hypothesis import given
 from hypothesis import strategies as st
 
 from paystream.config import Settings
-from paystream.db.payments import NO_FILTER, PaymentFilter, PaymentRow
+from paystream.db.payments import NO_FILTER, PaymentFilter
+from paystream.domain.entities import PaymentRow
 from paystream.domain.errors import BadUserInput
 from paystream.domain.ledger import posting_time
 from paystream.domain.metadata import metadata_from_json, metadata_json, validate_metadata
-from paystream.schema import build_schema
+from paystream.resolvers.schema import build_schema
 from paystream.schema.limits import query_limits_rule
 from paystream.schema.pagination import decode_entry_cursor, encode_cursor
 from paystream.services.reads import PaymentPage
@@ -110,11 +111,7 @@ def test_a_filtered_page_counts_its_page_once_more() -> None:
 
 def _payment(status: str, second: int) -> PaymentRow:
     at = datetime(2026, 1, 1, tzinfo=UTC) - timedelta(seconds=second)
-    return PaymentRow(id=uuid.uuid4(), partner_id=uuid.uuid4(), idempotency_key="k",
-                      request_hash="h", source_account_id=uuid.uuid4(),
-                      destination_account_id=uuid.uuid4(), amount_minor=1, currency="USD",
-                      reference=None, status=status, failure_reason=None, version=2,
-                      created_at=at, updated_at=at)
+    return sample_payment(status=status, version=2, created_at=at, updated_at=at)
 
 
 def test_a_page_under_a_status_filter_drops_what_left_the_status_and_still_moves_on() -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from dataclasses import replace
 
 import pytest
+from entity_samples import SAMPLE_TIME, sample_payment
 
 from paystream.cache.entities import account_from, payment_from
+from paystream.domain.entities import PaymentRow
 from paystream.events.messages import (
     PaymentCommand,
     PaymentRequested,
@@ -19,7 +21,7 @@ from paystream.events.messages import (
     decode_requested,
 )
 
-NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC).isoformat()
+NOW = SAMPLE_TIME.isoformat()
 
 
 def test_old_payment_entry_decodes_with_lifecycle_defaults() -> None:
@@ -56,11 +58,36 @@ def test_commands_and_refunds_round_trip_and_are_told_apart() -> None:
                             source_account_id=command.source_account_id, amount_minor=None,
                             created_at=NOW)
     assert decode_requested(cancel.encode()) == cancel
-    request = PaymentRequested(
-        payment_id=uuid.uuid4(), partner_id=uuid.uuid4(), idempotency_key="k",
-        request_hash="h", source_account_id=uuid.uuid4(), destination_account_id=uuid.uuid4(),
-        amount_minor=1, currency="USD", reference=None, created_at=NOW)
-    assert isinstance(decode_requested(request.encode()), PaymentRequested)
+    request = PaymentRequested.of(_payment())
+    assert decode_requested(request.encode()) == request
+
+
+def _payment(**changes: object) -> PaymentRow:
+    return sample_payment(metadata_entries=(("order", "7"),), **changes)
+
+
+def test_a_request_of_schema_1_decodes_as_the_pending_payment_it_named() -> None:
+    """Requests written by the release before (flat fields) may still wait in the outbox."""
+    row = _payment()
+    flat = {"type": "payment.requested", "schema": 1, "payment_id": str(row.id),
+            "partner_id": str(row.partner_id), "idempotency_key": "k", "request_hash": "h",
+            "source_account_id": str(row.source_account_id),
+            "destination_account_id": str(row.destination_account_id), "amount_minor": 1,
+            "currency": "USD", "reference": None, "created_at": NOW}
+    decoded = decode_requested(json.dumps(flat).encode())
+    assert isinstance(decoded, PaymentRequested)
+    assert decoded.payment == replace(row, metadata_entries=())
+
+
+@pytest.mark.parametrize("change", [{"amount_minor": "12"}, {"amount_minor": True},
+                                    {"id": "x"}, {"id": str(uuid.uuid4())},
+                                    {"created_at": "yesterday"}])
+def test_a_request_whose_payment_field_has_the_wrong_type_is_undecodable(
+        change: dict[str, object]) -> None:
+    data = json.loads(PaymentRequested.of(_payment()).encode())
+    data["payment"].update(change)
+    with pytest.raises(UndecodableMessage, match="payment"):
+        decode_requested(json.dumps(data).encode())
 
 
 @pytest.mark.parametrize("raw", [
@@ -76,11 +103,22 @@ def test_malformed_lifecycle_messages_are_undecodable(raw: bytes) -> None:
 
 
 def test_status_event_without_a_refund_still_decodes() -> None:
-    event = {"type": "payment.status", "payment_id": str(uuid.uuid4()), "version": 2,
-             "status": "AUTHORIZED", "failure_reason": None, "partner_id": str(uuid.uuid4()),
-             "source_account_id": str(uuid.uuid4()), "destination_account_id": str(uuid.uuid4()),
-             "source_partner_id": str(uuid.uuid4()), "destination_partner_id": str(uuid.uuid4()),
-             "amount_minor": 1, "currency": "USD", "reference": None, "created_at": NOW,
-             "updated_at": NOW}
-    decoded = PaymentStatusEvent.from_json(event)
-    assert decoded.refund is None and not decoded.terminal
+    payment = _payment(status="AUTHORIZED", version=2)
+    event = PaymentStatusEvent(payment_id=payment.id, payment=payment,
+                               source_partner_id=uuid.uuid4(), destination_partner_id=uuid.uuid4())
+    decoded = PaymentStatusEvent.decode(event.encode())
+    assert decoded == event
+    assert decoded.refund is None and not decoded.terminal and decoded.version == 2
+
+
+def test_a_status_event_of_schema_1_decodes_from_its_snapshot() -> None:
+    """Schema 1 carried flat copies of the payment's fields beside its snapshot (the events
+    feed keeps 30 days of them): the snapshot is what counts."""
+    row = _payment(status="SUCCEEDED", version=2)
+    snapshot = json.loads(PaymentRequested.of(row).encode())["payment"]
+    old = {"type": "payment.status", "payment_id": str(row.id), "version": 2,
+           "status": "SUCCEEDED", "source_partner_id": str(uuid.uuid4()),
+           "destination_partner_id": str(uuid.uuid4()), "source_balance_minor": 5,
+           "payment": snapshot, "accounts": None, "refund": None, "cursor": None}
+    decoded = PaymentStatusEvent.decode(json.dumps(old))
+    assert decoded.payment == row and decoded.terminal

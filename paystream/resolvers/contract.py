@@ -28,7 +28,7 @@ def schema_sdl() -> str:
     settings (they only set limits and introspection), so default settings are used without
     validation: printing the schema needs no servers and no environment.
     """
-    from . import build_schema
+    from .schema import build_schema
 
     return build_schema(Settings.model_construct()).as_str().rstrip("\n") + "\n"
 

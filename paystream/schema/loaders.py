@@ -7,9 +7,8 @@ from collections.abc import Sequence
 
 from strawberry.dataloader import DataLoader
 
-from ..db.accounts import AccountRow
-from ..db.payments import PaymentRow
 from ..db.refunds import RefundRow
+from ..domain.entities import AccountRow, PaymentRow
 from ..metrics import DATALOADER_BATCH_SIZE
 from ..services.reads import Reader
 
