@@ -163,6 +163,14 @@ class ApiSettings(BaseModel):
     # the answer is 408 and the connection is closed. Bodies are read before admission
     # control, so a slow sender never holds an execution slot.
     body_read_timeout_s: float = 5.0
+    # API keys resolved on the primary are kept in the process (at most this many; 0: every
+    # request asks the primary). A revocation is pushed to every API process on its commit
+    # (PostgreSQL LISTEN/NOTIFY); kept keys are trusted only while that connection is up,
+    # which is checked every key_listener_ping_s, so a revoked key is refused everywhere
+    # within about twice that. Each kept key is asked again after key_cache_ttl_s anyway.
+    key_cache_size: int = 10_000
+    key_cache_ttl_s: float = 300.0
+    key_listener_ping_s: float = 0.4
 
 
 class SubscriptionSettings(BaseModel):

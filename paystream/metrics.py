@@ -59,6 +59,11 @@ REQUEST_SECONDS = Histogram(
     ["operation", "type"], registry=REGISTRY,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+API_KEY_LOOKUPS = Counter(
+    "paystream_api_key_lookups",
+    "API keys resolved, by source: the process's cache of keys, or the database.", ["source"],
+    registry=REGISTRY,
+)
 ERRORS = Counter(
     "paystream_graphql_errors", "GraphQL errors returned, by extensions.code.",
     ["code"], registry=REGISTRY,

@@ -72,7 +72,12 @@ _OWNER = select(ApiKey.partner_id, ApiKey.id, ApiKey.scopes).where(
 
 async def owner_of_key(session: ReadSession | WriteSession, key: str) -> KeyOwner | None:
     """The partner and scopes of a live (not revoked) key, or None."""
-    row = (await session.execute(_OWNER, {"key_hash": hash_key(key)})).first()
+    return await owner_of_key_hash(session, hash_key(key))
+
+
+async def owner_of_key_hash(session: ReadSession | WriteSession, key_hash: str
+                            ) -> KeyOwner | None:
+    row = (await session.execute(_OWNER, {"key_hash": key_hash})).first()
     if row is None:
         return None
     return KeyOwner(partner_id=row[0], key_id=row[1], scopes=frozenset(row[2]))
@@ -88,11 +93,22 @@ async def revoke_api_key_by_id(session: WriteSession, key_id: uuid.UUID) -> bool
     return await _revoke(session, ApiKey.id == key_id)
 
 
+KEYS_CHANNEL = "paystream_api_keys"
+"""Where a revocation is announced (the key's hash), on commit, to every API process's cache
+of keys (``services.auth``)."""
+
+_NOTIFY = text("SELECT pg_notify(:channel, :key_hash)")
+
+
 async def _revoke(session: WriteSession, which: ColumnElement[bool]) -> bool:
-    result = await session.execute(
+    revoked = (await session.execute(
         update(ApiKey).where(which, ApiKey.revoked_at.is_(None)).values(revoked_at=text("now()"))
-    )
-    return bool(getattr(result, "rowcount", 0))
+        .returning(ApiKey.key_hash)
+    )).scalars().all()
+    for key_hash in revoked:
+        # In the revoking transaction: heard on its commit, and never if it rolls back.
+        await session.execute(_NOTIFY, {"channel": KEYS_CHANNEL, "key_hash": key_hash})
+    return bool(revoked)
 
 
 @dataclass(frozen=True, slots=True)

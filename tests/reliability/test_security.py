@@ -101,7 +101,7 @@ async def test_revoked_key_is_refused_at_once_even_while_the_replica_lags(
     """The replica still has the key as live: revocation must not wait for it."""
     if devstack is None:
         pytest.skip("needs the embedded stack to pause the replica")
-    from tests.integration.conftest import wait_for_replay
+    from tests.integration.conftest import refused_within, wait_for_replay
 
     partner = await make_partner()
     account = await partner.account()
@@ -116,7 +116,7 @@ async def test_revoked_key_is_refused_at_once_even_while_the_replica_lags(
         from paystream.db.partners import owner_of_key
 
         assert await services.db.read(lambda s: owner_of_key(s, partner.key)) is not None
-        body = await gql(client, query, {"id": account}, key=partner.key)
+        body = await refused_within(lambda: gql(client, query, {"id": account}, key=partner.key))
         assert body["data"] == {"account": None}
         assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
         # A new websocket connection is refused too (another process: no shared state), with
