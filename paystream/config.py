@@ -171,6 +171,11 @@ class ApiSettings(BaseModel):
     key_cache_size: int = 10_000
     key_cache_ttl_s: float = 300.0
     key_listener_ping_s: float = 0.4
+    # createPayment calls that arrive while accept_commits commits are under way wait for the
+    # next commit, which takes all of them (at most accept_batch): concurrent mutations share
+    # one transaction. An idle process commits a lone payment at once.
+    accept_commits: int = Field(default=2, ge=1)
+    accept_batch: int = Field(default=500, ge=1)
 
 
 class SubscriptionSettings(BaseModel):

@@ -8,8 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import any_, bindparam, delete, select, text
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import any_, delete, select, text
 
 from ..domain.entities import PaymentRow, field_names
 from ..domain.metadata import metadata_json
@@ -23,58 +22,9 @@ COLUMNS = tuple(getattr(Payment, name) for name in field_names(PaymentRow))
 
 _COLUMN_NAMES = ", ".join(column.key for column in COLUMNS)
 
-# Built once: a statement built per call costs its cache-key walk on every payment.
-_INSERT_PENDING = (
-    insert(Payment)
-    .values({column.key: bindparam(column.key) for column in COLUMNS})
-    .on_conflict_do_nothing(constraint="payments_partner_idempotency_key")
-    .returning(*COLUMNS)
-)
-
-
-async def insert_pending(session: WriteSession, row: PaymentRow) -> tuple[PaymentRow, bool]:
-    """Insert a PENDING payment unless (partner, idempotency key) exists already.
-
-    Returns the stored row and whether this call created it. Concurrent callers with the same
-    key serialize on the unique index, so exactly one of them creates the payment.
-    """
-    values = {column.key: getattr(row, column.key) for column in COLUMNS}
-    values["metadata_entries"] = metadata_json(row.metadata_entries)
-    created = (await session.execute(_INSERT_PENDING, values)).first()
-    if created is not None:
-        if row.metadata_entries:
-            await _index_metadata(session, row)
-        return PaymentRow(*created), True
-    existing = (
-        await session.execute(
-            select(*COLUMNS).where(
-                Payment.partner_id == row.partner_id, Payment.idempotency_key == row.idempotency_key
-            )
-        )
-    ).one()
-    return PaymentRow(*existing), False
-
-
-_INSERT_METADATA = text(
-    "INSERT INTO payment_metadata (account_id, payment_id, key, value, created_at)"
-    " SELECT a, :payment, k, v, :created_at FROM unnest(CAST(:accounts AS uuid[]),"
-    "   CAST(:keys AS text[]), CAST(:values AS text[])) AS u(a, k, v)"
-)
-
-
-async def _index_metadata(session: WriteSession, row: PaymentRow) -> None:
-    """The payment's rows of ``payment_metadata``: each entry for each of its two accounts."""
-    pairs = [(account, key, value) for account in (row.source_account_id,
-                                                   row.destination_account_id)
-             for key, value in row.metadata_entries]
-    await session.execute(_INSERT_METADATA, {
-        "payment": row.id, "created_at": row.created_at, "accounts": [p[0] for p in pairs],
-        "keys": [p[1] for p in pairs], "values": [p[2] for p in pairs]})
-
-
-# The bulk insert: one statement for any number of payments, in the order given (the
-# caller sorts by idempotency key, so two bulk requests sharing keys wait on each other's
-# unique-index entries in one order and cannot deadlock).
+# The insert of acceptance: one statement for any number of payments, in the order given
+# (the caller sorts by partner and idempotency key, so two transactions sharing keys wait on
+# each other's unique-index entries in one order and cannot deadlock).
 _INSERT_PENDING_MANY = text(
     f"INSERT INTO payments ({', '.join(column.key for column in COLUMNS)})"
     " SELECT id, partner_id, idempotency_key, request_hash, source_account_id,"
@@ -95,7 +45,8 @@ _INSERT_PENDING_MANY = text(
 )
 _EXISTING_BY_KEYS = text(
     f"SELECT {_COLUMN_NAMES} FROM payments"
-    " WHERE partner_id = :partner AND idempotency_key = ANY(CAST(:keys AS text[]))"
+    " WHERE (partner_id, idempotency_key) IN (SELECT * FROM unnest(CAST(:partners AS uuid[]),"
+    "   CAST(:keys AS text[])))"
 )
 _INSERT_METADATA_MANY = text(
     "INSERT INTO payment_metadata (account_id, payment_id, key, value, created_at)"
@@ -105,15 +56,19 @@ _INSERT_METADATA_MANY = text(
 )
 
 
-async def insert_pending_many(session: WriteSession, partner_id: uuid.UUID,
-                              rows: Sequence[PaymentRow]) -> dict[str, tuple[PaymentRow, bool]]:
-    """Insert PENDING payments of one partner, each unless its idempotency key exists
-    already: one INSERT for all of them, one SELECT for the keys that existed, one INSERT for
-    their metadata index rows. Returns, by idempotency key, the stored row and whether this
-    call created it. Keys must be distinct; rows are inserted in the order given."""
+IdempotencySlot = tuple[uuid.UUID, str]
+"""(partner, idempotency key): what names one payment whatever request created it."""
+
+
+async def insert_pending_many(session: WriteSession, rows: Sequence[PaymentRow]
+                              ) -> dict[IdempotencySlot, tuple[PaymentRow, bool]]:
+    """Insert PENDING payments (of any partners), each unless its (partner, idempotency key)
+    exists already: one INSERT for all of them, one SELECT for the keys that existed, one
+    INSERT for their metadata index rows. Returns, by (partner, key), the stored row and
+    whether this call created it. Slots must be distinct; rows are inserted in the order
+    given (callers sort them, so that two transactions sharing keys cannot deadlock)."""
     if not rows:
         return {}
-    assert all(r.partner_id == partner_id for r in rows)
     created = await session.execute(_INSERT_PENDING_MANY, {
         "ids": [r.id for r in rows], "partners": [r.partner_id for r in rows],
         "keys": [r.idempotency_key for r in rows], "hashes": [r.request_hash for r in rows],
@@ -124,16 +79,17 @@ async def insert_pending_many(session: WriteSession, partner_id: uuid.UUID,
         "captures": [r.capture for r in rows], "ttls": [r.authorization_ttl_s for r in rows],
         "metadata": [json.dumps(metadata_json(r.metadata_entries)) for r in rows],
     })
-    stored: dict[str, tuple[PaymentRow, bool]] = {}
+    stored: dict[IdempotencySlot, tuple[PaymentRow, bool]] = {}
     for values in created:
         row = PaymentRow(*values)
-        stored[row.idempotency_key] = (row, True)
-    missing = [r.idempotency_key for r in rows if r.idempotency_key not in stored]
+        stored[row.partner_id, row.idempotency_key] = (row, True)
+    missing = [r for r in rows if (r.partner_id, r.idempotency_key) not in stored]
     if missing:
-        for values in await session.execute(_EXISTING_BY_KEYS, {"partner": partner_id,
-                                                                "keys": missing}):
+        for values in await session.execute(_EXISTING_BY_KEYS, {
+                "partners": [r.partner_id for r in missing],
+                "keys": [r.idempotency_key for r in missing]}):
             row = PaymentRow(*values)
-            stored[row.idempotency_key] = (row, False)
+            stored[row.partner_id, row.idempotency_key] = (row, False)
     index = [(account, row.id, key, value, row.created_at)
              for row, new in stored.values() if new
              for account in (row.source_account_id, row.destination_account_id)

@@ -21,8 +21,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from ..config import Settings
-from ..db import Database, events, outbox
-from ..db.payments import insert_pending, insert_pending_many
+from ..db import Database
 from ..domain.currency import currency_exponent
 from ..domain.entities import AccountRow, PaymentRow
 from ..domain.errors import BadUserInput, IdempotencyConflict, PaystreamError, QueryTooComplex
@@ -31,9 +30,9 @@ from ..domain.lifecycle import validate_authorization_ttl
 from ..domain.metadata import Metadata, validate_metadata
 from ..domain.money import Money
 from ..domain.validation import parse_account_id, validate_idempotency_key, validate_reference
-from ..events.messages import PaymentRequested, PaymentStatusEvent
+from .acceptance import Acceptance, Draft
 from .auth import WRITE, Caller
-from .publisher import Outgoing, Publisher
+from .publisher import Publisher
 from .reads import Reader
 
 log = logging.getLogger("paystream.payments")
@@ -74,9 +73,8 @@ def request_hash(partner_id: uuid.UUID, source: uuid.UUID, destination: uuid.UUI
 class PaymentService:
     def __init__(self, settings: Settings, db: Database, reader: Reader, publisher: Publisher) -> None:
         self._settings = settings
-        self._db = db
         self._reader = reader
-        self._publisher = publisher
+        self._acceptance = Acceptance(settings, db, reader, publisher)
 
     async def create(self, caller: Caller, request: CreatePayment) -> PaymentRow:
         caller.require(WRITE)
@@ -84,33 +82,11 @@ class PaymentService:
         accounts = await self._reader.accounts([parsed.source_id, parsed.destination_id])
         source, destination = _check_accounts(caller, parsed, accounts)
         draft = _draft(caller, parsed, datetime.now(UTC))
-        kafka = self._settings.kafka
-        payload = _message(draft).encode()
-        outbox_id: int | None = None
-        event: PaymentStatusEvent | None = None
-        async with self._db.write_session() as session:
-            row, created = await insert_pending(session, draft)
-            if created:
-                outbox_id = await outbox.add(session, kafka.requested_topic,
-                                             str(row.source_account_id), payload.decode())
-                # The PENDING event is in the events feed from the acceptance's commit on;
-                # its cursor comes with it on the status stream.
-                [event] = await events.record(
-                    session, [PaymentStatusEvent.of(row, source, destination, with_accounts=False)])
+        # Committed with whatever other createPayment calls wait meanwhile (acceptance.py).
+        row, created = await self._acceptance.accept(Draft(draft, source, destination))
         if not created:
-            _check_replay(row, draft)
             # Its request was committed with it the first time: nothing to produce again.
-            return row
-        # Visible to payment(id) at once, whatever the replica's lag.
-        await self._reader.remember_payment(row)
-        # The PENDING event tells account activity subscribers of the new payment; best
-        # effort on the stream (not in the outbox), since a watcher starts from the current
-        # state anyway, and a resumed accountActivity replays it from the feed.
-        assert event is not None
-        self._publisher.submit(
-            Outgoing(kafka.requested_topic, str(row.source_account_id).encode(), payload, outbox_id),
-            Outgoing(kafka.status_topic, str(row.id).encode(), event.encode()),
-        )
+            _check_replay(row, draft)
         return row
 
     async def create_many(self, caller: Caller,
@@ -154,41 +130,16 @@ class PaymentService:
                 continue
             drafts[index] = (_draft(caller, item, now), source, destination)
         if drafts:
-            await self._accept_many(caller, drafts, answers)
+            await self._accept_many(drafts, answers)
         assert all(a is not None for a in answers)
         return answers  # type: ignore[return-value]  # every slot is filled above
 
-    async def _accept_many(self, caller: Caller,
-                           drafts: dict[int, tuple[PaymentRow, AccountRow, AccountRow]],
+    async def _accept_many(self, drafts: dict[int, tuple[PaymentRow, AccountRow, AccountRow]],
                            answers: list[PaymentRow | PaystreamError | None]) -> None:
-        kafka = self._settings.kafka
-        # By key: two bulk requests sharing keys then meet the unique index in one order.
-        ordered = sorted(drafts.values(), key=lambda d: d[0].idempotency_key)
-        payloads = {d[0].idempotency_key: _message(d[0]).encode() for d in ordered}
-        parties = {d[0].idempotency_key: (d[1], d[2]) for d in ordered}
-        async with self._db.write_session() as session:
-            stored = await insert_pending_many(session, caller.partner_id,
-                                               [d[0] for d in ordered])
-            created_rows = [stored[d[0].idempotency_key] for d in ordered]
-            new = [(row, payloads[row.idempotency_key]) for row, created in created_rows
-                   if created]
-            outbox_ids = await outbox.add_many(session, kafka.requested_topic, [
-                (str(row.source_account_id), payload.decode()) for row, payload in new])
-            # The PENDING events are in the events feed from this commit on (with cursors).
-            recorded = await events.record(session, [
-                PaymentStatusEvent.of(row, *parties[row.idempotency_key], with_accounts=False)
-                for row, _ in new])
-        outgoing: list[Outgoing] = []
-        accepted: list[PaymentRow] = []
-        for (row, payload), outbox_id, event in zip(new, outbox_ids, recorded, strict=True):
-            outgoing += [
-                Outgoing(kafka.requested_topic, str(row.source_account_id).encode(), payload,
-                         outbox_id),
-                Outgoing(kafka.status_topic, str(row.id).encode(), event.encode()),
-            ]
-            accepted.append(row)
+        stored = await self._acceptance.accept_many(
+            [Draft(*parts) for parts in drafts.values()])
         for index, (draft, _, _) in drafts.items():
-            row, created = stored[draft.idempotency_key]
+            row, created = stored[draft.partner_id, draft.idempotency_key]
             try:
                 if not created:
                     _check_replay(row, draft)
@@ -196,8 +147,6 @@ class PaymentService:
                 answers[index] = exc
                 continue
             answers[index] = row
-        await self._reader.remember_payments(accepted)
-        self._publisher.submit(*outgoing)
 
 
 def check_batch_size(size: int, maximum: int) -> None:
@@ -278,6 +227,3 @@ def _check_replay(existing: PaymentRow, draft: PaymentRow) -> None:
             "idempotencyKey was already used with a different request", field="idempotencyKey"
         )
 
-
-def _message(row: PaymentRow) -> PaymentRequested:
-    return PaymentRequested.of(row)

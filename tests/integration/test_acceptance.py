@@ -1,0 +1,133 @@
+"""Concurrent createPayment calls share commits (issue 16, services/acceptance.py): each is
+still answered on its own, duplicates of one key make one payment, and a payment the database
+refuses does not fail the others committed with it."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from paystream.domain.errors import IdempotencyConflict
+from paystream.services.acceptance import Acceptance, Draft
+from paystream.services.payments import CreatePayment
+
+from .conftest import StatusWatcher
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def watcher(migrated: Any, worker: Any) -> Any:
+    watcher = StatusWatcher(migrated)
+    await watcher.start()
+    yield watcher
+    await watcher.stop()
+
+
+def request(source: str, destination: str, key: str, amount: str = "1.00") -> CreatePayment:
+    return CreatePayment(idempotency_key=key, source_account_id=source,
+                         destination_account_id=destination, amount=amount, currency="USD")
+
+
+async def transactions_of(services: Any, ids: list[uuid.UUID]) -> int:
+    """How many transactions wrote these payments (a row's xmin is its inserting one)."""
+    async with services.db.primary.connect() as conn:
+        return int((await conn.execute(text(
+            "SELECT count(DISTINCT xmin::text) FROM payments WHERE id = ANY(:ids)"),
+            {"ids": ids})).scalar_one())
+
+
+async def test_concurrent_payments_share_commits_and_each_gets_its_own(
+        services: Any, make_partner: Any, watcher: Any) -> None:
+    payer, payee = await make_partner(), await make_partner()
+    source, destination = await payer.account(balance="100.00"), await payee.account(balance="0")
+    caller = await services.auth.caller_for(f"Bearer {payer.key}")
+    keys = [uuid.uuid4().hex for _ in range(50)]
+    rows = await asyncio.gather(*(services.payments.create(caller, request(source, destination, k))
+                                  for k in keys))
+    assert [r.idempotency_key for r in rows] == keys
+    assert len({r.id for r in rows}) == 50 and {r.status for r in rows} == {"PENDING"}
+    # Without sharing, 50 transactions; with at most 2 commits at a time, a handful.
+    assert await transactions_of(services, [r.id for r in rows]) <= 10
+    # Every request is in the outbox and the feed once, and each payment settles.
+    async with services.db.primary.connect() as conn:
+        queued = (await conn.execute(text(
+            "SELECT count(*) FROM outbox WHERE topic = :t AND payload->>'payment_id' = ANY(:ids)"),
+            {"t": services.settings.kafka.requested_topic,
+             "ids": [str(r.id) for r in rows]})).scalar_one()
+        pending_events = (await conn.execute(text(
+            "SELECT count(*) FROM events WHERE type = 'payment.pending' AND payment_id = ANY(:ids)"),
+            {"ids": [r.id for r in rows]})).scalar_one()
+    assert (queued, pending_events) == (50, 50)
+    for row in rows:
+        assert (await watcher.terminal(str(row.id)))["status"] == "SUCCEEDED"
+
+
+async def test_one_key_twice_in_one_commit_is_one_payment_or_a_conflict(
+        services: Any, make_partner: Any) -> None:
+    payer, payee = await make_partner(), await make_partner()
+    source, destination = await payer.account(balance="100.00"), await payee.account(balance="0")
+    caller = await services.auth.caller_for(f"Bearer {payer.key}")
+    same, other = uuid.uuid4().hex, uuid.uuid4().hex
+    # Enough calls that the duplicates wait for one commit together.
+    filler = [services.payments.create(caller, request(source, destination, uuid.uuid4().hex))
+              for _ in range(10)]
+    results = await asyncio.gather(
+        *filler,
+        services.payments.create(caller, request(source, destination, same)),
+        services.payments.create(caller, request(source, destination, same)),
+        services.payments.create(caller, request(source, destination, other, "1.00")),
+        services.payments.create(caller, request(source, destination, other, "2.00")),
+        return_exceptions=True)
+    first, second, third, fourth = results[-4:]
+    assert not isinstance(first, BaseException) and not isinstance(second, BaseException)
+    assert first.id == second.id
+    outcomes = [third, fourth]
+    conflicts = [o for o in outcomes if isinstance(o, IdempotencyConflict)]
+    accepted = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(conflicts) == 1 and len(accepted) == 1, outcomes
+    async with services.db.primary.connect() as conn:
+        counts = (await conn.execute(text(
+            "SELECT idempotency_key, count(*) FROM payments WHERE idempotency_key = ANY(:k)"
+            " GROUP BY idempotency_key"), {"k": [same, other]})).all()
+    assert sorted(int(c[1]) for c in counts) == [1, 1]
+
+
+async def test_a_payment_the_database_refuses_does_not_fail_the_others(
+        services: Any, make_partner: Any) -> None:
+    payer, payee = await make_partner(), await make_partner()
+    source, destination = await payer.account(balance="100.00"), await payee.account(balance="0")
+    caller = await services.auth.caller_for(f"Bearer {payer.key}")
+    accounts = await services.reader.accounts([uuid.UUID(source), uuid.UUID(destination)])
+    good = [await _draft(services, caller, source, destination) for _ in range(3)]
+    # A draft naming an account that does not exist: the foreign key refuses it (the service
+    # checks accounts first, so only a bug or a race could send one).
+    bad = dataclasses.replace(good[0], row=dataclasses.replace(
+        good[0].row, id=uuid.uuid4(), idempotency_key=uuid.uuid4().hex,
+        destination_account_id=uuid.uuid4()))
+    # One commit at a time: the first draft commits alone, the other three wait together.
+    settings = services.settings.model_copy(update={
+        "api": services.settings.api.model_copy(update={"accept_commits": 1})})
+    acceptance = Acceptance(settings, services.db, services.reader, services.publisher)
+    outcomes = await asyncio.gather(*(acceptance.accept(d) for d in [*good, bad]),
+                                    return_exceptions=True)
+    assert [o[1] for o in outcomes[:3] if isinstance(o, tuple)] == [True, True, True]
+    assert isinstance(outcomes[3], Exception) and "foreign key" in str(outcomes[3])
+    assert accounts  # the drafts' accounts were real
+
+
+async def _draft(services: Any, caller: Any, source: str, destination: str) -> Draft:
+    from datetime import UTC, datetime
+
+    from paystream.services.payments import _draft as draft_of
+    from paystream.services.payments import _parse
+
+    parsed = _parse(request(source, destination, uuid.uuid4().hex))
+    accounts = await services.reader.accounts([parsed.source_id, parsed.destination_id])
+    return Draft(draft_of(caller, parsed, datetime.now(UTC)), accounts[parsed.source_id],
+                 accounts[parsed.destination_id])
