@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -64,7 +64,7 @@ class PaymentRequested:
     created_at: str  # ISO 8601
 
     def encode(self) -> bytes:
-        data = {field.name: getattr(self, field.name) for field in fields(self)}  # flat: no deep copy
+        data = {f.name: getattr(self, f.name) for f in fields(self)}  # flat: no deep copy
         for name in ("payment_id", "partner_id", "source_account_id", "destination_account_id"):
             data[name] = str(data[name])
         data["type"] = "payment.requested"
@@ -221,6 +221,9 @@ class PaymentStatusEvent:
     # The event's place in the events feed (``domain.feed``), written in the transaction that
     # wrote the event. Absent from events published before the feed existed.
     cursor: str | None = None
+    # The W3C trace context the event travels with (``paystream.tracing``): not part of its
+    # JSON, but of the message's headers and of its outbox row. None when untraced.
+    trace: dict[str, str] | None = field(default=None, compare=False, repr=False)
 
     @property
     def terminal(self) -> bool:
@@ -233,7 +236,7 @@ class PaymentStatusEvent:
     def to_json(self) -> dict[str, Any]:
         # Shallow: the snapshots are plain JSON already and are only serialized from here
         # (asdict would deep-copy each of them once per event).
-        data = {field.name: getattr(self, field.name) for field in fields(self)}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "trace"}
         for name, value in data.items():
             if isinstance(value, uuid.UUID):
                 data[name] = str(value)
@@ -249,7 +252,7 @@ class PaymentStatusEvent:
             raise UndecodableMessage("type: expected payment.status")
         uuids = ("payment_id", "partner_id", "source_account_id", "destination_account_id",
                  "source_partner_id", "destination_partner_id")
-        kwargs = {name: data.get(name) for name in cls.__dataclass_fields__}
+        kwargs = {name: data.get(name) for name in cls.__dataclass_fields__ if name != "trace"}
         for name in uuids:
             kwargs[name] = _uuid(data, name)
         _int(data, "version")

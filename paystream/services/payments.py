@@ -33,6 +33,7 @@ from ..domain.metadata import Metadata, validate_metadata
 from ..domain.money import Money
 from ..domain.validation import parse_account_id, validate_idempotency_key, validate_reference
 from ..events.messages import PaymentRequested, PaymentStatusEvent
+from ..tracing import current_carrier
 from .auth import WRITE, Caller
 from .publisher import Outgoing, Publisher
 from .reads import Reader
@@ -89,11 +90,14 @@ class PaymentService:
         payload = _message(draft).encode()
         outbox_id: int | None = None
         event: PaymentStatusEvent | None = None
+        # The operation's trace goes with the request, through the outbox if need be.
+        trace = current_carrier()
         async with self._db.write_session() as session:
             row, created = await insert_pending(session, draft)
             if created:
                 outbox_id = await outbox.add(session, kafka.requested_topic,
-                                             str(row.source_account_id), payload.decode())
+                                             str(row.source_account_id), payload.decode(),
+                                             trace=trace)
                 # The PENDING event is in the events feed from the acceptance's commit on;
                 # its cursor comes with it on the status stream.
                 [event] = await events.record(
@@ -109,8 +113,9 @@ class PaymentService:
         # state anyway, and a resumed accountActivity replays it from the feed.
         assert event is not None
         self._publisher.submit(
-            Outgoing(kafka.requested_topic, str(row.source_account_id).encode(), payload, outbox_id),
-            Outgoing(kafka.status_topic, str(row.id).encode(), event.encode()),
+            Outgoing(kafka.requested_topic, str(row.source_account_id).encode(), payload, outbox_id,
+                     trace),
+            Outgoing(kafka.status_topic, str(row.id).encode(), event.encode(), trace=trace),
         )
         return row
 
@@ -167,6 +172,7 @@ class PaymentService:
         ordered = sorted(drafts.values(), key=lambda d: d[0].idempotency_key)
         payloads = {d[0].idempotency_key: _message(d[0]).encode() for d in ordered}
         parties = {d[0].idempotency_key: (d[1], d[2]) for d in ordered}
+        trace = current_carrier()
         async with self._db.write_session() as session:
             stored = await insert_pending_many(session, caller.partner_id,
                                                [d[0] for d in ordered])
@@ -174,7 +180,8 @@ class PaymentService:
             new = [(row, payloads[row.idempotency_key]) for row, created in created_rows
                    if created]
             outbox_ids = await outbox.add_many(session, kafka.requested_topic, [
-                (str(row.source_account_id), payload.decode()) for row, payload in new])
+                (str(row.source_account_id), payload.decode()) for row, payload in new],
+                trace=trace)
             # The PENDING events are in the events feed from this commit on (with cursors).
             recorded = await events.record(session, [
                 status_event(row, *parties[row.idempotency_key], with_accounts=False)
@@ -184,8 +191,8 @@ class PaymentService:
         for (row, payload), outbox_id, event in zip(new, outbox_ids, recorded, strict=True):
             outgoing += [
                 Outgoing(kafka.requested_topic, str(row.source_account_id).encode(), payload,
-                         outbox_id),
-                Outgoing(kafka.status_topic, str(row.id).encode(), event.encode()),
+                         outbox_id, trace),
+                Outgoing(kafka.status_topic, str(row.id).encode(), event.encode(), trace=trace),
             ]
             accepted.append(row)
         for index, (draft, _, _) in drafts.items():
