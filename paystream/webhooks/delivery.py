@@ -90,6 +90,7 @@ class DeliveryLoop:
         # Traced, each attempt continues the trace of the status event it delivers (the URL
         # is not recorded: partners put tokens in them).
         with span("webhook attempt", parent=delivery.trace, kind=SpanKind.CLIENT, attributes={
+                "paystream.payment_id": str(delivery.payment_id),
                 "paystream.webhook.event_id": str(delivery.event_id),
                 "paystream.webhook.endpoint_id": str(delivery.endpoint_id),
                 "paystream.webhook.type": delivery.type,
