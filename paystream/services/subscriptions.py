@@ -154,8 +154,8 @@ class Subscriptions:
 
     async def _traced_update(self, subscription: str, event: PaymentStatusEvent
                              ) -> PaymentUpdate:
-        """:meth:`_shared_update`, in a span continuing the event's trace: the change as it
-        reaches this subscriber (traced or not, it is sent right after)."""
+        """:meth:`_shared_update`, in a span continuing the event's trace (the change as it
+        reaches this subscriber; the span ends when the update is ready to send)."""
         with span(f"{subscription} update", parent=event.trace, attributes={
                 "paystream.payment_id": str(event.payment_id),
                 "paystream.payment.version": event.version,
