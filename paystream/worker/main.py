@@ -183,9 +183,10 @@ class PaymentWorker:
                            parents: dict[uuid.UUID, Carrier | None]) -> None:
         """:meth:`_post` inside a span per payment of the run, each continuing its message's
         trace; the status events are written and sent with those spans' contexts."""
-        with processing_batch(self.settings.kafka.requested_topic, parents, batch="post batch",
-                        attributes=lambda payment_id: {"paystream.payment_id": str(payment_id)}
-                        ) as traces:
+        with processing_batch(
+                self.settings.kafka.requested_topic, parents, batch="post batch",
+                attributes=lambda payment_id: {"paystream.payment_id": str(payment_id)},
+        ) as traces:
             await self._post(requests, traces)
 
     async def _post(self, requests: list[Message], traces: Traces) -> None:
