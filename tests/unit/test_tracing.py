@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from opentelemetry import trace
@@ -89,12 +91,38 @@ def test_the_standard_variable_is_the_fallback_and_ours_wins(
         settings(sample_ratio=1.5)
 
 
-def test_the_otlp_exporter_is_set_up_for_the_endpoint() -> None:
-    assert tracing.configure(settings(endpoint="http://127.0.0.1:9/"), "worker")
-    assert tracing.enabled()
-    assert AsyncPGInstrumentor().is_instrumented_by_opentelemetry  # type: ignore[no-untyped-call]
-    assert RedisInstrumentor().is_instrumented_by_opentelemetry
-    tracing.shutdown()
+def test_on_spans_go_to_the_endpoint_over_otlp_http_and_off_undoes_it() -> None:
+    """A receiver on loopback standing in for the collector: the spans arrive as OTLP
+    protobuf at <endpoint>/v1/traces when the process flushes them (here, at shutdown)."""
+    received: list[tuple[str, str, int]] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, self.headers["Content-Type"], len(body)))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Collector)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}/"
+        assert tracing.configure(settings(endpoint=endpoint), "worker")
+        assert tracing.enabled()
+        assert AsyncPGInstrumentor().is_instrumented_by_opentelemetry  # type: ignore[no-untyped-call]
+        assert RedisInstrumentor().is_instrumented_by_opentelemetry
+        with tracing.span("post batch"):
+            pass
+        tracing.shutdown()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [(path, kind) for path, kind, _ in received] == [
+        ("/v1/traces", "application/x-protobuf")]
     assert not tracing.enabled()
     assert not AsyncPGInstrumentor().is_instrumented_by_opentelemetry  # type: ignore[no-untyped-call]
     assert not RedisInstrumentor().is_instrumented_by_opentelemetry
