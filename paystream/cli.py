@@ -115,12 +115,14 @@ def worker(heartbeat_file: Path | None) -> None:
 
     With ``PAYSTREAM_METRICS__WORKER_PORT`` set, also serve Prometheus metrics there, with
     the outbox, dead-letter and lag backlogs sampled every ``SAMPLE_INTERVAL_S``."""
+    from . import tracing
     from .logging import configure_logging
     from .worker.backlog import run_observed
     from .worker.main import run_worker
 
     settings = _settings_or_exit()
     configure_logging(settings)
+    tracing.configure(settings, "worker")
     try:
         asyncio.run(run_observed(settings, run_worker(settings, handle_signals=True,
                                                       heartbeat=heartbeat_file)))
@@ -328,12 +330,14 @@ def webhooks(ctx: click.Context) -> None:
     subcommands administer partners' endpoints."""
     if ctx.invoked_subcommand is not None:
         return
+    from . import tracing
     from .logging import configure_logging
     from .webhooks.secrets import SecretsUnavailable
     from .webhooks.sender import run_sender
 
     settings = _settings_or_exit()
     configure_logging(settings)
+    tracing.configure(settings, "webhooks")
     try:
         asyncio.run(run_sender(settings, handle_signals=True))
     except SecretsUnavailable as exc:

@@ -2,12 +2,16 @@
 
 Every value comes from the environment with the prefix ``PAYSTREAM_``; nested models use a
 double underscore, for example ``PAYSTREAM_DB__PRIMARY_URL`` or ``PAYSTREAM_KAFKA__FETCH_MAX_WAIT_MS``.
-Nothing else in the package reads ``os.environ``.
+The tracing group also honours the standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` and
+``OTEL_SERVICE_NAME`` when its own variables are unset. Nothing else in the package reads
+``os.environ``.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+import os
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Dev defaults, named here so production code can refuse them without importing the dev runner.
@@ -266,6 +270,30 @@ class WebhookSettings(BaseModel):
         return self
 
 
+class OtelSettings(BaseModel):
+    """OpenTelemetry tracing (``paystream/tracing.py``; docs/operations.md, "Tracing"). Off
+    unless an endpoint is set: then nothing is set up and no message carries a trace."""
+
+    # Base URL of an OTLP/HTTP receiver (a collector): spans go to <endpoint>/v1/traces.
+    # Without PAYSTREAM_OTEL__ENDPOINT the standard OTEL_EXPORTER_OTLP_ENDPOINT is used.
+    endpoint: str = Field(
+        default_factory=lambda: os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""))
+    # The spans' service.name; empty: paystream-<role> (paystream-api, paystream-worker,
+    # paystream-webhooks, paystream-dev). Falls back to the standard OTEL_SERVICE_NAME.
+    service_name: str = Field(default_factory=lambda: os.environ.get("OTEL_SERVICE_NAME", ""))
+    # The share of traces started here that are recorded; a trace that arrives with a message
+    # keeps the decision made where it started.
+    sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _an_http_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError(f"otel.endpoint: {value!r} is not an http(s) URL like "
+                             "http://otel-collector:4318")
+        return value
+
+
 class Settings(BaseSettings):
     """All of paystream's settings.
 
@@ -288,6 +316,7 @@ class Settings(BaseSettings):
     subscriptions: SubscriptionSettings = Field(default_factory=SubscriptionSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    otel: OtelSettings = Field(default_factory=OtelSettings)
 
     @model_validator(mode="after")
     def _require_servers(self) -> Settings:
@@ -337,4 +366,6 @@ def environment_for(settings: Settings, base: dict[str, str]) -> dict[str, str]:
     key = settings.webhooks.encryption_key.get_secret_value()
     if key:
         env["PAYSTREAM_WEBHOOKS__ENCRYPTION_KEY"] = key
+    if settings.otel.endpoint:
+        env["PAYSTREAM_OTEL__ENDPOINT"] = settings.otel.endpoint
     return env

@@ -11,6 +11,7 @@ from typing import cast
 
 import click
 
+from . import tracing
 from .config import DEMO_PARTNER, Settings
 from .db import Database
 from .db.outbox import requeue_pending
@@ -158,6 +159,7 @@ def run_dev(root: Path, *, port: int) -> int:
     try:
         settings = dev_settings(endpoints, root, api={"host": "127.0.0.1", "port": port})
         configure_logging(settings)
+        tracing.configure(settings, "dev")
         # uvicorn turns SIGINT/SIGTERM into a graceful exit of server.serve().
         return asyncio.run(_serve(settings, root, port, started))
     except KeyboardInterrupt:

@@ -23,26 +23,41 @@ COMPOSE = ROOT / "docker-compose.yml"
 PAYSTREAM_ROLES = ("migrate", "api", "worker")
 LONG_RUNNING = ("kafka", "postgres-primary", "postgres-replica", "redis", "api", "worker", "nginx")
 MONITORING = ("prometheus", "grafana")  # only with `--profile monitoring`
+TRACING = ("otel-collector", "jaeger")  # only with `--profile tracing`
+TRACED_ROLES = ("api", "worker", "webhooks")
+# The variables the file interpolates: only they may change its meaning.
+INTERPOLATED = ("POSTGRES_PASSWORD", "REPLICATION_PASSWORD", "API_WORKERS", "HTTP_PORT",
+                "PROMETHEUS_PORT", "GRAFANA_PORT", "GRAFANA_ADMIN_PASSWORD",
+                "WEBHOOK_ENCRYPTION_KEY", "OTEL_ENDPOINT", "OTEL_COLLECTOR_PORT", "JAEGER_PORT")
 
 
-@pytest.fixture(scope="module")
-def config() -> dict[str, Any]:
-    """The compose file as docker-compose resolves it (anchors, defaults, interpolation)."""
+def resolve(**variables: str) -> dict[str, Any]:
+    """The compose file as docker-compose resolves it (anchors, defaults, interpolation),
+    with ``variables`` set and no other of those it interpolates."""
     binary = shutil.which("docker-compose")
     if binary is None:
         if os.environ.get("CI"):
             pytest.fail("docker-compose is not installed (CI must check the compose file)")
         pytest.skip("docker-compose is not installed")
-    # Only the variables the file interpolates may change its meaning; none is needed.
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("POSTGRES_PASSWORD", "REPLICATION_PASSWORD", "API_WORKERS", "HTTP_PORT",
-                        "PROMETHEUS_PORT", "GRAFANA_PORT", "GRAFANA_ADMIN_PASSWORD")}
+    env = {k: v for k, v in os.environ.items() if k not in INTERPOLATED} | variables
     done = subprocess.run([binary, "-f", str(COMPOSE), "config"], check=False, cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     parsed = yaml.safe_load(done.stdout)
     assert isinstance(parsed, dict)
     return parsed
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    """The file as it runs by default (no variable set)."""
+    return resolve()
+
+
+@pytest.fixture(scope="module")
+def traced() -> dict[str, Any]:
+    """The file with tracing turned on, as docs/operations.md says to."""
+    return resolve(OTEL_ENDPOINT="http://otel-collector:4318")
 
 
 def service(config: dict[str, Any], name: str) -> dict[str, Any]:
@@ -186,7 +201,7 @@ def test_load_balancer_passes_websockets_to_the_api(config) -> None:
 def test_monitoring_profile_scrapes_every_api_and_worker_replica(config) -> None:
     for name in MONITORING:
         assert service(config, name).get("profiles") == ["monitoring"], name
-    for name in LONG_RUNNING + ("migrate",):
+    for name in LONG_RUNNING + ("migrate", "webhooks"):
         assert not service(config, name).get("profiles"), f"{name} must run without a profile"
     prometheus = service(config, "prometheus")
     assert any("deploy/prometheus:/etc/prometheus" in str(v) for v in prometheus["volumes"])
@@ -211,3 +226,50 @@ def test_monitoring_profile_scrapes_every_api_and_worker_replica(config) -> None
             host_ip = port_spec.get("host_ip") if isinstance(port_spec, dict) \
                 else str(port_spec).split(":")[0]
             assert host_ip == "127.0.0.1", (name, port_spec)
+
+
+def settings_of(config: dict[str, Any], role: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The role's settings from its environment in ``config`` (and nothing else's)."""
+    for name in list(os.environ):
+        if name.startswith(("PAYSTREAM_", "OTEL_")):
+            monkeypatch.delenv(name)
+    for name, value in service(config, role)["environment"].items():
+        monkeypatch.setenv(name, str(value))
+    return Settings()
+
+
+@pytest.mark.parametrize("role", TRACED_ROLES)
+def test_tracing_is_off_by_default(config, role, monkeypatch) -> None:
+    assert settings_of(config, role, monkeypatch).otel.endpoint == ""
+
+
+@pytest.mark.parametrize("role", TRACED_ROLES)
+def test_the_tracing_profile_sends_every_role_to_the_collector(traced, role, monkeypatch) -> None:
+    """`OTEL_ENDPOINT=http://otel-collector:4318 docker compose --profile tracing up`: the roles
+    send spans to the collector, which sends them to Jaeger; the UI is on localhost."""
+    assert settings_of(traced, role, monkeypatch).otel.endpoint == "http://otel-collector:4318"
+    for name in TRACING:
+        assert service(traced, name).get("profiles") == ["tracing"], name
+    collector = service(traced, "otel-collector")
+    assert "4318" in [str(p) for p in collector.get("expose", [])]
+    mounts = " ".join(str(v) for v in collector["volumes"])
+    assert "deploy/otel/collector.yaml:/etc/otelcol/collector.yaml" in mounts
+    assert "--config=/etc/otelcol/collector.yaml" in collector["command"]
+    pipeline = yaml.safe_load((ROOT / "deploy" / "otel" / "collector.yaml").read_text())
+    assert pipeline["receivers"]["otlp"]["protocols"]["http"]["endpoint"] == "0.0.0.0:4318"
+    traces = pipeline["service"]["pipelines"]["traces"]
+    assert traces["receivers"] == ["otlp"]
+    assert {pipeline["exporters"][e]["endpoint"] for e in traces["exporters"]} == {"jaeger:4317"}
+    assert all(p in pipeline["processors"] for p in traces["processors"])
+    jaeger = service(traced, "jaeger")
+    assert "4317" in [str(p) for p in jaeger.get("expose", [])]
+    for name in TRACING:
+        for port_spec in service(traced, name)["ports"]:
+            host_ip = port_spec.get("host_ip") if isinstance(port_spec, dict) \
+                else str(port_spec).split(":")[0]
+            assert host_ip == "127.0.0.1", (name, port_spec)
+    # docker-compose 1.x: "127.0.0.1:16686:16686/tcp"; 2.x: {"target": 16686, ...}.
+    ui = [p for p in jaeger["ports"]
+          if str(p.get("target") if isinstance(p, dict) else p).split("/")[0].endswith(":16686")
+          or (isinstance(p, dict) and p.get("target") == 16686)]
+    assert ui, jaeger["ports"]

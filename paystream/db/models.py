@@ -139,3 +139,5 @@ class OutboxEvent(Base):
     payload: Mapped[dict[str, object]] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The W3C trace context of whoever wrote the row (migration 0010; NULL untraced).
+    trace: Mapped[dict[str, str] | None] = mapped_column(JSONB)

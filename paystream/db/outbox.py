@@ -3,26 +3,31 @@
 Two kinds of rows share the table: the API's ``payments.requested`` messages (a request is
 accepted when its payment and its message commit together) and the worker's status events.
 Whoever produces a row marks it sent; the relay produces whatever is left unsent, in id order.
+A row keeps the trace context of whoever wrote it (``trace``, migration 0010), which the
+producer sends on in the message's headers.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import text
 
+from ..tracing import Carrier
 from .engine import ReadSession, WriteSession
 
 _INSERT = text(
-    "INSERT INTO outbox (topic, key, payload) VALUES (:topic, :key, CAST(:payload AS jsonb))"
-    " RETURNING id"
+    "INSERT INTO outbox (topic, key, payload, trace)"
+    " VALUES (:topic, :key, CAST(:payload AS jsonb), CAST(:trace AS jsonb)) RETURNING id"
 )
 # Many rows in one statement, in the order given (ids follow it: one sequence, one insert).
 _INSERT_MANY = text(
-    "INSERT INTO outbox (topic, key, payload)"
-    " SELECT :topic, k, CAST(p AS jsonb) FROM unnest(CAST(:keys AS text[]),"
-    "   CAST(:payloads AS text[])) WITH ORDINALITY AS u(k, p, ord) ORDER BY ord"
+    "INSERT INTO outbox (topic, key, payload, trace)"
+    " SELECT :topic, k, CAST(p AS jsonb), CAST(t AS jsonb) FROM unnest(CAST(:keys AS text[]),"
+    "   CAST(:payloads AS text[]), CAST(:traces AS text[])) WITH ORDINALITY AS u(k, p, t, ord)"
+    " ORDER BY ord"
     " RETURNING id"
 )
 _MARK_SENT = text(
@@ -31,7 +36,7 @@ _MARK_SENT = text(
 # SKIP LOCKED: relays in several workers share the backlog instead of all producing it. The
 # rows are committed facts, so producing them while their locks are held is safe.
 _CLAIM_UNSENT = text(
-    "SELECT id, topic, key, payload::text FROM outbox"
+    "SELECT id, topic, key, payload::text, trace::text FROM outbox"
     " WHERE sent_at IS NULL AND created_at < now() - make_interval(secs => :age)"
     " ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
 )
@@ -74,22 +79,35 @@ class OutboxRow:
     topic: str
     key: str
     payload: str
+    trace: Carrier | None = None
 
 
-async def add(session: WriteSession, topic: str, key: str, payload: str) -> int:
-    """One row, in the caller's transaction; returns its id."""
-    return int((await session.execute(_INSERT, {"topic": topic, "key": key, "payload": payload}))
-               .scalar_one())
+def trace_json(trace: Carrier | None) -> str | None:
+    """A trace context as the ``trace`` column's text (NULL when there is none)."""
+    return json.dumps(trace) if trace else None
+
+
+def trace_from_json(raw: str | None) -> Carrier | None:
+    return dict(json.loads(raw)) if raw else None
+
+
+async def add(session: WriteSession, topic: str, key: str, payload: str, *,
+              trace: Carrier | None = None) -> int:
+    """One row, in the caller's transaction; returns its id. ``trace``: the context the
+    message is sent on with."""
+    return int((await session.execute(_INSERT, {"topic": topic, "key": key, "payload": payload,
+                                                "trace": trace_json(trace)})).scalar_one())
 
 
 async def add_many(session: WriteSession, topic: str,
-                   messages: Sequence[tuple[str, str]]) -> list[int]:
-    """Rows of (key, payload) on one topic, in the caller's transaction, in one statement;
-    returns their ids in the order given."""
+                   messages: Sequence[tuple[str, str, Carrier | None]]) -> list[int]:
+    """Rows of (key, payload, trace) on one topic, in the caller's transaction, in one
+    statement; returns their ids in the order given."""
     if not messages:
         return []
     result = await session.execute(_INSERT_MANY, {
-        "topic": topic, "keys": [m[0] for m in messages], "payloads": [m[1] for m in messages]})
+        "topic": topic, "keys": [m[0] for m in messages], "payloads": [m[1] for m in messages],
+        "traces": [trace_json(m[2]) for m in messages]})
     # Ids come from one sequence in insertion order; RETURNING's order is not promised, so
     # sort them back.
     return sorted(int(i) for i in result.scalars())
@@ -104,7 +122,7 @@ async def claim_unsent(session: WriteSession, *, min_age_s: float, limit: int) -
     """Unsent rows older than ``min_age_s``, oldest first, locked until the caller's
     transaction ends (other relays skip them)."""
     rows = await session.execute(_CLAIM_UNSENT, {"age": min_age_s, "limit": limit})
-    return [OutboxRow(int(r[0]), r[1], r[2], r[3]) for r in rows]
+    return [OutboxRow(int(r[0]), r[1], r[2], r[3], trace_from_json(r[4])) for r in rows]
 
 
 async def prune_sent(session: WriteSession, *, retention_days: float, requested_topic: str,

@@ -17,7 +17,9 @@ from typing import Any
 
 from sqlalchemy import text
 
+from ..tracing import Carrier
 from .engine import ReadSession, WriteSession
+from .outbox import trace_from_json, trace_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,7 @@ class ScheduledEvent:
     version: int
     type: str
     body: str
+    trace: Carrier | None = None  # the status event's trace, continued by each attempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,7 @@ class ClaimedDelivery:
     secret_ciphertext: bytes
     previous_secret_ciphertext: bytes | None
     previous_secret_expires_at: datetime | None
+    trace: Carrier | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,19 +179,22 @@ async def schedule(session: WriteSession, events: Sequence[ScheduledEvent]) -> i
     if not events:
         return 0
     result = await session.execute(text(
-        "INSERT INTO webhook_events (event_id, endpoint_id, payment_id, version, type, body)"
-        " SELECT r.event_id, r.endpoint_id, r.payment_id, r.version, r.type, r.body"
+        "INSERT INTO webhook_events (event_id, endpoint_id, payment_id, version, type, body,"
+        "                            trace)"
+        " SELECT r.event_id, r.endpoint_id, r.payment_id, r.version, r.type, r.body,"
+        "        CAST(r.trace AS jsonb)"
         " FROM unnest(CAST(:event_ids AS uuid[]), CAST(:endpoint_ids AS uuid[]),"
         "             CAST(:payment_ids AS uuid[]), CAST(:versions AS integer[]),"
-        "             CAST(:types AS text[]), CAST(:bodies AS text[]))"
-        "      AS r(event_id, endpoint_id, payment_id, version, type, body)"
+        "             CAST(:types AS text[]), CAST(:bodies AS text[]), CAST(:traces AS text[]))"
+        "      AS r(event_id, endpoint_id, payment_id, version, type, body, trace)"
         " WHERE NOT EXISTS (SELECT 1 FROM webhook_events e WHERE e.endpoint_id = r.endpoint_id"
         "                   AND e.payment_id = r.payment_id AND e.version > r.version)"
         " ON CONFLICT (endpoint_id, event_id) DO NOTHING"),
         {"event_ids": [e.event_id for e in events],
          "endpoint_ids": [e.endpoint_id for e in events],
          "payment_ids": [e.payment_id for e in events], "versions": [e.version for e in events],
-         "types": [e.type for e in events], "bodies": [e.body for e in events]})
+         "types": [e.type for e in events], "bodies": [e.body for e in events],
+         "traces": [trace_json(e.trace) for e in events]})
     return int(result.rowcount or 0)  # type: ignore[attr-defined]  # a CursorResult; typed as Result
 
 
@@ -210,7 +217,7 @@ FROM due, webhook_endpoints ep
 WHERE e.id = due.id AND ep.id = e.endpoint_id
 RETURNING e.id, e.event_id, e.endpoint_id, e.payment_id, e.version, e.type, e.body,
           e.attempts AS attempt, ep.url, ep.secret_ciphertext, ep.previous_secret_ciphertext,
-          ep.previous_secret_expires_at
+          ep.previous_secret_expires_at, e.trace::text AS trace
 """)
 
 
@@ -225,6 +232,7 @@ async def claim_due(session: WriteSession, *, limit: int, lease_s: float,
         for name in ("secret_ciphertext", "previous_secret_ciphertext"):
             if data[name] is not None:
                 data[name] = bytes(data[name])
+        data["trace"] = trace_from_json(data["trace"])
         claimed.append(ClaimedDelivery(**data))
     return sorted(claimed, key=lambda c: (c.payment_id, c.version))
 

@@ -1,13 +1,17 @@
-"""Producer and consumer construction shared by the API, the worker and the relay."""
+"""Producer and consumer construction shared by the API, the worker and the relay, and the
+decoding of consumed status events."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 from ..config import KafkaSettings
+from ..tracing import carrier_of_headers
+from .messages import PaymentStatusEvent
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,14 @@ def make_consumer(
         request_timeout_ms=max(settings.request_timeout_ms, 40_000),
         **options,
     )
+
+
+def status_event_of(record: ConsumerRecord[bytes, bytes]) -> PaymentStatusEvent:
+    """The event a ``payments.status`` record carries, with the trace context of its headers;
+    raises :class:`~.messages.UndecodableMessage`."""
+    event = PaymentStatusEvent.decode(record.value)
+    trace = carrier_of_headers(record.headers)
+    return event if trace is None else replace(event, trace=trace)
 
 
 async def start_with_retry(client: AIOKafkaProducer | AIOKafkaConsumer, *, attempts: int = 30) -> None:

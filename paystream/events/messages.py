@@ -12,7 +12,7 @@ definition of each.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -204,6 +204,9 @@ class PaymentStatusEvent:
     # The event's place in the events feed (``domain.feed``), written in the transaction that
     # wrote the event.
     cursor: str | None = None
+    # The W3C trace context the event travels with (``paystream.tracing``): not part of its
+    # JSON, but of the message's headers and of its outbox row. None when untraced.
+    trace: dict[str, str] | None = field(default=None, compare=False, repr=False)
     type: Literal["payment.status"] = "payment.status"
     schema: int = 2
 
@@ -236,7 +239,7 @@ class PaymentStatusEvent:
         return self.payment.source_account_id, self.payment.destination_account_id
 
     def encode(self) -> bytes:
-        return _STATUS.dump_json(self)
+        return _STATUS.dump_json(self, exclude={"trace"})
 
     def to_json_text(self) -> str:
         return self.encode().decode()
@@ -245,7 +248,9 @@ class PaymentStatusEvent:
     def decode(cls, raw: bytes | str | None) -> PaymentStatusEvent:
         """An event of schema 2, or of schema 1 (whose flat copies of the payment's fields
         beside its snapshot are ignored)."""
-        return _decode(_STATUS, raw)  # type: ignore[no-any-return]  # the adapter's type
+        event: PaymentStatusEvent = _decode(_STATUS, raw)
+        # A "trace" in the JSON is not the message's context (that comes in its headers).
+        return event if event.trace is None else replace(event, trace=None)
 
 
 _OBJECT: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])

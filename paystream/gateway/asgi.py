@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 
+from .. import tracing
 from ..config import Settings
 from ..logging import configure_logging
 from .app import create_app
@@ -13,4 +14,5 @@ def app() -> Starlette:
     """Build the app from the environment's settings (each uvicorn worker calls this once)."""
     settings = Settings()
     configure_logging(settings)
+    tracing.configure(settings, "api")
     return create_app(settings)

@@ -10,7 +10,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from graphql import DocumentNode, GraphQLError, OperationDefinitionNode
+from graphql import DocumentNode, FieldNode, GraphQLError, OperationDefinitionNode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from strawberry.http import GraphQLRequestData
 from strawberry.http.websocket_origin import normalize_allowed_origins
 from strawberry.types import ExecutionResult
@@ -22,6 +23,7 @@ from ..schema.context import Context
 from ..schema.limits import cached_parser
 from ..services.app import Services
 from ..services.payments import check_batch_size
+from ..tracing import span
 from .apq import PersistedQueries, PersistedQueryError
 from .bulk import bulk_size
 from .ratelimit import RateLimiter, retry_after_header
@@ -48,6 +50,17 @@ class OperationGate:
 
     async def run(self, data: GraphQLRequestData, context: Context, sub_response: Any,
                   execute: Execute) -> ExecutionResult:
+        # Traced (paystream.tracing), the operation is a span, and what it does (the database,
+        # Redis, the messages it sends) is in its trace.
+        with span("graphql", kind=SpanKind.SERVER,
+                  attributes={"paystream.request_id": context.request_id or ""}) as current:
+            result = await self._run(data, context, sub_response, execute, current)
+            if current is not None:
+                _describe_span(current, result)
+            return result
+
+    async def _run(self, data: GraphQLRequestData, context: Context, sub_response: Any,
+                   execute: Execute, current: Span | None) -> ExecutionResult:
         name, kind = "unknown", "query"
         started = time.perf_counter()
         result: ExecutionResult | None = None
@@ -60,6 +73,8 @@ class OperationGate:
             query = resolved.query
             try:
                 name, kind, operation = self._describe(query, data.operation_name)
+                if current is not None:
+                    _name_span(current, name, kind, operation)
                 if kind == "subscription":
                     # Strawberry would run it as a single result and fail it as INTERNAL.
                     raise BadUserInput("subscriptions are served over the websocket at /graphql")
@@ -154,6 +169,30 @@ class OperationGate:
         sub_response.headers["Retry-After"] = retry_after_header(wait)
         return ExecutionResult(data=None, errors=[GraphQLError(error.message,
                                                                extensions=extensions)])
+
+
+def _name_span(current: Span, name: str, kind: str,
+               operation: OperationDefinitionNode | None) -> None:
+    """``<type> <operation name>``, or ``<type> <root fields>`` for an anonymous operation
+    (``mutation createPayment``): the name the metrics use, bounded the same way."""
+    fields = sorted({s.name.value for s in operation.selection_set.selections
+                     if isinstance(s, FieldNode)}) if operation is not None else []
+    label = ",".join(fields) if name == "anonymous" and fields else name
+    current.update_name(f"{kind} {label}")
+    current.set_attribute("graphql.operation.type", kind)
+    current.set_attribute("graphql.operation.name", name)
+    if fields:
+        current.set_attribute("paystream.graphql.fields", fields)
+
+
+def _describe_span(current: Span, result: ExecutionResult) -> None:
+    """The error codes of the result; an error status only for the server's own failures
+    (INTERNAL, UNAVAILABLE): a client's bad input is not a fault of the service."""
+    codes = sorted({str((e.extensions or {}).get("code", "UNKNOWN")) for e in result.errors or []})
+    if codes:
+        current.set_attribute("paystream.graphql.error_codes", codes)
+    if {"INTERNAL", "UNAVAILABLE"} & set(codes):
+        current.set_status(Status(StatusCode.ERROR, ",".join(codes)))
 
 
 def _refusal(error: PaystreamError, context: Context) -> ExecutionResult:

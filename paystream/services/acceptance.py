@@ -27,6 +27,7 @@ from ..db.payments import IdempotencySlot, insert_pending_many
 from ..domain.entities import AccountRow, PaymentRow
 from ..domain.errors import Unavailable
 from ..events.messages import PaymentRequested, PaymentStatusEvent
+from ..tracing import Carrier
 from .publisher import Outgoing, Publisher
 from .reads import Reader
 
@@ -42,6 +43,7 @@ class Draft:
     row: PaymentRow
     source: AccountRow
     destination: AccountRow
+    trace: Carrier | None = None  # the accepting operation's trace context
 
     @property
     def slot(self) -> IdempotencySlot:
@@ -128,8 +130,8 @@ class Acceptance:
             new = [(stored[d.slot][0], d) for d in ordered if stored[d.slot][1]]
             payloads = [PaymentRequested.of(row).encode() for row, _ in new]
             outbox_ids = await outbox.add_many(session, kafka.requested_topic, [
-                (str(row.source_account_id), payload.decode())
-                for (row, _), payload in zip(new, payloads, strict=True)])
+                (str(row.source_account_id), payload.decode(), d.trace)
+                for (row, d), payload in zip(new, payloads, strict=True)])
             # The PENDING events are in the events feed from this commit on (with cursors).
             recorded = await events.record(session, [
                 PaymentStatusEvent.of(row, d.source, d.destination, with_accounts=False)
@@ -140,12 +142,12 @@ class Acceptance:
         # effort on the stream (not in the outbox): a watcher starts from the current state
         # anyway, and a resumed accountActivity replays them from the feed.
         outgoing: list[Outgoing] = []
-        for (row, _), payload, outbox_id, event in zip(new, payloads, outbox_ids, recorded,
+        for (row, d), payload, outbox_id, event in zip(new, payloads, outbox_ids, recorded,
                                                        strict=True):
             outgoing += [
                 Outgoing(kafka.requested_topic, str(row.source_account_id).encode(), payload,
-                         outbox_id),
-                Outgoing(kafka.status_topic, str(row.id).encode(), event.encode()),
+                         outbox_id, d.trace),
+                Outgoing(kafka.status_topic, str(row.id).encode(), event.encode(), trace=d.trace),
             ]
         self._publisher.submit(*outgoing)
         return stored

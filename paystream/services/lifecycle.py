@@ -24,6 +24,7 @@ from ..domain.money import Money
 from ..domain.status import PaymentStatus
 from ..domain.validation import parse_uuid
 from ..events.messages import CommandType, PaymentCommand
+from ..tracing import current_carrier
 from .auth import WRITE, Caller
 from .publisher import Outgoing, Publisher
 from .reads import Reader
@@ -81,10 +82,11 @@ class LifecycleService:
                 return row
             await record_action(session, row.id, action.value, capture_minor)
             message = _command(row, action, capture_minor).encode()
+            trace = current_carrier()
             outbox_id = await outbox.add(session, topic, str(row.source_account_id),
-                                         message.decode())
+                                         message.decode(), trace=trace)
         self._publisher.submit(
-            Outgoing(topic, str(row.source_account_id).encode(), message, outbox_id))
+            Outgoing(topic, str(row.source_account_id).encode(), message, outbox_id, trace))
         return row
 
 

@@ -30,6 +30,7 @@ from ..domain.lifecycle import validate_authorization_ttl
 from ..domain.metadata import Metadata, validate_metadata
 from ..domain.money import Money
 from ..domain.validation import parse_account_id, validate_idempotency_key, validate_reference
+from ..tracing import current_carrier
 from .acceptance import Acceptance, Draft
 from .auth import WRITE, Caller
 from .publisher import Publisher
@@ -82,8 +83,10 @@ class PaymentService:
         accounts = await self._reader.accounts([parsed.source_id, parsed.destination_id])
         source, destination = _check_accounts(caller, parsed, accounts)
         draft = _draft(caller, parsed, datetime.now(UTC))
-        # Committed with whatever other createPayment calls wait meanwhile (acceptance.py).
-        row, created = await self._acceptance.accept(Draft(draft, source, destination))
+        # Committed with whatever other createPayment calls wait meanwhile (acceptance.py);
+        # the operation's trace goes with its request, through the outbox if need be.
+        row, created = await self._acceptance.accept(
+            Draft(draft, source, destination, current_carrier()))
         if not created:
             # Its request was committed with it the first time: nothing to produce again.
             _check_replay(row, draft)
@@ -136,8 +139,9 @@ class PaymentService:
 
     async def _accept_many(self, drafts: dict[int, tuple[PaymentRow, AccountRow, AccountRow]],
                            answers: list[PaymentRow | PaystreamError | None]) -> None:
+        trace = current_carrier()
         stored = await self._acceptance.accept_many(
-            [Draft(*parts) for parts in drafts.values()])
+            [Draft(*parts, trace) for parts in drafts.values()])
         for index, (draft, _, _) in drafts.items():
             row, created = stored[draft.partner_id, draft.idempotency_key]
             try:

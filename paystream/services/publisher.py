@@ -24,18 +24,21 @@ from ..config import Settings
 from ..db import Database
 from ..db.outbox import mark_sent
 from ..domain.errors import Unavailable
+from ..tracing import Carrier, sending
 
 log = logging.getLogger("paystream.publisher")
 
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """A message to produce; ``outbox_id`` is its committed row (None: best effort only)."""
+    """A message to produce; ``outbox_id`` is its committed row (None: best effort only);
+    ``trace`` the context it is sent on with (the operation that accepted it)."""
 
     topic: str
     key: bytes
     value: bytes
     outbox_id: int | None = None
+    trace: Carrier | None = None
 
 
 class LazyProducer:
@@ -189,7 +192,9 @@ class Publisher:
         # asyncio.timeout, not wait_for: it never swallows a cancellation (see stop()).
         async with asyncio.timeout(timeout):
             for message in batch:
-                futures.append(await producer.send(message.topic, message.value, key=message.key))
+                with sending(message.topic, message.trace) as headers:
+                    futures.append(await producer.send(message.topic, message.value,
+                                                       key=message.key, headers=headers))
             results = await asyncio.gather(*futures, return_exceptions=True)
         sent = [m.outbox_id for m, r in zip(batch, results, strict=True)
                 if m.outbox_id is not None and not isinstance(r, BaseException)]

@@ -36,6 +36,7 @@ from ..domain.money import Money
 from ..domain.status import PaymentStatus
 from ..domain.validation import parse_uuid, validate_idempotency_key, validate_reference
 from ..events.messages import RefundRequested
+from ..tracing import current_carrier
 from .auth import READ, WRITE, Caller
 from .publisher import Outgoing, Publisher
 
@@ -112,10 +113,11 @@ class RefundService:
                 refund_id=row.id, payment_id=payment.id, partner_id=caller.partner_id,
                 source_account_id=payment.source_account_id, amount_minor=amount,
                 created_at=now.isoformat()).encode()
+            trace = current_carrier()
             outbox_id = await outbox.add(session, topic, str(payment.source_account_id),
-                                         message.decode())
+                                         message.decode(), trace=trace)
         self._publisher.submit(
-            Outgoing(topic, str(payment.source_account_id).encode(), message, outbox_id))
+            Outgoing(topic, str(payment.source_account_id).encode(), message, outbox_id, trace))
         return row
 
     async def of_payments(self, caller: Caller, payment_ids: list[uuid.UUID]

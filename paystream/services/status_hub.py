@@ -18,6 +18,7 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -26,7 +27,7 @@ from ..cache import ACCOUNT, PAYMENT, VersionedCache
 from ..cache.entities import account_entry, payment_entry
 from ..config import Settings
 from ..domain.errors import Unavailable
-from ..events.kafka import make_consumer
+from ..events.kafka import make_consumer, status_event_of
 from ..events.messages import PaymentStatusEvent, UndecodableMessage
 from ..metrics import (
     CONSUMER_LAG,
@@ -35,6 +36,7 @@ from ..metrics import (
     subscription_opened,
 )
 from ..retry import until_done
+from ..tracing import processing
 
 log = logging.getLogger("paystream.status")
 
@@ -244,12 +246,20 @@ class StatusHub:
             redis = self._settings.redis
             await self._cache.put_many(PAYMENT, payments, redis.payment_ttl_s)
             await self._cache.put_many(ACCOUNT, accounts, redis.account_ttl_s)
+        topic = self._settings.kafka.status_topic
         for event in good:
             watchers = set(self._by_payment.get(event.payment_id, ()))
             for account_id in event.account_ids:
                 watchers.update(self._by_account.get(account_id, ()))
-            for watch in watchers:
-                watch.push(event)
+            # Traced, the event's trace goes on through this process to its subscribers.
+            with processing(topic, event.trace, {
+                    "paystream.payment_id": str(event.payment_id),
+                    "paystream.payment.version": event.version,
+                    "paystream.subscribers": len(watchers)}) as trace:
+                if trace is not event.trace:
+                    event = replace(event, trace=trace)
+                for watch in watchers:
+                    watch.push(event)
 
 
 def _cache_entries(event: PaymentStatusEvent) -> tuple[
@@ -264,11 +274,11 @@ def _keep_newest(entries: dict[uuid.UUID, tuple[int, dict[str, Any]]], key: uuid
         entries[key] = (version, payload)
 
 
-def _decode(records: Iterable[object]) -> list[PaymentStatusEvent]:
+def _decode(records: Iterable[Any]) -> list[PaymentStatusEvent]:
     events = []
     for record in records:
         try:
-            events.append(PaymentStatusEvent.decode(record.value))  # type: ignore[attr-defined]  # aiokafka's records are untyped
+            events.append(status_event_of(record))
         except UndecodableMessage as exc:
             # Counted with the events that cannot be applied: either way, one bad event.
             log.warning("status event skipped: undecodable: %s", exc)

@@ -31,6 +31,7 @@ from ..domain.feed import EventPosition, decode_event_cursor
 from ..domain.status import is_terminal
 from ..domain.validation import parse_uuid
 from ..events.messages import PaymentStatusEvent
+from ..tracing import span
 from .auth import READ, Caller
 from .reads import Reader
 from .status_hub import StatusHub, Watch, WatchClosed
@@ -87,7 +88,7 @@ class Subscriptions:
                 event = await _next(watch)
                 if event.version <= sent:
                     continue  # a replay, or a state the first read already showed
-                current = await self._shared_update(event)
+                current = await self._traced_update("paymentStatus", event)
                 sent = current.payment.version
                 yield current
 
@@ -131,7 +132,7 @@ class Subscriptions:
             while True:
                 event = await _next(watch)
                 if first_time(event):
-                    yield await self._shared_update(event)
+                    yield await self._traced_update("accountActivity", event)
 
     async def _replay(self, account_id: uuid.UUID, owner_id: uuid.UUID,
                       position: EventPosition) -> AsyncGenerator[PaymentStatusEvent, None]:
@@ -149,6 +150,16 @@ class Subscriptions:
             if len(records) < _REPLAY_PAGE:
                 return
             position = records[-1].position
+
+    async def _traced_update(self, subscription: str, event: PaymentStatusEvent
+                             ) -> PaymentUpdate:
+        """:meth:`_shared_update`, in a span continuing the event's trace (the change as it
+        reaches this subscriber; the span ends when the update is ready to send)."""
+        with span(f"{subscription} update", parent=event.trace, attributes={
+                "paystream.payment_id": str(event.payment_id),
+                "paystream.payment.version": event.version,
+                "paystream.payment.status": event.status}):
+            return await self._shared_update(event)
 
     async def _shared_update(self, event: PaymentStatusEvent) -> PaymentUpdate:
         """The update for ``event``, built once for all the subscribers it reaches."""

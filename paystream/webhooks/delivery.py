@@ -20,12 +20,14 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import httpx
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ..config import WebhookSettings
 from ..db import Database
 from ..db.webhooks import ClaimedDelivery, claim_due, record_attempt
 from ..domain.webhooks import retry_delay_s, signature_header
 from ..retry import until_done
+from ..tracing import span
 from .secrets import SecretBox, SecretsUnavailable
 from .urls import Resolver, UrlRefused, check_url
 
@@ -85,6 +87,22 @@ class DeliveryLoop:
                                    busy_endpoints=busy)
 
     async def _attempt(self, delivery: ClaimedDelivery) -> None:
+        # Traced, each attempt continues the trace of the status event it delivers (the URL
+        # is not recorded: partners put tokens in them).
+        with span("webhook attempt", parent=delivery.trace, kind=SpanKind.CLIENT, attributes={
+                "paystream.payment_id": str(delivery.payment_id),
+                "paystream.webhook.event_id": str(delivery.event_id),
+                "paystream.webhook.endpoint_id": str(delivery.endpoint_id),
+                "paystream.webhook.type": delivery.type,
+                "paystream.webhook.attempt": delivery.attempt}) as current:
+            status = await self._post_and_settle(delivery)
+            if current is not None:
+                if status is not None:
+                    current.set_attribute("http.response.status_code", status)
+                if status is None or not 200 <= status < 300:
+                    current.set_status(Status(StatusCode.ERROR, "not delivered"))
+
+    async def _post_and_settle(self, delivery: ClaimedDelivery) -> int | None:
         try:
             status, error = await self.post(delivery)
             delivered = status is not None and 200 <= status < 300
@@ -111,6 +129,7 @@ class DeliveryLoop:
                 log.warning("webhook %s to endpoint %s failed (attempt %d: %s); %s", delivery.event_id,
                             delivery.endpoint_id, delivery.attempt, error,
                             "given up" if state == "FAILED" else f"retry in {delay:.1f} s")
+            return status
         finally:
             self._in_flight[delivery.endpoint_id] -= 1
             if self._in_flight[delivery.endpoint_id] <= 0:

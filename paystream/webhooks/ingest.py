@@ -13,6 +13,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
@@ -23,9 +24,10 @@ from ..db.accounts import accounts_by_ids
 from ..db.webhooks import ScheduledEvent, enabled_endpoints_for, schedule
 from ..domain.entities import AccountRow
 from ..domain.webhooks import event_id
-from ..events.kafka import make_consumer
+from ..events.kafka import make_consumer, status_event_of
 from ..events.messages import PaymentStatusEvent, UndecodableMessage
 from ..retry import until_done
+from ..tracing import processing_batch
 from .payload import kind_of, webhook_body
 
 log = logging.getLogger("paystream.webhooks")
@@ -71,7 +73,8 @@ async def schedule_events(session: WriteSession, events: Sequence[PaymentStatusE
                                                            endpoint.partner_id)
             rows.append(ScheduledEvent(
                 event_id=identity, endpoint_id=endpoint.id, payment_id=event.payment_id,
-                version=event.version, type=kind, body=bodies[endpoint.partner_id]))
+                version=event.version, type=kind, body=bodies[endpoint.partner_id],
+                trace=event.trace))
     return await schedule(session, rows)
 
 
@@ -103,16 +106,26 @@ class Ingest:
         events = []
         for record in records:
             try:
-                events.append(PaymentStatusEvent.decode(record.value))
+                events.append(status_event_of(record))
             except UndecodableMessage as exc:
                 log.warning("undecodable status event at offset %d skipped: %s",
                             record.offset, exc)
 
-        async def once() -> int:
-            async with self._db.write_session() as session:
-                return await schedule_events(session, events)
+        # Traced, each event is scheduled in a span continuing its trace, and its rows keep
+        # that span's context for the attempts.
+        with processing_batch(
+                self._settings.kafka.status_topic,
+                {(e.payment_id, e.version): e.trace for e in events}, batch="schedule webhooks",
+                attributes=lambda key: {"paystream.payment_id": str(key[0]),
+                                        "paystream.payment.version": key[1]}) as traces:
+            traced = [e if traces[(e.payment_id, e.version)] is e.trace
+                      else replace(e, trace=traces[(e.payment_id, e.version)]) for e in events]
 
-        added = await until_done("scheduling webhooks", once) if events else 0
+            async def once() -> int:
+                async with self._db.write_session() as session:
+                    return await schedule_events(session, traced)
+
+            added = await until_done("scheduling webhooks", once) if traced else 0
         self.scheduled += added
         if added and self._on_scheduled is not None:
             self._on_scheduled()

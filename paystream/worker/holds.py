@@ -33,7 +33,7 @@ from ..events.messages import (
     PaymentStatusEvent,
     RefundRequested,
 )
-from .posting import BatchResult, write_status_events
+from .posting import BatchResult, Traces, write_status_events
 
 CAPTURE = "payment.capture_requested"
 CANCEL = "payment.cancel_requested"
@@ -96,7 +96,7 @@ def disagreement(command: PaymentCommand, row: PaymentRow | None, requested: str
 
 
 async def post_commands(session: WriteSession, commands: Sequence[PaymentCommand], *,
-                        status_topic: str) -> BatchResult:
+                        status_topic: str, traces: Traces | None = None) -> BatchResult:
     """Apply each command whose payment is still AUTHORIZED. The caller commits."""
     locked = await _lock(session, _LOCK_PAYMENTS, {"ids": list({c.payment_id for c in commands})})
     rejected: list[tuple[PaymentRequested | PaymentCommand | RefundRequested, str]] = []
@@ -109,7 +109,7 @@ async def post_commands(session: WriteSession, commands: Sequence[PaymentCommand
         elif row is not None and row.status == PaymentStatus.AUTHORIZED:
             chosen.setdefault(row.id, command.type)
     result = await _apply(session, {i: (locked[i][0], locked[i][2], t) for i, t in chosen.items()},
-                          status_topic=status_topic)
+                          status_topic=status_topic, traces=traces)
     return replace(result, skipped=len(commands) - len(chosen) - len(rejected),
                    rejected=rejected)
 
@@ -129,7 +129,7 @@ async def _lock(session: WriteSession, statement: object, params: dict[str, obje
 
 async def _apply(session: WriteSession,
                  work: dict[uuid.UUID, tuple[PaymentRow, int | None, str]], *,
-                 status_topic: str) -> BatchResult:
+                 status_topic: str, traces: Traces | None = None) -> BatchResult:
     if not work:
         return BatchResult(events=[], outbox_ids=[], skipped=0)
     account_ids = sorted({a for row, _, _ in work.values()
@@ -183,6 +183,7 @@ async def _apply(session: WriteSession,
         payments.append(payment)
         events.append(PaymentStatusEvent.of(payment, accounts[row.source_account_id],
                                    accounts[row.destination_account_id]))
-    events, outbox_ids = await write_status_events(session, events, status_topic=status_topic)
+    events, outbox_ids = await write_status_events(session, events, status_topic=status_topic,
+                                                   traces=traces)
     return BatchResult(events=events, outbox_ids=outbox_ids, skipped=0,
                        payments=payments, accounts=list(changed.values()))

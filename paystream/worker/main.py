@@ -12,6 +12,10 @@ the database refuses with a data error is bisected until the request that causes
 and only that one is parked. No rebalance outcome stops the worker: an offset commit refused
 because the partition moved (or is moving) rewinds to the committed offsets and polls again.
 Anything that does end the worker propagates, and ``paystream worker`` exits non-zero.
+
+Traced (``paystream.tracing``), each request is processed in a span that continues the trace
+its message carries (the API operation that accepted it), and its status event is written and
+sent with that span's context.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import json
 import logging
 import signal
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,9 +41,10 @@ from ..events import PaymentRequested, UndecodableMessage, make_consumer, make_p
 from ..events.kafka import ensure_topics_with_retry, start_with_retry
 from ..events.messages import PaymentCommand, RefundRequested, decode_requested
 from ..retry import sqlstate, until_done
+from ..tracing import Carrier, carrier_of_headers, processing_batch
 from .holds import expire_due, post_commands
 from .outbox import OutboxRelay
-from .posting import BatchResult, post_batch
+from .posting import BatchResult, Traces, post_batch
 from .refunds import post_refunds
 
 Message = PaymentRequested | PaymentCommand | RefundRequested
@@ -136,6 +142,7 @@ class PaymentWorker:
         # Runs of one kind in partition order: a capture or cancel is posted after the request
         # that placed its hold, and a payment after the capture queued before it.
         run: list[Message] = []
+        parents: dict[uuid.UUID, Carrier | None] = {}  # the trace each payment's message carries
         for record in records:
             try:
                 request = decode_requested(record.value)
@@ -144,11 +151,12 @@ class PaymentWorker:
                 await self._dead_letter(record, str(exc))
                 continue
             if run and type(run[-1]) is not type(request):
-                await self._post(run)
-                run = []
+                await self._post_traced(run, parents)
+                run, parents = [], {}
             run.append(request)
+            parents.setdefault(request.payment_id, carrier_of_headers(record.headers))
         if run:
-            await self._post(run)
+            await self._post_traced(run, parents)
         self.processed += len(records)
         try:
             await self.consumer.commit({tp: records[-1].offset + 1})
@@ -172,12 +180,22 @@ class PaymentWorker:
             log.warning("rewinding %s failed (%s); the next rebalance resets it", tp,
                         type(exc).__name__)
 
-    async def _post(self, requests: list[Message]) -> None:
+    async def _post_traced(self, requests: list[Message],
+                           parents: dict[uuid.UUID, Carrier | None]) -> None:
+        """:meth:`_post` inside a span per payment of the run, each continuing its message's
+        trace; the status events are written and sent with those spans' contexts."""
+        with processing_batch(
+                self.settings.kafka.requested_topic, parents, batch="post batch",
+                attributes=lambda payment_id: {"paystream.payment_id": str(payment_id)},
+        ) as traces:
+            await self._post(requests, traces)
+
+    async def _post(self, requests: list[Message], traces: Traces) -> None:
         """Post the requests under the fault policy. A data error bisects the batch, so one
         bad request costs a logarithmic number of attempts and parks alone."""
         try:
             result = await until_done(
-                f"posting a batch of {len(requests)}", lambda: self._post_once(requests),
+                f"posting a batch of {len(requests)}", lambda: self._post_once(requests, traces),
                 on_sleep=self._beat)
         except Exception as exc:  # noqa: BLE001 (a data error: the policy retries every other)
             if len(requests) == 1:
@@ -188,8 +206,8 @@ class PaymentWorker:
                 await self._dead_letter_request(requests[0], reason)
                 return
             half = len(requests) // 2
-            await self._post(requests[:half])
-            await self._post(requests[half:])
+            await self._post(requests[:half], traces)
+            await self._post(requests[half:], traces)
             return
         log.info("batch posted=%d skipped=%d rejected=%d", len(result.events), result.skipped,
                  len(result.rejected))
@@ -208,17 +226,17 @@ class PaymentWorker:
                                   redis.account_ttl_s)
         await self.relay.publish(result.events, result.outbox_ids)
 
-    async def _post_once(self, requests: list[Message]) -> BatchResult:
+    async def _post_once(self, requests: list[Message], traces: Traces) -> BatchResult:
         topic = self.settings.kafka.status_topic
         async with self.db.write_session() as session:
             payments = [r for r in requests if isinstance(r, PaymentRequested)]
             if payments:
-                return await post_batch(session, payments, status_topic=topic)
+                return await post_batch(session, payments, status_topic=topic, traces=traces)
             refunds = [r for r in requests if isinstance(r, RefundRequested)]
             if refunds:
-                return await post_refunds(session, refunds, status_topic=topic)
+                return await post_refunds(session, refunds, status_topic=topic, traces=traces)
             commands = [r for r in requests if isinstance(r, PaymentCommand)]
-            return await post_commands(session, commands, status_topic=topic)
+            return await post_commands(session, commands, status_topic=topic, traces=traces)
 
     async def _expire_forever(self) -> None:
         """The system's release of authorizations past their lifetime: every

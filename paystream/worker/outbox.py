@@ -6,7 +6,8 @@ publishes whatever either left unsent (a crash after commit, a broker outage), o
 and prunes rows sent more than ``retention_days`` ago in bounded batches (and the events
 feed's rows past ``events_retention_days``). Publishing twice is
 harmless: the worker skips a request already posted, and every status consumer keeps the
-highest version it has seen per payment.
+highest version it has seen per payment. Each message is sent with the trace context stored
+with it (``paystream.tracing``), so a trace continues across the wait in the outbox.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..db.events import prune as prune_events
 from ..db.outbox import claim_unsent, mark_sent, prune_sent
 from ..events.messages import PaymentStatusEvent
 from ..retry import until_done
+from ..tracing import sending
 
 log = logging.getLogger("paystream.outbox")
 
@@ -46,10 +48,13 @@ class OutboxRelay:
         if not events:
             return
         try:
-            futures = [
-                await self._producer.send(self._topic, e.encode(), key=str(e.payment_id).encode())
-                for e in events
-            ]
+            futures = []
+            for e in events:
+                with sending(self._topic, e.trace, {"paystream.payment_id": str(e.payment_id),
+                                                    "paystream.payment.status": e.status}
+                             ) as headers:
+                    futures.append(await self._producer.send(
+                        self._topic, e.encode(), key=str(e.payment_id).encode(), headers=headers))
             await asyncio.gather(*futures)
         except KafkaError as exc:
             log.warning("status publish failed (%s); the sweep will retry", type(exc).__name__)
@@ -67,8 +72,11 @@ class OutboxRelay:
                                       limit=limit or self._settings.relay_batch)
             if not rows:
                 return 0
-            futures = [await self._producer.send(r.topic, r.payload.encode(), key=r.key.encode())
-                       for r in rows]
+            futures = []
+            for r in rows:
+                with sending(r.topic, r.trace, {"paystream.outbox_id": r.id}) as headers:
+                    futures.append(await self._producer.send(
+                        r.topic, r.payload.encode(), key=r.key.encode(), headers=headers))
             await asyncio.gather(*futures)
             await mark_sent(session, [r.id for r in rows])
         log.info("outbox relay published %d rows", len(rows))

@@ -15,7 +15,7 @@ handled before (redelivery) and changes nothing.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -23,6 +23,7 @@ from sqlalchemy import text
 
 from ..db import WriteSession
 from ..db.events import record as record_events
+from ..db.outbox import trace_json
 from ..db.payments import COLUMNS as PAYMENT_COLUMNS
 from ..domain.entities import AccountRow, PaymentRow
 from ..domain.ledger import post_authorization, post_transfer, posting_time
@@ -35,6 +36,7 @@ from ..events.messages import (
     PaymentStatusEvent,
     RefundRequested,
 )
+from ..tracing import Carrier
 
 # FOR NO KEY UPDATE, not FOR UPDATE: the posting changes no key, and FOR UPDATE would conflict
 # with the KEY SHARE locks that every foreign-key check takes. The API's INSERT of a new
@@ -77,11 +79,15 @@ _INSERT_HOLDS = text(
     "   AS u(p, a, m, e)"
 )
 _INSERT_OUTBOX = text(
-    "INSERT INTO outbox (topic, key, payload)"
-    " SELECT :topic, k, CAST(p AS jsonb) FROM unnest(CAST(:keys AS text[]), CAST(:payloads AS text[]))"
-    "   AS u(k, p)"
+    "INSERT INTO outbox (topic, key, payload, trace)"
+    " SELECT :topic, k, CAST(p AS jsonb), CAST(t AS jsonb) FROM unnest(CAST(:keys AS text[]),"
+    "   CAST(:payloads AS text[]), CAST(:traces AS text[])) AS u(k, p, t)"
     " RETURNING id"
 )
+
+Traces = Mapping[uuid.UUID, Carrier | None]
+"""The trace context each payment's status event is sent on with (``paystream.tracing``):
+the worker's span processing the payment's request; a payment not in it has none."""
 
 
 @dataclass
@@ -127,14 +133,19 @@ class BatchResult:
 
 
 async def write_status_events(session: WriteSession, events: list[PaymentStatusEvent], *,
-                              status_topic: str) -> tuple[list[PaymentStatusEvent], list[int]]:
-    """The events' rows of the feed, then their outbox rows (carrying the feed cursors), in the
-    caller's transaction; returns the events as published and their outbox ids."""
+                              status_topic: str, traces: Traces | None = None
+                              ) -> tuple[list[PaymentStatusEvent], list[int]]:
+    """The events' rows of the feed, then their outbox rows (carrying the feed cursors and
+    each payment's trace context from ``traces``), in the caller's transaction; returns the
+    events as published (with their ``trace``) and their outbox ids."""
     events = await record_events(session, events)
+    if traces:
+        events = [replace(e, trace=traces.get(e.payment_id)) for e in events]
     outbox = await session.execute(
         _INSERT_OUTBOX,
         {"topic": status_topic, "keys": [str(e.payment_id) for e in events],
-         "payloads": [e.to_json_text() for e in events]},
+         "payloads": [e.to_json_text() for e in events],
+         "traces": [trace_json(e.trace) for e in events]},
     )
     return events, [row[0] for row in outbox]
 
@@ -155,7 +166,8 @@ _TERMS = ("partner_id", "source_account_id", "destination_account_id", "amount_m
 
 
 async def post_batch(
-    session: WriteSession, requests: Sequence[PaymentRequested], *, status_topic: str
+    session: WriteSession, requests: Sequence[PaymentRequested], *, status_topic: str,
+    traces: Traces | None = None,
 ) -> BatchResult:
     """Post every still-PENDING request of the batch. The caller commits."""
     ids = list(dict.fromkeys(request.payment_id for request in requests))
@@ -258,7 +270,8 @@ async def post_batch(
             {"now": now, "payments": [h[0] for h in holds], "accounts": [h[1] for h in holds],
              "amounts": [h[2] for h in holds], "expiries": [h[3] for h in holds]},
         )
-    events, outbox_ids = await write_status_events(session, events, status_topic=status_topic)
+    events, outbox_ids = await write_status_events(session, events, status_topic=status_topic,
+                                                   traces=traces)
     account_rows = [a.row(i) for i, a in touched]
     return BatchResult(
         events=events, outbox_ids=outbox_ids, skipped=skipped,

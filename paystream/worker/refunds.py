@@ -27,7 +27,7 @@ from ..domain.ledger import EntryKind, posting_time
 from ..domain.lifecycle import refund_outcome
 from ..domain.status import RefundStatus
 from ..events.messages import PaymentCommand, PaymentRequested, PaymentStatusEvent, RefundRequested
-from .posting import BatchResult, write_status_events
+from .posting import BatchResult, Traces, write_status_events
 
 _LOCK_PAYMENTS = text(
     f"SELECT {', '.join(c.key for c in PAYMENT_COLUMNS)} FROM payments"
@@ -77,7 +77,7 @@ def disagreement(request: RefundRequested, refund: RefundRow | None,
 
 
 async def post_refunds(session: WriteSession, requests: Sequence[RefundRequested], *,
-                       status_topic: str) -> BatchResult:
+                       status_topic: str, traces: Traces | None = None) -> BatchResult:
     """Post every still-PENDING refund of the batch, in message order. The caller commits."""
     payments = {row[0]: PaymentRow(*row) for row in await session.execute(
         _LOCK_PAYMENTS, {"ids": sorted({r.payment_id for r in requests})})}
@@ -143,7 +143,8 @@ async def post_refunds(session: WriteSession, requests: Sequence[RefundRequested
                                      accounts[payment.destination_account_id]),
                         refund=done.to_json())
         events.append(event)
-    events, outbox_ids = await write_status_events(session, events, status_topic=status_topic)
+    events, outbox_ids = await write_status_events(session, events, status_topic=status_topic,
+                                                   traces=traces)
     return BatchResult(events=events, outbox_ids=outbox_ids, skipped=skipped,
                        payments=list(changed.values()), accounts=list(touched.values()),
                        rejected=rejected)
