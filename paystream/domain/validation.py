@@ -7,7 +7,6 @@ which value to fix.
 from __future__ import annotations
 
 import re
-import unicodedata
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -32,10 +31,15 @@ _UUID_TEXT = re.compile(
 )
 
 
+# Cc: C0/C1 controls incl. NUL, tab and newline (NUL breaks PostgreSQL text columns);
+# Cs: lone surrogates, which cannot be encoded as UTF-8 at all. Both categories are fixed
+# ranges (Unicode never adds to Cc), so one regular expression finds them: a tenth of the
+# cost of asking unicodedata per character, which showed in a 1,000-input createPayments.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def _has_control_character(text: str) -> bool:
-    # Cc: C0/C1 controls incl. NUL, tab and newline (NUL breaks PostgreSQL text columns);
-    # Cs: lone surrogates, which cannot be encoded as UTF-8 at all.
-    return any(unicodedata.category(ch) in ("Cc", "Cs") for ch in text)
+    return _CONTROL.search(text) is not None
 
 
 def validate_idempotency_key(key: str) -> str:

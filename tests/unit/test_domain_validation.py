@@ -93,3 +93,16 @@ OFFSETS = st.timedeltas(min_value=timedelta(hours=-23, minutes=-59),
 def test_timestamps_with_an_offset_in_range_keep_their_instant(value: datetime) -> None:
     parsed = parse_timestamp(value.isoformat(), field="at")
     assert parsed == value and parsed.utcoffset() == timedelta(0)
+
+
+def test_control_characters_are_exactly_unicode_categories_cc_and_cs() -> None:
+    """The regular expression stands for ``unicodedata.category(ch) in ("Cc", "Cs")``, on
+    every code point."""
+    import unicodedata
+
+    from paystream.domain.validation import _has_control_character
+
+    wrong = [hex(cp) for cp in range(0x110000)
+             if _has_control_character(chr(cp))
+             != (unicodedata.category(chr(cp)) in ("Cc", "Cs"))]
+    assert wrong == []
