@@ -119,15 +119,13 @@ class Receiver:
 
     async def wait_for(self, predicate: Callable[[list[Received]], bool],
                        timeout: float = 30.0) -> list[Received]:
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self.requests)),
-                                   timeout)
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: predicate(self.requests))
         return list(self.requests)
 
     async def wait_answered_slowly(self, path: str, timeout: float = 30.0) -> None:
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: path in self.answered_slowly),
-                                   timeout)
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: path in self.answered_slowly)
 
     def delivered(self, path: str | None = None) -> list[Received]:
         return [r for r in self.requests if r.answered < 300 and (path is None or r.path == path)]

@@ -495,6 +495,64 @@ async def test_a_refund_reaches_both_partners_as_refund_succeeded(
         assert all(r.json["type"] == "refund.succeeded" for r in requests)
 
 
+FEED = """
+query($after: String) { events(first: 100, after: $after) {
+  edges { node { id type refund { id status } payment { id } } } } }"""
+
+
+async def test_refund_pending_is_sent_before_the_outcome_and_is_in_the_feed(
+        client, make_partner, watcher, receiver, migrated, services) -> None:  # type: ignore[no-untyped-def]
+    payer, payee = await make_partner(), await make_partner()
+    source, destination = await payer.account(balance="100.00"), await payee.account(balance="0")
+    payer_hook = await endpoint(client, payer, receiver.url("payer"),
+                                events=["refund.pending", "refund.succeeded"])
+    payee_hook = await endpoint(client, payee, receiver.url("payee"), events=["refund.pending"])
+    await receiver.start()
+    async with sender(fast_settings(migrated)):
+        payment_id = await pay(client, payer, source, destination, "30.00")
+        await watcher.terminal(payment_id)
+        body = await gql(client, REFUND, {"input": {
+            "idempotencyKey": uuid.uuid4().hex, "paymentId": payment_id, "amount": "10.00",
+            "reason": "returned"}}, key=payer.key)
+        refund_id = body["data"]["refundPayment"]["id"]  # type: ignore[index]
+
+        def sent(path: str, kind: str) -> Callable[[list[Received]], bool]:
+            return lambda rs: any(r.path == path and r.json["type"] == kind
+                                  and r.json["data"]["id"] == refund_id for r in rs)
+
+        requests = await receiver.wait_for(lambda rs: sent("payer", "refund.succeeded")(rs)
+                                           and sent("payee", "refund.pending")(rs))
+
+    async def in_feed(key: str, node: dict[str, Any]) -> bool:
+        feed = (await gql(client, FEED, key=key))["data"]["events"]["edges"]  # type: ignore[index]
+        return node in [edge["node"] for edge in feed]
+
+    for path, hook, partner in (("payer", payer_hook, payer), ("payee", payee_hook, payee)):
+        mine = [r for r in requests if r.path == path]
+        pending = next(r for r in mine if r.json["type"] == "refund.pending")
+        verify_signature(hook["secret"], pending.headers["paystream-signature"], pending.body)
+        data = pending.json["data"]
+        assert (data["id"], data["status"], data["amount"], data["reason"]) == (
+            refund_id, "PENDING", "10.00", "returned")
+        assert data["failureReason"] is None
+        # The payment as it stood: paid, nothing refunded yet; the partner's own view.
+        assert data["payment"]["id"] == payment_id and data["payment"]["status"] == "SUCCEEDED"
+        assert data["payment"]["amountRefunded"] == "0.00"
+        own, other = (("sourceAccount", "destinationAccount") if partner is payer
+                      else ("destinationAccount", "sourceAccount"))
+        assert data["payment"][own]["balance"] is not None
+        assert data["payment"][other]["balance"] is None
+        # The same event is in the partner's feed, as refund.pending with the refund PENDING
+        # (listed once no transaction that started before it is still running).
+        listed = {"id": pending.json["id"], "type": "refund.pending",
+                  "refund": {"id": refund_id, "status": "PENDING"}, "payment": {"id": payment_id}}
+        await eventually(lambda key=partner.key, node=listed: in_feed(key, node))
+    # Pending comes first, and the payee asked for nothing else.
+    assert [r.json["type"] for r in requests if r.path == "payer"] == [
+        "refund.pending", "refund.succeeded"]
+    assert [r.json["type"] for r in requests if r.path == "payee"] == ["refund.pending"]
+
+
 async def test_redirects_are_not_followed_slow_answers_time_out_big_ones_are_not_read(
         client, make_partner, watcher, receiver, migrated) -> None:  # type: ignore[no-untyped-def]
     partner = await make_partner()
@@ -510,7 +568,8 @@ async def test_redirects_are_not_followed_slow_answers_time_out_big_ones_are_not
         payment_id = await pay(client, partner, source, destination)
         await receiver.wait_for(lambda rs: all(of_type("payment.succeeded", payment_id, path)(rs)
                                                for path in ("plain", "huge")))
-        await asyncio.wait_for(receiver.huge_ended.wait(), 30)
+        async with asyncio.timeout(30):
+            await receiver.huge_ended.wait()
 
         def logged(path: str, predicate: Callable[[dict[str, Any]], bool]
                    ) -> Callable[[], Awaitable[bool]]:
