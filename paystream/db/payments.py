@@ -226,7 +226,7 @@ async def new_version(session: WriteSession, payment_id: uuid.UUID, now: datetim
     change but what hangs on it did: a refund accepted on it (``Payment.refunds``). Its status
     event is then an event of its own, ``refund.pending``, with its own id and place."""
     row = (await session.execute(_NEW_VERSION, {"id": payment_id, "now": now})).one()
-    return PaymentRow(*row)  # type: ignore[call-arg]  # a Row of the dataclass's columns, in order
+    return PaymentRow(*row)
 
 
 _BY_IDS = select(*COLUMNS).where(Payment.id == any_(uuid_array([])))
