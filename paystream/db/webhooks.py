@@ -5,6 +5,10 @@ moved past the attempt), so any number of senders share it, a sender that dies m
 leaves the row due again when the lease ends, and no transaction stays open during an HTTP
 request. A row waits while an earlier version of the same payment for the same endpoint is
 still PENDING: events of one payment reach an endpoint in version order.
+
+A DISABLED endpoint's rows are held, not given up: PENDING with ``next_attempt_at`` at
+infinity (out of the due index's range, so claims never scan them), and its new events are
+scheduled the same way. :func:`enable_endpoint` makes them due again, in version order.
 """
 
 from __future__ import annotations
@@ -158,36 +162,51 @@ async def all_endpoints(session: ReadSession) -> list[EndpointRow]:
     return [_endpoint(r) for r in result]
 
 
-async def enabled_endpoints_for(session: WriteSession,
-                                partner_ids: Sequence[uuid.UUID]) -> list[EndpointRow]:
+async def endpoints_for(session: WriteSession,
+                        partner_ids: Sequence[uuid.UUID]) -> list[EndpointRow]:
+    """The partners' endpoints, ENABLED and DISABLED (a disabled one's events are held)."""
     result = await session.execute(text(
         f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints"
-        " WHERE partner_id = ANY(CAST(:ps AS uuid[])) AND status = 'ENABLED'"),
+        " WHERE partner_id = ANY(CAST(:ps AS uuid[]))"),
         {"ps": sorted(set(partner_ids))})
     return [_endpoint(r) for r in result]
 
 
 async def schedule(session: WriteSession, events: Sequence[ScheduledEvent]) -> int:
-    """Insert the rows, due now. An event already scheduled for its endpoint (a redelivered
-    status event) is skipped, and so is one older than a version of the same payment already
-    scheduled there (the API's PENDING event can arrive after the worker's SUCCEEDED one):
-    an endpoint never gets a payment's versions out of order."""
+    """Insert the rows, due now (held for a DISABLED endpoint). An event already scheduled for
+    its endpoint (a redelivered status event) is skipped, and so is one older than a version
+    of the same payment already scheduled there (the API's PENDING event can arrive after the
+    worker's SUCCEEDED one): an endpoint never gets a payment's versions out of order."""
+    if not events:
+        return 0
+    # KEY SHARE until commit: an enabling or a deletion (FOR UPDATE) waits for these rows, and
+    # a disabling waits for them before it holds the endpoint's rows (record_attempt), so no
+    # row is left held on an ENABLED endpoint or due on a DISABLED one. Deliveries settling
+    # meanwhile (plain UPDATEs of the endpoint) do not wait.
+    locked = await session.execute(text(
+        "SELECT id, status FROM webhook_endpoints WHERE id = ANY(CAST(:ids AS uuid[]))"
+        " ORDER BY id FOR KEY SHARE"), {"ids": sorted({e.endpoint_id for e in events})})
+    status = {row[0]: str(row[1]) for row in locked}
+    events = [e for e in events if e.endpoint_id in status]  # not deleted meanwhile
     if not events:
         return 0
     result = await session.execute(text(
-        "INSERT INTO webhook_events (event_id, endpoint_id, payment_id, version, type, body)"
-        " SELECT r.event_id, r.endpoint_id, r.payment_id, r.version, r.type, r.body"
+        "INSERT INTO webhook_events (event_id, endpoint_id, payment_id, version, type, body,"
+        "                            next_attempt_at)"
+        " SELECT r.event_id, r.endpoint_id, r.payment_id, r.version, r.type, r.body,"
+        "        CASE WHEN r.held THEN 'infinity'::timestamptz ELSE now() END"
         " FROM unnest(CAST(:event_ids AS uuid[]), CAST(:endpoint_ids AS uuid[]),"
         "             CAST(:payment_ids AS uuid[]), CAST(:versions AS integer[]),"
-        "             CAST(:types AS text[]), CAST(:bodies AS text[]))"
-        "      AS r(event_id, endpoint_id, payment_id, version, type, body)"
+        "             CAST(:types AS text[]), CAST(:bodies AS text[]), CAST(:held AS boolean[]))"
+        "      AS r(event_id, endpoint_id, payment_id, version, type, body, held)"
         " WHERE NOT EXISTS (SELECT 1 FROM webhook_events e WHERE e.endpoint_id = r.endpoint_id"
         "                   AND e.payment_id = r.payment_id AND e.version > r.version)"
         " ON CONFLICT (endpoint_id, event_id) DO NOTHING"),
         {"event_ids": [e.event_id for e in events],
          "endpoint_ids": [e.endpoint_id for e in events],
          "payment_ids": [e.payment_id for e in events], "versions": [e.version for e in events],
-         "types": [e.type for e in events], "bodies": [e.body for e in events]})
+         "types": [e.type for e in events], "bodies": [e.body for e in events],
+         "held": [status[e.endpoint_id] == "DISABLED" for e in events]})
     return int(result.rowcount or 0)  # type: ignore[attr-defined]  # a CursorResult; typed as Result
 
 
@@ -234,8 +253,9 @@ async def record_attempt(session: WriteSession, claimed: ClaimedDelivery, *,
                          retry_in_s: float, window_s: float, disable_after_s: float) -> str:
     """Log the attempt and settle the row: DELIVERED; or due again in ``retry_in_s`` (never
     past the end of its retry window); or FAILED once the window has passed. The endpoint's
-    failure streak starts, ends, or (past ``disable_after_s``) disables it. The row's state,
-    or "DELETED" when its endpoint was deleted during the attempt (nothing is recorded)."""
+    failure streak starts, ends, or (past ``disable_after_s``) disables it, holding what it
+    still has PENDING (this row too: "HELD"). The row's state, or "DELETED" when its endpoint
+    was deleted during the attempt (nothing is recorded)."""
     # Locked first: an endpoint deleted meanwhile took the row with it (and a deletion
     # waits for this transaction), so the log never references a row that is gone.
     present = await session.execute(text(
@@ -252,9 +272,11 @@ async def record_attempt(session: WriteSession, claimed: ClaimedDelivery, *,
         await session.execute(text(
             "UPDATE webhook_events SET state = 'DELIVERED', finished_at = now()"
             " WHERE id = :row AND state = 'PENDING'"), {"row": claimed.id})
+        # Only when a streak ends: a row lock and a new row version per delivery would
+        # serialize the settling of every delivery to a busy endpoint.
         await session.execute(text(
-            "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = :endpoint"),
-            {"endpoint": claimed.endpoint_id})
+            "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = :endpoint"
+            " AND failing_since IS NOT NULL"), {"endpoint": claimed.endpoint_id})
         return "DELIVERED"
     result = await session.execute(text(
         "UPDATE webhook_events SET"
@@ -277,15 +299,48 @@ async def record_attempt(session: WriteSession, claimed: ClaimedDelivery, *,
         " WHERE id = :endpoint RETURNING status"),
         {"endpoint": claimed.endpoint_id, "disable": disable_after_s})
     if result.scalar_one_or_none() == "DISABLED":
-        # A disabled endpoint is sent nothing more: what it still had waiting is given up
-        # (`paystream webhooks resend` can send an event again).
+        # A disabled endpoint is sent nothing more until it is enabled: what it still has
+        # waiting is held (enable_endpoint makes it due again), not given up. FOR UPDATE first
+        # waits for the schedulers that read it ENABLED (schedule), so their rows are held too.
+        await session.execute(text("SELECT 1 FROM webhook_endpoints WHERE id = :endpoint"
+                                   " FOR UPDATE"), {"endpoint": claimed.endpoint_id})
         await session.execute(text(
-            "UPDATE webhook_events SET state = 'FAILED', finished_at = now()"
+            "UPDATE webhook_events SET next_attempt_at = 'infinity'"
             " WHERE endpoint_id = :endpoint AND state = 'PENDING'"),
             {"endpoint": claimed.endpoint_id})
         if state == "PENDING":
-            state = "FAILED"
+            state = "HELD"
     return str(state)
+
+
+async def enable_endpoint(session: WriteSession, partner_id: uuid.UUID | None,
+                          endpoint_id: uuid.UUID) -> tuple[EndpointRow, int] | None:
+    """ENABLED again (the partner's endpoint, or any when ``partner_id`` is None), with the
+    number of its events made due now: the ones held while it was DISABLED and the ones
+    given up during the failure streak that disabled it, each with a new retry window, in
+    version order as ever. An endpoint already ENABLED is answered as it is (0). None when
+    there is no such endpoint."""
+    locked = await session.execute(text(
+        f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = :id"
+        " AND (CAST(:p AS uuid) IS NULL OR partner_id = CAST(:p AS uuid)) FOR UPDATE"),
+        {"id": endpoint_id, "p": partner_id})
+    row = locked.one_or_none()
+    if row is None:
+        return None
+    endpoint = _endpoint(row)
+    if endpoint.status != "DISABLED":
+        return endpoint, 0
+    since = endpoint.failing_since or endpoint.disabled_at
+    revived = await session.execute(text(
+        "UPDATE webhook_events SET state = 'PENDING', next_attempt_at = now(),"
+        " scheduled_at = now(), finished_at = NULL WHERE endpoint_id = :endpoint"
+        " AND (state = 'PENDING' OR (state = 'FAILED' AND finished_at >= :since))"),
+        {"endpoint": endpoint_id, "since": since})
+    enabled = await session.execute(text(
+        "UPDATE webhook_endpoints SET status = 'ENABLED', failing_since = NULL,"
+        f" disabled_at = NULL WHERE id = :id RETURNING {_ENDPOINT_COLUMNS}"), {"id": endpoint_id})
+    count = int(revived.rowcount or 0)  # type: ignore[attr-defined]  # a CursorResult; typed as Result
+    return _endpoint(enabled.one()), count
 
 
 async def deliveries_page(session: ReadSession, endpoint_id: uuid.UUID, *, limit: int,
@@ -300,14 +355,23 @@ async def deliveries_page(session: ReadSession, endpoint_id: uuid.UUID, *, limit
     return [DeliveryRow(**dict(r._mapping)) for r in result]
 
 
-async def resend(session: WriteSession, event_id: uuid.UUID) -> int:
-    """Schedule the event again, due now, for every endpoint it was scheduled for, with a new
-    retry window. The number of endpoints."""
+async def resend(session: WriteSession, event_id: uuid.UUID) -> tuple[int, int]:
+    """Schedule the event again for every endpoint it was scheduled for, with a new retry
+    window: due now, or held for an endpoint that is DISABLED (sent once it is enabled; its
+    row key-share-locked first, as ``schedule`` does). The numbers of endpoints (due now,
+    held)."""
     result = await session.execute(text(
-        "UPDATE webhook_events SET state = 'PENDING', next_attempt_at = now(),"
-        " scheduled_at = now(), finished_at = NULL WHERE event_id = :event"),
-        {"event": event_id})
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]  # a CursorResult; typed as Result
+        "WITH endpoint AS (SELECT ep.id, ep.status FROM webhook_endpoints ep"
+        "   WHERE ep.id IN (SELECT endpoint_id FROM webhook_events WHERE event_id = :event)"
+        "   ORDER BY ep.id FOR KEY SHARE)"
+        " UPDATE webhook_events e SET state = 'PENDING', scheduled_at = now(), finished_at = NULL,"
+        "   next_attempt_at = CASE WHEN endpoint.status = 'ENABLED' THEN now()"
+        "                          ELSE 'infinity'::timestamptz END"
+        " FROM endpoint WHERE e.event_id = :event AND e.endpoint_id = endpoint.id"
+        " RETURNING endpoint.status"), {"event": event_id})
+    statuses = [row[0] for row in result]
+    due = statuses.count("ENABLED")
+    return due, len(statuses) - due
 
 
 __all__ = [
@@ -318,8 +382,9 @@ __all__ = [
     "claim_due",
     "delete_endpoint",
     "deliveries_page",
-    "enabled_endpoints_for",
+    "enable_endpoint",
     "endpoint_of",
+    "endpoints_for",
     "endpoints_of",
     "insert_endpoint",
     "lock_partner_endpoints",

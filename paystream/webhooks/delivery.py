@@ -108,9 +108,11 @@ class DeliveryLoop:
                 log.info("webhook %s (%s) delivered to endpoint %s, attempt %d",
                          delivery.event_id, delivery.type, delivery.endpoint_id, delivery.attempt)
             else:
+                outcome = {"FAILED": "given up",
+                           "HELD": "endpoint disabled: held until it is enabled"}.get(
+                               state, f"retry in {delay:.1f} s")
                 log.warning("webhook %s to endpoint %s failed (attempt %d: %s); %s", delivery.event_id,
-                            delivery.endpoint_id, delivery.attempt, error,
-                            "given up" if state == "FAILED" else f"retry in {delay:.1f} s")
+                            delivery.endpoint_id, delivery.attempt, error, outcome)
         finally:
             self._in_flight[delivery.endpoint_id] -= 1
             if self._in_flight[delivery.endpoint_id] <= 0:

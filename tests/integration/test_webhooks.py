@@ -142,7 +142,8 @@ def the(requests: list[Received], kind: str, payment_id: str, path: str) -> Rece
 async def schedule_rows(services, endpoint_id: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
     async with services.db.primary.connect() as conn:
         rows = await conn.execute(text(
-            "SELECT event_id::text, payment_id::text, version, state, attempts FROM webhook_events"
+            "SELECT event_id::text, payment_id::text, version, state, attempts,"
+            " state = 'PENDING' AND next_attempt_at = 'infinity' AS held FROM webhook_events"
             " WHERE endpoint_id = :e ORDER BY id"), {"e": uuid.UUID(endpoint_id)})
         return [dict(r._mapping) for r in rows]
 
@@ -438,7 +439,9 @@ async def test_a_failing_endpoint_is_given_up_and_disabled_without_holding_up_an
         async def disabled() -> bool:
             listed = (await gql(client, ENDPOINTS, key=payer.key))["data"]["webhookEndpoints"]  # type: ignore[index]
             rows = await schedule_rows(services, bad["endpoint"]["id"])
-            return listed[0]["status"] == "DISABLED" and rows[0]["state"] == "FAILED"
+            # Given up (its window ended first) or held for the endpoint's re-enabling.
+            return listed[0]["status"] == "DISABLED" and (rows[0]["state"] == "FAILED"
+                                                          or rows[0]["held"])
         await eventually(disabled)
     log = (await gql(client, DELIVERIES, {"id": bad["endpoint"]["id"], "first": 100},
                      key=payer.key))["data"]["webhookDeliveries"]  # type: ignore[index]
@@ -447,6 +450,98 @@ async def test_a_failing_endpoint_is_given_up_and_disabled_without_holding_up_an
     assert sorted(d["attempt"] for d in log) == list(range(1, len(log) + 1))
     [good_row] = await schedule_rows(services, good["endpoint"]["id"])
     assert good_row["state"] == "DELIVERED" and good_row["attempts"] == 1
+
+
+ENABLE = "mutation($id: ID!) { enableWebhookEndpoint(id: $id) { id status } }"
+
+
+def cli(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "paystream.cli", *args], env=env, check=False,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+async def test_a_disabled_endpoint_holds_its_events_and_enabling_sends_them_all(
+        client, make_partner, watcher, receiver, migrated, services, server_env) -> None:  # type: ignore[no-untyped-def]
+    partner, stranger = await make_partner(), await make_partner()
+    reader = await make_partner(scopes=("payments:read",))
+    source, destination = await partner.account(balance="100.00"), await partner.account(balance="0")
+    hooks = {path: await endpoint(client, partner, receiver.url(path), events=["payment.succeeded"])
+             for path in ("api", "cli")}
+    ids = {path: hook["endpoint"]["id"] for path, hook in hooks.items()}
+    receiver.answer = 500
+    await receiver.start()
+    paid: list[str] = []
+    # Each event is given up 0.5 s after it was scheduled; the endpoints are disabled once
+    # they have failed for 1.5 s, so the first events are given up during the failure streak.
+    async with sender(fast_settings(migrated, retry_window_s=0.5, disable_after_s=1.5)):
+
+        async def disabled() -> bool:
+            listed = (await gql(client, ENDPOINTS, key=partner.key))["data"]["webhookEndpoints"]  # type: ignore[index]
+            return {e["status"] for e in listed} == {"DISABLED"}
+
+        while not await disabled():
+            paid.append(await pay(client, partner, source, destination, f"{len(paid) + 1}.00"))
+
+            async def settled(payment_id: str = paid[-1]) -> bool:
+                rows = [r for path in ids for r in await schedule_rows(services, ids[path])
+                        if r["payment_id"] == payment_id]
+                return len(rows) == 2 and all(r["state"] == "FAILED" or r["held"] for r in rows)
+            await eventually(settled)
+        given_up = {r["payment_id"] for path in ids for r in await schedule_rows(services, ids[path])
+                    if r["state"] == "FAILED"}
+        assert paid[0] in given_up  # the streak's first events were given up, not held
+
+        # Disabled: a new event is scheduled held, and not sent.
+        paid.append(await pay(client, partner, source, destination, "0.50"))
+        await watcher.terminal(paid[-1])
+
+        async def held() -> bool:
+            rows = [r for path in ids for r in await schedule_rows(services, ids[path])
+                    if r["payment_id"] == paid[-1]]
+            return len(rows) == 2 and all(r["held"] and r["attempts"] == 0 for r in rows)
+        await eventually(held)
+        terminal = await watcher.terminal(paid[-1])
+        last_event = str(event_id(uuid.UUID(paid[-1]), int(terminal["version"])))  # type: ignore[call-overload]
+        assert "held for 2 DISABLED endpoint(s)" in cli(server_env, "webhooks", "resend",
+                                                        last_event)
+        assert await held()  # a resend keeps it held
+        tried = len(receiver.requests)
+
+        # Only the owner may enable it, with the write scope; anything else is NOT_FOUND.
+        for raw, key in ((ids["api"], stranger.key), (str(uuid.uuid4()), partner.key),
+                         ("not-an-id", partner.key)):
+            body = await gql(client, ENABLE, {"id": raw}, key=key)
+            assert body["errors"][0]["extensions"]["code"] == "NOT_FOUND", body
+            assert body["errors"][0]["message"] == "no such webhook endpoint"
+        body = await gql(client, ENABLE, {"id": ids["api"]}, key=reader.key)
+        assert body["errors"][0]["extensions"]["code"] == "FORBIDDEN", body
+        assert len(receiver.requests) == tried  # nothing was sent meanwhile
+
+        receiver.answer = 200
+        enabled = await gql(client, ENABLE, {"id": ids["api"]}, key=partner.key)
+        assert enabled["data"] == {"enableWebhookEndpoint": {"id": ids["api"], "status": "ENABLED"}}
+        out = cli(server_env, "webhooks", "enable", ids["cli"])
+        assert f"webhook endpoint {ids['cli']} ENABLED; {len(paid)} event(s) due now" in out
+
+        # Everything it missed arrives: given up in the streak, held while disabled.
+        expected = {(path, p) for path in ids for p in paid}
+        await receiver.wait_for(lambda rs: {(r.path, r.json["data"]["id"]) for r in rs
+                                            if r.answered < 300} >= expected)
+
+        async def delivered() -> bool:
+            rows = [r for path in ids for r in await schedule_rows(services, ids[path])]
+            return len(rows) == len(expected) and all(r["state"] == "DELIVERED" for r in rows)
+        await eventually(delivered)
+    listed = (await gql(client, ENDPOINTS, key=partner.key))["data"]["webhookEndpoints"]  # type: ignore[index]
+    assert {e["status"] for e in listed} == {"ENABLED"}
+    # Enabling an ENABLED endpoint answers it unchanged.
+    again = await gql(client, ENABLE, {"id": ids["api"]}, key=partner.key)
+    assert again["data"] == {"enableWebhookEndpoint": {"id": ids["api"], "status": "ENABLED"}}
+    for request in receiver.delivered():
+        verify_signature(hooks[request.path]["secret"], request.headers["paystream-signature"],
+                         request.body)
 
 
 REFUND = """mutation($input: RefundPaymentInput!) { refundPayment(input: $input) { id } }"""
