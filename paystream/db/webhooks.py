@@ -343,6 +343,48 @@ async def enable_endpoint(session: WriteSession, partner_id: uuid.UUID | None,
     return _endpoint(enabled.one()), count
 
 
+@dataclass(frozen=True, slots=True)
+class ScheduleBacklog:
+    """The schedule as the metrics show it (``paystream_webhook_schedule`` and friends)."""
+
+    due: int  # a sender may claim it now (counted up to the cap)
+    waiting: int  # PENDING but not claimable now: retry time ahead, leased, or behind a version
+    held: int  # its endpoint is DISABLED
+    oldest_due_s: float  # how long the longest-due claimable row has waited (0 when none)
+    endpoints: dict[str, int]  # by status, every status present
+
+
+_BACKLOG = text("""
+WITH due AS (
+    SELECT e.next_attempt_at FROM webhook_events e
+    JOIN webhook_endpoints ep ON ep.id = e.endpoint_id
+    WHERE e.state = 'PENDING' AND e.next_attempt_at <= now() AND ep.status = 'ENABLED'
+      AND NOT EXISTS (SELECT 1 FROM webhook_events p
+                      WHERE p.endpoint_id = e.endpoint_id AND p.payment_id = e.payment_id
+                        AND p.version < e.version AND p.state = 'PENDING')
+    ORDER BY e.next_attempt_at LIMIT :cap
+)
+SELECT (SELECT count(*) FROM due),
+       (SELECT coalesce(extract(epoch FROM now() - min(next_attempt_at)), 0) FROM due),
+       (SELECT count(*) FROM (SELECT 1 FROM webhook_events WHERE state = 'PENDING'
+                              AND next_attempt_at < 'infinity' LIMIT :cap) AS pending),
+       (SELECT count(*) FROM (SELECT 1 FROM webhook_events WHERE state = 'PENDING'
+                              AND next_attempt_at = 'infinity' LIMIT :cap) AS held)
+""")
+
+
+async def schedule_backlog(session: ReadSession, *, cap: int) -> ScheduleBacklog:
+    """One sample of the schedule (on the primary: the senders' own view). Walks the due
+    index (PENDING rows only), so it stays cheap however many rows were delivered."""
+    due, oldest, pending, held = (await session.execute(_BACKLOG, {"cap": cap})).one()
+    counts: dict[str, int] = {str(status): int(n) for status, n in await session.execute(text(
+        "SELECT status, count(*) FROM webhook_endpoints GROUP BY status"))}
+    endpoints = {status: int(counts.get(status, 0)) for status in ("ENABLED", "DISABLED")}
+    return ScheduleBacklog(due=int(due), waiting=max(0, int(pending) - int(due)),
+                           held=int(held), oldest_due_s=max(0.0, float(oldest)),
+                           endpoints=endpoints)
+
+
 async def deliveries_page(session: ReadSession, endpoint_id: uuid.UUID, *, limit: int,
                           before: int | None) -> list[DeliveryRow]:
     """Attempts to the endpoint, newest first, older than the attempt ``before``."""
@@ -378,6 +420,7 @@ __all__ = [
     "ClaimedDelivery",
     "DeliveryRow",
     "EndpointRow",
+    "ScheduleBacklog",
     "ScheduledEvent",
     "claim_due",
     "delete_endpoint",
@@ -392,4 +435,5 @@ __all__ = [
     "resend",
     "rotate_secret",
     "schedule",
+    "schedule_backlog",
 ]

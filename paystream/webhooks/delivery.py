@@ -6,12 +6,15 @@ group, at most ``max_in_flight`` per process and ``max_in_flight_per_endpoint`` 
 so a slow or failing endpoint holds only its own rows: the others' are claimed past it. A
 failed attempt is due again after :func:`paystream.domain.webhooks.retry_delay_s`; after the
 retry window the row is FAILED (the payment's next version may then go), and an endpoint
-whose attempts all failed for ``disable_after_s`` is DISABLED.
+whose attempts all failed for ``disable_after_s`` is DISABLED (its rows held until enabled).
+Each attempt is counted in ``paystream_webhook_attempts_total`` by outcome and answer, timed,
+and a delivery's lag from the event's time observed (``paystream.metrics``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -25,6 +28,12 @@ from ..config import WebhookSettings
 from ..db import Database
 from ..db.webhooks import ClaimedDelivery, claim_due, record_attempt
 from ..domain.webhooks import retry_delay_s, signature_header
+from ..metrics import (
+    WEBHOOK_ATTEMPT_SECONDS,
+    WEBHOOK_ATTEMPTS,
+    WEBHOOK_DELIVERY_LAG_SECONDS,
+    WEBHOOK_IN_FLIGHT,
+)
 from ..retry import until_done
 from .secrets import SecretBox, SecretsUnavailable
 from .urls import Resolver, UrlRefused, check_url
@@ -32,6 +41,31 @@ from .urls import Resolver, UrlRefused, check_url
 log = logging.getLogger("paystream.webhooks")
 
 USER_AGENT = "paystream-webhooks/1"
+
+# record_attempt's answer -> the outcome label of paystream_webhook_attempts_total.
+_OUTCOMES = {"DELIVERED": "delivered", "PENDING": "retry", "FAILED": "given_up",
+             "HELD": "held", "DELETED": "deleted", "SETTLED": "retry"}
+
+
+def response_class(status: int | None, error: str | None) -> str:
+    """The answer's label: ``2xx`` .. ``5xx``, or why there was none (:meth:`DeliveryLoop.post`
+    words its errors so)."""
+    if status is not None:
+        return f"{min(max(status // 100, 1), 5)}xx"
+    for prefix, label in (("timeout", "timeout"), ("connection failed", "connection"),
+                          ("refused", "refused")):
+        if error is not None and error.startswith(prefix):
+            return label
+    return "error"
+
+
+def event_lag_s(body: str, now: float) -> float | None:
+    """Seconds from the event's ``createdAt`` (in the body) to ``now`` (unix time)."""
+    try:
+        created = datetime.fromisoformat(json.loads(body)["createdAt"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return max(0.0, now - created.timestamp())
 
 
 class DeliveryLoop:
@@ -66,6 +100,7 @@ class DeliveryLoop:
                                                lambda: self._claim(limit, busy))  # noqa: B023 (awaited at once)
                 for delivery in claimed:
                     self._in_flight[delivery.endpoint_id] += 1
+                    WEBHOOK_IN_FLIGHT.inc()
                     group.create_task(self._attempt(delivery),
                                       name=f"webhook-{delivery.event_id}")
                 if not claimed:
@@ -86,8 +121,11 @@ class DeliveryLoop:
 
     async def _attempt(self, delivery: ClaimedDelivery) -> None:
         try:
+            started = time.monotonic()
             status, error = await self.post(delivery)
+            WEBHOOK_ATTEMPT_SECONDS.observe(time.monotonic() - started)
             delivered = status is not None and 200 <= status < 300
+            answered_at = time.time()
             settings = self._settings
             delay = retry_delay_s(delivery.attempt, base_s=settings.retry_base_s,
                                   max_s=settings.retry_max_s, jitter=random.random())
@@ -101,6 +139,12 @@ class DeliveryLoop:
 
             state = await until_done("recording a webhook attempt", settle)
             self.attempts += 1
+            WEBHOOK_ATTEMPTS.labels(_OUTCOMES.get(state, "retry"),
+                                    response_class(status, error)).inc()
+            if state == "DELIVERED":
+                lag = event_lag_s(delivery.body, answered_at)
+                if lag is not None:
+                    WEBHOOK_DELIVERY_LAG_SECONDS.observe(lag)
             if state == "DELETED":
                 log.info("webhook %s: endpoint %s deleted during the attempt", delivery.event_id,
                          delivery.endpoint_id)
@@ -114,6 +158,7 @@ class DeliveryLoop:
                 log.warning("webhook %s to endpoint %s failed (attempt %d: %s); %s", delivery.event_id,
                             delivery.endpoint_id, delivery.attempt, error, outcome)
         finally:
+            WEBHOOK_IN_FLIGHT.dec()
             self._in_flight[delivery.endpoint_id] -= 1
             if self._in_flight[delivery.endpoint_id] <= 0:
                 del self._in_flight[delivery.endpoint_id]
@@ -171,4 +216,4 @@ class DeliveryLoop:
         return status, f"HTTP {status}"
 
 
-__all__ = ["DeliveryLoop"]
+__all__ = ["DeliveryLoop", "event_lag_s", "response_class"]

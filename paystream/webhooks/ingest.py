@@ -27,6 +27,7 @@ from ..db.webhooks import ScheduledEvent, endpoints_for, schedule
 from ..domain.webhooks import event_id
 from ..events.kafka import make_consumer
 from ..events.messages import PaymentStatusEvent, UndecodableMessage
+from ..metrics import WEBHOOK_SCHEDULED
 from ..retry import until_done
 from .payload import kind_of, webhook_body
 
@@ -122,6 +123,7 @@ class Ingest:
 
         added = await until_done("scheduling webhooks", once) if events else 0
         self.scheduled += added
+        WEBHOOK_SCHEDULED.inc(added)
         if added and self._on_scheduled is not None:
             self._on_scheduled()
         try:

@@ -15,13 +15,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import text
 
 from paystream.client import WebhookSignatureError, verify_signature
 from paystream.config import Settings
+from paystream.devstack import free_port
 from paystream.domain.errors import BadUserInput
 from paystream.domain.webhooks import event_id
+from paystream.metrics import REGISTRY
 from paystream.services.webhooks import WebhookService
 from paystream.webhooks.sender import run_sender
 from paystream.webhooks.urls import Resolver
@@ -738,3 +741,61 @@ async def test_two_senders_share_the_schedule_and_deliver_each_event_once(
     # went to an endpoint twice.
     sent = [(r.path, r.headers["paystream-event-id"]) for r in receiver.requests]
     assert len(sent) == len(set(sent)) == len(expected)
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_the_sender_serves_its_metrics(
+        client, make_partner, watcher, receiver, migrated, services) -> None:  # type: ignore[no-untyped-def]
+    partner = await make_partner()
+    source, destination = await partner.account(balance="100.00"), await partner.account(balance="0")
+    await endpoint(client, partner, receiver.url("good"), events=["payment.succeeded"])
+    bad = await endpoint(client, partner, receiver.url("bad"), events=["payment.succeeded"])
+    receiver.answers["bad"] = 500
+    await receiver.start()
+    port = free_port()
+    settings = fast_settings(migrated, retry_window_s=60.0, disable_after_s=1.0)
+    settings = settings.model_copy(update={"metrics": settings.metrics.model_copy(update={
+        "webhooks_port": port, "sample_interval_s": 0.1})})
+    # This process's counters, before (other tests' senders ran in it too).
+    before = {key: sample("paystream_webhook_attempts_total", outcome=key[0], response=key[1])
+              for key in (("delivered", "2xx"), ("retry", "5xx"), ("held", "5xx"))}
+    lags_before = sample("paystream_webhook_delivery_lag_seconds_count")
+    async with sender(settings), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        paid = [await pay(client, partner, source, destination, f"{n}.00") for n in (1, 2, 3)]
+        await receiver.wait_for(lambda rs: all(of_type("payment.succeeded", p, "good")(rs)
+                                               for p in paid))
+
+        async def held() -> bool:
+            rows = await schedule_rows(services, bad["endpoint"]["id"])
+            return len(rows) == 3 and all(r["held"] for r in rows)
+        await eventually(held)
+
+        async def exposed() -> dict[str, float]:
+            text_ = (await http.get("/metrics")).text
+            return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                    for line in text_.splitlines() if line and not line.startswith("#")}
+
+        # The sampler reads the schedule and the endpoints (the whole database's: at least
+        # this test's) and the sender group's lag on payments.status.
+        async def sampled() -> bool:
+            series = await exposed()
+            return (series.get('paystream_webhook_schedule{state="held"}', 0) >= 3
+                    and series.get('paystream_webhook_endpoints{status="DISABLED"}', 0) >= 1
+                    and any(name.startswith("paystream_consumer_lag{")
+                            and f'group="{settings.webhooks.group}"' in name
+                            and 'topic="payments.status"' in name for name in series))
+        await eventually(sampled)
+        series = await exposed()
+        assert 'paystream_webhook_oldest_due_seconds' in series
+        assert 'paystream_webhook_in_flight' in series
+        assert series.get("paystream_webhook_attempt_seconds_count", 0) >= 6
+    after = {key: sample("paystream_webhook_attempts_total", outcome=key[0], response=key[1])
+             for key in before}
+    assert after[("delivered", "2xx")] - before[("delivered", "2xx")] == 3
+    assert after[("retry", "5xx")] - before[("retry", "5xx")] >= 1
+    # The attempt that disabled the endpoint held its event (and the other two with it).
+    assert after[("held", "5xx")] - before[("held", "5xx")] >= 1
+    assert sample("paystream_webhook_delivery_lag_seconds_count") - lags_before == 3
