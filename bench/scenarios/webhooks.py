@@ -65,9 +65,9 @@ async def parties(ctx: BenchContext, service: WebhookService, receiver: Server) 
     for i in range(ENDPOINTS):
         name = f"hooks-{run}-{i}"
         key = await new_partner(ctx.services.db, name)
-        source, destination = (str(await new_account(
+        source, destination = [str(await new_account(
             ctx.services.db, partner=name, name=f"a{n}", currency="USD",
-            balance="100000000.00")) for n in range(2))
+            balance="100000000.00")) for n in range(2)]
         await service.create_for(await service.partner_named(name), f"{receiver.url}/hook-{i}",
                                  ["payment.succeeded"])
         made.append(Party(await ctx.services.auth.caller_for(f"Bearer {key}"), source,

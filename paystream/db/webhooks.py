@@ -14,7 +14,7 @@ scheduled the same way. :func:`enable_endpoint` makes them due again, in version
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -210,16 +210,31 @@ async def schedule(session: WriteSession, events: Sequence[ScheduledEvent]) -> i
     return int(result.rowcount or 0)  # type: ignore[attr-defined]  # a CursorResult; typed as Result
 
 
+# The due rows in order (up to :scan of them, read without locks), numbered per endpoint, so
+# that no endpoint is given more than its room (max_in_flight_per_endpoint less its attempts
+# already in flight in this sender); those are locked, skipping rows another sender holds, and
+# the due condition is checked again on the locked row (a row another sender claimed and
+# committed meanwhile is no longer due).
 _CLAIM = text("""
-WITH due AS (
-    SELECT e.id FROM webhook_events e
+WITH candidates AS (
+    SELECT e.id, e.endpoint_id, e.next_attempt_at FROM webhook_events e
     JOIN webhook_endpoints ep ON ep.id = e.endpoint_id
     WHERE e.state = 'PENDING' AND e.next_attempt_at <= now() AND ep.status = 'ENABLED'
-      AND e.endpoint_id <> ALL(CAST(:busy AS uuid[]))
       AND NOT EXISTS (SELECT 1 FROM webhook_events p
                       WHERE p.endpoint_id = e.endpoint_id AND p.payment_id = e.payment_id
                         AND p.version < e.version AND p.state = 'PENDING')
     ORDER BY e.next_attempt_at, e.id
+    LIMIT :scan
+), ranked AS (
+    SELECT c.id, c.next_attempt_at, coalesce(r.room, :per_endpoint) AS room,
+           row_number() OVER (PARTITION BY c.endpoint_id ORDER BY c.next_attempt_at, c.id) AS n
+    FROM candidates c
+    LEFT JOIN unnest(CAST(:endpoints AS uuid[]), CAST(:rooms AS integer[])) AS r(endpoint_id, room)
+           ON r.endpoint_id = c.endpoint_id
+), due AS (
+    SELECT e.id FROM webhook_events e JOIN ranked r ON r.id = e.id
+    WHERE r.n <= r.room AND e.state = 'PENDING' AND e.next_attempt_at <= now()
+    ORDER BY r.next_attempt_at, r.id
     LIMIT :limit
     FOR UPDATE OF e SKIP LOCKED
 )
@@ -233,11 +248,15 @@ RETURNING e.id, e.event_id, e.endpoint_id, e.payment_id, e.version, e.type, e.bo
 """)
 
 
-async def claim_due(session: WriteSession, *, limit: int, lease_s: float,
-                    busy_endpoints: Sequence[uuid.UUID]) -> list[ClaimedDelivery]:
-    """Lease up to ``limit`` due rows (none of ``busy_endpoints``) for one attempt each."""
-    result = await session.execute(_CLAIM, {"limit": limit, "lease": lease_s,
-                                            "busy": list(busy_endpoints)})
+async def claim_due(session: WriteSession, *, limit: int, lease_s: float, per_endpoint: int,
+                    in_flight: Mapping[uuid.UUID, int]) -> list[ClaimedDelivery]:
+    """Lease up to ``limit`` due rows for one attempt each, at most ``per_endpoint`` less its
+    ``in_flight`` attempts for any endpoint."""
+    endpoints = sorted(in_flight)
+    result = await session.execute(_CLAIM, {
+        "limit": limit, "scan": max(4 * limit, 100), "lease": lease_s,
+        "per_endpoint": per_endpoint, "endpoints": endpoints,
+        "rooms": [max(0, per_endpoint - in_flight[e]) for e in endpoints]})
     claimed = []
     for row in result:
         data = dict(row._mapping)

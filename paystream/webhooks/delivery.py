@@ -36,6 +36,7 @@ from ..metrics import (
 )
 from ..retry import until_done
 from .secrets import SecretBox, SecretsUnavailable
+from .transport import WebhookClients
 from .urls import Resolver, UrlRefused, check_url
 
 log = logging.getLogger("paystream.webhooks")
@@ -70,11 +71,11 @@ def event_lag_s(body: str, now: float) -> float | None:
 
 class DeliveryLoop:
     def __init__(self, settings: WebhookSettings, db: Database, box: SecretBox,
-                 client: httpx.AsyncClient, resolver: Resolver, *, dev: bool) -> None:
+                 clients: WebhookClients, resolver: Resolver, *, dev: bool) -> None:
         self._settings = settings
         self._db = db
         self._box = box
-        self._client = client
+        self._clients = clients
         self._resolver = resolver
         self._dev = dev
         self._in_flight: Counter[uuid.UUID] = Counter()
@@ -93,11 +94,10 @@ class DeliveryLoop:
                 free = settings.max_in_flight - sum(self._in_flight.values())
                 claimed: list[ClaimedDelivery] = []
                 if free > 0:
-                    busy = [e for e, n in self._in_flight.items()
-                            if n >= settings.max_in_flight_per_endpoint]
                     limit = min(free, settings.claim_batch)
+                    in_flight = dict(self._in_flight)
                     claimed = await until_done("claiming webhook deliveries",
-                                               lambda: self._claim(limit, busy))  # noqa: B023 (awaited at once)
+                                               lambda: self._claim(limit, in_flight))  # noqa: B023 (awaited at once)
                 for delivery in claimed:
                     self._in_flight[delivery.endpoint_id] += 1
                     WEBHOOK_IN_FLIGHT.inc()
@@ -114,10 +114,11 @@ class DeliveryLoop:
                     except TimeoutError:
                         pass
 
-    async def _claim(self, limit: int, busy: list[uuid.UUID]) -> list[ClaimedDelivery]:
+    async def _claim(self, limit: int, in_flight: dict[uuid.UUID, int]) -> list[ClaimedDelivery]:
         async with self._db.write_session() as session:
             return await claim_due(session, limit=limit, lease_s=self._settings.lease_s,
-                                   busy_endpoints=busy)
+                                   per_endpoint=self._settings.max_in_flight_per_endpoint,
+                                   in_flight=in_flight)
 
     async def _attempt(self, delivery: ClaimedDelivery) -> None:
         try:
@@ -195,8 +196,9 @@ class DeliveryLoop:
         try:
             # httpx's timeout bounds each phase (connect, each read); the deadline bounds the
             # whole exchange, so an endpoint dripping a byte at a time cannot hold a slot.
-            async with asyncio.timeout(self._settings.request_timeout_s), self._client.stream(
-                    "POST", delivery.url, content=body, headers=headers) as response:
+            async with asyncio.timeout(self._settings.request_timeout_s), \
+                    self._clients.client(delivery.endpoint_id) as client, client.stream(
+                        "POST", delivery.url, content=body, headers=headers) as response:
                 # At most max_response_bytes of the answer are read; the rest is dropped
                 # with the connection.
                 read = 0

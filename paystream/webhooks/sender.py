@@ -18,7 +18,7 @@ from .backlog import WebhookBacklogSampler
 from .delivery import DeliveryLoop
 from .ingest import Ingest
 from .secrets import SecretBox, SecretsUnavailable
-from .transport import webhook_client
+from .transport import WebhookClients
 from .urls import Resolver, system_resolver
 
 log = logging.getLogger("paystream.webhooks")
@@ -39,8 +39,8 @@ async def run_sender(settings: Settings, *, resolver: Resolver | None = None,
                                  "cannot read the endpoints' signing secrets")
     resolve = resolver or system_resolver
     db = Database(settings.db)
-    client = webhook_client(settings.webhooks, resolve, dev=settings.dev)
-    delivery = DeliveryLoop(settings.webhooks, db, box, client, resolve, dev=settings.dev)
+    clients = WebhookClients(settings.webhooks, resolve, dev=settings.dev)
+    delivery = DeliveryLoop(settings.webhooks, db, box, clients, resolve, dev=settings.dev)
     ingest = Ingest(settings, db, on_scheduled=delivery.wake)
     task = asyncio.current_task()
     if handle_signals and task is not None:
@@ -70,7 +70,7 @@ async def run_sender(settings: Settings, *, resolver: Resolver | None = None,
             raise
     finally:
         await ingest.consumer.stop()
-        await client.aclose()
+        await clients.aclose()
         await db.dispose()
         if sampler is not None:
             await sampler.close()

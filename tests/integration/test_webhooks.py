@@ -718,6 +718,28 @@ async def test_an_endpoint_deleted_during_an_attempt_leaves_the_sender_running(
         assert later["endpoint"]["id"] != doomed["endpoint"]["id"]
 
 
+async def test_no_endpoint_gets_more_attempts_at_once_than_its_share(
+        client, make_partner, watcher, receiver, migrated, services) -> None:  # type: ignore[no-untyped-def]
+    partner = await make_partner()
+    source, destination = await partner.account(balance="100.00"), await partner.account(balance="0")
+    slow = await endpoint(client, partner, receiver.url("slow-share"), events=["payment.succeeded"])
+    receiver.slow["slow-share"] = 0.5
+    await receiver.start()
+    # A backlog first, so the sender finds all twelve due at once.
+    paid = [await pay(client, partner, source, destination, f"{n}.00") for n in range(1, 13)]
+    for payment_id in paid:
+        await watcher.terminal(payment_id)
+    async with sender(fast_settings(migrated, max_in_flight_per_endpoint=4)):
+
+        async def settled() -> bool:
+            rows = await schedule_rows(services, slow["endpoint"]["id"])
+            return len(rows) == 12 and all(r["state"] == "DELIVERED" for r in rows)
+        await eventually(settled)
+    assert {r.json["data"]["id"] for r in receiver.delivered("slow-share")} == set(paid)
+    # Four at a time, never more (one claim could take the twelve), and in parallel.
+    assert receiver.most_active["slow-share"] == 4
+
+
 async def test_two_senders_share_the_schedule_and_deliver_each_event_once(
         client, make_partner, watcher, receiver, migrated, services) -> None:  # type: ignore[no-untyped-def]
     partner = await make_partner()
