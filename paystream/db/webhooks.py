@@ -267,69 +267,122 @@ async def claim_due(session: WriteSession, *, limit: int, lease_s: float, per_en
     return sorted(claimed, key=lambda c: (c.payment_id, c.version))
 
 
-async def record_attempt(session: WriteSession, claimed: ClaimedDelivery, *,
-                         response_status: int | None, error: str | None, delivered: bool,
-                         retry_in_s: float, window_s: float, disable_after_s: float) -> str:
-    """Log the attempt and settle the row: DELIVERED; or due again in ``retry_in_s`` (never
-    past the end of its retry window); or FAILED once the window has passed. The endpoint's
-    failure streak starts, ends, or (past ``disable_after_s``) disables it, holding what it
-    still has PENDING (this row too: "HELD"). The row's state, or "DELETED" when its endpoint
-    was deleted during the attempt (nothing is recorded)."""
-    # Locked first: an endpoint deleted meanwhile took the row with it (and a deletion
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """What one attempt came to, for :func:`record_attempts`."""
+
+    claimed: ClaimedDelivery
+    response_status: int | None
+    error: str | None
+    delivered: bool
+    retry_in_s: float  # when not delivered: due again after this long (within the window)
+
+
+_LOG_ATTEMPTS = text(
+    "INSERT INTO webhook_deliveries (webhook_event_id, endpoint_id, event_id, attempt,"
+    " response_status, error)"
+    " SELECT * FROM unnest(CAST(:rows AS bigint[]), CAST(:endpoints AS uuid[]),"
+    "   CAST(:events AS uuid[]), CAST(:attempts AS integer[]), CAST(:statuses AS integer[]),"
+    "   CAST(:errors AS text[]))")
+_RETRY = text(
+    "UPDATE webhook_events e SET"
+    " state = CASE WHEN now() >= e.scheduled_at + make_interval(secs => :window)"
+    "              THEN 'FAILED' ELSE 'PENDING' END,"
+    " finished_at = CASE WHEN now() >= e.scheduled_at + make_interval(secs => :window)"
+    "                    THEN now() END,"
+    " next_attempt_at = LEAST(now() + make_interval(secs => u.retry),"
+    "                         e.scheduled_at + make_interval(secs => :window))"
+    " FROM unnest(CAST(:rows AS bigint[]), CAST(:retries AS float8[])) AS u(id, retry)"
+    " WHERE e.id = u.id AND e.state = 'PENDING' RETURNING e.id, e.state")
+_STREAK = text(
+    "UPDATE webhook_endpoints SET failing_since = coalesce(failing_since, now()),"
+    " status = CASE WHEN now() - coalesce(failing_since, now())"
+    "                    >= make_interval(secs => :disable) THEN 'DISABLED' ELSE status END,"
+    " disabled_at = CASE WHEN status = 'ENABLED' AND now() - coalesce(failing_since, now())"
+    "                    >= make_interval(secs => :disable) THEN now() ELSE disabled_at END"
+    " WHERE id = ANY(CAST(:endpoints AS uuid[])) RETURNING id, status")
+
+
+async def _lock_endpoints(session: WriteSession, endpoint_ids: Sequence[uuid.UUID], mode: str,
+                          condition: str = "") -> list[uuid.UUID]:
+    """Lock the endpoints (those meeting ``condition``) in id order, so that two senders
+    settling attempts to the same endpoints never wait for each other in a cycle."""
+    result = await session.execute(text(
+        f"SELECT id FROM webhook_endpoints WHERE id = ANY(CAST(:ids AS uuid[])){condition}"
+        f" ORDER BY id FOR {mode}"), {"ids": sorted(set(endpoint_ids))})
+    return [row[0] for row in result]
+
+
+async def record_attempts(session: WriteSession, results: Sequence[AttemptResult], *,
+                          window_s: float, disable_after_s: float) -> list[str]:
+    """Log the attempts and settle their rows, all in the caller's transaction: DELIVERED; or
+    due again after ``retry_in_s`` (never past the end of its retry window); or FAILED once
+    the window has passed. Each endpoint's failure streak ends (a delivery to it in the
+    batch), starts or goes on, or, past ``disable_after_s``, disables it, holding what it
+    still has PENDING (its failed rows here too: "HELD"). The rows' states in the order
+    given; "DELETED" for a row whose endpoint was deleted during the attempt (nothing is
+    recorded), "SETTLED" for one another sender settled meanwhile (its lease had ended)."""
+    # Locked first: an endpoint deleted meanwhile took its rows with it (and a deletion
     # waits for this transaction), so the log never references a row that is gone.
-    present = await session.execute(text(
-        "SELECT 1 FROM webhook_events WHERE id = :row FOR UPDATE"), {"row": claimed.id})
-    if present.one_or_none() is None:
-        return "DELETED"
-    await session.execute(text(
-        "INSERT INTO webhook_deliveries (webhook_event_id, endpoint_id, event_id, attempt,"
-        " response_status, error) VALUES (:row, :endpoint, :event, :attempt, :status, :error)"),
-        {"row": claimed.id, "endpoint": claimed.endpoint_id, "event": claimed.event_id,
-         "attempt": claimed.attempt, "status": response_status,
-         "error": None if error is None else error[:500]})
+    present = {row[0] for row in await session.execute(text(
+        "SELECT id FROM webhook_events WHERE id = ANY(CAST(:ids AS bigint[])) ORDER BY id"
+        " FOR UPDATE"), {"ids": sorted({r.claimed.id for r in results})})}
+    kept = [r for r in results if r.claimed.id in present]
+    states: dict[int, str] = {}
+    if not kept:
+        return ["DELETED" for _ in results]
+    await session.execute(_LOG_ATTEMPTS, {
+        "rows": [r.claimed.id for r in kept], "endpoints": [r.claimed.endpoint_id for r in kept],
+        "events": [r.claimed.event_id for r in kept], "attempts": [r.claimed.attempt for r in kept],
+        "statuses": [r.response_status for r in kept],
+        "errors": [None if r.error is None else r.error[:500] for r in kept]})
+    delivered = [r for r in kept if r.delivered]
+    failed = [r for r in kept if not r.delivered]
+    working = {r.claimed.endpoint_id for r in delivered}
     if delivered:
         await session.execute(text(
             "UPDATE webhook_events SET state = 'DELIVERED', finished_at = now()"
-            " WHERE id = :row AND state = 'PENDING'"), {"row": claimed.id})
-        # Only when a streak ends: a row lock and a new row version per delivery would
-        # serialize the settling of every delivery to a busy endpoint.
-        await session.execute(text(
-            "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = :endpoint"
-            " AND failing_since IS NOT NULL"), {"endpoint": claimed.endpoint_id})
-        return "DELIVERED"
-    result = await session.execute(text(
-        "UPDATE webhook_events SET"
-        " state = CASE WHEN now() >= scheduled_at + make_interval(secs => :window)"
-        "              THEN 'FAILED' ELSE 'PENDING' END,"
-        " finished_at = CASE WHEN now() >= scheduled_at + make_interval(secs => :window)"
-        "                    THEN now() END,"
-        " next_attempt_at = LEAST(now() + make_interval(secs => :retry),"
-        "                         scheduled_at + make_interval(secs => :window))"
-        " WHERE id = :row AND state = 'PENDING' RETURNING state"),
-        {"row": claimed.id, "window": window_s, "retry": retry_in_s})
-    # None: another sender settled the row meanwhile (its lease had ended).
-    state = result.scalar_one_or_none() or "SETTLED"
-    result = await session.execute(text(
-        "UPDATE webhook_endpoints SET failing_since = coalesce(failing_since, now()),"
-        " status = CASE WHEN now() - coalesce(failing_since, now())"
-        "                    >= make_interval(secs => :disable) THEN 'DISABLED' ELSE status END,"
-        " disabled_at = CASE WHEN status = 'ENABLED' AND now() - coalesce(failing_since, now())"
-        "                    >= make_interval(secs => :disable) THEN now() ELSE disabled_at END"
-        " WHERE id = :endpoint RETURNING status"),
-        {"endpoint": claimed.endpoint_id, "disable": disable_after_s})
-    if result.scalar_one_or_none() == "DISABLED":
-        # A disabled endpoint is sent nothing more until it is enabled: what it still has
-        # waiting is held (enable_endpoint makes it due again), not given up. FOR UPDATE first
-        # waits for the schedulers that read it ENABLED (schedule), so their rows are held too.
-        await session.execute(text("SELECT 1 FROM webhook_endpoints WHERE id = :endpoint"
-                                   " FOR UPDATE"), {"endpoint": claimed.endpoint_id})
-        await session.execute(text(
-            "UPDATE webhook_events SET next_attempt_at = 'infinity'"
-            " WHERE endpoint_id = :endpoint AND state = 'PENDING'"),
-            {"endpoint": claimed.endpoint_id})
-        if state == "PENDING":
-            state = "HELD"
-    return str(state)
+            " WHERE id = ANY(CAST(:ids AS bigint[])) AND state = 'PENDING'"),
+            {"ids": [r.claimed.id for r in delivered]})
+        states.update((r.claimed.id, "DELIVERED") for r in delivered)
+        # The endpoint row only when a streak ends: a row lock and a new row version per
+        # delivery would serialize the settling of every delivery to a busy endpoint.
+        ended = await _lock_endpoints(session, list(working), "NO KEY UPDATE",
+                                      " AND failing_since IS NOT NULL")
+        if ended:
+            await session.execute(text(
+                "UPDATE webhook_endpoints SET failing_since = NULL"
+                " WHERE id = ANY(CAST(:ids AS uuid[]))"), {"ids": ended})
+    if failed:
+        result = await session.execute(_RETRY, {
+            "rows": [r.claimed.id for r in failed], "retries": [r.retry_in_s for r in failed],
+            "window": window_s})
+        states.update((row[0], str(row[1])) for row in result)
+        for r in failed:
+            states.setdefault(r.claimed.id, "SETTLED")
+        # A delivery in the same batch shows the endpoint works: no streak for it.
+        failing = await _lock_endpoints(
+            session, [r.claimed.endpoint_id for r in failed
+                      if r.claimed.endpoint_id not in working], "NO KEY UPDATE")
+        disabled: list[uuid.UUID] = []
+        if failing:
+            result = await session.execute(_STREAK, {"endpoints": failing,
+                                                     "disable": disable_after_s})
+            disabled = sorted(row[0] for row in result if row[1] == "DISABLED")
+        if disabled:
+            # A disabled endpoint is sent nothing more until it is enabled: what it still has
+            # waiting is held (enable_endpoint makes it due again), not given up. FOR UPDATE
+            # first waits for the schedulers that read it ENABLED (schedule), so their rows
+            # are held too.
+            await _lock_endpoints(session, disabled, "UPDATE")
+            await session.execute(text(
+                "UPDATE webhook_events SET next_attempt_at = 'infinity'"
+                " WHERE endpoint_id = ANY(CAST(:endpoints AS uuid[])) AND state = 'PENDING'"),
+                {"endpoints": disabled})
+            for r in failed:
+                if r.claimed.endpoint_id in disabled and states[r.claimed.id] == "PENDING":
+                    states[r.claimed.id] = "HELD"
+    return [states.get(r.claimed.id, "DELETED") for r in results]
 
 
 async def enable_endpoint(session: WriteSession, partner_id: uuid.UUID | None,
@@ -436,6 +489,7 @@ async def resend(session: WriteSession, event_id: uuid.UUID) -> tuple[int, int]:
 
 
 __all__ = [
+    "AttemptResult",
     "ClaimedDelivery",
     "DeliveryRow",
     "EndpointRow",
@@ -450,7 +504,7 @@ __all__ = [
     "endpoints_of",
     "insert_endpoint",
     "lock_partner_endpoints",
-    "record_attempt",
+    "record_attempts",
     "resend",
     "rotate_secret",
     "schedule",

@@ -1,8 +1,8 @@
 """The delivering half of a sender: claim due rows, POST each signed, settle it.
 
 Rows are leased (``db.webhooks.claim_due``) so any number of senders share the schedule and
-no transaction is open during a request. Each attempt is its own task in the loop's task
-group, at most ``max_in_flight`` per process and ``max_in_flight_per_endpoint`` per endpoint,
+no transaction is open during a request; results are recorded in batches (:class:`Settler`).
+Each attempt is its own task in the loop's task group, at most ``max_in_flight`` per process and ``max_in_flight_per_endpoint`` per endpoint,
 so a slow or failing endpoint holds only its own rows: the others' are claimed past it. A
 failed attempt is due again after :func:`paystream.domain.webhooks.retry_delay_s`; after the
 retry window the row is FAILED (the payment's next version may then go), and an endpoint
@@ -26,7 +26,7 @@ import httpx
 
 from ..config import WebhookSettings
 from ..db import Database
-from ..db.webhooks import ClaimedDelivery, claim_due, record_attempt
+from ..db.webhooks import AttemptResult, ClaimedDelivery, claim_due, record_attempts
 from ..domain.webhooks import retry_delay_s, signature_header
 from ..metrics import (
     WEBHOOK_ATTEMPT_SECONDS,
@@ -43,7 +43,7 @@ log = logging.getLogger("paystream.webhooks")
 
 USER_AGENT = "paystream-webhooks/1"
 
-# record_attempt's answer -> the outcome label of paystream_webhook_attempts_total.
+# record_attempts' answer -> the outcome label of paystream_webhook_attempts_total.
 _OUTCOMES = {"DELIVERED": "delivered", "PENDING": "retry", "FAILED": "given_up",
              "HELD": "held", "DELETED": "deleted", "SETTLED": "retry"}
 
@@ -69,6 +69,42 @@ def event_lag_s(body: str, now: float) -> float | None:
     return max(0.0, now - created.timestamp())
 
 
+class Settler:
+    """Records finished attempts in batches: everything that finished while the previous
+    batch was being written goes in one transaction (a handful of set-based statements and
+    one commit for all of them, instead of four statements and a commit each)."""
+
+    def __init__(self, settings: WebhookSettings, db: Database, *, max_batch: int = 200) -> None:
+        self._settings = settings
+        self._db = db
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[tuple[AttemptResult, asyncio.Future[str]]] = asyncio.Queue()
+
+    async def settle(self, result: AttemptResult) -> str:
+        """The row's state once the attempt is recorded (see ``db.webhooks.record_attempts``)."""
+        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((result, done))
+        return await done
+
+    async def _record(self, results: list[AttemptResult]) -> list[str]:
+        async with self._db.write_session() as session:
+            return await record_attempts(session, results,
+                                         window_s=self._settings.retry_window_s,
+                                         disable_after_s=self._settings.disable_after_s)
+
+    async def run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            results = [result for result, _ in batch]
+            states = await until_done("recording webhook attempts",
+                                      lambda: self._record(results))  # noqa: B023 (awaited at once)
+            for (_, done), state in zip(batch, states, strict=True):
+                if not done.done():  # its attempt may have been cancelled meanwhile
+                    done.set_result(state)
+
+
 class DeliveryLoop:
     def __init__(self, settings: WebhookSettings, db: Database, box: SecretBox,
                  clients: WebhookClients, resolver: Resolver, *, dev: bool) -> None:
@@ -80,6 +116,7 @@ class DeliveryLoop:
         self._dev = dev
         self._in_flight: Counter[uuid.UUID] = Counter()
         self._wake = asyncio.Event()
+        self._settler = Settler(settings, db)
         self.attempts = 0
 
     def wake(self) -> None:
@@ -89,6 +126,7 @@ class DeliveryLoop:
     async def run(self) -> None:
         settings = self._settings
         async with asyncio.TaskGroup() as group:
+            group.create_task(self._settler.run(), name="webhook-settler")
             while True:
                 self._wake.clear()
                 free = settings.max_in_flight - sum(self._in_flight.values())
@@ -130,15 +168,9 @@ class DeliveryLoop:
             settings = self._settings
             delay = retry_delay_s(delivery.attempt, base_s=settings.retry_base_s,
                                   max_s=settings.retry_max_s, jitter=random.random())
-
-            async def settle() -> str:
-                async with self._db.write_session() as session:
-                    return await record_attempt(
-                        session, delivery, response_status=status, error=error,
-                        delivered=delivered, retry_in_s=delay, window_s=settings.retry_window_s,
-                        disable_after_s=settings.disable_after_s)
-
-            state = await until_done("recording a webhook attempt", settle)
+            state = await self._settler.settle(AttemptResult(
+                delivery, response_status=status, error=error, delivered=delivered,
+                retry_in_s=delay))
             self.attempts += 1
             WEBHOOK_ATTEMPTS.labels(_OUTCOMES.get(state, "retry"),
                                     response_class(status, error)).inc()
@@ -218,4 +250,4 @@ class DeliveryLoop:
         return status, f"HTTP {status}"
 
 
-__all__ = ["DeliveryLoop", "event_lag_s", "response_class"]
+__all__ = ["DeliveryLoop", "Settler", "event_lag_s", "response_class"]
