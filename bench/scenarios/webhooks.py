@@ -2,7 +2,8 @@
 by one sender process (``paystream webhooks``, default settings: 64 attempts in flight, 8 per
 endpoint), against the same receiver hit directly in the same run by wrk and by an httpx
 load generator with as many requests in flight (``bench.loadgen.posts``, the sender's own
-HTTP client), POSTing a real webhook's bytes and headers.
+HTTP client, one connection pool per endpoint as the sender keeps them; one pool of 64 is
+measured too), POSTing a real webhook's bytes and headers.
 
 Eight partners, one endpoint each (``payment.succeeded`` only), payments between each
 partner's own two accounts, so each payment is one delivery.
@@ -16,7 +17,8 @@ partner's own two accounts, so each payment is one delivery.
    hop, the sender's consumer and schedule, the claim and the POST.
 
 With ``BENCH_PROFILE_SENDER=1`` (and py-spy installed) the sender is sampled by py-spy during
-phase 1 and the hottest frames go to ``bench/results/webhooks-profile.txt``.
+phase 1 (from its start to the N-th receipt) and the hottest frames go to
+``bench/results/webhooks-profile.txt``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -207,11 +210,12 @@ async def run(ctx: BenchContext) -> Scenario:
         progress(f"  sender started: delivering the backlog of {count}")
         started = time.time()
         sender = start_sender(ctx, key, metrics_port)
-        spy = profile(sender.pid, 30 if ctx.quick else 60)
+        spy = profile(sender.pid, max(300.0, count / 10))
         await wait_received(receiver, "/hook-", count, timeout=max(300.0, count / 10))
         backlog = await receiver_stats(receiver, "/hook-", detail=True)
         if spy is not None:
-            spy.wait(120)
+            spy.send_signal(signal.SIGINT)  # py-spy writes what it has and exits
+            spy.wait(60)
             folded = LOGS / "sender.folded"
             if folded.exists():
                 (RESULTS / "webhooks-profile.txt").write_text(summarize_profile(folded))
@@ -244,19 +248,26 @@ async def run(ctx: BenchContext) -> Scenario:
         progress(f"  baseline: wrk, {CONNECTIONS} connections, {ctx.seconds:.0f} s")
         direct = wrk(f"{receiver.url}/load-wrk", request_lua(LOGS / "webhook.lua", sample),
                      connections=CONNECTIONS, seconds=ctx.seconds)
-        progress(f"  baseline: httpx, {CONNECTIONS} in flight, {ctx.seconds:.0f} s")
+        progress(f"  baseline: httpx, {CONNECTIONS} in flight in {ENDPOINTS} pools, "
+                 f"{ctx.seconds:.0f} s")
         client = await run_loadgen(
             "posts", "posts", "--url", f"{receiver.url}/load-httpx", "--request", request_file,
-            "--connections", CONNECTIONS, "--seconds", ctx.seconds, env=ctx.env,
-            timeout=ctx.seconds + 120)
+            "--connections", CONNECTIONS, "--pools", ENDPOINTS, "--seconds", ctx.seconds,
+            env=ctx.env, timeout=ctx.seconds + 120)
+        # The sender's client before it kept a pool per endpoint: one pool for all 64.
+        progress(f"  httpx, {CONNECTIONS} in flight in one pool, {ctx.seconds:.0f} s")
+        one_pool = await run_loadgen(
+            "posts-one-pool", "posts", "--url", f"{receiver.url}/load-httpx-1",
+            "--request", request_file, "--connections", CONNECTIONS, "--pools", 1,
+            "--seconds", ctx.seconds, env=ctx.env, timeout=ctx.seconds + 120)
     finally:
         receiver.stop()
-    data.update(wrk=direct.as_dict(), httpx=client)
+    data.update(wrk=direct.as_dict(), httpx=client, httpx_one_pool=one_pool)
     return Scenario("webhooks", [
         Row(NAME, "delivered/s (backlog)", throughput, "events/s", direct.requests_per_s,
             f"wrk POSTs/s, {CONNECTIONS} connections"),
         Row(NAME, "delivered/s vs httpx", throughput, "events/s", client["per_second"],
-            f"httpx POSTs/s, {CONNECTIONS} in flight"),
+            f"httpx POSTs/s, {CONNECTIONS} in flight, {ENDPOINTS} pools"),
         Row(NAME, "event-to-delivery p50", p50, "ms"),
         Row(NAME, "event-to-delivery p99", p99, "ms"),
     ], data, [
@@ -264,4 +275,5 @@ async def run(ctx: BenchContext) -> Scenario:
          f"uvicorn receiver; throughput over a backlog of {count:,} settled payments, first to "
          f"last receipt; latency over {paced_count:,} payments at {rate:.0f}/s, receipt minus "
          "the webhook's createdAt; baselines: the same receiver hit directly by wrk (1 thread) "
-         "and by bench.loadgen.posts (httpx, 1 process) with the same bytes and headers")])
+         f"and by bench.loadgen.posts (httpx, 1 process, {ENDPOINTS} pools as the sender keeps) "
+         "with the same bytes and headers")])
