@@ -38,6 +38,7 @@ from typing import Any
 
 import httpx
 from pydantic import SecretStr
+from sqlalchemy import text
 
 from paystream.devstack import free_port
 from paystream.services.admin import new_account, new_partner
@@ -177,6 +178,34 @@ def request_lua(path: Path, sample: dict[str, Any]) -> Path:
     return path
 
 
+_HOPS = text(
+    "SELECT e.event_id::text, extract(epoch FROM e.scheduled_at),"
+    "       extract(epoch FROM min(d.at)) FROM webhook_events e"
+    " JOIN webhook_deliveries d ON d.webhook_event_id = e.id"
+    " WHERE e.event_id = ANY(CAST(:ids AS uuid[])) GROUP BY e.event_id, e.scheduled_at")
+
+
+async def hops(ctx: BenchContext, live: dict[str, Any]) -> dict[str, float]:
+    """Where the event-to-delivery time goes, p50 of each hop in ms: the event's time to its
+    row in the schedule (outbox, broker, the sender's consumer; the row's ``scheduled_at`` is
+    its scheduling transaction's start), the schedule to the receipt (claim and POST), and the
+    receipt to the attempt's record (the batched settle)."""
+    received = {event: at for event, (at, _) in zip(live["ids"], live["received"], strict=True)}
+    created = {event: t for event, (_, t) in zip(live["ids"], live["received"], strict=True)}
+    async with ctx.services.db.primary.connect() as conn:
+        rows = (await conn.execute(_HOPS, {"ids": list(received)})).all()
+    parts: dict[str, list[float]] = {"to_schedule": [], "schedule_to_receipt": [],
+                                     "receipt_to_record": []}
+    for event, scheduled, recorded in rows:
+        if created.get(event) is None:
+            continue
+        parts["to_schedule"].append((float(scheduled) - created[event]) * 1000)
+        parts["schedule_to_receipt"].append((received[event] - float(scheduled)) * 1000)
+        parts["receipt_to_record"].append((float(recorded) - received[event]) * 1000)
+    return {f"{name}_p50_ms": percentile(values, 50) for name, values in parts.items()} | {
+        f"{name}_p99_ms": percentile(values, 99) for name, values in parts.items()}
+
+
 async def scrape(port: int) -> dict[str, float]:
     async with httpx.AsyncClient(timeout=10.0) as http:
         body = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
@@ -237,7 +266,8 @@ async def run(ctx: BenchContext) -> Scenario:
         live = await receiver_stats(receiver, "/hook-", detail=True)
         latencies = [(at - event) * 1000 for at, event in live["received"] if event is not None]
         p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
-        data.update(latencies_ms=sorted(latencies), latency_p50_ms=p50, latency_p99_ms=p99)
+        data.update(latencies_ms=sorted(latencies), latency_p50_ms=p50, latency_p99_ms=p99,
+                    hops=await hops(ctx, live))
         data["sender_metrics"] = await scrape(metrics_port)
     finally:
         if sender is not None:
