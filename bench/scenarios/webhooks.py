@@ -228,6 +228,7 @@ async def run(ctx: BenchContext) -> Scenario:
     receiver = await ctx.start_app("receiver")
     metrics_port = free_port()
     sender: subprocess.Popen[bytes] | None = None
+    spy: subprocess.Popen[bytes] | None = None
     data: dict[str, Any] = {"payments": count, "endpoints": ENDPOINTS, "rate": rate,
                             "paced": paced_count}
     try:
@@ -269,10 +270,9 @@ async def run(ctx: BenchContext) -> Scenario:
         data.update(latencies_ms=sorted(latencies), latency_p50_ms=p50, latency_p99_ms=p99,
                     hops=await hops(ctx, live))
         data["sender_metrics"] = await scrape(metrics_port)
-    finally:
-        if sender is not None:
-            Server("webhooks", sender, metrics_port, LOGS / "webhooks.log").stop()
-    try:
+        # The baselines with the sender stopped, so it takes no CPU from them.
+        Server("webhooks", sender, metrics_port, LOGS / "webhooks.log").stop()
+
         request_file = LOGS / "webhook-request.json"
         request_file.write_text(json.dumps(sample))
         progress(f"  baseline: wrk, {CONNECTIONS} connections, {ctx.seconds:.0f} s")
@@ -291,6 +291,9 @@ async def run(ctx: BenchContext) -> Scenario:
             "--request", request_file, "--connections", CONNECTIONS, "--pools", 1,
             "--seconds", ctx.seconds, env=ctx.env, timeout=ctx.seconds + 120)
     finally:
+        for process in (spy, sender):
+            if process is not None and process.poll() is None:
+                Server("webhooks", process, metrics_port, LOGS / "webhooks.log").stop()
         receiver.stop()
     data.update(wrk=direct.as_dict(), httpx=client, httpx_one_pool=one_pool)
     return Scenario("webhooks", [
