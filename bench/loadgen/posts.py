@@ -5,7 +5,8 @@ httpx (the webhook sender's HTTP client): the webhook bench's client-side baseli
         [--seconds 20]
 
 The connections are split over ``--pools`` clients (the sender keeps one pool per endpoint:
-httpcore's pool slows down with the connections it holds). FILE is JSON ``{"body": "...", "headers": {...}}`` (a real webhook, as the receiver kept it).
+httpcore's pool slows down with the connections it holds). FILE is JSON
+``{"body": "...", "headers": {...}}`` (a real webhook, as the receiver kept it).
 Prints one JSON line: requests answered 2xx, errors, seconds, requests/s and latency p50/p99
 in ms.
 """

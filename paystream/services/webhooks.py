@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from ..config import Settings
 from ..db import Database, ReadSession
 from ..db.partners import partner_id_by_name
+from ..db.webhook_schedule import resend
 from ..db.webhooks import (
     DeliveryRow,
     EndpointRow,
@@ -27,7 +28,6 @@ from ..db.webhooks import (
     endpoints_of,
     insert_endpoint,
     lock_partner_endpoints,
-    resend,
     rotate_secret,
 )
 from ..domain.errors import BadUserInput, NotFound, Unavailable

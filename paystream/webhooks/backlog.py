@@ -21,7 +21,7 @@ import logging
 
 from ..config import Settings
 from ..db import Database, ReadSession
-from ..db.webhooks import ScheduleBacklog, schedule_backlog
+from ..db.webhook_schedule import ScheduleBacklog, schedule_backlog
 from ..events.lag import GroupLag
 from ..metrics import (
     CONSUMER_LAG,

@@ -1,12 +1,14 @@
 """The delivering half of a sender: claim due rows, POST each signed, settle it.
 
-Rows are leased (``db.webhooks.claim_due``) so any number of senders share the schedule and
-no transaction is open during a request; results are recorded in batches (:class:`Settler`).
-Each attempt is its own task in the loop's task group, at most ``max_in_flight`` per process and ``max_in_flight_per_endpoint`` per endpoint,
-so a slow or failing endpoint holds only its own rows: the others' are claimed past it. A
-failed attempt is due again after :func:`paystream.domain.webhooks.retry_delay_s`; after the
-retry window the row is FAILED (the payment's next version may then go), and an endpoint
-whose attempts all failed for ``disable_after_s`` is DISABLED (its rows held until enabled).
+Rows are leased (``db.webhook_schedule.claim_due``) so any number of senders share the
+schedule and no transaction is open during a request; results are recorded in batches
+(:class:`Settler`). Each attempt is its own task in the loop's task group, at most
+``max_in_flight`` per process and ``max_in_flight_per_endpoint`` per endpoint (the claim
+keeps both), so a slow or failing endpoint holds only its own rows: the others' are claimed
+past it. A failed attempt is due again after :func:`paystream.domain.webhooks.retry_delay_s`;
+after the retry window the row is FAILED (the payment's next version may then go), and an
+endpoint whose attempts all failed for ``disable_after_s`` is DISABLED (its rows held until
+enabled).
 Each attempt is counted in ``paystream_webhook_attempts_total`` by outcome and answer, timed,
 and a delivery's lag from the event's time observed (``paystream.metrics``).
 """
@@ -26,7 +28,7 @@ import httpx
 
 from ..config import WebhookSettings
 from ..db import Database
-from ..db.webhooks import AttemptResult, ClaimedDelivery, claim_due, record_attempts
+from ..db.webhook_schedule import AttemptResult, ClaimedDelivery, claim_due, record_attempts
 from ..domain.webhooks import retry_delay_s, signature_header
 from ..metrics import (
     WEBHOOK_ATTEMPT_SECONDS,
@@ -81,7 +83,8 @@ class Settler:
         self._queue: asyncio.Queue[tuple[AttemptResult, asyncio.Future[str]]] = asyncio.Queue()
 
     async def settle(self, result: AttemptResult) -> str:
-        """The row's state once the attempt is recorded (see ``db.webhooks.record_attempts``)."""
+        """The row's state once the attempt is recorded
+        (``db.webhook_schedule.record_attempts``)."""
         done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((result, done))
         return await done

@@ -23,7 +23,8 @@ from ..config import Settings
 from ..db import Database, WriteSession
 from ..db.accounts import AccountRow, accounts_by_ids
 from ..db.payments import payments_by_ids
-from ..db.webhooks import ScheduledEvent, endpoints_for, schedule
+from ..db.webhook_schedule import ScheduledEvent, schedule
+from ..db.webhooks import endpoints_for
 from ..domain.webhooks import event_id
 from ..events.kafka import make_consumer
 from ..events.messages import PaymentStatusEvent, UndecodableMessage
