@@ -447,7 +447,7 @@ def webhooks_rotate(endpoint_id: str) -> None:
 @webhooks.command("enable")
 @click.argument("endpoint_id")
 def webhooks_enable(endpoint_id: str) -> None:
-    """ENABLE a DISABLED endpoint again: the events held while it was disabled, and those
+    """Enable a DISABLED endpoint again: the events held while it was disabled, and those
     given up in the failure streak that disabled it, are due now (a new retry window each),
     in version order per payment."""
     settings = _settings_or_exit()
