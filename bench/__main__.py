@@ -26,7 +26,7 @@ from .harness import BenchContext, Scenario, progress, seed
 
 SCENARIOS = [
     "cached_query", "nested_list", "create_payment", "drain", "subscribe_latency",
-    "subscription_capacity", "scaling", "bulk_payments",
+    "subscription_capacity", "scaling", "bulk_payments", "webhooks",
 ]
 
 

@@ -49,7 +49,8 @@ the rest of this page is by hand.
   naive server without DataLoaders or cache (queries); pgbench on the same primary (worker
   drain); one broker produce-to-consume hop with the same `fetch_max_wait_ms`
   (createPayment to a subscriber); the first subscriber's receipt of the same event
-  (fan-out to many).
+  (fan-out to many); the same webhook receiver hit directly by wrk and by httpx with as many
+  requests in flight (webhook delivery).
 - Latencies of open-loop loads are timed from the moment a request was sent; the generator
   reports how late it was against its schedule, so a generator that fell behind shows.
 - Issue 5's figure (createPayment to SUCCEEDED seen by a subscriber, 1,000 payments at 200/s):

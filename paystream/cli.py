@@ -416,14 +416,29 @@ def webhooks_rotate(endpoint_id: str) -> None:
     click.echo(created.secret)
 
 
+@webhooks.command("enable")
+@click.argument("endpoint_id")
+def webhooks_enable(endpoint_id: str) -> None:
+    """Enable a DISABLED endpoint again: the events held while it was disabled, and those
+    given up in the failure streak that disabled it, are due now (a new retry window each),
+    in version order per payment."""
+    settings = _settings_or_exit()
+    endpoint, due = _run_with_db(
+        settings, lambda db: _webhook_service(db, settings).enable_for(None, endpoint_id))
+    click.echo(f"webhook endpoint {endpoint.id} {endpoint.status}; {due} event(s) due now")
+
+
 @webhooks.command("resend")
 @click.argument("event_id")
 def webhooks_resend(event_id: str) -> None:
     """Deliver EVENT_ID (a Paystream-Event-Id) again to every endpoint it was scheduled for,
-    starting now, with a new retry window."""
+    starting now, with a new retry window (held for a DISABLED endpoint until it is
+    enabled)."""
     settings = _settings_or_exit()
-    count = _run_with_db(settings, lambda db: _webhook_service(db, settings).resend(event_id))
-    click.echo(f"event {event_id} scheduled again for {count} endpoint(s)")
+    due, held = _run_with_db(settings,
+                             lambda db: _webhook_service(db, settings).resend(event_id))
+    click.echo(f"event {event_id} scheduled again for {due} endpoint(s)"
+               + (f"; held for {held} DISABLED endpoint(s) until enabled" if held else ""))
 
 
 @main.group()

@@ -213,14 +213,20 @@ class SubscriptionSettings(BaseModel):
 
 
 class MetricsSettings(BaseModel):
-    """Prometheus metrics of the roles without an HTTP server of their own (the worker)."""
+    """Prometheus metrics of the roles without an HTTP server of their own (the worker, the
+    webhook sender)."""
 
     # The worker serves /metrics on this port; 0 (the default) serves nothing and samples
     # nothing. The API serves /metrics on its own port.
     worker_port: int = 0
     worker_host: str = "127.0.0.1"
+    # The same for a webhook sender (`paystream webhooks`): its attempts, and the schedule's
+    # backlog sampled every sample_interval_s.
+    webhooks_port: int = 0
+    webhooks_host: str = "127.0.0.1"
     # How often the worker samples the backlogs (outbox rows unsent, dead letters waiting,
-    # its group's lag): one indexed query and three small broker requests each time.
+    # its group's lag): one indexed query and three small broker requests each time; and a
+    # sender its own (the schedule, endpoints, its group's lag on payments.status).
     sample_interval_s: float = 15.0
 
 

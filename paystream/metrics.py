@@ -1,5 +1,6 @@
-"""Prometheus series of one process, served by the gateway at ``/metrics`` (and by the worker
-on ``PAYSTREAM_METRICS__WORKER_PORT`` when set).
+"""Prometheus series of one process, served by the gateway at ``/metrics`` (by the worker on
+``PAYSTREAM_METRICS__WORKER_PORT`` and by a webhook sender on ``PAYSTREAM_METRICS__WEBHOOKS_PORT``
+when set).
 
 Any role may record into them (the gateway, the resolvers' DataLoaders, subscription and worker
 code): this module imports nothing of the project. Values are per process; with
@@ -36,6 +37,15 @@ __all__ = [
     "REQUEST_SECONDS",
     "SQL_STATEMENTS",
     "SUBSCRIPTION_UPDATES",
+    "WEBHOOK_ATTEMPTS",
+    "WEBHOOK_ATTEMPT_SECONDS",
+    "WEBHOOK_COUNT_CAP",
+    "WEBHOOK_DELIVERY_LAG_SECONDS",
+    "WEBHOOK_ENDPOINTS",
+    "WEBHOOK_IN_FLIGHT",
+    "WEBHOOK_OLDEST_DUE_SECONDS",
+    "WEBHOOK_SCHEDULE",
+    "WEBHOOK_SCHEDULED",
     "record_readiness",
     "render",
     "serve_metrics",
@@ -133,6 +143,57 @@ SUBSCRIPTION_UPDATES = Counter(
     ["execution"], registry=REGISTRY,
 )
 
+# The webhook sender (``paystream webhooks``). Attempts and latencies are this process's;
+# the schedule and endpoint gauges are read from PostgreSQL, so every sender reports the
+# same figures (combine them with max).
+WEBHOOK_COUNT_CAP = 100_000
+WEBHOOK_ATTEMPTS = Counter(
+    "paystream_webhook_attempts",
+    "Webhook POSTs made by this sender, by what became of the event (delivered; retry: due "
+    "again later; given_up: past its retry window; held: its endpoint was disabled; deleted: "
+    "its endpoint was deleted meanwhile) and by the answer (2xx, 3xx, 4xx, 5xx, timeout, "
+    "connection, refused: an address the URL rules forbid, error: anything else).",
+    ["outcome", "response"], registry=REGISTRY,
+)
+WEBHOOK_ATTEMPT_SECONDS = Histogram(
+    "paystream_webhook_attempt_seconds",
+    "Time of one webhook attempt: URL check, connect, POST and the answer's first KiB.",
+    registry=REGISTRY,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0),
+)
+WEBHOOK_DELIVERY_LAG_SECONDS = Histogram(
+    "paystream_webhook_delivery_lag_seconds",
+    "From an event's time (its createdAt) to its delivery (the 2xx answer), retries included.",
+    registry=REGISTRY,
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+             1800.0, 3600.0, 6 * 3600.0, 86400.0, 3 * 86400.0),
+)
+WEBHOOK_IN_FLIGHT = Gauge(
+    "paystream_webhook_in_flight", "Webhook attempts in flight in this sender.",
+    registry=REGISTRY,
+)
+WEBHOOK_SCHEDULED = Counter(
+    "paystream_webhook_scheduled",
+    "Webhook deliveries (event and endpoint) scheduled by this sender's consumer.",
+    registry=REGISTRY,
+)
+WEBHOOK_SCHEDULE = Gauge(
+    "paystream_webhook_schedule",
+    "Webhook deliveries not yet settled, by state: due (a sender may take it now), waiting "
+    "(its retry time is ahead, it is in flight, or an earlier event of its payment is not "
+    f"settled yet) and held (its endpoint is DISABLED). Counted up to {WEBHOOK_COUNT_CAP} each.",
+    ["state"], registry=REGISTRY,
+)
+WEBHOOK_OLDEST_DUE_SECONDS = Gauge(
+    "paystream_webhook_oldest_due_seconds",
+    "How long the longest-due webhook delivery has been due without a sender taking it "
+    "(0 when none is due): the senders are behind, or none is running.", registry=REGISTRY,
+)
+WEBHOOK_ENDPOINTS = Gauge(
+    "paystream_webhook_endpoints", "Webhook endpoints by status (ENABLED, DISABLED).",
+    ["status"], registry=REGISTRY,
+)
+
 
 def subscription_opened() -> None:
     OPEN_SUBSCRIPTIONS.inc()
@@ -179,6 +240,7 @@ def render() -> bytes:
 
 
 def serve_metrics(host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
-    """Serve ``/metrics`` from a daemon thread (roles without the gateway: the worker).
+    """Serve ``/metrics`` from a daemon thread (roles without the gateway: the worker, the
+    webhook sender).
     Port 0 picks a free one (``server.server_port``)."""
     return start_http_server(port, addr=host, registry=REGISTRY)

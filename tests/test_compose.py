@@ -198,7 +198,7 @@ def test_load_balancer_passes_websockets_to_the_api(config) -> None:
     assert re.search(r"map\s+\$http_upgrade\s+\$connection_upgrade", conf)
 
 
-def test_monitoring_profile_scrapes_every_api_and_worker_replica(config) -> None:
+def test_monitoring_profile_scrapes_every_api_worker_and_sender_replica(config) -> None:
     for name in MONITORING:
         assert service(config, name).get("profiles") == ["monitoring"], name
     for name in LONG_RUNNING + ("migrate", "webhooks"):
@@ -214,7 +214,11 @@ def test_monitoring_profile_scrapes_every_api_and_worker_replica(config) -> None
     assert worker["environment"]["PAYSTREAM_METRICS__WORKER_HOST"] == "0.0.0.0"
     assert str(port) in [str(p) for p in worker.get("expose", [])]
     api_port = int(service(config, "api")["environment"]["PAYSTREAM_API__PORT"])
-    assert targets == {("api", api_port), ("worker", port)}
+    webhooks = service(config, "webhooks")
+    webhooks_port = int(webhooks["environment"]["PAYSTREAM_METRICS__WEBHOOKS_PORT"])
+    assert webhooks["environment"]["PAYSTREAM_METRICS__WEBHOOKS_HOST"] == "0.0.0.0"
+    assert str(webhooks_port) in [str(p) for p in webhooks.get("expose", [])]
+    assert targets == {("api", api_port), ("worker", port), ("webhooks", webhooks_port)}
     grafana = service(config, "grafana")
     mounts = " ".join(str(v) for v in grafana["volumes"])
     assert "deploy/grafana/provisioning:/etc/grafana/provisioning" in mounts

@@ -118,7 +118,8 @@ def test_every_rule_is_complete() -> None:
 def test_the_failure_modes_of_operations_md_have_alerts() -> None:
     covered = {name for rule in alert_rules() for name in series_names(rule["expr"])}
     for series in ("paystream_consumer_lag", "paystream_outbox_oldest_unsent_seconds",
-                   "paystream_dlq_messages", "paystream_ready", "paystream_graphql_errors_total"):
+                   "paystream_dlq_messages", "paystream_ready", "paystream_graphql_errors_total",
+                   "paystream_webhook_oldest_due_seconds", "paystream_webhook_attempts_total"):
         assert series in covered, series
 
 
@@ -149,6 +150,11 @@ def test_the_dashboard_shows_what_the_issue_asks_for() -> None:
         "paystream_dlq_messages",
         "paystream_open_subscriptions",
         "paystream_cache_lookups_total",  # hit ratio
+        # The webhook senders: attempts by outcome, the schedule's backlog, delivery lag,
+        # disabled endpoints.
+        "paystream_webhook_attempts_total", "paystream_webhook_schedule",
+        "paystream_webhook_oldest_due_seconds", "paystream_webhook_delivery_lag_seconds_bucket",
+        "paystream_webhook_endpoints",
     } <= shown
     board = dashboard()
     ids = [panel["id"] for panel in board["panels"]]

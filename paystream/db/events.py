@@ -1,9 +1,9 @@
 """The events table: every status event, in the transaction that writes it, for the feed.
 
 :func:`record` is called by every writer of status events (the worker's postings, captures,
-cancels, expiries and refunds; the API's PENDING event) in its own transaction, before the
-outbox row: it hands back the events with their feed cursors, so the published message
-carries the cursor too.
+cancels, expiries and refunds; the API's PENDING and ``refund.pending`` events) in its own
+transaction, before the outbox row: it hands back the events with their feed cursors, so the
+published message carries the cursor too.
 
 Reads: :func:`partner_page` (the ``events`` feed) lists only rows whose transaction id is below
 the xmin of the current snapshot, so it must run on the primary (a replica's snapshot says

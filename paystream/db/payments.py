@@ -113,6 +113,20 @@ async def delete_pending(session: WriteSession, payment_id: uuid.UUID) -> bool:
     return bool(getattr(result, "rowcount", 0))
 
 
+_NEW_VERSION = text(
+    "UPDATE payments SET version = version + 1, updated_at = greatest(updated_at, :now)"
+    f" WHERE id = :id RETURNING {_COLUMN_NAMES}"
+)
+
+
+async def new_version(session: WriteSession, payment_id: uuid.UUID, now: datetime) -> PaymentRow:
+    """The next version of a payment (the caller holds its row lock) whose own columns did not
+    change but what hangs on it did: a refund accepted on it (``Payment.refunds``). Its status
+    event is then an event of its own, ``refund.pending``, with its own id and place."""
+    row = (await session.execute(_NEW_VERSION, {"id": payment_id, "now": now})).one()
+    return PaymentRow(*row)
+
+
 _BY_IDS = select(*COLUMNS).where(Payment.id == any_(uuid_array([])))
 
 

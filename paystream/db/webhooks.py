@@ -1,10 +1,8 @@
-"""Webhook endpoints, the delivery schedule and the attempt log (migration 0008).
+"""Webhook endpoints and their attempt log (migration 0008); the schedule of deliveries is
+``db.webhook_schedule``.
 
-The schedule is claimed with ``FOR UPDATE SKIP LOCKED`` and a lease (``next_attempt_at``
-moved past the attempt), so any number of senders share it, a sender that dies mid-attempt
-leaves the row due again when the lease ends, and no transaction stays open during an HTTP
-request. A row waits while an earlier version of the same payment for the same endpoint is
-still PENDING: events of one payment reach an endpoint in version order.
+A DISABLED endpoint's rows are held in the schedule, not given up (``next_attempt_at`` at
+infinity); :func:`enable_endpoint` makes them due again, in version order.
 """
 
 from __future__ import annotations
@@ -17,9 +15,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from ..tracing import Carrier
 from .engine import ReadSession, WriteSession
-from .outbox import trace_from_json, trace_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,39 +31,6 @@ class EndpointRow:
     failing_since: datetime | None
     disabled_at: datetime | None
     created_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class ScheduledEvent:
-    """One event for one endpoint, its body already rendered for the endpoint's partner."""
-
-    event_id: uuid.UUID
-    endpoint_id: uuid.UUID
-    payment_id: uuid.UUID
-    version: int
-    type: str
-    body: str
-    trace: Carrier | None = None  # the status event's trace, continued by each attempt
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedDelivery:
-    """A due row, leased to this sender for one attempt, with what the attempt needs."""
-
-    id: int
-    event_id: uuid.UUID
-    endpoint_id: uuid.UUID
-    payment_id: uuid.UUID
-    version: int
-    type: str
-    body: str
-    attempt: int
-    url: str
-    secret_ciphertext: bytes
-    previous_secret_ciphertext: bytes | None
-    previous_secret_expires_at: datetime | None
-    trace: Carrier | None = None
-
 
 @dataclass(frozen=True, slots=True)
 class DeliveryRow:
@@ -162,138 +125,44 @@ async def all_endpoints(session: ReadSession) -> list[EndpointRow]:
     return [_endpoint(r) for r in result]
 
 
-async def enabled_endpoints_for(session: WriteSession,
-                                partner_ids: Sequence[uuid.UUID]) -> list[EndpointRow]:
+async def endpoints_for(session: WriteSession,
+                        partner_ids: Sequence[uuid.UUID]) -> list[EndpointRow]:
+    """The partners' endpoints, ENABLED and DISABLED (a disabled one's events are held)."""
     result = await session.execute(text(
         f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints"
-        " WHERE partner_id = ANY(CAST(:ps AS uuid[])) AND status = 'ENABLED'"),
+        " WHERE partner_id = ANY(CAST(:ps AS uuid[]))"),
         {"ps": sorted(set(partner_ids))})
     return [_endpoint(r) for r in result]
 
 
-async def schedule(session: WriteSession, events: Sequence[ScheduledEvent]) -> int:
-    """Insert the rows, due now. An event already scheduled for its endpoint (a redelivered
-    status event) is skipped, and so is one older than a version of the same payment already
-    scheduled there (the API's PENDING event can arrive after the worker's SUCCEEDED one):
-    an endpoint never gets a payment's versions out of order."""
-    if not events:
-        return 0
-    result = await session.execute(text(
-        "INSERT INTO webhook_events (event_id, endpoint_id, payment_id, version, type, body,"
-        "                            trace)"
-        " SELECT r.event_id, r.endpoint_id, r.payment_id, r.version, r.type, r.body,"
-        "        CAST(r.trace AS jsonb)"
-        " FROM unnest(CAST(:event_ids AS uuid[]), CAST(:endpoint_ids AS uuid[]),"
-        "             CAST(:payment_ids AS uuid[]), CAST(:versions AS integer[]),"
-        "             CAST(:types AS text[]), CAST(:bodies AS text[]), CAST(:traces AS text[]))"
-        "      AS r(event_id, endpoint_id, payment_id, version, type, body, trace)"
-        " WHERE NOT EXISTS (SELECT 1 FROM webhook_events e WHERE e.endpoint_id = r.endpoint_id"
-        "                   AND e.payment_id = r.payment_id AND e.version > r.version)"
-        " ON CONFLICT (endpoint_id, event_id) DO NOTHING"),
-        {"event_ids": [e.event_id for e in events],
-         "endpoint_ids": [e.endpoint_id for e in events],
-         "payment_ids": [e.payment_id for e in events], "versions": [e.version for e in events],
-         "types": [e.type for e in events], "bodies": [e.body for e in events],
-         "traces": [trace_json(e.trace) for e in events]})
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]  # a CursorResult; typed as Result
-
-
-_CLAIM = text("""
-WITH due AS (
-    SELECT e.id FROM webhook_events e
-    JOIN webhook_endpoints ep ON ep.id = e.endpoint_id
-    WHERE e.state = 'PENDING' AND e.next_attempt_at <= now() AND ep.status = 'ENABLED'
-      AND e.endpoint_id <> ALL(CAST(:busy AS uuid[]))
-      AND NOT EXISTS (SELECT 1 FROM webhook_events p
-                      WHERE p.endpoint_id = e.endpoint_id AND p.payment_id = e.payment_id
-                        AND p.version < e.version AND p.state = 'PENDING')
-    ORDER BY e.next_attempt_at, e.id
-    LIMIT :limit
-    FOR UPDATE OF e SKIP LOCKED
-)
-UPDATE webhook_events e
-SET next_attempt_at = now() + make_interval(secs => :lease), attempts = e.attempts + 1
-FROM due, webhook_endpoints ep
-WHERE e.id = due.id AND ep.id = e.endpoint_id
-RETURNING e.id, e.event_id, e.endpoint_id, e.payment_id, e.version, e.type, e.body,
-          e.attempts AS attempt, ep.url, ep.secret_ciphertext, ep.previous_secret_ciphertext,
-          ep.previous_secret_expires_at, e.trace::text AS trace
-""")
-
-
-async def claim_due(session: WriteSession, *, limit: int, lease_s: float,
-                    busy_endpoints: Sequence[uuid.UUID]) -> list[ClaimedDelivery]:
-    """Lease up to ``limit`` due rows (none of ``busy_endpoints``) for one attempt each."""
-    result = await session.execute(_CLAIM, {"limit": limit, "lease": lease_s,
-                                            "busy": list(busy_endpoints)})
-    claimed = []
-    for row in result:
-        data = dict(row._mapping)
-        for name in ("secret_ciphertext", "previous_secret_ciphertext"):
-            if data[name] is not None:
-                data[name] = bytes(data[name])
-        data["trace"] = trace_from_json(data["trace"])
-        claimed.append(ClaimedDelivery(**data))
-    return sorted(claimed, key=lambda c: (c.payment_id, c.version))
-
-
-async def record_attempt(session: WriteSession, claimed: ClaimedDelivery, *,
-                         response_status: int | None, error: str | None, delivered: bool,
-                         retry_in_s: float, window_s: float, disable_after_s: float) -> str:
-    """Log the attempt and settle the row: DELIVERED; or due again in ``retry_in_s`` (never
-    past the end of its retry window); or FAILED once the window has passed. The endpoint's
-    failure streak starts, ends, or (past ``disable_after_s``) disables it. The row's state,
-    or "DELETED" when its endpoint was deleted during the attempt (nothing is recorded)."""
-    # Locked first: an endpoint deleted meanwhile took the row with it (and a deletion
-    # waits for this transaction), so the log never references a row that is gone.
-    present = await session.execute(text(
-        "SELECT 1 FROM webhook_events WHERE id = :row FOR UPDATE"), {"row": claimed.id})
-    if present.one_or_none() is None:
-        return "DELETED"
-    await session.execute(text(
-        "INSERT INTO webhook_deliveries (webhook_event_id, endpoint_id, event_id, attempt,"
-        " response_status, error) VALUES (:row, :endpoint, :event, :attempt, :status, :error)"),
-        {"row": claimed.id, "endpoint": claimed.endpoint_id, "event": claimed.event_id,
-         "attempt": claimed.attempt, "status": response_status,
-         "error": None if error is None else error[:500]})
-    if delivered:
-        await session.execute(text(
-            "UPDATE webhook_events SET state = 'DELIVERED', finished_at = now()"
-            " WHERE id = :row AND state = 'PENDING'"), {"row": claimed.id})
-        await session.execute(text(
-            "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = :endpoint"),
-            {"endpoint": claimed.endpoint_id})
-        return "DELIVERED"
-    result = await session.execute(text(
-        "UPDATE webhook_events SET"
-        " state = CASE WHEN now() >= scheduled_at + make_interval(secs => :window)"
-        "              THEN 'FAILED' ELSE 'PENDING' END,"
-        " finished_at = CASE WHEN now() >= scheduled_at + make_interval(secs => :window)"
-        "                    THEN now() END,"
-        " next_attempt_at = LEAST(now() + make_interval(secs => :retry),"
-        "                         scheduled_at + make_interval(secs => :window))"
-        " WHERE id = :row AND state = 'PENDING' RETURNING state"),
-        {"row": claimed.id, "window": window_s, "retry": retry_in_s})
-    # None: another sender settled the row meanwhile (its lease had ended).
-    state = result.scalar_one_or_none() or "SETTLED"
-    result = await session.execute(text(
-        "UPDATE webhook_endpoints SET failing_since = coalesce(failing_since, now()),"
-        " status = CASE WHEN now() - coalesce(failing_since, now())"
-        "                    >= make_interval(secs => :disable) THEN 'DISABLED' ELSE status END,"
-        " disabled_at = CASE WHEN status = 'ENABLED' AND now() - coalesce(failing_since, now())"
-        "                    >= make_interval(secs => :disable) THEN now() ELSE disabled_at END"
-        " WHERE id = :endpoint RETURNING status"),
-        {"endpoint": claimed.endpoint_id, "disable": disable_after_s})
-    if result.scalar_one_or_none() == "DISABLED":
-        # A disabled endpoint is sent nothing more: what it still had waiting is given up
-        # (`paystream webhooks resend` can send an event again).
-        await session.execute(text(
-            "UPDATE webhook_events SET state = 'FAILED', finished_at = now()"
-            " WHERE endpoint_id = :endpoint AND state = 'PENDING'"),
-            {"endpoint": claimed.endpoint_id})
-        if state == "PENDING":
-            state = "FAILED"
-    return str(state)
+async def enable_endpoint(session: WriteSession, partner_id: uuid.UUID | None,
+                          endpoint_id: uuid.UUID) -> tuple[EndpointRow, int] | None:
+    """ENABLED again (the partner's endpoint, or any when ``partner_id`` is None), with the
+    number of its events made due now: the ones held while it was DISABLED and the ones
+    given up during the failure streak that disabled it, each with a new retry window, in
+    version order as ever. An endpoint already ENABLED is answered as it is (0). None when
+    there is no such endpoint."""
+    locked = await session.execute(text(
+        f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = :id"
+        " AND (CAST(:p AS uuid) IS NULL OR partner_id = CAST(:p AS uuid)) FOR UPDATE"),
+        {"id": endpoint_id, "p": partner_id})
+    row = locked.one_or_none()
+    if row is None:
+        return None
+    endpoint = _endpoint(row)
+    if endpoint.status != "DISABLED":
+        return endpoint, 0
+    since = endpoint.failing_since or endpoint.disabled_at
+    revived = await session.execute(text(
+        "UPDATE webhook_events SET state = 'PENDING', next_attempt_at = now(),"
+        " scheduled_at = now(), finished_at = NULL WHERE endpoint_id = :endpoint"
+        " AND (state = 'PENDING' OR (state = 'FAILED' AND finished_at >= :since))"),
+        {"endpoint": endpoint_id, "since": since})
+    enabled = await session.execute(text(
+        "UPDATE webhook_endpoints SET status = 'ENABLED', failing_since = NULL,"
+        f" disabled_at = NULL WHERE id = :id RETURNING {_ENDPOINT_COLUMNS}"), {"id": endpoint_id})
+    count = int(revived.rowcount or 0)  # type: ignore[attr-defined]  # a CursorResult; typed as Result
+    return _endpoint(enabled.one()), count
 
 
 async def deliveries_page(session: ReadSession, endpoint_id: uuid.UUID, *, limit: int,
@@ -308,31 +177,17 @@ async def deliveries_page(session: ReadSession, endpoint_id: uuid.UUID, *, limit
     return [DeliveryRow(**dict(r._mapping)) for r in result]
 
 
-async def resend(session: WriteSession, event_id: uuid.UUID) -> int:
-    """Schedule the event again, due now, for every endpoint it was scheduled for, with a new
-    retry window. The number of endpoints."""
-    result = await session.execute(text(
-        "UPDATE webhook_events SET state = 'PENDING', next_attempt_at = now(),"
-        " scheduled_at = now(), finished_at = NULL WHERE event_id = :event"),
-        {"event": event_id})
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]  # a CursorResult; typed as Result
-
-
 __all__ = [
-    "ClaimedDelivery",
     "DeliveryRow",
     "EndpointRow",
-    "ScheduledEvent",
-    "claim_due",
+    "all_endpoints",
     "delete_endpoint",
     "deliveries_page",
-    "enabled_endpoints_for",
+    "enable_endpoint",
     "endpoint_of",
+    "endpoints_for",
     "endpoints_of",
     "insert_endpoint",
     "lock_partner_endpoints",
-    "record_attempt",
-    "resend",
     "rotate_secret",
-    "schedule",
 ]

@@ -149,3 +149,12 @@ class Mutation:
         created = await info.context.services.webhooks.rotate(info.context.require_caller(), id)
         return WebhookEndpointCreated(endpoint=WebhookEndpoint(row=created.endpoint),
                                       secret=created.secret)
+
+    @strawberry.mutation(
+        description="Enable one of the caller's webhook endpoints again after it was DISABLED: "
+        "the events held meanwhile, and those given up while it was failing, are sent now, in "
+        "order per payment. An ENABLED endpoint is answered unchanged."
+    )
+    async def enable_webhook_endpoint(self, info: Info, id: strawberry.ID) -> WebhookEndpoint:
+        row = await info.context.services.webhooks.enable(info.context.require_caller(), id)
+        return WebhookEndpoint(row=row)

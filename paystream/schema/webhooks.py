@@ -25,7 +25,8 @@ class WebhookEndpoint:
     def events(self) -> list[str]:
         return list(self.row.events)
 
-    @strawberry.field(description="ENABLED, or DISABLED after failing for 3 days.")
+    @strawberry.field(description="ENABLED, or DISABLED after failing for 3 days (until "
+                      "enableWebhookEndpoint).")
     def status(self) -> str:
         return self.row.status
 

@@ -57,7 +57,7 @@ class Services:
             payments=PaymentService(settings, db, reader, publisher),
             accounts=AccountService(db, reader),
             lifecycle=LifecycleService(settings, db, reader, publisher),
-            refunds=RefundService(settings, db, publisher),
+            refunds=RefundService(settings, db, reader, publisher),
             hub=hub, subscriptions=Subscriptions(
                 db, reader, hub, keep_days=settings.outbox.events_retention_days),
             limiter_redis=blocking_client(settings.redis.url, settings.redis.socket_timeout_s,

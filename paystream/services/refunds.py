@@ -7,6 +7,12 @@ message (keyed by the payment's source account); the worker checks again under i
 posts it, or FAILS it with INSUFFICIENT_FUNDS when the destination no longer holds the money.
 Only the owner of the payment's source account may refund; for anyone else the payment does
 not exist.
+
+Accepting a refund is a change of its payment (``Payment.refunds`` gains a PENDING refund), so
+it is a new version of the payment with a status event carrying the refund: ``refund.pending``
+in the events feed, on ``payments.status`` and so to webhooks. That event is committed with the
+refund (the feed's row and an outbox row, ahead of the request's), so it is never lost, and it
+precedes the outcome, which the worker posts as the version after it.
 """
 
 from __future__ import annotations
@@ -15,13 +21,15 @@ import hashlib
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
 from ..config import Settings
-from ..db import Database, ReadSession, outbox
+from ..db import Database, ReadSession, events, outbox
+from ..db.accounts import accounts_by_ids
 from ..db.holds import lock_for_action
+from ..db.payments import new_version
 from ..db.refunds import (
     RefundRow,
     claimed_minor,
@@ -35,10 +43,11 @@ from ..domain.metadata import Metadata, validate_metadata
 from ..domain.money import Money
 from ..domain.status import PaymentStatus
 from ..domain.validation import parse_uuid, validate_idempotency_key, validate_reference
-from ..events.messages import RefundRequested
+from ..events.messages import PaymentStatusEvent, RefundRequested
 from ..tracing import current_carrier
 from .auth import READ, WRITE, Caller
 from .publisher import Outgoing, Publisher
+from .reads import Reader
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +73,11 @@ def refund_request_hash(partner_id: uuid.UUID, payment_id: uuid.UUID, amount: st
 
 
 class RefundService:
-    def __init__(self, settings: Settings, db: Database, publisher: Publisher) -> None:
+    def __init__(self, settings: Settings, db: Database, reader: Reader,
+                 publisher: Publisher) -> None:
         self._settings = settings
         self._db = db
+        self._reader = reader
         self._publisher = publisher
 
     async def refund(self, caller: Caller, request: RefundPayment) -> RefundRow:
@@ -77,7 +88,8 @@ class RefundService:
         payment_id = parse_uuid(request.payment_id)
         if payment_id is None:
             raise NotFound("no such payment", field="paymentId")
-        topic = self._settings.kafka.requested_topic
+        kafka = self._settings.kafka
+        topic = kafka.requested_topic
         async with self._db.write_session() as session:
             locked = await lock_for_action(session, payment_id)
             if locked is None or not caller.owns(locked[0].partner_id):
@@ -109,14 +121,32 @@ class RefundService:
                 updated_at=now, metadata_entries=metadata))
             if not created:  # a concurrent duplicate committed first (the payment lock
                 return row   # serializes them, so this is a race we lost by a hair)
+            # refund.pending: the payment's next version, its event in the feed and in the
+            # outbox before the request, so the relay too publishes it before the worker can
+            # post the outcome (the version after it).
+            payment = await new_version(session, payment.id, now)
+            parties = await accounts_by_ids(
+                session, [payment.source_account_id, payment.destination_account_id])
+            trace = current_carrier()
+            [event] = await events.record(session, [replace(
+                PaymentStatusEvent.of(payment, parties[payment.source_account_id],
+                                      parties[payment.destination_account_id],
+                                      with_accounts=False),
+                refund=row.to_json())])
+            announced = event.encode()
+            event_outbox_id = await outbox.add(session, kafka.status_topic, str(payment.id),
+                                               announced.decode(), trace=trace)
             message = RefundRequested(
                 refund_id=row.id, payment_id=payment.id, partner_id=caller.partner_id,
                 source_account_id=payment.source_account_id, amount_minor=amount,
                 created_at=now.isoformat()).encode()
-            trace = current_carrier()
             outbox_id = await outbox.add(session, topic, str(payment.source_account_id),
                                          message.decode(), trace=trace)
+        # The new version is shown at once, whatever the replica's lag (read-your-writes).
+        await self._reader.remember_payment(payment)
         self._publisher.submit(
+            Outgoing(kafka.status_topic, str(payment.id).encode(), announced, event_outbox_id,
+                     trace),
             Outgoing(topic, str(payment.source_account_id).encode(), message, outbox_id, trace))
         return row
 

@@ -17,16 +17,17 @@ from dataclasses import dataclass
 from ..config import Settings
 from ..db import Database, ReadSession
 from ..db.partners import partner_id_by_name
+from ..db.webhook_schedule import resend
 from ..db.webhooks import (
     DeliveryRow,
     EndpointRow,
     delete_endpoint,
     deliveries_page,
+    enable_endpoint,
     endpoint_of,
     endpoints_of,
     insert_endpoint,
     lock_partner_endpoints,
-    resend,
     rotate_secret,
 )
 from ..domain.errors import BadUserInput, NotFound, Unavailable
@@ -146,6 +147,27 @@ class WebhookService:
             raise NotFound("no such webhook endpoint", field="id")
         return CreatedEndpoint(endpoint, secret)
 
+    async def enable(self, caller: Caller, raw_id: str) -> EndpointRow:
+        caller.require(WRITE)
+        return (await self.enable_for(caller.partner_id, raw_id))[0]
+
+    async def enable_for(self, partner_id: uuid.UUID | None, raw_id: str
+                         ) -> tuple[EndpointRow, int]:
+        """A DISABLED endpoint ENABLED again, with how many of its events are due now: those
+        held while it was disabled and those given up in the failure streak that disabled it
+        (each with a new retry window). An ENABLED one is answered unchanged."""
+        endpoint_id = parse_uuid(raw_id)
+        enabled = None
+        if endpoint_id is not None:
+            async with self._db.write_session() as session:
+                enabled = await enable_endpoint(session, partner_id, endpoint_id)
+        if enabled is None:
+            raise NotFound("no such webhook endpoint", field="id")
+        if enabled[1]:
+            log.info("webhook endpoint %s enabled; %d event(s) due again", enabled[0].id,
+                     enabled[1])
+        return enabled
+
     async def deliveries(self, caller: Caller, raw_endpoint_id: str, *, limit: int,
                          after: str | None) -> list[DeliveryRow]:
         """Attempts to one of the caller's endpoints, newest first; ``after`` is the id of
@@ -184,16 +206,17 @@ class WebhookService:
         async with self._db.write_session() as session:
             return await delete_endpoint(session, None, endpoint_id)
 
-    async def resend(self, raw_event_id: str) -> int:
-        """Schedule an event again for every endpoint it was scheduled for, due now."""
+    async def resend(self, raw_event_id: str) -> tuple[int, int]:
+        """Schedule an event again for every endpoint it was scheduled for: the numbers of
+        endpoints it is due at now, and of DISABLED ones it is held for until enabled."""
         event_id = parse_uuid(raw_event_id)
         if event_id is None:
             raise BadUserInput("EVENT_ID is not an event id", field="eventId")
         async with self._db.write_session() as session:
-            count = await resend(session, event_id)
-        if count == 0:
+            due, held = await resend(session, event_id)
+        if due + held == 0:
             raise NotFound("no webhook was scheduled for that event")
-        return count
+        return due, held
 
 
 __all__ = ["CreatedEndpoint", "WebhookService", "validate_events"]

@@ -4,7 +4,8 @@ Each polled batch becomes rows of ``webhook_events`` (one per event and matching
 every partner owning an account of the payment, each rendered for that partner) in one
 transaction; the Kafka offsets are committed only after it. A crash in between consumes the
 batch again, and the rows' unique (endpoint, event) key makes that change nothing: at least
-once, never lost. An endpoint gets the events that happen after its creation.
+once, never lost. An endpoint gets the events that happen after its creation; a DISABLED
+endpoint's are scheduled held (not due) until it is enabled again.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from aiokafka.errors import IllegalStateError, KafkaError
 from ..config import Settings
 from ..db import Database, WriteSession
 from ..db.accounts import accounts_by_ids
-from ..db.webhooks import ScheduledEvent, enabled_endpoints_for, schedule
+from ..db.webhook_schedule import ScheduledEvent, schedule
+from ..db.webhooks import endpoints_for
 from ..domain.entities import AccountRow
 from ..domain.webhooks import event_id
 from ..events.kafka import make_consumer, status_event_of
 from ..events.messages import PaymentStatusEvent, UndecodableMessage
+from ..metrics import WEBHOOK_SCHEDULED
 from ..retry import until_done
 from ..tracing import processing_batch
 from .payload import kind_of, webhook_body
@@ -46,7 +49,7 @@ def status_consumer(settings: Settings) -> AIOKafkaConsumer:
 async def schedule_events(session: WriteSession, events: Sequence[PaymentStatusEvent]) -> int:
     """Schedule ``events`` for the endpoints that want them; the number of rows added."""
     partners = {p for e in events for p in (e.source_partner_id, e.destination_partner_id)}
-    endpoints = await enabled_endpoints_for(session, list(partners))
+    endpoints = await endpoints_for(session, list(partners))
     if not endpoints:
         return 0
     rows: list[ScheduledEvent] = []
@@ -127,6 +130,7 @@ class Ingest:
 
             added = await until_done("scheduling webhooks", once) if traced else 0
         self.scheduled += added
+        WEBHOOK_SCHEDULED.inc(added)
         if added and self._on_scheduled is not None:
             self._on_scheduled()
         try:

@@ -1,6 +1,8 @@
 """The webhook sender role: ``paystream webhooks`` (any number of processes; ``paystream
 dev`` runs one). Its consumer schedules status events in PostgreSQL, its delivery loop
-sends what is due; both run in one task group, so either one failing ends the process."""
+sends what is due; both run in one task group, so either one failing ends the process. With
+``PAYSTREAM_METRICS__WEBHOOKS_PORT`` set it serves ``/metrics`` there, with the schedule's
+backlog sampled beside them (:mod:`paystream.webhooks.backlog`)."""
 
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ import signal
 from ..config import Settings
 from ..db import Database
 from ..events.kafka import ensure_topics_with_retry, start_with_retry
+from ..metrics import serve_metrics
+from .backlog import WebhookBacklogSampler
 from .delivery import DeliveryLoop
 from .ingest import Ingest
 from .secrets import SecretBox, SecretsUnavailable
-from .transport import webhook_client
+from .transport import WebhookClients
 from .urls import Resolver, system_resolver
 
 log = logging.getLogger("paystream.webhooks")
@@ -35,29 +39,44 @@ async def run_sender(settings: Settings, *, resolver: Resolver | None = None,
                                  "cannot read the endpoints' signing secrets")
     resolve = resolver or system_resolver
     db = Database(settings.db)
-    client = webhook_client(settings.webhooks, resolve, dev=settings.dev)
-    delivery = DeliveryLoop(settings.webhooks, db, box, client, resolve, dev=settings.dev)
+    clients = WebhookClients(settings.webhooks, resolve, dev=settings.dev)
+    delivery = DeliveryLoop(settings.webhooks, db, box, clients, resolve, dev=settings.dev)
     ingest = Ingest(settings, db, on_scheduled=delivery.wake)
     task = asyncio.current_task()
     if handle_signals and task is not None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
+    metrics = settings.metrics
+    sampler = WebhookBacklogSampler(settings) if metrics.webhooks_port else None
+    server = None
     try:
+        if sampler is not None:
+            server, _ = serve_metrics(metrics.webhooks_host, metrics.webhooks_port)
+            log.info("webhook sender metrics on %s:%d", metrics.webhooks_host,
+                     server.server_port)
         log.info("webhook sender started")
         # Delivery does not wait for the consumer: joining the group can take a session
         # timeout (a member that died still holds partitions), and the schedule is due now.
         async with asyncio.TaskGroup() as group:
             group.create_task(delivery.run(), name="webhook-delivery")
             group.create_task(_consume(settings, ingest), name="webhook-ingest")
+            if sampler is not None:
+                group.create_task(sampler.sample_forever(metrics.sample_interval_s),
+                                  name="webhook-backlog-sampler")
     except asyncio.CancelledError:
         log.info("webhook sender stopped after %d attempts", delivery.attempts)
         if not handle_signals:
             raise
     finally:
         await ingest.consumer.stop()
-        await client.aclose()
+        await clients.aclose()
         await db.dispose()
+        if sampler is not None:
+            await sampler.close()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
 
 
 async def _consume(settings: Settings, ingest: Ingest) -> None:

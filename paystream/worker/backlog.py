@@ -19,13 +19,10 @@ import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-
 from ..config import Settings
 from ..db import Database, ReadSession
 from ..db.outbox import backlog
-from ..events import make_consumer
+from ..events.lag import GroupLag
 from ..metrics import (
     CONSUMER_LAG,
     DLQ_MESSAGES,
@@ -56,7 +53,7 @@ class BacklogSampler:
         # One connection is plenty for one query every few seconds; replicas are not used.
         self._db = Database(settings.db.model_copy(
             update={"replica_urls": [], "pool_size": 1, "max_overflow": 0}))
-        self._clients: tuple[AIOKafkaConsumer, AIOKafkaAdminClient] | None = None
+        self._lag = GroupLag(settings.kafka)
 
     async def sample(self) -> Backlog:
         """Read every backlog once and export it."""
@@ -73,54 +70,14 @@ class BacklogSampler:
 
     async def sample_broker(self) -> tuple[int, dict[int, int]]:
         """Dead letters waiting, and the worker group's lag per partition, from the broker."""
-        clients = await self._connect()
-        dlq = sum((await self._waiting(*clients, self._kafka.dlq_topic,
-                                       redrive_group(self._kafka))).values())
+        dlq = sum((await self._lag.waiting(self._kafka.dlq_topic,
+                                           redrive_group(self._kafka))).values())
         DLQ_MESSAGES.labels(self._kafka.dlq_topic).set(dlq)
         topic, group = self._kafka.requested_topic, self._kafka.worker_group
-        lag = await self._waiting(*clients, topic, group)
+        lag = await self._lag.waiting(topic, group)
         for partition, behind in lag.items():
             CONSUMER_LAG.labels(group, topic, str(partition)).set(behind)
         return dlq, lag
-
-    async def _connect(self) -> tuple[AIOKafkaConsumer, AIOKafkaAdminClient]:
-        """The broker clients, made on first use (and again after a failed start)."""
-        if self._clients is None:
-            kafka = self._kafka
-            # No group and no subscription: it only asks for offsets, never joins or fetches.
-            consumer = make_consumer(kafka, group_id=None)
-            admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers,
-                                        request_timeout_ms=max(kafka.request_timeout_ms, 10_000))
-            try:
-                await consumer.start()
-                await admin.start()
-            except BaseException:
-                await consumer.stop()
-                await admin.close()
-                raise
-            self._clients = (consumer, admin)
-        return self._clients
-
-    @staticmethod
-    async def _waiting(consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient, topic: str,
-                       group: str) -> dict[int, int]:
-        """Messages of ``topic`` after ``group``'s committed offsets, per partition (from the
-        start of the topic where the group has committed nothing, as the group would read)."""
-        found = consumer.partitions_for_topic(topic)
-        if not found:
-            await consumer._client.force_metadata_update()  # no public way to refresh
-            found = consumer.partitions_for_topic(topic)
-        partitions = [TopicPartition(topic, p) for p in sorted(found or ())]
-        if not partitions:
-            return {}
-        end = await consumer.end_offsets(partitions)
-        start = await consumer.beginning_offsets(partitions)
-        committed = await admin.list_consumer_group_offsets(group, partitions=partitions)
-        waiting = {}
-        for tp in partitions:
-            done = committed[tp].offset if tp in committed else -1
-            waiting[tp.partition] = max(0, end[tp] - (done if done >= 0 else start[tp]))
-        return waiting
 
     async def sample_forever(self, interval_s: float) -> None:
         """Sample every ``interval_s`` until cancelled; a failed sample leaves the gauges as
@@ -135,11 +92,7 @@ class BacklogSampler:
             await asyncio.sleep(interval_s)
 
     async def close(self) -> None:
-        if self._clients is not None:
-            consumer, admin = self._clients
-            self._clients = None
-            await consumer.stop()
-            await admin.close()
+        await self._lag.close()
         await self._db.dispose()
 
 

@@ -41,6 +41,8 @@ class Receiver:
         self.redirects: set[str] = set()  # paths answering 307 to "<path>-target"
         self.slow: dict[str, float] = {}  # paths answering only after this many seconds
         self.answered_slowly: list[str] = []  # slow paths, as each answer goes out
+        self.active: dict[str, int] = {}  # requests of a slow path being answered now
+        self.most_active: dict[str, int] = {}  # the most there were at once
         # Paths answering 200 with a 100 MiB body; how many 64 KiB chunks went out, and set
         # once the body ended (sent or cut by the client).
         self.huge: set[str] = set()
@@ -68,7 +70,10 @@ class Receiver:
         if path in self.redirects:
             return Response(status_code=307, headers={"Location": f"/{path}-target"})
         if path in self.slow:
+            self.active[path] = self.active.get(path, 0) + 1
+            self.most_active[path] = max(self.most_active.get(path, 0), self.active[path])
             await asyncio.sleep(self.slow[path])  # a slow server, not a synchronisation
+            self.active[path] -= 1
             async with self._changed:
                 self.answered_slowly.append(path)
                 self._changed.notify_all()
@@ -119,15 +124,13 @@ class Receiver:
 
     async def wait_for(self, predicate: Callable[[list[Received]], bool],
                        timeout: float = 30.0) -> list[Received]:
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self.requests)),
-                                   timeout)
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: predicate(self.requests))
         return list(self.requests)
 
     async def wait_answered_slowly(self, path: str, timeout: float = 30.0) -> None:
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: path in self.answered_slowly),
-                                   timeout)
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: path in self.answered_slowly)
 
     def delivered(self, path: str | None = None) -> list[Received]:
         return [r for r in self.requests if r.answered < 300 and (path is None or r.path == path)]

@@ -258,8 +258,8 @@ class StatusWatcher:
                     return event
             return None
 
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: found() is not None), timeout)
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: found() is not None)
         result = found()
         assert result is not None
         return result
@@ -272,23 +272,25 @@ class StatusWatcher:
             return next((e for e in self.events.get(payment_id, []) if e["status"] == status),
                         None)
 
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: found() is not None), timeout)
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: found() is not None)
         result = found()
         assert result is not None
         return result
 
     async def refund(self, payment_id: str, refund_id: str, timeout: float = 30.0
                      ) -> dict[str, object]:
-        """The event announcing the refund's outcome (SUCCEEDED or FAILED)."""
+        """The event announcing the refund's outcome (SUCCEEDED or FAILED; the API's
+        refund.pending event before it is passed over)."""
 
         def found() -> dict[str, object] | None:
             return next((e for e in self.events.get(payment_id, [])
                          if isinstance(e.get("refund"), dict)
-                         and e["refund"]["id"] == refund_id), None)  # type: ignore[index]
+                         and e["refund"]["id"] == refund_id  # type: ignore[index]
+                         and e["refund"]["status"] != "PENDING"), None)  # type: ignore[index]
 
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: found() is not None), timeout)
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: found() is not None)
         result = found()
         assert result is not None
         return result
@@ -301,10 +303,8 @@ class StatusWatcher:
 
     async def wait_count(self, payment_ids: list[str], *, at_least: int, timeout: float) -> None:
         """Until at least ``at_least`` of the payments have a terminal event."""
-        async with self._changed:
-            await asyncio.wait_for(
-                self._changed.wait_for(lambda: self.terminal_count(payment_ids) >= at_least), timeout
-            )
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: self.terminal_count(payment_ids) >= at_least)
 
     async def stop(self) -> None:
         if self._task:

@@ -327,12 +327,15 @@ async def test_account_activity_sees_the_hold_its_capture_and_a_refund(
                 elif update["destinationAccount"]["balance"] == "20.00":
                     return
 
-        await asyncio.wait_for(follow(), 30)
-    # Each change once, in order; the payee sees its own balance, before and after the refund.
+        async with asyncio.timeout(30):
+            await follow()
+    # Each change once, in order: the capture, the refund's acceptance (refund.pending, the
+    # balance untouched) and its posting; the payee sees its own balance throughout.
     statuses = [s for s, _, _ in seen]
-    assert statuses in (["PENDING", "AUTHORIZED", "SUCCEEDED", "SUCCEEDED"],
-                        ["AUTHORIZED", "SUCCEEDED", "SUCCEEDED"])
-    assert seen[-2:] == [("SUCCEEDED", "30.00", "30.00"), ("SUCCEEDED", "30.00", "20.00")]
+    assert statuses in (["PENDING", "AUTHORIZED", "SUCCEEDED", "SUCCEEDED", "SUCCEEDED"],
+                        ["AUTHORIZED", "SUCCEEDED", "SUCCEEDED", "SUCCEEDED"])
+    assert seen[-3:] == [("SUCCEEDED", "30.00", "30.00"), ("SUCCEEDED", "30.00", "30.00"),
+                         ("SUCCEEDED", "30.00", "20.00")]
 
 
 async def test_an_expired_authorization_is_not_captured_before_the_sweep_runs(

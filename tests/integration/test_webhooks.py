@@ -15,13 +15,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import text
 
 from paystream.client import WebhookSignatureError, verify_signature
 from paystream.config import Settings
+from paystream.devstack import free_port
 from paystream.domain.errors import BadUserInput
 from paystream.domain.webhooks import event_id
+from paystream.metrics import REGISTRY
 from paystream.services.webhooks import WebhookService
 from paystream.webhooks.sender import run_sender
 from paystream.webhooks.urls import Resolver
@@ -142,7 +145,8 @@ def the(requests: list[Received], kind: str, payment_id: str, path: str) -> Rece
 async def schedule_rows(services, endpoint_id: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
     async with services.db.primary.connect() as conn:
         rows = await conn.execute(text(
-            "SELECT event_id::text, payment_id::text, version, state, attempts FROM webhook_events"
+            "SELECT event_id::text, payment_id::text, version, state, attempts,"
+            " state = 'PENDING' AND next_attempt_at = 'infinity' AS held FROM webhook_events"
             " WHERE endpoint_id = :e ORDER BY id"), {"e": uuid.UUID(endpoint_id)})
         return [dict(r._mapping) for r in rows]
 
@@ -438,7 +442,9 @@ async def test_a_failing_endpoint_is_given_up_and_disabled_without_holding_up_an
         async def disabled() -> bool:
             listed = (await gql(client, ENDPOINTS, key=payer.key))["data"]["webhookEndpoints"]  # type: ignore[index]
             rows = await schedule_rows(services, bad["endpoint"]["id"])
-            return listed[0]["status"] == "DISABLED" and rows[0]["state"] == "FAILED"
+            # Given up (its window ended first) or held for the endpoint's re-enabling.
+            return listed[0]["status"] == "DISABLED" and (rows[0]["state"] == "FAILED"
+                                                          or rows[0]["held"])
         await eventually(disabled)
     log = (await gql(client, DELIVERIES, {"id": bad["endpoint"]["id"], "first": 100},
                      key=payer.key))["data"]["webhookDeliveries"]  # type: ignore[index]
@@ -447,6 +453,98 @@ async def test_a_failing_endpoint_is_given_up_and_disabled_without_holding_up_an
     assert sorted(d["attempt"] for d in log) == list(range(1, len(log) + 1))
     [good_row] = await schedule_rows(services, good["endpoint"]["id"])
     assert good_row["state"] == "DELIVERED" and good_row["attempts"] == 1
+
+
+ENABLE = "mutation($id: ID!) { enableWebhookEndpoint(id: $id) { id status } }"
+
+
+def cli(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "paystream.cli", *args], env=env, check=False,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+async def test_a_disabled_endpoint_holds_its_events_and_enabling_sends_them_all(
+        client, make_partner, watcher, receiver, migrated, services, server_env) -> None:  # type: ignore[no-untyped-def]
+    partner, stranger = await make_partner(), await make_partner()
+    reader = await make_partner(scopes=("payments:read",))
+    source, destination = await partner.account(balance="100.00"), await partner.account(balance="0")
+    hooks = {path: await endpoint(client, partner, receiver.url(path), events=["payment.succeeded"])
+             for path in ("api", "cli")}
+    ids = {path: hook["endpoint"]["id"] for path, hook in hooks.items()}
+    receiver.answer = 500
+    await receiver.start()
+    paid: list[str] = []
+    # Each event is given up 0.5 s after it was scheduled; the endpoints are disabled once
+    # they have failed for 1.5 s, so the first events are given up during the failure streak.
+    async with sender(fast_settings(migrated, retry_window_s=0.5, disable_after_s=1.5)):
+
+        async def disabled() -> bool:
+            listed = (await gql(client, ENDPOINTS, key=partner.key))["data"]["webhookEndpoints"]  # type: ignore[index]
+            return {e["status"] for e in listed} == {"DISABLED"}
+
+        while not await disabled():
+            paid.append(await pay(client, partner, source, destination, f"{len(paid) + 1}.00"))
+
+            async def settled(payment_id: str = paid[-1]) -> bool:
+                rows = [r for path in ids for r in await schedule_rows(services, ids[path])
+                        if r["payment_id"] == payment_id]
+                return len(rows) == 2 and all(r["state"] == "FAILED" or r["held"] for r in rows)
+            await eventually(settled)
+        given_up = {r["payment_id"] for path in ids for r in await schedule_rows(services, ids[path])
+                    if r["state"] == "FAILED"}
+        assert paid[0] in given_up  # the streak's first events were given up, not held
+
+        # Disabled: a new event is scheduled held, and not sent.
+        paid.append(await pay(client, partner, source, destination, "0.50"))
+        await watcher.terminal(paid[-1])
+
+        async def held() -> bool:
+            rows = [r for path in ids for r in await schedule_rows(services, ids[path])
+                    if r["payment_id"] == paid[-1]]
+            return len(rows) == 2 and all(r["held"] and r["attempts"] == 0 for r in rows)
+        await eventually(held)
+        terminal = await watcher.terminal(paid[-1])
+        last_event = str(event_id(uuid.UUID(paid[-1]), int(terminal["version"])))  # type: ignore[call-overload]
+        assert "held for 2 DISABLED endpoint(s)" in cli(server_env, "webhooks", "resend",
+                                                        last_event)
+        assert await held()  # a resend keeps it held
+        tried = len(receiver.requests)
+
+        # Only the owner may enable it, with the write scope; anything else is NOT_FOUND.
+        for raw, key in ((ids["api"], stranger.key), (str(uuid.uuid4()), partner.key),
+                         ("not-an-id", partner.key)):
+            body = await gql(client, ENABLE, {"id": raw}, key=key)
+            assert body["errors"][0]["extensions"]["code"] == "NOT_FOUND", body
+            assert body["errors"][0]["message"] == "no such webhook endpoint"
+        body = await gql(client, ENABLE, {"id": ids["api"]}, key=reader.key)
+        assert body["errors"][0]["extensions"]["code"] == "FORBIDDEN", body
+        assert len(receiver.requests) == tried  # nothing was sent meanwhile
+
+        receiver.answer = 200
+        enabled = await gql(client, ENABLE, {"id": ids["api"]}, key=partner.key)
+        assert enabled["data"] == {"enableWebhookEndpoint": {"id": ids["api"], "status": "ENABLED"}}
+        out = cli(server_env, "webhooks", "enable", ids["cli"])
+        assert f"webhook endpoint {ids['cli']} ENABLED; {len(paid)} event(s) due now" in out
+
+        # Everything it missed arrives: given up in the streak, held while disabled.
+        expected = {(path, p) for path in ids for p in paid}
+        await receiver.wait_for(lambda rs: {(r.path, r.json["data"]["id"]) for r in rs
+                                            if r.answered < 300} >= expected)
+
+        async def delivered() -> bool:
+            rows = [r for path in ids for r in await schedule_rows(services, ids[path])]
+            return len(rows) == len(expected) and all(r["state"] == "DELIVERED" for r in rows)
+        await eventually(delivered)
+    listed = (await gql(client, ENDPOINTS, key=partner.key))["data"]["webhookEndpoints"]  # type: ignore[index]
+    assert {e["status"] for e in listed} == {"ENABLED"}
+    # Enabling an ENABLED endpoint answers it unchanged.
+    again = await gql(client, ENABLE, {"id": ids["api"]}, key=partner.key)
+    assert again["data"] == {"enableWebhookEndpoint": {"id": ids["api"], "status": "ENABLED"}}
+    for request in receiver.delivered():
+        verify_signature(hooks[request.path]["secret"], request.headers["paystream-signature"],
+                         request.body)
 
 
 REFUND = """mutation($input: RefundPaymentInput!) { refundPayment(input: $input) { id } }"""
@@ -495,6 +593,64 @@ async def test_a_refund_reaches_both_partners_as_refund_succeeded(
         assert all(r.json["type"] == "refund.succeeded" for r in requests)
 
 
+FEED = """
+query($after: String) { events(first: 100, after: $after) {
+  edges { node { id type refund { id status } payment { id } } } } }"""
+
+
+async def test_refund_pending_is_sent_before_the_outcome_and_is_in_the_feed(
+        client, make_partner, watcher, receiver, migrated, services) -> None:  # type: ignore[no-untyped-def]
+    payer, payee = await make_partner(), await make_partner()
+    source, destination = await payer.account(balance="100.00"), await payee.account(balance="0")
+    payer_hook = await endpoint(client, payer, receiver.url("payer"),
+                                events=["refund.pending", "refund.succeeded"])
+    payee_hook = await endpoint(client, payee, receiver.url("payee"), events=["refund.pending"])
+    await receiver.start()
+    async with sender(fast_settings(migrated)):
+        payment_id = await pay(client, payer, source, destination, "30.00")
+        await watcher.terminal(payment_id)
+        body = await gql(client, REFUND, {"input": {
+            "idempotencyKey": uuid.uuid4().hex, "paymentId": payment_id, "amount": "10.00",
+            "reason": "returned"}}, key=payer.key)
+        refund_id = body["data"]["refundPayment"]["id"]  # type: ignore[index]
+
+        def sent(path: str, kind: str) -> Callable[[list[Received]], bool]:
+            return lambda rs: any(r.path == path and r.json["type"] == kind
+                                  and r.json["data"]["id"] == refund_id for r in rs)
+
+        requests = await receiver.wait_for(lambda rs: sent("payer", "refund.succeeded")(rs)
+                                           and sent("payee", "refund.pending")(rs))
+
+    async def in_feed(key: str, node: dict[str, Any]) -> bool:
+        feed = (await gql(client, FEED, key=key))["data"]["events"]["edges"]  # type: ignore[index]
+        return node in [edge["node"] for edge in feed]
+
+    for path, hook, partner in (("payer", payer_hook, payer), ("payee", payee_hook, payee)):
+        mine = [r for r in requests if r.path == path]
+        pending = next(r for r in mine if r.json["type"] == "refund.pending")
+        verify_signature(hook["secret"], pending.headers["paystream-signature"], pending.body)
+        data = pending.json["data"]
+        assert (data["id"], data["status"], data["amount"], data["reason"]) == (
+            refund_id, "PENDING", "10.00", "returned")
+        assert data["failureReason"] is None
+        # The payment as it stood: paid, nothing refunded yet; the partner's own view.
+        assert data["payment"]["id"] == payment_id and data["payment"]["status"] == "SUCCEEDED"
+        assert data["payment"]["amountRefunded"] == "0.00"
+        own, other = (("sourceAccount", "destinationAccount") if partner is payer
+                      else ("destinationAccount", "sourceAccount"))
+        assert data["payment"][own]["balance"] is not None
+        assert data["payment"][other]["balance"] is None
+        # The same event is in the partner's feed, as refund.pending with the refund PENDING
+        # (listed once no transaction that started before it is still running).
+        listed = {"id": pending.json["id"], "type": "refund.pending",
+                  "refund": {"id": refund_id, "status": "PENDING"}, "payment": {"id": payment_id}}
+        await eventually(lambda key=partner.key, node=listed: in_feed(key, node))
+    # Pending comes first, and the payee asked for nothing else.
+    assert [r.json["type"] for r in requests if r.path == "payer"] == [
+        "refund.pending", "refund.succeeded"]
+    assert [r.json["type"] for r in requests if r.path == "payee"] == ["refund.pending"]
+
+
 async def test_redirects_are_not_followed_slow_answers_time_out_big_ones_are_not_read(
         client, make_partner, watcher, receiver, migrated) -> None:  # type: ignore[no-untyped-def]
     partner = await make_partner()
@@ -510,7 +666,8 @@ async def test_redirects_are_not_followed_slow_answers_time_out_big_ones_are_not
         payment_id = await pay(client, partner, source, destination)
         await receiver.wait_for(lambda rs: all(of_type("payment.succeeded", payment_id, path)(rs)
                                                for path in ("plain", "huge")))
-        await asyncio.wait_for(receiver.huge_ended.wait(), 30)
+        async with asyncio.timeout(30):
+            await receiver.huge_ended.wait()
 
         def logged(path: str, predicate: Callable[[dict[str, Any]], bool]
                    ) -> Callable[[], Awaitable[bool]]:
@@ -561,6 +718,28 @@ async def test_an_endpoint_deleted_during_an_attempt_leaves_the_sender_running(
         assert later["endpoint"]["id"] != doomed["endpoint"]["id"]
 
 
+async def test_no_endpoint_gets_more_attempts_at_once_than_its_share(
+        client, make_partner, watcher, receiver, migrated, services) -> None:  # type: ignore[no-untyped-def]
+    partner = await make_partner()
+    source, destination = await partner.account(balance="100.00"), await partner.account(balance="0")
+    slow = await endpoint(client, partner, receiver.url("slow-share"), events=["payment.succeeded"])
+    receiver.slow["slow-share"] = 0.5
+    await receiver.start()
+    # A backlog first, so the sender finds all twelve due at once.
+    paid = [await pay(client, partner, source, destination, f"{n}.00") for n in range(1, 13)]
+    for payment_id in paid:
+        await watcher.terminal(payment_id)
+    async with sender(fast_settings(migrated, max_in_flight_per_endpoint=4)):
+
+        async def settled() -> bool:
+            rows = await schedule_rows(services, slow["endpoint"]["id"])
+            return len(rows) == 12 and all(r["state"] == "DELIVERED" for r in rows)
+        await eventually(settled)
+    assert {r.json["data"]["id"] for r in receiver.delivered("slow-share")} == set(paid)
+    # Four at a time, never more (one claim could take the twelve), and in parallel.
+    assert receiver.most_active["slow-share"] == 4
+
+
 async def test_two_senders_share_the_schedule_and_deliver_each_event_once(
         client, make_partner, watcher, receiver, migrated, services) -> None:  # type: ignore[no-untyped-def]
     partner = await make_partner()
@@ -584,3 +763,61 @@ async def test_two_senders_share_the_schedule_and_deliver_each_event_once(
     # went to an endpoint twice.
     sent = [(r.path, r.headers["paystream-event-id"]) for r in receiver.requests]
     assert len(sent) == len(set(sent)) == len(expected)
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_the_sender_serves_its_metrics(
+        client, make_partner, watcher, receiver, migrated, services) -> None:  # type: ignore[no-untyped-def]
+    partner = await make_partner()
+    source, destination = await partner.account(balance="100.00"), await partner.account(balance="0")
+    await endpoint(client, partner, receiver.url("good"), events=["payment.succeeded"])
+    bad = await endpoint(client, partner, receiver.url("bad"), events=["payment.succeeded"])
+    receiver.answers["bad"] = 500
+    await receiver.start()
+    port = free_port()
+    settings = fast_settings(migrated, retry_window_s=60.0, disable_after_s=1.0)
+    settings = settings.model_copy(update={"metrics": settings.metrics.model_copy(update={
+        "webhooks_port": port, "sample_interval_s": 0.1})})
+    # This process's counters, before (other tests' senders ran in it too).
+    before = {key: sample("paystream_webhook_attempts_total", outcome=key[0], response=key[1])
+              for key in (("delivered", "2xx"), ("retry", "5xx"), ("held", "5xx"))}
+    lags_before = sample("paystream_webhook_delivery_lag_seconds_count")
+    async with sender(settings), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        paid = [await pay(client, partner, source, destination, f"{n}.00") for n in (1, 2, 3)]
+        await receiver.wait_for(lambda rs: all(of_type("payment.succeeded", p, "good")(rs)
+                                               for p in paid))
+
+        async def held() -> bool:
+            rows = await schedule_rows(services, bad["endpoint"]["id"])
+            return len(rows) == 3 and all(r["held"] for r in rows)
+        await eventually(held)
+
+        async def exposed() -> dict[str, float]:
+            text_ = (await http.get("/metrics")).text
+            return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                    for line in text_.splitlines() if line and not line.startswith("#")}
+
+        # The sampler reads the schedule and the endpoints (the whole database's: at least
+        # this test's) and the sender group's lag on payments.status.
+        async def sampled() -> bool:
+            series = await exposed()
+            return (series.get('paystream_webhook_schedule{state="held"}', 0) >= 3
+                    and series.get('paystream_webhook_endpoints{status="DISABLED"}', 0) >= 1
+                    and any(name.startswith("paystream_consumer_lag{")
+                            and f'group="{settings.webhooks.group}"' in name
+                            and 'topic="payments.status"' in name for name in series))
+        await eventually(sampled)
+        series = await exposed()
+        assert 'paystream_webhook_oldest_due_seconds' in series
+        assert 'paystream_webhook_in_flight' in series
+        assert series.get("paystream_webhook_attempt_seconds_count", 0) >= 6
+    after = {key: sample("paystream_webhook_attempts_total", outcome=key[0], response=key[1])
+             for key in before}
+    assert after[("delivered", "2xx")] - before[("delivered", "2xx")] == 3
+    assert after[("retry", "5xx")] - before[("retry", "5xx")] >= 1
+    # The attempt that disabled the endpoint held its event (and the other two with it).
+    assert after[("held", "5xx")] - before[("held", "5xx")] >= 1
+    assert sample("paystream_webhook_delivery_lag_seconds_count") - lags_before == 3

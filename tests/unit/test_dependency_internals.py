@@ -69,7 +69,7 @@ async def test_uvicorn_websocket_send_is_bound_to_a_protocol_with_a_transport() 
     assert hasattr(found["transport"], "get_write_buffer_size")
 
 
-@pytest.mark.parametrize("module", ["paystream.services.status_hub", "paystream.worker.backlog",
+@pytest.mark.parametrize("module", ["paystream.services.status_hub", "paystream.events.lag",
                                     "paystream.worker.redrive"])
 async def test_aiokafka_consumer_still_has_a_client_that_refreshes_metadata(module: str) -> None:
     """Three places refresh a consumer's metadata through ``consumer._client`` (aiokafka has
