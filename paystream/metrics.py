@@ -9,8 +9,10 @@ code): this module imports nothing of the project. Values are per process; with
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -244,3 +246,18 @@ def serve_metrics(host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
     webhook sender).
     Port 0 picks a free one (``server.server_port``)."""
     return start_http_server(port, addr=host, registry=REGISTRY)
+
+
+async def sample_forever(parts: Sequence[Callable[[], Awaitable[object]]], interval_s: float,
+                         what: str) -> None:
+    """Run each sampling part every ``interval_s`` until cancelled. The parts run apart, so
+    a database outage does not hide the broker's figures or the reverse; a failed part leaves
+    its gauges as they were and is tried again at the next interval."""
+    log = logging.getLogger("paystream.metrics")
+    while True:
+        for part in parts:
+            try:
+                await part()
+            except Exception as exc:  # noqa: BLE001 (a gauge must not take its process down)
+                log.warning("%s sample failed (%s)", what, type(exc).__name__)
+        await asyncio.sleep(interval_s)

@@ -16,7 +16,6 @@ small connections and survives any failure of its own.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from ..config import Settings
@@ -29,6 +28,7 @@ from ..metrics import (
     WEBHOOK_ENDPOINTS,
     WEBHOOK_OLDEST_DUE_SECONDS,
     WEBHOOK_SCHEDULE,
+    sample_forever,
 )
 
 log = logging.getLogger("paystream.webhooks")
@@ -66,15 +66,8 @@ class WebhookBacklogSampler:
         return lag
 
     async def sample_forever(self, interval_s: float) -> None:
-        """Sample every ``interval_s`` until cancelled; a failed sample leaves the gauges as
-        they were and is retried at the next interval."""
-        while True:
-            for part in (self.sample_schedule, self.sample_lag):
-                try:
-                    await part()
-                except Exception as exc:  # noqa: BLE001 (a gauge must not take the sender down)
-                    log.warning("webhook backlog sample failed (%s)", type(exc).__name__)
-            await asyncio.sleep(interval_s)
+        await sample_forever((self.sample_schedule, self.sample_lag), interval_s,
+                             "webhook backlog")
 
     async def close(self) -> None:
         await self._lag.close()

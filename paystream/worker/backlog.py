@@ -29,6 +29,7 @@ from ..metrics import (
     OUTBOX_COUNT_CAP,
     OUTBOX_OLDEST_UNSENT_SECONDS,
     OUTBOX_UNSENT,
+    sample_forever,
     serve_metrics,
 )
 from .redrive import redrive_group
@@ -80,16 +81,7 @@ class BacklogSampler:
         return dlq, lag
 
     async def sample_forever(self, interval_s: float) -> None:
-        """Sample every ``interval_s`` until cancelled; a failed sample leaves the gauges as
-        they were (a broker or database outage shows in other series) and is retried."""
-        while True:
-            # Apart, so a database outage does not hide the broker's figures or the reverse.
-            for part in (self.sample_outbox, self.sample_broker):
-                try:
-                    await part()
-                except Exception as exc:  # noqa: BLE001 (a gauge must not take the worker down)
-                    log.warning("backlog sample failed (%s)", type(exc).__name__)
-            await asyncio.sleep(interval_s)
+        await sample_forever((self.sample_outbox, self.sample_broker), interval_s, "backlog")
 
     async def close(self) -> None:
         await self._lag.close()
