@@ -50,6 +50,8 @@ class SocketFrames:
         self._flush_scheduled = False
 
     def ready(self) -> bool:
+        if self._flush_scheduled:
+            return True  # found ready for a frame this turn; the flush looks again
         transport = self._transport
         return (self._conn.state is State.OPEN and not transport.is_closing()
                 and transport.get_write_buffer_size() <= self._high_water)

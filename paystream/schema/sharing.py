@@ -125,12 +125,21 @@ class SharedEventExecutor(StrawberryGraphQLCoreExecutionContext):
         operation = self.operation
         return joined(shared_task(memo, key, result, lambda task: SharedResult(operation, task)))
 
+    # The last caller asked about and its audience: asked for every update sent directly.
+    _audience_of: tuple[object, tuple[object, ...] | None] | None = None
+
     def audience(self) -> tuple[object, ...] | None:
         """What the result may depend on besides the event; None when it cannot be shared."""
-        if self.operation.operation is not OperationType.SUBSCRIPTION:
-            return None
         caller = getattr(self.context_value, "caller", None)
-        if caller is None:
+        known = self._audience_of
+        if known is not None and known[0] is caller:
+            return known[1]
+        key = self._audience_for(caller)
+        self._audience_of = (caller, key)
+        return key
+
+    def _audience_for(self, caller: Any) -> tuple[object, ...] | None:
+        if self.operation.operation is not OperationType.SUBSCRIPTION or caller is None:
             return None
         try:
             variables = frozenset(self.variable_values.coerced.items())
