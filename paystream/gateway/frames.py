@@ -43,6 +43,8 @@ def protocol_of(send: Any) -> Any | None:
 class SocketFrames:
     """The frames of one websocket's subscriptions, written without Strawberry."""
 
+    __slots__ = ("_conn", "_flush_scheduled", "_high_water", "_transport")
+
     def __init__(self, protocol: Any) -> None:
         self._conn: Protocol = protocol.conn
         self._transport: asyncio.WriteTransport = protocol.transport
@@ -72,6 +74,8 @@ class SocketFrames:
 
 class DirectOperation(OperationFrames):
     """One subscription operation's frames on its socket: ``prefix`` + payload + ``}``."""
+
+    __slots__ = ("_prefix", "_socket", "open")
 
     def __init__(self, socket: SocketFrames, prefix: bytes) -> None:
         super().__init__()

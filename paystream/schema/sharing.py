@@ -67,6 +67,8 @@ class OperationFrames:
     """A subscription operation's way to its socket below Strawberry's handler, made by the
     websocket transport (the gateway) for each operation it runs."""
 
+    __slots__ = ("executor",)
+
     def __init__(self) -> None:
         # The subscription's graphql-core executor (set by SharedEventExecutor.build).
         self.executor: SharedEventExecutor | None = None
