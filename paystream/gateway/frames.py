@@ -8,9 +8,11 @@ frames, so a live update is written here instead: the shared payload with the op
 prefix and a closing brace around it, byte for byte what Strawberry's handler would send.
 
 The frame goes into uvicorn's protocol for the socket (its websockets ``ServerProtocol``, which
-applies permessage-deflate with the connection's own context) and is flushed to the transport
-once per turn of the event loop, so one event's frames for the ten subscriptions of a socket
-leave in one write. Frames are written only while the transport is below its high-water mark;
+applies permessage-deflate with the connection's own context when it is on) and is flushed to
+the transport as soon as a frame for another socket is written (the status hub hands an event
+to one socket's subscriptions one after another), else at the loop's next turn: one event's
+frames for the ten subscriptions of a socket leave in one write, and the first sockets have
+theirs while the hub writes the rest. Frames are written only while the transport is below its high-water mark;
 past it, the update takes Strawberry's path, whose send waits for the socket and whose
 subscriber queue bound cuts a reader that does not keep up.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from starlette.websockets import WebSocket
 from websockets.protocol import Protocol, State
@@ -44,6 +46,8 @@ class SocketFrames:
     """The frames of one websocket's subscriptions, written without Strawberry."""
 
     __slots__ = ("_conn", "_flush_scheduled", "_high_water", "_transport")
+    # The socket written to last (in this process): flushed when another one is written to.
+    _writing: ClassVar[SocketFrames | None] = None
 
     def __init__(self, protocol: Any) -> None:
         self._conn: Protocol = protocol.conn
@@ -60,6 +64,11 @@ class SocketFrames:
 
     def write(self, frame: bytes) -> None:
         self._conn.send_text(frame)
+        writing = SocketFrames._writing
+        if writing is not self:
+            if writing is not None:
+                writing._flush()
+            SocketFrames._writing = self
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -67,6 +76,8 @@ class SocketFrames:
     def _flush(self) -> None:
         # A send through uvicorn meanwhile wrote these frames already, before its own.
         self._flush_scheduled = False
+        if SocketFrames._writing is self:
+            SocketFrames._writing = None
         data = self._conn.data_to_send()
         if data and not self._transport.is_closing():
             self._transport.write(b"".join(data))
@@ -79,6 +90,7 @@ class DirectOperation(OperationFrames):
 
     def __init__(self, socket: SocketFrames, prefix: bytes) -> None:
         super().__init__()
+        self.group = socket
         self._socket = socket
         self._prefix = prefix
         self.open = True

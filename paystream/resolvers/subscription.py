@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
 import strawberry
 
 from ..schema.context import Info
 from ..schema.loaders import Loaders
-from ..schema.sharing import OPERATION_FRAMES, direct_payload
+from ..schema.sharing import OPERATION_FRAMES, OperationFrames, direct_payload
 from ..schema.types import Payment
 from ..services.subscriptions import PaymentUpdate
 
@@ -37,24 +37,34 @@ def _payment(info: Info, update: PaymentUpdate) -> Payment:
     return _shared_payment(update)
 
 
-def _direct(info: Info) -> Callable[[PaymentUpdate], bool] | None:
-    """Sends a live update straight to the subscriber's socket, when its transport can
-    (``OPERATION_FRAMES``): the audience's payload, executed and encoded once. False when the
-    update must be yielded instead (Strawberry then executes and sends it)."""
-    frames = OPERATION_FRAMES.get()
-    if frames is None:
-        return None
+class _DirectSend:
+    """Sends a live update straight to the subscriber's socket (``OPERATION_FRAMES``): the
+    audience's payload, executed and encoded once. False when the update must be yielded
+    instead (Strawberry then executes and sends it)."""
 
-    def send(update: PaymentUpdate) -> bool:
+    __slots__ = ("_frames", "_info", "group")
+
+    def __init__(self, info: Info, frames: OperationFrames) -> None:
+        self._info, self._frames, self.group = info, frames, frames.group
+
+    def __call__(self, update: PaymentUpdate) -> bool:
+        frames = self._frames
         if not frames.ready():
             return False
-        payload = direct_payload(frames, _shared_payment(update), lambda: _fresh_loaders(info))
+        payload = direct_payload(frames, _shared_payment(update), self._refresh)
         if payload is None:
             return False
         frames.write(payload)
         return True
 
-    return send
+    def _refresh(self) -> None:
+        _fresh_loaders(self._info)
+
+
+def _direct(info: Info) -> _DirectSend | None:
+    """Direct sending, when the subscription's transport offers it."""
+    frames = OPERATION_FRAMES.get()
+    return _DirectSend(info, frames) if frames is not None else None
 
 
 @strawberry.type

@@ -67,11 +67,14 @@ class OperationFrames:
     """A subscription operation's way to its socket below Strawberry's handler, made by the
     websocket transport (the gateway) for each operation it runs."""
 
-    __slots__ = ("executor",)
+    __slots__ = ("executor", "group")
 
     def __init__(self) -> None:
         # The subscription's graphql-core executor (set by SharedEventExecutor.build).
         self.executor: SharedEventExecutor | None = None
+        # What the frames are written to (a socket): operations of one group are best
+        # handed an update one after another.
+        self.group: object = self
 
     def ready(self) -> bool:
         """Whether a frame written now goes out in order without waiting."""

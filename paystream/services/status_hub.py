@@ -70,6 +70,8 @@ class Watch:
         self.direct: Callable[[PaymentStatusEvent, object], bool] | None = None
         # Set by such a stream once it sent its last update: its next() returns None.
         self.finished = False
+        # Watches of one group (a connection) are handed an event one after another.
+        self.group: object = None
 
     def push(self, event: PaymentStatusEvent, update: object = None) -> None:
         if self.closed is not None or self.finished:
@@ -288,10 +290,11 @@ class StatusHub:
                 if trace is not event.trace:
                     event = replace(event, trace=trace)
                 update = None
+                ordered: Iterable[Watch] = watchers
                 if self.prepare is not None and any(w.direct is not None for w in watchers):
                     update = await self._prepared(self.prepare, event)
-                    watchers = self._watchers(event)  # as they are now, after the wait
-                for watch in watchers:
+                    ordered = _by_group(self._watchers(event))  # as they are after the wait
+                for watch in ordered:
                     watch.push(event, update)
 
     def _watchers(self, event: PaymentStatusEvent) -> set[Watch]:
@@ -310,6 +313,13 @@ class StatusHub:
             log.warning("update for payment %s not built for the subscribers; each builds "
                         "its own", event.payment_id, exc_info=True)
             return None
+
+
+def _by_group(watchers: Iterable[Watch]) -> list[Watch]:
+    groups: dict[int, list[Watch]] = {}
+    for watch in watchers:
+        groups.setdefault(id(watch) if watch.group is None else id(watch.group), []).append(watch)
+    return [watch for group in groups.values() for watch in group]
 
 
 def _cache_entries(event: PaymentStatusEvent) -> tuple[

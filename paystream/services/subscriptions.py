@@ -24,7 +24,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..cache.singleflight import joined, shared_task
 from ..db import Database, ReadSession
@@ -64,6 +64,16 @@ class PaymentUpdate:
     cursor: str | None = None
 
 
+class DirectSend(Protocol):
+    """Sends a live update to the subscriber itself, below the GraphQL server's handling of
+    each subscriber; False when it cannot now (the stream then yields it)."""
+
+    # The subscriber's connection: the subscribers of one are handed an event in a row.
+    group: object
+
+    def __call__(self, update: PaymentUpdate) -> bool: ...
+
+
 class Subscriptions:
     def __init__(self, db: Database, reader: Reader, hub: StatusHub, *,
                  keep_days: float = 30.0) -> None:
@@ -78,7 +88,7 @@ class Subscriptions:
 
     async def payment_status(self, caller: Caller, raw_id: str,
                              on_overflow: Callable[[], None] | None = None,
-                             direct: Callable[[PaymentUpdate], bool] | None = None,
+                             direct: DirectSend | None = None,
                              ) -> AsyncGenerator[PaymentUpdate, None]:
         """The current state, then each newer one; ends after a terminal status (SUCCEEDED,
         FAILED or CANCELED; AUTHORIZED is sent and the stream stays open)."""
@@ -106,7 +116,7 @@ class Subscriptions:
                 return True
 
             if direct is not None:
-                watch.direct = send
+                watch.direct, watch.group = send, direct.group
             while not is_terminal(current.payment.status):
                 event = await _next(watch)
                 if event is None:
@@ -120,7 +130,7 @@ class Subscriptions:
     async def account_activity(self, caller: Caller, raw_id: str,
                                on_overflow: Callable[[], None] | None = None,
                                after: str | None = None,
-                               direct: Callable[[PaymentUpdate], bool] | None = None,
+                               direct: DirectSend | None = None,
                                ) -> AsyncGenerator[PaymentUpdate, None]:
         """Every status change of a payment touching an account the caller owns.
 
@@ -167,7 +177,7 @@ class Subscriptions:
                         # Built for this subscriber alone: replays are not shared.
                         yield await self._update(event)
             if direct is not None:
-                watch.direct = send
+                watch.direct, watch.group = send, direct.group
             while (live := await _next(watch)) is not None:
                 if first_time(live):
                     yield await self._traced_update("accountActivity", live)
