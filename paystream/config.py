@@ -202,6 +202,11 @@ class SubscriptionSettings(BaseModel):
     # A socket is closed (4000, "reconnect") after this long; clients reconnect and get the
     # current state first. Bounds what a socket's settings and credentials can outlive.
     max_connection_lifetime_s: float = 3600.0
+    # permessage-deflate for clients that offer it. Off: compressing is per socket (each has
+    # its own context), so one update to 10,000 sockets is 10,000 compressions, most of the
+    # fan-out's CPU once its payload is encoded once (docs/benchmarks.md), and each context
+    # holds tens of KB; update frames are small JSON.
+    per_message_deflate: bool = False
 
 
     @model_validator(mode="after")

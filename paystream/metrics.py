@@ -38,6 +38,7 @@ __all__ = [
     "REQUESTS",
     "REQUEST_SECONDS",
     "SQL_STATEMENTS",
+    "SUBSCRIPTION_PAYLOADS",
     "SUBSCRIPTION_UPDATES",
     "WEBHOOK_ATTEMPTS",
     "WEBHOOK_ATTEMPT_SECONDS",
@@ -143,6 +144,13 @@ SUBSCRIPTION_UPDATES = Counter(
     "Status updates executed for subscribers: 'executed' ran the selection set, 'shared' reused "
     "the result of a subscriber with the same document, variables and audience.",
     ["execution"], registry=REGISTRY,
+)
+SUBSCRIPTION_PAYLOADS = Counter(
+    "paystream_subscription_payloads",
+    "Payloads of subscription updates sent: 'encoded' were encoded to JSON for their frame, "
+    "'shared' reused the encoding of the same update for the same audience (document, "
+    "variables, partner and scopes) written to another subscriber's socket.",
+    ["encoding"], registry=REGISTRY,
 )
 
 # The webhook sender (``paystream webhooks``). Attempts and latencies are this process's;

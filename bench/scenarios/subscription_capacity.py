@@ -33,7 +33,7 @@ PER_CONNECTION = 10
 PER_CLIENT = 5_000  # subscriptions one load-generator process drives
 MEASURED_EVENTS = 3
 FEW = 10  # subscribers of the baseline delivery
-TARGET_KB, TARGET_MS, TARGET_SIZE = 100.0, 1000.0, 10_000
+TARGET_KB, TARGET_MS, TARGET_SIZE = 30.0, 1000.0, 10_000  # issue 16 (was 100 KB)
 
 
 async def open_clients(ctx: BenchContext, server: Server, account: str, n: int

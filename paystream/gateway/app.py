@@ -126,8 +126,11 @@ class PaystreamGraphQL(GatedOperations, GraphQL[Context, None]):
                 params = context.connection_params or {}
                 authorization = params.get("authorization") or params.get("Authorization")
                 try:
-                    context.caller = await self.services.auth.caller_for(
+                    caller = await self.services.auth.caller_for(
                         authorization if isinstance(authorization, str) else None)
+                    if caller != context.caller:
+                        # Kept when unchanged: subscriptions key their audience by it.
+                        context.caller = caller
                 except Unavailable:
                     pass  # cannot check now (no database): the key stays as it was
                 except PaystreamError:

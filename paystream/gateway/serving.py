@@ -18,4 +18,5 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # A websocket message is a GraphQL request too: the same size limit as a body
         # (uvicorn's default is 16 MiB), closed with 1009 before it is read whole.
         "ws_max_size": settings.limits.max_body_bytes,
+        "ws_per_message_deflate": settings.subscriptions.per_message_deflate,
     }

@@ -7,6 +7,10 @@ socket does not take piles up in the transport's write buffer, without bound. Be
 message, the adapter looks at that buffer; past ``max_buffered_bytes`` the connection is
 dropped (its transport aborted, so the memory is freed at once and the client sees the
 connection end and can reconnect).
+
+Both protocols' handlers give each subscription operation a :class:`~.frames.DirectOperation`
+in the operation's task, through which live updates are written below Strawberry's handler
+(``gateway/frames.py``, ``schema/sharing.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from strawberry.asgi import ASGIWebSocketAdapter
 from strawberry.http.exceptions import NonJsonMessageReceived
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
+    Operation,
 )
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
     ErrorMessage as TransportErrorMessage,
@@ -32,9 +37,19 @@ from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWS
 from strawberry.subscriptions.protocols.graphql_ws.types import ErrorMessage, StartMessage
 
 from ..domain.errors import QueryTooComplex, RateLimited
-from ..metrics import RATE_LIMITED
+from ..metrics import RATE_LIMITED, SUBSCRIPTION_PAYLOADS
+from ..schema.sharing import OPERATION_FRAMES
+from .frames import (
+    PROTOCOL,
+    DirectOperation,
+    SocketFrames,
+    frame_prefix,
+    protocol_of,
+    socket_frames,
+)
 
 log = logging.getLogger("paystream.gateway")
+_ENCODED = SUBSCRIPTION_PAYLOADS.labels("encoded")
 
 DROP = "paystream.drop_connection"
 CONTEXT = "paystream.context"
@@ -54,6 +69,9 @@ class TransportMiddleware:
             transport = getattr(getattr(send, "__self__", None), "transport", None)
             if hasattr(transport, "get_write_buffer_size"):
                 scope[TRANSPORT] = transport
+            protocol = protocol_of(send)
+            if protocol is not None:
+                scope[PROTOCOL] = protocol  # frames below Strawberry (gateway/frames.py)
         await self.app(scope, receive, send)
 
 
@@ -104,6 +122,14 @@ class BoundedWebSocketAdapter(ASGIWebSocketAdapter):
     def __init__(self, view: Any, request: WebSocket, response: WebSocket) -> None:
         super().__init__(view, request, response)
         self._transport = transport_of(response)
+        self._frames: SocketFrames | None = socket_frames(response)
+
+    def direct_operation(self, message: dict[str, object]) -> DirectOperation | None:
+        """Frames for one operation, ``message`` (without its payload) around each payload;
+        None when the server's websocket protocol is not one frames can be written to."""
+        if self._frames is None:
+            return None
+        return DirectOperation(self._frames, frame_prefix(self.view.encode_json, message))
 
     async def iter_json(self, *, ignore_parsing_errors: bool = False) -> AsyncGenerator[object, None]:
         async for message in super().iter_json(ignore_parsing_errors=ignore_parsing_errors):
@@ -117,6 +143,8 @@ class BoundedWebSocketAdapter(ASGIWebSocketAdapter):
         if transport is not None and transport.get_write_buffer_size() > self.max_buffered_bytes:
             drop(self.ws, f"{transport.get_write_buffer_size()} bytes unread")
             return
+        if message.get("type") in ("next", "data"):
+            _ENCODED.inc()  # an update's payload, encoded with its message (below)
         await super().send_json(message)
 
 
@@ -148,10 +176,57 @@ async def subscribe_refusal(view: Any, context: Any) -> GraphQLFormattedError | 
     return GraphQLError(error.message, extensions=error.graphql_extensions()).formatted
 
 
+class _DirectOperations:
+    """A handler's direct frames per running operation id (see :mod:`.frames`)."""
+
+    def __init__(self) -> None:
+        self._running: dict[str, DirectOperation] = {}
+
+    def start(self, websocket: object, operation_id: str, message: dict[str, object]) -> None:
+        """In the operation's task, before it subscribes: its frames for the executor and
+        the resolvers (``schema/sharing.py``)."""
+        if not isinstance(websocket, BoundedWebSocketAdapter):
+            return
+        frames = websocket.direct_operation(message)
+        if frames is not None:
+            self._running[operation_id] = frames
+            OPERATION_FRAMES.set(frames)  # the task's own context
+
+    def end(self, operation_id: str) -> None:
+        """No frame for the operation from now on (it completed, or the client ended it)."""
+        frames = self._running.pop(operation_id, None)
+        if frames is not None:
+            frames.open = False
+
+    def ended(self, operation_id: str) -> None:
+        """The operation's task is over: its frames, unless a new operation has the id."""
+        frames = OPERATION_FRAMES.get()
+        if isinstance(frames, DirectOperation):
+            frames.open = False
+            if self._running.get(operation_id) is frames:
+                del self._running[operation_id]
+
+
 class TransportWSHandler(BaseGraphQLTransportWSHandler[Any, None]):
     """graphql-transport-ws: the subscription limit answered with :func:`subscription_limit_error`,
     then the subscribe rate (:func:`subscribe_refusal`). Strawberry's own checks that come first
-    (4401 before the acknowledgement, 4409 for an id in use) are left to it."""
+    (4401 before the acknowledgement, 4409 for an id in use) are left to it. Each operation
+    runs with direct frames (``next`` messages)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.direct = _DirectOperations()
+
+    async def run_operation(self, operation: Operation[Any, None]) -> None:
+        self.direct.start(self.websocket, operation.id, {"id": operation.id, "type": "next"})
+        try:
+            await super().run_operation(operation)
+        finally:
+            self.direct.ended(operation.id)
+
+    async def cleanup_operation(self, operation_id: str) -> None:
+        self.direct.end(operation_id)
+        await super().cleanup_operation(operation_id)
 
     async def handle_subscribe(self, message: SubscribeMessage) -> None:
         if self.connection_acknowledged and message["id"] not in self.operations:
@@ -168,7 +243,25 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Any, None]):
 
 class LegacyWSHandler(BaseGraphQLWSHandler[Any, None]):
     """graphql-ws: the same limit and rate errors. A start that reuses a running id replaces
-    that operation (Strawberry cleans it up first), so it is not counted against the limit."""
+    that operation (Strawberry cleans it up first), so it is not counted against the limit.
+    Each operation runs with direct frames (``data`` messages)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.direct = _DirectOperations()
+
+    async def handle_async_results(self, operation_id: str, query: str,
+                                   operation_name: str | None,
+                                   variables: dict[str, object] | None) -> None:
+        self.direct.start(self.websocket, operation_id, {"type": "data", "id": operation_id})
+        try:
+            await super().handle_async_results(operation_id, query, operation_name, variables)
+        finally:
+            self.direct.ended(operation_id)
+
+    async def cleanup_operation(self, operation_id: str) -> None:
+        self.direct.end(operation_id)
+        await super().cleanup_operation(operation_id)
 
     async def handle_start(self, message: StartMessage) -> None:
         if self.connection_acknowledged:

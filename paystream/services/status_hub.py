@@ -9,6 +9,12 @@ connection it resumes where it left off, not at the end.
 Each watch has a bounded queue. The hub never waits for a subscriber: when a queue is full the
 watch is closed and its ``on_overflow`` callback cuts the connection, so one stalled client
 cannot delay the others.
+
+A watch whose subscriber can write an update to its socket itself (``Watch.direct``) is handed
+each event at once, with the event's update built once for all of them (``StatusHub.prepare``),
+while its stream waits with nothing queued: then the hub's one loop over the watchers sends
+every subscriber its frame, and no subscriber's task wakes. Otherwise (its stream is busy or
+behind, or it cannot take this update) the event is queued as before.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import asyncio
 import logging
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import Any, Self
 
@@ -58,10 +64,27 @@ class Watch:
         self._waiter: asyncio.Future[None] | None = None
         self.closed: str | None = None
         self.on_overflow: Callable[[], None] | None = None
+        # Set by a stream that can send an update itself: called with an event and its update
+        # (None when not built) while the stream waits with nothing queued; True when it took
+        # the event (sent it, or did not want it), False to have it queued instead.
+        self.direct: Callable[[PaymentStatusEvent, object], bool] | None = None
+        # Set by such a stream once it sent its last update: its next() returns None.
+        self.finished = False
+        # Watches of one group (a connection) are handed an event one after another.
+        self.group: object = None
 
-    def push(self, event: PaymentStatusEvent) -> None:
-        if self.closed is not None:
+    def push(self, event: PaymentStatusEvent, update: object = None) -> None:
+        if self.closed is not None or self.finished:
             return
+        waiter, direct = self._waiter, self.direct
+        if (direct is not None and not self._queue and waiter is not None
+                and not waiter.done()):
+            try:
+                if direct(event, update):
+                    return
+            except Exception:  # a bug in one subscriber's sending must not stop the hub
+                log.exception("subscriber could not send an update itself; queued instead")
+                self.direct = None
         if len(self._queue) >= self._max_queued:
             log.warning("subscriber queue full (%d events): closing its watch", len(self._queue))
             self.close("subscriber too slow")
@@ -71,17 +94,24 @@ class Watch:
         self._queue.append(event)
         self._wake()
 
-    async def next(self) -> PaymentStatusEvent:
-        """The next event, in the order the hub received them."""
+    async def next(self) -> PaymentStatusEvent | None:
+        """The next event, in the order the hub received them; None once finished."""
         while not self._queue:
             if self.closed is not None:
                 raise WatchClosed(self.closed)
+            if self.finished:
+                return None
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
         return self._queue.popleft()
+
+    def finish(self) -> None:
+        """The stream sent its last update itself (through ``direct``): it may end."""
+        self.finished = True
+        self._wake()
 
     def close(self, reason: str = "closed") -> None:
         if self.closed is None:
@@ -113,6 +143,9 @@ class StatusHub:
         self._positions: dict[TopicPartition, int] = {}
         # Set once the consumer knows its starting offsets: from then on no event is skipped.
         self.positioned = asyncio.Event()
+        # Builds an event's update (set by the subscription service): for watches that send
+        # their updates themselves, once per event, before they are handed the event.
+        self.prepare: Callable[[PaymentStatusEvent], Awaitable[object]] | None = None
 
     def start(self) -> None:
         self._stopping = False
@@ -248,9 +281,7 @@ class StatusHub:
             await self._cache.put_many(ACCOUNT, accounts, redis.account_ttl_s)
         topic = self._settings.kafka.status_topic
         for event in good:
-            watchers = set(self._by_payment.get(event.payment_id, ()))
-            for account_id in event.account_ids:
-                watchers.update(self._by_account.get(account_id, ()))
+            watchers = self._watchers(event)
             # Traced, the event's trace goes on through this process to its subscribers.
             with processing(topic, event.trace, {
                     "paystream.payment_id": str(event.payment_id),
@@ -258,8 +289,37 @@ class StatusHub:
                     "paystream.subscribers": len(watchers)}) as trace:
                 if trace is not event.trace:
                     event = replace(event, trace=trace)
-                for watch in watchers:
-                    watch.push(event)
+                update = None
+                ordered: Iterable[Watch] = watchers
+                if self.prepare is not None and any(w.direct is not None for w in watchers):
+                    update = await self._prepared(self.prepare, event)
+                    ordered = _by_group(self._watchers(event))  # as they are after the wait
+                for watch in ordered:
+                    watch.push(event, update)
+
+    def _watchers(self, event: PaymentStatusEvent) -> set[Watch]:
+        watchers = set(self._by_payment.get(event.payment_id, ()))
+        for account_id in event.account_ids:
+            watchers.update(self._by_account.get(account_id, ()))
+        return watchers
+
+    async def _prepared(self, prepare: Callable[[PaymentStatusEvent], Awaitable[object]],
+                        event: PaymentStatusEvent) -> object:
+        """The event's update, or None when it cannot be built now: each subscriber's own
+        stream then builds it (and reports a failure to its subscriber)."""
+        try:
+            return await prepare(event)
+        except Exception:
+            log.warning("update for payment %s not built for the subscribers; each builds "
+                        "its own", event.payment_id, exc_info=True)
+            return None
+
+
+def _by_group(watchers: Iterable[Watch]) -> list[Watch]:
+    groups: dict[int, list[Watch]] = {}
+    for watch in watchers:
+        groups.setdefault(id(watch) if watch.group is None else id(watch.group), []).append(watch)
+    return [watch for group in groups.values() for watch in group]
 
 
 def _cache_entries(event: PaymentStatusEvent) -> tuple[

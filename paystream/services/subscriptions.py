@@ -9,6 +9,12 @@ account's events after the cursor from the events table, then the live ones, eac
 Every subscriber an event reaches is given the same :class:`PaymentUpdate` for it (built once,
 with at most one read), so work done on it for one subscriber can serve the others: the
 GraphQL layer keeps the executed result on it (``schema/sharing.py``).
+
+A stream given ``direct`` (a callable that sends an update to the subscriber itself, below the
+GraphQL server's per-subscriber handling) hands it its live updates from the hub's loop while
+it is caught up; it yields only what it must send the slow way (its first state, a replay,
+updates queued while it was busy, and those ``direct`` refuses). Either way each update is
+filtered once, by the same rules, and sent in order.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..cache.singleflight import joined, shared_task
 from ..db import Database, ReadSession
@@ -58,6 +64,16 @@ class PaymentUpdate:
     cursor: str | None = None
 
 
+class DirectSend(Protocol):
+    """Sends a live update to the subscriber itself, below the GraphQL server's handling of
+    each subscriber; False when it cannot now (the stream then yields it)."""
+
+    # The subscriber's connection: the subscribers of one are handed an event in a row.
+    group: object
+
+    def __call__(self, update: PaymentUpdate) -> bool: ...
+
+
 class Subscriptions:
     def __init__(self, db: Database, reader: Reader, hub: StatusHub, *,
                  keep_days: float = 30.0) -> None:
@@ -67,9 +83,12 @@ class Subscriptions:
         self.hub = hub
         self._updates: OrderedDict[tuple[uuid.UUID, int], asyncio.Future[PaymentUpdate]] = (
             OrderedDict())
+        # Watches with ``direct`` are handed each live event's update, built here once.
+        hub.prepare = self._shared_update
 
     async def payment_status(self, caller: Caller, raw_id: str,
-                             on_overflow: Callable[[], None] | None = None
+                             on_overflow: Callable[[], None] | None = None,
+                             direct: DirectSend | None = None,
                              ) -> AsyncGenerator[PaymentUpdate, None]:
         """The current state, then each newer one; ends after a terminal status (SUCCEEDED,
         FAILED or CANCELED; AUTHORIZED is sent and the stream stays open)."""
@@ -84,10 +103,26 @@ class Subscriptions:
                 raise NotFound("no such payment")
             yield current
             sent = current.payment.version
+
+            def send(event: PaymentStatusEvent, update: object) -> bool:
+                nonlocal sent
+                if event.version <= sent:
+                    return True  # a replay, or a state the first read already showed
+                if not isinstance(update, PaymentUpdate) or direct is None or not direct(update):
+                    return False
+                sent = event.version
+                if is_terminal(update.payment.status):
+                    watch.finish()
+                return True
+
+            if direct is not None:
+                watch.direct, watch.group = send, direct.group
             while not is_terminal(current.payment.status):
                 event = await _next(watch)
+                if event is None:
+                    return  # the terminal status went out through ``direct``
                 if event.version <= sent:
-                    continue  # a replay, or a state the first read already showed
+                    continue
                 current = await self._traced_update("paymentStatus", event)
                 sent = current.payment.version
                 yield current
@@ -95,6 +130,7 @@ class Subscriptions:
     async def account_activity(self, caller: Caller, raw_id: str,
                                on_overflow: Callable[[], None] | None = None,
                                after: str | None = None,
+                               direct: DirectSend | None = None,
                                ) -> AsyncGenerator[PaymentUpdate, None]:
         """Every status change of a payment touching an account the caller owns.
 
@@ -113,13 +149,24 @@ class Subscriptions:
             raise NotFound("no such account")
         sent: OrderedDict[uuid.UUID, int] = OrderedDict()
 
-        def first_time(event: PaymentStatusEvent) -> bool:
-            if sent.get(event.payment_id, 0) >= event.version:
-                return False
+        def sending(event: PaymentStatusEvent) -> None:
             sent[event.payment_id] = event.version
             sent.move_to_end(event.payment_id)
             if len(sent) > _REMEMBERED_PAYMENTS:
                 sent.popitem(last=False)
+
+        def first_time(event: PaymentStatusEvent) -> bool:
+            if sent.get(event.payment_id, 0) >= event.version:
+                return False
+            sending(event)
+            return True
+
+        def send(event: PaymentStatusEvent, update: object) -> bool:
+            if sent.get(event.payment_id, 0) >= event.version:
+                return True
+            if not isinstance(update, PaymentUpdate) or direct is None or not direct(update):
+                return False
+            sending(event)
             return True
 
         with await self.hub.watch(accounts=[account.id]) as watch:
@@ -129,10 +176,11 @@ class Subscriptions:
                     if first_time(event):
                         # Built for this subscriber alone: replays are not shared.
                         yield await self._update(event)
-            while True:
-                event = await _next(watch)
-                if first_time(event):
-                    yield await self._traced_update("accountActivity", event)
+            if direct is not None:
+                watch.direct, watch.group = send, direct.group
+            while (live := await _next(watch)) is not None:
+                if first_time(live):
+                    yield await self._traced_update("accountActivity", live)
 
     async def _replay(self, account_id: uuid.UUID, owner_id: uuid.UUID,
                       position: EventPosition) -> AsyncGenerator[PaymentStatusEvent, None]:
@@ -197,7 +245,7 @@ class Subscriptions:
         return await self._db.read(read, primary=True)
 
 
-async def _next(watch: Watch) -> PaymentStatusEvent:
+async def _next(watch: Watch) -> PaymentStatusEvent | None:
     try:
         return await watch.next()
     except WatchClosed as exc:

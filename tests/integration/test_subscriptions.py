@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -445,3 +447,177 @@ async def test_queries_and_mutations_are_refused_over_the_websocket(
         listed = await http.execute("query($a: ID!) { payments(accountId: $a) { edges { node "
                                     "{ id } } } }", {"a": source})
     assert listed["payments"]["edges"] == []
+
+
+def counted(metrics: str, series: str, label: str, values: tuple[str, ...]) -> dict[str, float]:
+    found = dict.fromkeys(values, 0.0)
+    for line in metrics.splitlines():
+        for value in values:
+            if line.startswith(f'{series}{{{label}="{value}"}}'):
+                found[value] = float(line.split()[-1])
+    return found
+
+
+# Per protocol: the subscribe message's type, an update's type, an update's keys in order.
+ENVELOPES = {"graphql-transport-ws": ("subscribe", "next", ["id", "type", "payload"]),
+             "graphql-ws": ("start", "data", ["type", "id", "payload"])}
+
+
+class RawSocket:
+    """A websocket that keeps every text frame as it came, per operation id."""
+
+    def __init__(self, protocol: str, frames: dict[str, list[str]], arrived: asyncio.Condition
+                 ) -> None:
+        self.protocol, self.frames, self.arrived = protocol, frames, arrived
+        self.ws: Any = None
+        self.reader: asyncio.Task[None] | None = None
+
+    async def open(self, url: str, key: str, name: str, query: str, variables: dict[str, Any],
+                   subscriptions: int) -> list[str]:
+        import json
+
+        from websockets.asyncio.client import connect
+
+        self.ws = await connect(url, subprotocols=[self.protocol])  # type: ignore[list-item]
+        await self.ws.send(json.dumps({"type": "connection_init",
+                                       "payload": {"authorization": f"Bearer {key}"}}))
+        assert json.loads(await self.ws.recv())["type"] == "connection_ack"
+        kind = ENVELOPES[self.protocol][0]
+        ids = [f"{name}-{n}" for n in range(subscriptions)]
+        for op_id in ids:
+            self.frames[op_id] = []
+            await self.ws.send(json.dumps({"id": op_id, "type": kind, "payload": {
+                "query": query, "variables": variables}}))
+        self.reader = asyncio.create_task(self._read())
+        return ids
+
+    async def _read(self) -> None:
+        import json
+
+        async for raw in self.ws:
+            message = json.loads(raw)
+            if message.get("type") == "ka":
+                continue
+            async with self.arrived:
+                self.frames.setdefault(message.get("id", ""), []).append(raw)
+                self.arrived.notify_all()
+
+    async def close(self) -> None:
+        if self.reader is not None:
+            self.reader.cancel()
+            await asyncio.gather(self.reader, return_exceptions=True)
+        if self.ws is not None:
+            await self.ws.close()
+
+
+async def test_an_update_is_encoded_once_per_audience_and_written_to_every_socket(
+    server_env: dict[str, str], worker: subprocess.Popen[bytes], make_partner: Any,
+) -> None:
+    """Sixteen accountActivity subscribers on one API process, on both protocols, several to a
+    socket: twelve of the payer (one document, one account: one audience) and four of the
+    payee. Each status event is executed and encoded once per audience, and every subscriber
+    still gets exactly one frame per change, byte for byte what Strawberry's handler sends
+    (compact JSON, the protocol's envelope in its order, its own id), showing only what its
+    partner may see."""
+    import json
+
+    api = start_api(server_env)  # its own process: the counters are this test's alone
+    payer, payee = await make_partner(), await make_partner()
+    source = await payer.account(balance="100.00")
+    destination = await payee.account(balance="0")
+    frames: dict[str, list[str]] = {}
+    arrived = asyncio.Condition()
+    sockets: list[RawSocket] = []
+    audiences: dict[str, list[str]] = {"payer": [], "payee": []}
+    protocol_of: dict[str, str] = {}
+
+    def seen(op_id: str, payment_id: str, status: str) -> list[str]:
+        return [raw for raw in frames[op_id]
+                if (update := json.loads(raw)["payload"]["data"]["accountActivity"])["id"]
+                == payment_id and update["status"] == status]
+
+    async def until_all(payment_id: str, status: str, timeout: float = 15) -> bool:
+        ops = [op for ops in audiences.values() for op in ops]
+        async with arrived:
+            try:
+                async with asyncio.timeout(timeout):
+                    await arrived.wait_for(lambda: all(seen(op, payment_id, status) for op in ops))
+            except TimeoutError:
+                return False
+        return True
+
+    async def metrics() -> dict[str, float]:
+        async with httpx.AsyncClient(base_url=api.url) as http:
+            text = (await http.get("/metrics")).text
+        return {**counted(text, "paystream_subscription_payloads_total", "encoding",
+                          ("encoded", "shared")),
+                **{f"execution_{k}": v for k, v in counted(
+                    text, "paystream_subscription_updates_total", "execution",
+                    ("executed", "shared")).items()}}
+
+    try:
+        await api.wait_ready()
+        for protocol in PROTOCOLS:
+            for who, partner, account, count, per_socket in (
+                    ("payer", payer, source, 2, 3), ("payee", payee, destination, 1, 2)):
+                for n in range(count):
+                    socket = RawSocket(protocol, frames, arrived)
+                    sockets.append(socket)
+                    ids = await socket.open(api.ws_url, partner.key, f"{who}-{protocol}-{n}",
+                                            ACCOUNT_ACTIVITY, {"id": account}, per_socket)
+                    audiences[who] += ids
+                    protocol_of.update(dict.fromkeys(ids, protocol))
+        assert len(audiences["payer"]) == 12 and len(audiences["payee"]) == 4
+        # Live once each has had an update (a watch registers when the server has read the
+        # subscribe message): a probe payment, again until every subscriber had its end.
+        for _ in range(5):
+            probe = await pay(api, payer, source, destination, "1.00")
+            if await until_all(probe["id"], "SUCCEEDED", timeout=10):
+                break
+        else:
+            pytest.fail("the subscriptions never all went live")
+
+        counts = [await metrics()]
+        with held(worker):
+            payment = await pay(api, payer, source, destination, "10.00")
+            assert await until_all(payment["id"], "PENDING")
+            counts.append(await metrics())
+        assert await until_all(payment["id"], "SUCCEEDED")
+        counts.append(await metrics())
+    finally:
+        for socket in sockets:
+            await socket.close()
+        stop_process(api.process)
+
+    for before, after in itertools.pairwise(counts):
+        delta = {k: after[k] - before[k] for k in after}
+        # One encoding and one execution per audience; the other fourteen reuse them.
+        assert delta == {"encoded": 2, "shared": 14, "execution_executed": 2,
+                         "execution_shared": 14}, delta
+    for status in ("PENDING", "SUCCEEDED"):
+        payloads: dict[str, set[str]] = {"payer": set(), "payee": set()}
+        for who, ops in audiences.items():
+            for op_id in ops:
+                [raw] = seen(op_id, payment["id"], status)  # exactly one frame per change
+                _, kind, order = ENVELOPES[protocol_of[op_id]]
+                message = json.loads(raw)
+                assert list(message) == order and message["type"] == kind
+                assert message["id"] == op_id
+                assert raw == json.dumps(message, separators=(",", ":"))  # as Strawberry encodes
+                envelope = json.dumps({k: v for k, v in message.items() if k != "payload"},
+                                      separators=(",", ":"))[:-1]
+                assert raw.startswith(envelope + ',"payload":') and raw.endswith("}")
+                payloads[who].add(raw[len(envelope) + len(',"payload":'):-1])
+        # The same bytes for a whole audience, on both protocols, and each its own view.
+        assert len(payloads["payer"]) == len(payloads["payee"]) == 1
+        payer_view = json.loads(payloads["payer"].pop())["data"]["accountActivity"]
+        payee_view = json.loads(payloads["payee"].pop())["data"]["accountActivity"]
+        assert payer_view["destinationAccount"]["balance"] is None
+        assert payee_view["sourceAccount"]["balance"] is None
+        assert payer_view["sourceAccount"]["balance"] is not None
+        assert payee_view["destinationAccount"]["balance"] is not None
+    # The terminal update shows the balances after the posting (probes of 1.00 before it).
+    paid = Decimal("100.00") - Decimal(payer_view["sourceAccount"]["balance"])
+    assert paid == Decimal(payee_view["destinationAccount"]["balance"]) >= Decimal("11.00")
+    for op_id in (op for ops in audiences.values() for op in ops):
+        assert all(json.loads(raw)["type"] in ("next", "data") for raw in frames[op_id])
