@@ -84,7 +84,7 @@ class Subscriptions:
         self._updates: OrderedDict[tuple[uuid.UUID, int], asyncio.Future[PaymentUpdate]] = (
             OrderedDict())
         # Watches with ``direct`` are handed each live event's update, built here once.
-        hub.prepare = self._shared_update
+        hub.prepare = self._prepared_update
 
     async def payment_status(self, caller: Caller, raw_id: str,
                              on_overflow: Callable[[], None] | None = None,
@@ -204,6 +204,15 @@ class Subscriptions:
         """:meth:`_shared_update`, in a span continuing the event's trace (the change as it
         reaches this subscriber; the span ends when the update is ready to send)."""
         with span(f"{subscription} update", parent=event.trace, attributes={
+                "paystream.payment_id": str(event.payment_id),
+                "paystream.payment.version": event.version,
+                "paystream.payment.status": event.status}):
+            return await self._shared_update(event)
+
+    async def _prepared_update(self, event: PaymentStatusEvent) -> PaymentUpdate:
+        """:meth:`_shared_update` for the hub to hand to every direct subscriber, in one span
+        continuing the event's trace (``subscription update``: built once for them all)."""
+        with span("subscription update", parent=event.trace, attributes={
                 "paystream.payment_id": str(event.payment_id),
                 "paystream.payment.version": event.version,
                 "paystream.payment.status": event.status}):
