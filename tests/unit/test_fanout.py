@@ -12,7 +12,7 @@ import pytest
 import strawberry
 from strawberry.extensions import ParserCache
 
-from paystream.metrics import SUBSCRIPTION_PAYLOADS, SUBSCRIPTION_UPDATES
+from paystream.metrics import REGISTRY
 from paystream.schema.sharing import (
     OPERATION_FRAMES,
     OperationFrames,
@@ -145,11 +145,12 @@ async def _frames(partner: str, document: str) -> OperationFrames:
 
 
 def _counts() -> dict[str, float]:
-    return {name: metric.labels(label)._value.get()
-            for name, metric, label in (("encoded", SUBSCRIPTION_PAYLOADS, "encoded"),
-                                        ("reused", SUBSCRIPTION_PAYLOADS, "shared"),
-                                        ("executed", SUBSCRIPTION_UPDATES, "executed"),
-                                        ("shared", SUBSCRIPTION_UPDATES, "shared"))}
+    return {name: REGISTRY.get_sample_value(series, labels) or 0.0
+            for name, series, labels in (
+                ("encoded", "paystream_subscription_payloads_total", {"encoding": "encoded"}),
+                ("reused", "paystream_subscription_payloads_total", {"encoding": "shared"}),
+                ("executed", "paystream_subscription_updates_total", {"execution": "executed"}),
+                ("shared", "paystream_subscription_updates_total", {"execution": "shared"}))}
 
 
 async def test_a_payload_is_executed_and_encoded_once_per_audience() -> None:
