@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import strawberry
 from strawberry.extensions import ParserCache
 
+from paystream.events.messages import PaymentStatusEvent
 from paystream.metrics import REGISTRY
 from paystream.schema.sharing import (
     OPERATION_FRAMES,
@@ -25,6 +26,10 @@ from paystream.services.status_hub import Watch
 class _Hub:
     def _forget(self, watch: Watch) -> None:
         pass
+
+
+def _event(name: str) -> PaymentStatusEvent:
+    return cast(PaymentStatusEvent, name)  # the watch only passes events on
 
 
 def _watch() -> Watch:
@@ -47,23 +52,23 @@ async def test_a_watch_hands_events_to_its_stream_only_while_it_waits_caught_up(
         return event != "refused"
 
     watch.direct = direct
-    watch.push("before", "u0")  # type: ignore[arg-type]  # any event will do here
+    watch.push(_event("before"), "u0")
     assert handed == []  # nobody waiting: queued
     assert await watch.next() == "before"
 
     waiting = await _parked(watch)
-    watch.push("sent", "u1")  # type: ignore[arg-type]
+    watch.push(_event("sent"), "u1")
     assert handed == [("sent", "u1")] and not waiting.done()
-    watch.push("refused", "u2")  # type: ignore[arg-type]
+    watch.push(_event("refused"), "u2")
     assert await waiting == "refused"  # queued and woken, in order
 
-    watch.push("busy", "u3")  # type: ignore[arg-type]  # the stream is not waiting
+    watch.push(_event("busy"), "u3")
     assert len(handed) == 2 and await watch.next() == "busy"
 
     waiting = await _parked(watch)
     watch.finish()
     assert await waiting is None
-    watch.push("after", "u4")  # type: ignore[arg-type]
+    watch.push(_event("after"), "u4")
     assert await watch.next() is None and len(handed) == 2
 
 
@@ -77,7 +82,7 @@ async def test_a_failing_direct_sender_queues_the_event_and_is_not_asked_again(
 
     watch.direct = broken
     waiting = await _parked(watch)
-    watch.push("e1", None)  # type: ignore[arg-type]
+    watch.push(_event("e1"), None)
     assert await waiting == "e1"
     assert watch.direct is None
     assert "could not send an update itself" in caplog.text
