@@ -12,9 +12,9 @@ applies permessage-deflate with the connection's own context when it is on) and 
 the transport as soon as a frame for another socket is written (the status hub hands an event
 to one socket's subscriptions one after another), else at the loop's next turn: one event's
 frames for the ten subscriptions of a socket leave in one write, and the first sockets have
-theirs while the hub writes the rest. Frames are written only while the transport is below its high-water mark;
-past it, the update takes Strawberry's path, whose send waits for the socket and whose
-subscriber queue bound cuts a reader that does not keep up.
+theirs while the hub writes the rest. Frames are written only while the transport is below
+its high-water mark; past it, the update takes Strawberry's path, whose send waits for the
+socket and whose subscriber queue bound cuts a reader that does not keep up.
 """
 
 from __future__ import annotations

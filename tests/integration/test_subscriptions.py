@@ -478,7 +478,7 @@ class RawSocket:
 
         from websockets.asyncio.client import connect
 
-        self.ws = await connect(url, subprotocols=[self.protocol])  # type: ignore[list-item]
+        self.ws = await connect(url, subprotocols=[self.protocol])  # type: ignore[list-item]  # websockets wants its Subprotocol NewType
         await self.ws.send(json.dumps({"type": "connection_init",
                                        "payload": {"authorization": f"Bearer {key}"}}))
         assert json.loads(await self.ws.recv())["type"] == "connection_ack"
