@@ -1,7 +1,7 @@
 """The read side: Redis first (one MGET per entity type), then one SQL statement on a replica
-for the misses, then the primary for rows the replica does not have yet. Concurrent misses on
-one id share one database read (single-flight); what the database returns is written back to
-the cache with its version, so an older row never replaces a newer cached one.
+for the misses, then the primary for rows the replica does not have yet. Concurrent reads of
+one id share one lookup and one database read (single-flight); what the database returns is
+written back to the cache with its version, so an older row never replaces a newer cached one.
 
 Read-your-writes while a replica lags comes from the cache: the worker and the status stream
 put each committed version there. When Redis cannot be reached there is nothing to tell a
@@ -102,26 +102,30 @@ class Reader:
         flight: SingleFlight[uuid.UUID, Row],
         ttl_s: int,
     ) -> dict[uuid.UUID, Row]:
-        found: dict[uuid.UUID, Row] = {}
-        if self.cache is not None:
-            found.update(await self.cache.get_many(kind, ids, decode))  # type: ignore[arg-type]  # keys are the UUIDs asked for
-        misses = [i for i in ids if i not in found]
-        if misses:
+        # The flight covers the cache lookup too: a request asking for a key another one is
+        # loading joins it before asking Redis, so a miss answered late by Redis (after the
+        # first read has filled the entry) cannot start a second database read.
 
-            async def load(keys: list[uuid.UUID]) -> dict[uuid.UUID, Row]:
-                self.db_reads += 1
-                primary = not await self._replicas_trusted()
-                rows = await self._db.read(lambda s: query(s, keys), primary=primary)
-                missing = [] if primary else [k for k in keys if k not in rows]
-                if missing:
-                    # Written a moment ago and not yet replayed on the replica.
-                    rows.update(await self._db.read(lambda s: query(s, missing), primary=True))
-                if self.cache is not None and rows:
-                    await self.cache.put_many(kind, {k: encode(r) for k, r in rows.items()}, ttl_s)
-                return rows
+        async def load(keys: list[uuid.UUID]) -> dict[uuid.UUID, Row]:
+            found: dict[uuid.UUID, Row] = {}
+            if self.cache is not None:
+                found.update(await self.cache.get_many(kind, keys, decode))  # type: ignore[arg-type]  # keys are the UUIDs asked for
+            misses = [k for k in keys if k not in found]
+            if not misses:
+                return found
+            self.db_reads += 1
+            primary = not await self.replicas_trusted()
+            rows = await self._db.read(lambda s: query(s, misses), primary=primary)
+            missing = [] if primary else [k for k in misses if k not in rows]
+            if missing:
+                # Written a moment ago and not yet replayed on the replica.
+                rows.update(await self._db.read(lambda s: query(s, missing), primary=True))
+            if self.cache is not None and rows:
+                await self.cache.put_many(kind, {k: encode(r) for k, r in rows.items()}, ttl_s)
+            found.update(rows)
+            return found
 
-            found.update(await flight.load_many(misses, load))
-        return found
+        return await flight.load_many(ids, load)
 
     def _cache_answers(self) -> bool:
         """Whether the cache can vouch for freshness: Redis answered its last command."""
@@ -132,7 +136,7 @@ class Reader:
         """Whether reads are held on the primary until the replicas replay past an outage."""
         return self._fence is not None
 
-    async def _replicas_trusted(self) -> bool:
+    async def replicas_trusted(self) -> bool:
         """Whether a replica's rows may be served: the cache answers, and since its last
         outage the replicas have replayed what the primary had when it came back."""
         if not self._cache_answers():
@@ -204,7 +208,7 @@ class Reader:
                 primary=primary,
             )
 
-        if self.cache is None or self._ttl is None or not await self._replicas_trusted():
+        if self.cache is None or self._ttl is None or not await self.replicas_trusted():
             return PaymentPage.of(await page(primary=True), limit, where)
         rows = await page(primary=False)
         if not rows:
@@ -240,7 +244,7 @@ class Reader:
                 return []  # not replayed that far yet
             return [await work(session)]  # read after the version: a snapshot as new or newer
 
-        if await self._replicas_trusted():
+        if await self.replicas_trusted():
             found = await self._db.read(checked)
             if found:
                 return found[0]

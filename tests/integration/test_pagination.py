@@ -8,6 +8,8 @@ import uuid
 import pytest
 from sqlalchemy import event, text
 
+from paystream.cache import ACCOUNT
+
 from .conftest import gql, wait_for_replay
 
 pytestmark = pytest.mark.integration
@@ -75,10 +77,14 @@ async def test_foreign_account_lists_nothing(client, services, make_partner) -> 
 async def test_nested_fifty_payments_batch_sql_and_redis(client, services, make_partner) -> None:
     partner = await make_partner()
     source, _ = await _seed(services, partner, 50)
-    # An earlier test's Redis outage leaves the cache's breaker open for a moment; this test
-    # counts Redis commands, so it starts once the cache is in use again.
+    # An earlier test's Redis outage (or restart) leaves the cache's breaker open for a moment,
+    # and then the replicas fenced until they replay past it (each check a statement on the
+    # primary and one on a replica); a restart is noticed at the next lookup. This test counts
+    # commands and statements, so it starts once all of that is over.
     deadline = asyncio.get_running_loop().time() + 10
-    while not services.cache.available:
+    while not (services.cache.available
+               and await services.cache.get_many(ACCOUNT, [uuid.uuid4()], dict) == {}
+               and await services.reader.replicas_trusted()):
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.05)
     statements: list[str] = []
