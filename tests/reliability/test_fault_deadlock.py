@@ -26,6 +26,10 @@ async def test_worker_retries_a_posting_that_lost_a_deadlock(client, migrated, w
     await watcher.start()
     try:
         async with services.db.primary.connect() as blocker:
+            # The blocker looks for a deadlock only long after the worker does (1 s), so the
+            # worker is always the one that finds it and is rolled back, however loaded the
+            # machine (a waiter checks once, deadlock_timeout after it began to wait).
+            await blocker.execute(text("SET deadlock_timeout = '20s'"))
             # Hold the account the worker locks second (it locks in id order)...
             await blocker.execute(text("SELECT 1 FROM accounts WHERE id = :id FOR NO KEY UPDATE"),
                                   {"id": uuid.UUID(second)})
@@ -44,7 +48,7 @@ async def test_worker_retries_a_posting_that_lost_a_deadlock(client, migrated, w
                     assert asyncio.get_running_loop().time() < deadline, "the worker never waited"
                     await asyncio.sleep(0.05)
                     await probe.rollback()
-            # ...then take the first too: a deadlock, and the worker, waiting longest, loses.
+            # ...then take the first too: a deadlock, and the worker loses.
             await blocker.execute(text("SELECT 1 FROM accounts WHERE id = :id FOR NO KEY UPDATE"),
                                   {"id": uuid.UUID(first)})
             await blocker.rollback()
