@@ -2,14 +2,19 @@
 on the same primary, in the same run, is the baseline.
 
     python -m bench.drain [--payments 20000] [--accounts 200] [--clients 4]
+
+``BENCH_PROFILE_WORKER=1`` (py-spy installed) samples the worker into
+``bench/results/drain-profile.txt`` (collapsed stacks).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -25,7 +30,7 @@ from paystream.services.app import Services
 from paystream.services.ledger import verify_ledger
 from paystream.services.payments import CreatePayment
 
-from .common import bench_stack, print_table, server_env, write_result
+from .common import RESULTS, bench_stack, print_table, server_env, write_result
 
 
 async def enqueue(services: Services, payments: int, accounts: int) -> list[str]:
@@ -55,6 +60,12 @@ async def enqueue(services: Services, payments: int, accounts: int) -> list[str]
 async def drain(settings, env: dict[str, str], payments: int) -> dict[str, float]:
     worker = subprocess.Popen([sys.executable, "-m", "paystream.cli", "worker"], env=env,  # noqa: ASYNC220 (a fork, once)
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    profiler = None
+    if os.environ.get("BENCH_PROFILE_WORKER"):  # py-spy samples the worker while it drains
+        profiler = subprocess.Popen(["py-spy", "record", "--format", "raw", "--rate", "200",  # noqa: ASYNC220 (a fork, once)
+                                     "--pid", str(worker.pid), "-o",
+                                     str(RESULTS / "drain-profile.txt")],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     services = Services.create(settings)
     try:
         while True:
@@ -73,6 +84,9 @@ async def drain(settings, env: dict[str, str], payments: int) -> dict[str, float
         if not report.sound:
             raise SystemExit(f"ledger verify failed: {report.violations}")
     finally:
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            profiler.wait()
         worker.terminate()
         worker.wait()
         await services.close()

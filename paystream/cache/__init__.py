@@ -2,9 +2,9 @@
 
 from .entities import ACCOUNT, PAYMENT, account_entry, account_from, payment_entry, payment_from
 from .singleflight import SingleFlight
-from .store import VersionedCache
+from .store import Entry, Payload, VersionedCache
 
 __all__ = [
-    "ACCOUNT", "PAYMENT", "SingleFlight", "VersionedCache", "account_entry", "account_from",
-    "payment_entry", "payment_from",
+    "ACCOUNT", "PAYMENT", "Entry", "Payload", "SingleFlight", "VersionedCache", "account_entry",
+    "account_from", "payment_entry", "payment_from",
 ]

@@ -3,15 +3,13 @@ under their version."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..domain.entities import (
     AccountRow,
     PaymentRow,
     account_from_json,
-    account_json,
+    encode_account,
+    encode_payment,
     payment_from_json,
-    payment_json,
 )
 
 PAYMENT = "payment"
@@ -21,9 +19,9 @@ payment_from = payment_from_json
 account_from = account_from_json
 
 
-def payment_entry(row: PaymentRow) -> tuple[int, dict[str, Any]]:
-    return row.version, payment_json(row)
+def payment_entry(row: PaymentRow) -> tuple[int, bytes]:
+    return row.version, encode_payment(row)
 
 
-def account_entry(row: AccountRow) -> tuple[int, dict[str, Any]]:
-    return row.version, account_json(row)
+def account_entry(row: AccountRow) -> tuple[int, bytes]:
+    return row.version, encode_account(row)

@@ -36,6 +36,9 @@ T = TypeVar("T")
 # Holds the run_id of the Redis server that wrote it (no TTL): absent or different after a
 # restart. Fetched in the same MGET as the entries, so it costs no round trip.
 LIFE_KEY = "paystream:redis:run_id"
+# An entry's payload: its JSON (as the entities encode it) or a mapping encoded here.
+Payload = dict[str, Any] | bytes
+Entry = tuple[int, Payload]  # (version, payload)
 
 # KEYS: the entries; ARGV[1]: ttl seconds; then per key a version and a payload.
 # Replaces an entry only when absent or older; always (re)arms the TTL of what it wrote.
@@ -71,7 +74,7 @@ class VersionedCache:
         # Writes that failed while Redis was unreachable, replayed once it answers again (the
         # compare-and-set makes a late replay harmless). Without this, an entry written just
         # before an outage would keep its older version until its TTL ran out.
-        self._unwritten: dict[tuple[str, object], tuple[int, dict[str, Any], int]] = {}
+        self._unwritten: dict[tuple[str, object], tuple[int, Payload, int]] = {}
         self.max_unwritten = 100_000
         self.dropped = 0  # writes not kept because the buffer was full (their TTL is the backstop)
         self._replay_lock = asyncio.Lock()
@@ -132,7 +135,7 @@ class VersionedCache:
             log.warning("redis restarted (a new run_id): its entries are gone")
         self._life = life
 
-    async def put_many(self, kind: str, entries: Mapping[Any, tuple[int, dict[str, Any]]],
+    async def put_many(self, kind: str, entries: Mapping[Any, Entry],
                        ttl_s: int) -> int:
         """Compare-and-set each (version, payload); returns how many were written. Entries
         that cannot be written now are kept and replayed by :meth:`flush_unwritten`."""
@@ -152,7 +155,7 @@ class VersionedCache:
             return 0
         return written
 
-    def _keep(self, kind: str, entries: Mapping[Any, tuple[int, dict[str, Any]]],
+    def _keep(self, kind: str, entries: Mapping[Any, Entry],
               ttl_s: int) -> None:
         for key, (version, payload) in entries.items():
             held = self._unwritten.get((kind, key))
@@ -172,19 +175,20 @@ class VersionedCache:
             if not self._unwritten or not self.available:
                 return len(self._unwritten)
             held, self._unwritten = self._unwritten, {}
-            by_kind: dict[tuple[str, int], dict[object, tuple[int, dict[str, Any]]]] = {}
+            by_kind: dict[tuple[str, int], dict[object, Entry]] = {}
             for (kind, key), (version, payload, ttl_s) in held.items():
                 by_kind.setdefault((kind, ttl_s), {})[key] = (version, payload)
             for (kind, ttl_s), entries in by_kind.items():
                 await self.put_many(kind, entries, ttl_s)
             return len(self._unwritten)
 
-    async def _cas_many(self, kind: str, entries: Mapping[Any, tuple[int, dict[str, Any]]],
+    async def _cas_many(self, kind: str, entries: Mapping[Any, Entry],
                         ttl_s: int) -> int | None:
         keys = [f"{kind}:{i}" for i in entries]
-        args: list[str | int] = [ttl_s]
+        args: list[str | int | bytes] = [ttl_s]
         for version, payload in entries.values():
-            args += [version, json.dumps(payload, separators=(",", ":"), default=str)]
+            args += [version, payload if isinstance(payload, bytes)
+                     else json.dumps(payload, separators=(",", ":"), default=str)]
         try:
             return int(await self._cas(keys=keys, args=args))
         except (RedisError, OSError) as exc:

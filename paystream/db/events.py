@@ -116,8 +116,16 @@ def kind_of(event: PaymentStatusEvent) -> str:
 async def record(session: WriteSession, events: Sequence[PaymentStatusEvent]
                  ) -> list[PaymentStatusEvent]:
     """Write the events in the caller's transaction; returns them with their cursors, in order."""
+    return [event for event, _ in await record_encoded(session, events)]
+
+
+async def record_encoded(session: WriteSession, events: Sequence[PaymentStatusEvent]
+                         ) -> list[tuple[PaymentStatusEvent, bytes]]:
+    """:func:`record`, each event beside its JSON with the cursor (as it is published):
+    every event is encoded once, for the feed, and its cursor spliced in."""
     if not events:
         return []
+    encoded = [e.encode() for e in events]
     rows = await session.execute(_INSERT, {
         "created": [e.payment.updated_at for e in events],
         "types": [kind_of(e) for e in events],
@@ -128,11 +136,15 @@ async def record(session: WriteSession, events: Sequence[PaymentStatusEvent]
         "destinations": [e.payment.destination_account_id for e in events],
         "source_partners": [e.source_partner_id for e in events],
         "destination_partners": [e.destination_partner_id for e in events],
-        "payloads": [e.to_json_text() for e in events],
+        "payloads": [raw.decode() for raw in encoded],
     })
     # (payment, version) names one event: a payment changes at most once per transaction.
     cursors = {(str(r[0]), int(r[1])): encode_event_cursor(int(r[2]), int(r[3])) for r in rows}
-    return [replace(e, cursor=cursors[(str(e.payment_id), e.version)]) for e in events]
+    recorded = []
+    for event, raw in zip(events, encoded, strict=True):
+        cursor = cursors[(str(event.payment_id), event.version)]
+        recorded.append((replace(event, cursor=cursor), event.encode_with_cursor(raw, cursor)))
+    return recorded
 
 
 def _records(rows: Sequence[tuple[int, str, str]]) -> list[EventRecord]:

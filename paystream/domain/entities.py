@@ -103,12 +103,23 @@ def payment_json(row: PaymentRow) -> dict[str, Any]:
     return _PAYMENT.dump_python(row, mode="json")  # type: ignore[no-any-return]  # a dataclass dumps to a dict
 
 
+def encode_payment(row: PaymentRow) -> bytes:
+    """:func:`payment_json` as JSON text, straight from pydantic-core (about 3x cheaper than
+    building the mapping and encoding it)."""
+    return _PAYMENT.dump_json(row)
+
+
 def payment_from_json(data: Any) -> PaymentRow:
     return _PAYMENT.validate_python(data)
 
 
 def account_json(row: AccountRow) -> dict[str, Any]:
     return _ACCOUNT.dump_python(row, mode="json")  # type: ignore[no-any-return]  # a dataclass dumps to a dict
+
+
+def encode_account(row: AccountRow) -> bytes:
+    """:func:`account_json` as JSON text (as :func:`encode_payment`)."""
+    return _ACCOUNT.dump_json(row)
 
 
 def account_from_json(data: Any) -> AccountRow:

@@ -11,6 +11,7 @@ definition of each.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -167,6 +168,10 @@ class RefundRequested:
 def decode_requested(raw: bytes | None) -> PaymentRequested | PaymentCommand | RefundRequested:
     """A message of ``payments.requested``: a payment's request, a command on a payment, or a
     refund's request."""
+    try:  # the common case, parsed once; anything else is told apart below
+        return _REQUESTED.validate_json(raw or b"")
+    except ValidationError:
+        pass
     kind = _object(raw).get("type")
     if kind in COMMAND_TYPES:
         return _decode(_COMMAND, raw)  # type: ignore[no-any-return]  # the adapter's type
@@ -244,6 +249,15 @@ class PaymentStatusEvent:
     def to_json_text(self) -> str:
         return self.encode().decode()
 
+    def encode_with_cursor(self, encoded: bytes, cursor: str) -> bytes:
+        """``replace(self, cursor=cursor).encode()``, made from ``encoded`` (this event's own
+        encoding, without a cursor) instead of encoding it all again: the cursor is the
+        third field from the end, so only the tail differs."""
+        if encoded.endswith(_NO_CURSOR_TAIL):
+            return b"".join((encoded[:-len(_NO_CURSOR_TAIL)], b',"cursor":',
+                             json.dumps(cursor).encode(), _CURSOR_TAIL_REST))
+        return replace(self, cursor=cursor).encode()  # another shape: encoded in full
+
     @classmethod
     def decode(cls, raw: bytes | str | None) -> PaymentStatusEvent:
         """An event of schema 2, or of schema 1 (whose flat copies of the payment's fields
@@ -258,3 +272,6 @@ _REQUESTED = TypeAdapter(PaymentRequested)
 _COMMAND = TypeAdapter(PaymentCommand)
 _REFUND = TypeAdapter(RefundRequested)
 _STATUS = TypeAdapter(PaymentStatusEvent)
+# The end of a status event's JSON after its cursor (fields in declaration order).
+_CURSOR_TAIL_REST = b',"type":"payment.status","schema":2}'
+_NO_CURSOR_TAIL = b',"cursor":null' + _CURSOR_TAIL_REST

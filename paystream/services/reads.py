@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from ..cache import (
     ACCOUNT,
     PAYMENT,
+    Entry,
     SingleFlight,
     VersionedCache,
     account_entry,
@@ -97,7 +98,7 @@ class Reader:
         ids: Sequence[uuid.UUID],
         kind: str,
         decode: Callable[[dict[str, Any]], Row],
-        encode: Callable[[Row], tuple[int, dict[str, Any]]],
+        encode: Callable[[Row], Entry],
         query: Callable[[ReadSession, Sequence[uuid.UUID]], Awaitable[dict[uuid.UUID, Row]]],
         flight: SingleFlight[uuid.UUID, Row],
         ttl_s: int,

@@ -29,7 +29,7 @@ from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from ..cache import ACCOUNT, PAYMENT, VersionedCache
+from ..cache import ACCOUNT, PAYMENT, Entry, Payload, VersionedCache
 from ..cache.entities import account_entry, payment_entry
 from ..config import Settings
 from ..domain.errors import Unavailable
@@ -259,8 +259,8 @@ class StatusHub:
         good: list[PaymentStatusEvent] = []
         # The newest version of each entity in the batch, whatever the order: an API's
         # PENDING event can land after the worker's terminal one for the same payment.
-        payments: dict[uuid.UUID, tuple[int, dict[str, Any]]] = {}
-        accounts: dict[uuid.UUID, tuple[int, dict[str, Any]]] = {}
+        payments: dict[uuid.UUID, Entry] = {}
+        accounts: dict[uuid.UUID, Entry] = {}
         for event in events:
             try:
                 entries = _cache_entries(event)
@@ -323,13 +323,13 @@ def _by_group(watchers: Iterable[Watch]) -> list[Watch]:
 
 
 def _cache_entries(event: PaymentStatusEvent) -> tuple[
-        tuple[int, dict[str, Any]] | None, dict[uuid.UUID, tuple[int, dict[str, Any]]]]:
+        Entry | None, dict[uuid.UUID, Entry]]:
     """The event's snapshots as cache entries (decoding checked them)."""
     return payment_entry(event.payment), {a.id: account_entry(a) for a in event.accounts or ()}
 
 
-def _keep_newest(entries: dict[uuid.UUID, tuple[int, dict[str, Any]]], key: uuid.UUID,
-                 version: int, payload: dict[str, Any]) -> None:
+def _keep_newest(entries: dict[uuid.UUID, Entry], key: uuid.UUID,
+                 version: int, payload: Payload) -> None:
     if key not in entries or entries[key][0] < version:
         entries[key] = (version, payload)
 

@@ -183,7 +183,7 @@ async def _apply(session: WriteSession,
         payments.append(payment)
         events.append(PaymentStatusEvent.of(payment, accounts[row.source_account_id],
                                    accounts[row.destination_account_id]))
-    events, outbox_ids = await write_status_events(session, events, status_topic=status_topic,
-                                                   traces=traces)
-    return BatchResult(events=events, outbox_ids=outbox_ids, skipped=0,
+    events, outbox_ids, payloads = await write_status_events(
+        session, events, status_topic=status_topic, traces=traces)
+    return BatchResult(events=events, outbox_ids=outbox_ids, payloads=payloads, skipped=0,
                        payments=payments, accounts=list(changed.values()))

@@ -26,7 +26,7 @@ import logging
 import signal
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -127,8 +127,8 @@ class PaymentWorker:
                 self._beat()
                 await asyncio.sleep(0.2)
                 continue
-            for tp, records in batches.items():
-                await self._handle(tp, records)
+            if batches:
+                await self._handle(batches)
             await self.cache.flush_unwritten()
             self._beat()
 
@@ -138,36 +138,54 @@ class PaymentWorker:
             self.heartbeat.touch()
             self._last_beat = now
 
-    async def _handle(self, tp: TopicPartition, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
-        # Runs of one kind in partition order: a capture or cancel is posted after the request
-        # that placed its hold, and a payment after the capture queued before it.
-        run: list[Message] = []
-        parents: dict[uuid.UUID, Carrier | None] = {}  # the trace each payment's message carries
-        for record in records:
-            try:
-                request = decode_requested(record.value)
-                validate_request(request)
-            except UndecodableMessage as exc:
-                await self._dead_letter(record, str(exc))
-                continue
-            if run and type(run[-1]) is not type(request):
+    async def _handle(self, batches: Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]
+                      ) -> None:
+        """One poll's records, all partitions together: each partition's records in runs of
+        one kind, in partition order (a capture or cancel is posted after the request that
+        placed its hold, and a payment after the capture queued before it). The first runs
+        of every partition are posted together (one batch per kind), then the second runs,
+        and so on: partitions share nothing, so only each one's own order matters, and in a
+        drain one poll is one transaction, not one per partition."""
+        runs: list[list[tuple[list[Message], dict[uuid.UUID, Carrier | None]]]] = []
+        for records in batches.values():
+            mine: list[tuple[list[Message], dict[uuid.UUID, Carrier | None]]] = []
+            for record in records:
+                try:
+                    request = decode_requested(record.value)
+                    validate_request(request)
+                except UndecodableMessage as exc:
+                    await self._dead_letter(record, str(exc))
+                    continue
+                if not mine or type(mine[-1][0][-1]) is not type(request):
+                    mine.append(([], {}))
+                run, parents = mine[-1]
+                run.append(request)
+                # The trace each payment's message carries.
+                parents.setdefault(request.payment_id, carrier_of_headers(record.headers))
+            runs.append(mine)
+        for depth in range(max((len(r) for r in runs), default=0)):
+            merged: dict[type, tuple[list[Message], dict[uuid.UUID, Carrier | None]]] = {}
+            for mine in runs:
+                if depth < len(mine):
+                    run, parents = mine[depth]
+                    into, into_parents = merged.setdefault(type(run[0]), ([], {}))
+                    into.extend(run)
+                    into_parents.update(parents)
+            for run, parents in merged.values():
                 await self._post_traced(run, parents)
-                run, parents = [], {}
-            run.append(request)
-            parents.setdefault(request.payment_id, carrier_of_headers(record.headers))
-        if run:
-            await self._post_traced(run, parents)
-        self.processed += len(records)
+        self.processed += sum(len(records) for records in batches.values())
         try:
-            await self.consumer.commit({tp: records[-1].offset + 1})
+            await self.consumer.commit({tp: records[-1].offset + 1
+                                        for tp, records in batches.items() if records})
         except (IllegalStateError, KafkaError) as exc:
-            # The partition moved to another member (or is moving) during a rebalance. What
-            # was posted is committed in the database; whoever owns the partition now consumes
+            # A partition moved to another member (or is moving) during a rebalance. What
+            # was posted is committed in the database; whoever owns a partition now consumes
             # the batch again from the committed offset, which changes nothing.
             self.rewinds += 1
             log.warning("offset commit on %s refused (%s); polling again from the committed "
-                        "offsets", tp, type(exc).__name__)
-            await self._rewind(tp)
+                        "offsets", ", ".join(map(str, batches)), type(exc).__name__)
+            for tp in batches:
+                await self._rewind(tp)
 
     async def _rewind(self, tp: TopicPartition) -> None:
         """Drop the position past the uncommitted batch: if the partition is still ours, the
@@ -224,7 +242,7 @@ class PaymentWorker:
                                   redis.payment_ttl_s)
         await self.cache.put_many(ACCOUNT, {a.id: account_entry(a) for a in result.accounts},
                                   redis.account_ttl_s)
-        await self.relay.publish(result.events, result.outbox_ids)
+        await self.relay.publish(result.events, result.outbox_ids, result.payloads)
 
     async def _post_once(self, requests: list[Message], traces: Traces) -> BatchResult:
         topic = self.settings.kafka.status_topic

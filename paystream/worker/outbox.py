@@ -42,19 +42,22 @@ class OutboxRelay:
         self._on_wait = on_wait
         self.published = 0
 
-    async def publish(self, events: Sequence[PaymentStatusEvent], outbox_ids: Sequence[int]) -> None:
+    async def publish(self, events: Sequence[PaymentStatusEvent], outbox_ids: Sequence[int],
+                      payloads: Sequence[bytes] = ()) -> None:
         """Produce the events (acks=all), then mark their outbox rows sent. A failure leaves
-        them to the sweep."""
+        them to the sweep. ``payloads``: the events' JSON as their rows hold it (encoded
+        here when not given)."""
         if not events:
             return
         try:
             futures = []
-            for e in events:
+            for i, e in enumerate(events):
                 with sending(self._topic, e.trace, {"paystream.payment_id": str(e.payment_id),
                                                     "paystream.payment.status": e.status}
                              ) as headers:
                     futures.append(await self._producer.send(
-                        self._topic, e.encode(), key=str(e.payment_id).encode(), headers=headers))
+                        self._topic, payloads[i] if payloads else e.encode(),
+                        key=str(e.payment_id).encode(), headers=headers))
             await asyncio.gather(*futures)
         except KafkaError as exc:
             log.warning("status publish failed (%s); the sweep will retry", type(exc).__name__)

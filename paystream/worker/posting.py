@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import text
 
 from ..db import WriteSession
-from ..db.events import record as record_events
+from ..db.events import record_encoded
 from ..db.outbox import trace_json
 from ..db.payments import COLUMNS as PAYMENT_COLUMNS
 from ..domain.entities import AccountRow, PaymentRow
@@ -124,6 +124,7 @@ class BatchResult:
     events: list[PaymentStatusEvent]
     outbox_ids: list[int]
     skipped: int  # redeliveries of payments already final
+    payloads: list[bytes] = field(default_factory=list)  # each event's JSON, as its outbox row
     payments: list[PaymentRow] = field(default_factory=list)  # as committed, for the cache
     accounts: list[AccountRow] = field(default_factory=list)
     # Requests that changed nothing because they disagree with their row (or have none),
@@ -134,20 +135,22 @@ class BatchResult:
 
 async def write_status_events(session: WriteSession, events: list[PaymentStatusEvent], *,
                               status_topic: str, traces: Traces | None = None
-                              ) -> tuple[list[PaymentStatusEvent], list[int]]:
+                              ) -> tuple[list[PaymentStatusEvent], list[int], list[bytes]]:
     """The events' rows of the feed, then their outbox rows (carrying the feed cursors and
     each payment's trace context from ``traces``), in the caller's transaction; returns the
-    events as published (with their ``trace``) and their outbox ids."""
-    events = await record_events(session, events)
-    if traces:
-        events = [replace(e, trace=traces.get(e.payment_id)) for e in events]
+    events as published (with their ``trace``), their outbox ids and their JSON (as the
+    outbox rows hold it, for the producer: each event is encoded once)."""
+    recorded = await record_encoded(session, events)
+    events = [e if not traces else replace(e, trace=traces.get(e.payment_id))
+              for e, _ in recorded]
+    payloads = [raw for _, raw in recorded]
     outbox = await session.execute(
         _INSERT_OUTBOX,
         {"topic": status_topic, "keys": [str(e.payment_id) for e in events],
-         "payloads": [e.to_json_text() for e in events],
+         "payloads": [raw.decode() for raw in payloads],
          "traces": [trace_json(e.trace) for e in events]},
     )
-    return events, [row[0] for row in outbox]
+    return events, [row[0] for row in outbox], payloads
 
 
 def disagreement(request: PaymentRequested, row: PaymentRow | None) -> str | None:
@@ -270,10 +273,10 @@ async def post_batch(
             {"now": now, "payments": [h[0] for h in holds], "accounts": [h[1] for h in holds],
              "amounts": [h[2] for h in holds], "expiries": [h[3] for h in holds]},
         )
-    events, outbox_ids = await write_status_events(session, events, status_topic=status_topic,
-                                                   traces=traces)
+    events, outbox_ids, payloads = await write_status_events(
+        session, events, status_topic=status_topic, traces=traces)
     account_rows = [a.row(i) for i, a in touched]
     return BatchResult(
-        events=events, outbox_ids=outbox_ids, skipped=skipped,
+        events=events, outbox_ids=outbox_ids, payloads=payloads, skipped=skipped,
         payments=payments, accounts=account_rows, rejected=rejected,
     )

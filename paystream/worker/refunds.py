@@ -143,8 +143,8 @@ async def post_refunds(session: WriteSession, requests: Sequence[RefundRequested
                                      accounts[payment.destination_account_id]),
                         refund=done.to_json())
         events.append(event)
-    events, outbox_ids = await write_status_events(session, events, status_topic=status_topic,
-                                                   traces=traces)
-    return BatchResult(events=events, outbox_ids=outbox_ids, skipped=skipped,
+    events, outbox_ids, payloads = await write_status_events(
+        session, events, status_topic=status_topic, traces=traces)
+    return BatchResult(events=events, outbox_ids=outbox_ids, payloads=payloads, skipped=skipped,
                        payments=list(changed.values()), accounts=list(touched.values()),
                        rejected=rejected)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -71,3 +72,23 @@ def test_a_status_event_carries_its_cursor_and_an_old_one_decodes_without() -> N
 def test_a_cursor_that_is_not_a_string_is_undecodable() -> None:
     with pytest.raises(UndecodableMessage):
         PaymentStatusEvent.decode(_event(cursor=12))
+
+
+@given(POSITIVE, POSITIVE, st.text(max_size=40), st.booleans())
+def test_the_cursor_spliced_into_an_encoded_event_is_the_event_encoded_with_it(
+        txid: int, row_id: int, reference: str, refunded: bool) -> None:
+    # The reference is free text: one that looks like the tail must not fool the splice.
+    payment = sample_payment(status="SUCCEEDED", version=2,
+                             reference=reference or ',"cursor":null,"type":"payment.status"')
+    event = PaymentStatusEvent(
+        payment_id=payment.id, payment=payment, source_partner_id=uuid.uuid4(),
+        destination_partner_id=uuid.uuid4(),
+        refund={"id": str(uuid.uuid4()), "status": "SUCCEEDED"} if refunded else None)
+    cursor = encode_event_cursor(txid, row_id)
+    spliced = event.encode_with_cursor(event.encode(), cursor)
+    assert spliced == replace(event, cursor=cursor).encode()
+    assert PaymentStatusEvent.decode(spliced) == replace(event, cursor=cursor)
+    # An encoding that does not end as a cursorless event's does is encoded again, in full.
+    placed = replace(event, cursor=encode_event_cursor(1, 1))
+    assert event.encode_with_cursor(placed.encode(), cursor) == \
+        replace(event, cursor=cursor).encode()
