@@ -45,6 +45,10 @@ class RedisSettings(BaseModel):
     retry_after_failure_s: float = 1.0
     payment_ttl_s: int = 24 * 3600
     account_ttl_s: int = 3600
+    # Account pages (the ids a page lists) and their generations. Every change to an account's
+    # list replaces its generation; the TTL only bounds a page whose change could not be told
+    # (a process that died holding a bump it could not send during an outage).
+    page_ttl_s: int = 300
 
 
 class KafkaSettings(BaseModel):

@@ -2,9 +2,9 @@
 
 from .entities import ACCOUNT, PAYMENT, account_entry, account_from, payment_entry, payment_from
 from .singleflight import SingleFlight
-from .store import Entry, Payload, VersionedCache
+from .store import Entry, PageLookup, Payload, VersionedCache
 
 __all__ = [
-    "ACCOUNT", "PAYMENT", "Entry", "Payload", "SingleFlight", "VersionedCache", "account_entry",
+    "ACCOUNT", "PAYMENT", "Entry", "PageLookup", "Payload", "SingleFlight", "VersionedCache", "account_entry",
     "account_from", "payment_entry", "payment_from",
 ]

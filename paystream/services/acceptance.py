@@ -136,8 +136,11 @@ class Acceptance:
             recorded = await events.record(session, [
                 PaymentStatusEvent.of(row, d.source, d.destination, with_accounts=False)
                 for row, d in new])
-        # Visible to payment(id) at once, whatever the replicas' lag.
+        # Visible to payment(id) at once, whatever the replicas' lag, and listed on the next
+        # read of either account's pages (whichever process serves it).
         await self._reader.remember_payments([row for row, _ in new])
+        await self._reader.pages_changed(
+            a for row, _ in new for a in (row.source_account_id, row.destination_account_id))
         # The PENDING events tell account activity subscribers of the new payments; best
         # effort on the stream (not in the outbox): a watcher starts from the current state
         # anyway, and a resumed accountActivity replays them from the feed.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -63,6 +63,22 @@ class PaymentPage:
         return cls(rows=shown, more=len(fetched) > limit, last=window[-1] if window else None)
 
 
+def _page_shape(limit: int, before: tuple[datetime, uuid.UUID] | None,
+                viewer: uuid.UUID | None) -> str:
+    """What names a page among the account's: its size, its start and who may see it."""
+    start = f"{before[0].isoformat()}/{before[1]}" if before else "-"
+    return f"{limit}:{start}:{viewer or '-'}"
+
+
+def _encode_page(ids: Sequence[uuid.UUID], more: bool) -> bytes:
+    return (("+" if more else "-") + " ".join(str(i) for i in ids)).encode()
+
+
+def _decode_page(payload: bytes) -> tuple[list[uuid.UUID], bool]:
+    text = payload.decode()
+    return [uuid.UUID(i) for i in text[1:].split()], text[0] == "+"
+
+
 class Reader:
     """Batch reads used by the DataLoaders."""
 
@@ -73,6 +89,8 @@ class Reader:
         self._ttl = settings.redis if settings else None
         self._account_flight: SingleFlight[uuid.UUID, AccountRow] = SingleFlight()
         self._payment_flight: SingleFlight[uuid.UUID, PaymentRow] = SingleFlight()
+        self._page_flight: SingleFlight[tuple[uuid.UUID, str, str],
+                                        tuple[list[uuid.UUID], bool]] = SingleFlight()
         self.db_reads = 0
         # After a Redis outage: the primary's WAL position the replicas must replay before
         # their rows are trusted again ("" while it is being read).
@@ -195,13 +213,78 @@ class Reader:
                            before: tuple[datetime, uuid.UUID] | None,
                            viewer: uuid.UUID | None,
                            where: PaymentFilter = NO_FILTER) -> PaymentPage:
-        """Up to ``limit`` payments after ``before``: one SQL statement (``limit`` + 1 rows,
-        to know whether more follow) on a replica, then one MGET: where the cache holds a
-        newer version of a payment than the replica (a status the caller may already have
-        seen), the newer one is shown. Rows the cache lacks or holds older are written back.
-        Under a status filter, a payment whose newer version has left that status is left
-        out: the page may then be shorter than asked, and its end is still the last row of
-        its range (``PaymentPage.last``), so the next page starts past it."""
+        """Up to ``limit`` payments after ``before``, newest first, each at its newest known
+        version (never older than a status the caller may already have been shown).
+
+        An unfiltered page comes from the cache when it holds one under the account's current
+        page generation: the ids it lists, then the payments by id (one MGET each, no SQL).
+        Otherwise it is one statement on the primary (``limit`` + 1 rows, to know whether more
+        follow), so that a page stored for others to be shown lacks no payment committed
+        before it was read; it is stored only if no change to the list came meanwhile.
+        Filtered pages, and every page while the cache cannot vouch for the replicas, are
+        read as :meth:`_page_read` says."""
+        if (where != NO_FILTER or self.cache is None or self._ttl is None
+                or not await self.replicas_trusted()):
+            return await self._page_read(account_id, limit=limit, before=before, viewer=viewer,
+                                         where=where)
+        shape = _page_shape(limit, before, viewer)
+        lookup = await self.cache.get_page(account_id, shape)
+        if lookup is None or not self._cache_answers():
+            return await self._page_read(account_id, limit=limit, before=before, viewer=viewer,
+                                         where=where)
+        if lookup.payload is not None:
+            ids, more = _decode_page(lookup.payload)
+        else:
+            ids, more = await self._stored_page(account_id, shape, lookup.generation,
+                                                limit=limit, before=before, viewer=viewer)
+        # Each payment at its newest version, the cache's (written there by every commit);
+        # a missing entry is read by id.
+        found = await self.payments(ids)
+        rows = [found[i] for i in ids if i in found]  # payments are never deleted
+        return PaymentPage(rows=rows, more=more, last=rows[-1] if rows else None)
+
+    async def _stored_page(self, account_id: uuid.UUID, shape: str, generation: str, *,
+                           limit: int, before: tuple[datetime, uuid.UUID] | None,
+                           viewer: uuid.UUID | None) -> tuple[list[uuid.UUID], bool]:
+        """The page's ids read on the primary and stored under ``generation`` unless the list
+        changed meanwhile; concurrent misses of one page share one read."""
+        cache, ttl = self.cache, self._ttl
+        assert cache is not None and ttl is not None
+        key = (account_id, shape, generation)
+
+        async def load(keys: list[tuple[uuid.UUID, str, str]]) -> dict[
+                tuple[uuid.UUID, str, str], tuple[list[uuid.UUID], bool]]:
+            self.db_reads += 1
+            fetched = await self._db.read(
+                lambda s: account_page(s, account_id, limit=limit + 1, before=before,
+                                       viewer=viewer), primary=True)
+            window = fetched[:limit]
+            if window:
+                await cache.put_many(PAYMENT, {r.id: payment_entry(r) for r in window},
+                                     ttl.payment_ttl_s)
+            ids, more = [r.id for r in window], len(fetched) > limit
+            await cache.put_page(account_id, shape, generation, _encode_page(ids, more),
+                                 ttl.page_ttl_s)
+            return {keys[0]: (ids, more)}
+
+        return (await self._page_flight.load_many([key], load))[key]
+
+    async def pages_changed(self, accounts: Iterable[uuid.UUID]) -> None:
+        """These accounts' lists changed (a payment naming them was committed): their cached
+        pages are stale from now on, for every process."""
+        if self.cache is not None and self._ttl is not None:
+            await self.cache.bump_pages(set(accounts), self._ttl.page_ttl_s)
+
+    async def _page_read(self, account_id: uuid.UUID, *, limit: int,
+                         before: tuple[datetime, uuid.UUID] | None,
+                         viewer: uuid.UUID | None, where: PaymentFilter) -> PaymentPage:
+        """A page read without the page cache: one SQL statement (``limit`` + 1 rows) on a
+        replica, then one MGET: where the cache holds a newer version of a payment than the
+        replica (a status the caller may already have seen), the newer one is shown. Rows the
+        cache lacks or holds older are written back. Under a status filter, a payment whose
+        newer version has left that status is left out: the page may then be shorter than
+        asked, and its end is still the last row of its range (``PaymentPage.last``), so the
+        next page starts past it. On the primary while the cache cannot vouch for replicas."""
         async def page(primary: bool) -> list[PaymentRow]:
             return await self._db.read(
                 lambda s: account_page(s, account_id, limit=limit + 1, before=before,

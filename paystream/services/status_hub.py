@@ -279,6 +279,12 @@ class StatusHub:
             redis = self._settings.redis
             await self._cache.put_many(PAYMENT, payments, redis.payment_ttl_s)
             await self._cache.put_many(ACCOUNT, accounts, redis.account_ttl_s)
+            # The accepting API process tells the pages cache of each new payment; if it died
+            # before it could, the payment's next event (the worker's, from the outbox) is
+            # the first word of it here. Any event may be that one, so each one counts.
+            await self._cache.bump_pages({a for e in good for a in (
+                e.payment.source_account_id, e.payment.destination_account_id)},
+                redis.page_ttl_s)
         topic = self._settings.kafka.status_topic
         for event in good:
             watchers = self._watchers(event)

@@ -354,6 +354,21 @@ async def wait_for_replay(db: object, timeout: float = 10.0) -> None:
             await asyncio.sleep(0.01)
 
 
+async def cache_settled(services: Any, timeout: float = 10.0) -> None:
+    """Until the cache is back to normal after an earlier test's Redis outage or restart: its
+    breaker closed, a lookup made (which notices a restart), and the replicas trusted again
+    (until they replay past the outage reads go to the primary). Tests that count commands
+    and statements, or cache hits, start from there."""
+    from paystream.cache import ACCOUNT
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (services.cache.available
+               and await services.cache.get_many(ACCOUNT, [uuid.uuid4()], dict) == {}
+               and await services.reader.replicas_trusted()):
+        assert asyncio.get_running_loop().time() < deadline, "the cache did not settle"
+        await asyncio.sleep(0.05)
+
+
 def wal_position(lsn: str) -> int:
     """A pg_lsn's text form ("16/B374D848") as a byte position."""
     high, low = lsn.split("/")

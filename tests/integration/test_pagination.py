@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import pytest
 from sqlalchemy import event, text
 
-from paystream.cache import ACCOUNT
-
-from .conftest import gql, wait_for_replay
+from .conftest import cache_settled, gql, wait_for_replay
 
 pytestmark = pytest.mark.integration
 
@@ -77,16 +74,7 @@ async def test_foreign_account_lists_nothing(client, services, make_partner) -> 
 async def test_nested_fifty_payments_batch_sql_and_redis(client, services, make_partner) -> None:
     partner = await make_partner()
     source, _ = await _seed(services, partner, 50)
-    # An earlier test's Redis outage (or restart) leaves the cache's breaker open for a moment,
-    # and then the replicas fenced until they replay past it (each check a statement on the
-    # primary and one on a replica); a restart is noticed at the next lookup. This test counts
-    # commands and statements, so it starts once all of that is over.
-    deadline = asyncio.get_running_loop().time() + 10
-    while not (services.cache.available
-               and await services.cache.get_many(ACCOUNT, [uuid.uuid4()], dict) == {}
-               and await services.reader.replicas_trusted()):
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.05)
+    await cache_settled(services)  # this test counts commands and statements
     statements: list[str] = []
 
     def count(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
@@ -122,14 +110,15 @@ async def test_nested_fifty_payments_batch_sql_and_redis(client, services, make_
             event.remove(engine.sync_engine, "before_cursor_execute", count)
     assert len(cold["data"]["payments"]["edges"]) == 50
     assert warm["data"] == cold["data"]
-    # Per nesting level, at most one statement and one MGET per entity type: the listed
-    # account (level 0), the page and its payments' cached versions (level 1, so that a
-    # status newer than the replica's is shown), the 50 payments' accounts (level 2).
+    # Cold, per nesting level at most one statement per entity type: the listed account
+    # (level 0), the page on the primary (level 1), the 50 payments' accounts in one batch
+    # (level 2). Redis: one MGET per entity type per level, and the page's lookup.
     assert cold_sql == 3
-    assert cold_redis.count("MGET") == 3
-    # Warm: the accounts come from Redis; only the page itself is read.
-    assert warm_sql == 1
-    assert warm_redis.count("MGET") == 3
+    assert cold_redis.count("MGET") == 4
+    # Warm: no statement at all. The page (the ids it lists, under the account's page
+    # generation), its payments and their accounts all come from Redis.
+    assert warm_sql == 0
+    assert warm_redis.count("MGET") == 4
     # After warm-up every entity lookup is a hit: the listed account, the 50 payments of the
     # page and the five accounts of the 50 payments (the loader asks once per id per request).
     assert (warm_hits, warm_misses) == (56, 0)
