@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -339,3 +340,37 @@ def scripts_dir() -> Path:
     path = LOGS / "lua"
     path.mkdir(exist_ok=True)
     return path
+
+
+def profile(switch: str, pid: int, seconds: float, output: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling ``pid`` for ``seconds`` into ``output`` (raw collapsed stacks), when
+    the environment variable ``switch`` is set and py-spy is installed."""
+    binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not os.environ.get(switch) or not Path(binary).exists():
+        return None
+    return subprocess.Popen([binary, "record", "--pid", str(pid), "--duration", str(int(seconds)),
+                             "--rate", "100", "--nonblocking", "--nolineno", "--format", "raw",
+                             "--output", str(output)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def summarize_profile(path: Path, what: str, top: int = 40) -> str:
+    """Self and total sample shares of the hottest frames, from collapsed stacks."""
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    samples = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        samples += n
+        frames = stack.split(";")
+        own[frames[-1]] += n
+        for frame in set(frames):
+            total[frame] += n
+    lines = [f"{samples} samples of {what}", "", "self%  frame"]
+    lines += [f"{100 * n / samples:5.1f}  {frame}" for frame, n in own.most_common(top)]
+    lines += ["", "total%  frame"]
+    lines += [f"{100 * n / samples:5.1f}  {frame}" for frame, n in total.most_common(top)]
+    return "\n".join(lines) + "\n"

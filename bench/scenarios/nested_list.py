@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import httpx
 
+from ..common import RESULTS
 from ..harness import (
+    LOGS,
     BenchContext,
     Row,
     Scenario,
@@ -13,10 +15,12 @@ from ..harness import (
     WrkResult,
     check_query,
     graphql_lua,
+    profile,
     progress,
     redis_commands,
     scrape,
     scripts_dir,
+    summarize_profile,
     wrk,
 )
 
@@ -57,12 +61,22 @@ async def flush_cache(ctx: BenchContext) -> None:
         await client.aclose()
 
 
-async def load(ctx: BenchContext, server: Server) -> WrkResult:
+async def load(ctx: BenchContext, server: Server, *, profiled: bool = False) -> WrkResult:
+    """``profiled``: with BENCH_PROFILE_API=1 (and py-spy), the server is sampled during the
+    load into bench/results/nested-profile.txt."""
     script = graphql_lua(scripts_dir() / "nested.lua", query=QUERY,
                          variables={"id": ctx.listed_account}, key=ctx.key)
     wrk(f"{server.url}/graphql", script, connections=CONNECTIONS, seconds=3)
     progress(f"  {server.name}: {CONNECTIONS} connections, {ctx.seconds:.0f} s")
-    return wrk(f"{server.url}/graphql", script, connections=CONNECTIONS, seconds=ctx.seconds)
+    folded = LOGS / "nested.folded"
+    spy = profile("BENCH_PROFILE_API", server.process.pid, ctx.seconds, folded) if profiled else None
+    result = wrk(f"{server.url}/graphql", script, connections=CONNECTIONS, seconds=ctx.seconds)
+    if spy is not None:
+        spy.wait(60)
+        if folded.exists():
+            (RESULTS / "nested-profile.txt").write_text(
+                summarize_profile(folded, "the API under the nested list (py-spy, 100 Hz)"))
+    return result
 
 
 async def run(ctx: BenchContext) -> Scenario:
@@ -75,7 +89,7 @@ async def run(ctx: BenchContext) -> Scenario:
         warm_sql, warm_redis = await counted(ctx, api, 20)
         hits_before, misses_before = (await scrape(api, HITS),
                                       await scrape(api, MISSES))
-        ours = await load(ctx, api)
+        ours = await load(ctx, api, profiled=True)
         hits = await scrape(api, HITS) - hits_before
         misses = await scrape(api, MISSES) - misses_before
     finally:

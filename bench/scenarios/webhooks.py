@@ -25,14 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +44,18 @@ from paystream.services.webhooks import WebhookService
 from paystream.webhooks.secrets import new_encryption_key
 
 from ..common import RESULTS
-from ..harness import LOGS, BenchContext, Row, Scenario, Server, progress, spawn, wrk
+from ..harness import (
+    LOGS,
+    BenchContext,
+    Row,
+    Scenario,
+    Server,
+    profile,
+    progress,
+    spawn,
+    summarize_profile,
+    wrk,
+)
 from ..loadgen import percentile
 from ..loadgen import run as run_loadgen
 
@@ -136,39 +144,6 @@ def start_sender(ctx: BenchContext, key: str, metrics_port: int) -> subprocess.P
     return process
 
 
-def profile(pid: int, seconds: float) -> subprocess.Popen[bytes] | None:
-    """py-spy sampling ``pid`` for ``seconds`` (raw collapsed stacks), when asked for."""
-    binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not os.environ.get("BENCH_PROFILE_SENDER") or not Path(binary).exists():
-        return None
-    return subprocess.Popen([binary, "record", "--pid", str(pid), "--duration", str(int(seconds)),
-                             "--rate", "100", "--nonblocking", "--nolineno", "--format", "raw",
-                             "--output", str(LOGS / "sender.folded")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def summarize_profile(path: Path, top: int = 40) -> str:
-    """Self and total sample shares of the sender's hottest frames, from collapsed stacks."""
-    own: Counter[str] = Counter()
-    total: Counter[str] = Counter()
-    samples = 0
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        n = int(count)
-        samples += n
-        frames = stack.split(";")
-        own[frames[-1]] += n
-        for frame in set(frames):
-            total[frame] += n
-    lines = [f"{samples} samples of the sender (py-spy, 100 Hz, phase 1)", "", "self%  frame"]
-    lines += [f"{100 * n / samples:5.1f}  {frame}" for frame, n in own.most_common(top)]
-    lines += ["", "total%  frame"]
-    lines += [f"{100 * n / samples:5.1f}  {frame}" for frame, n in total.most_common(top)]
-    return "\n".join(lines) + "\n"
-
-
 def request_lua(path: Path, sample: dict[str, Any]) -> Path:
     lines = ['wrk.method = "POST"']
     lines += [f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}"
@@ -240,7 +215,8 @@ async def run(ctx: BenchContext) -> Scenario:
         progress(f"  sender started: delivering the backlog of {count}")
         started = time.time()
         sender = start_sender(ctx, key, metrics_port)
-        spy = profile(sender.pid, max(300.0, count / 10))
+        spy = profile("BENCH_PROFILE_SENDER", sender.pid, max(300.0, count / 10),
+                      LOGS / "sender.folded")
         await wait_received(receiver, "/hook-", count, timeout=max(300.0, count / 10))
         backlog = await receiver_stats(receiver, "/hook-", detail=True)
         if spy is not None:
@@ -248,7 +224,8 @@ async def run(ctx: BenchContext) -> Scenario:
             spy.wait(60)
             folded = LOGS / "sender.folded"
             if folded.exists():
-                (RESULTS / "webhooks-profile.txt").write_text(summarize_profile(folded))
+                (RESULTS / "webhooks-profile.txt").write_text(
+                    summarize_profile(folded, "the sender (py-spy, 100 Hz, phase 1)"))
                 data["profile"] = "bench/results/webhooks-profile.txt"
         received = backlog["received"]
         ids = backlog["ids"]
