@@ -217,24 +217,33 @@ class _CacheCollector(Collector):
     """Reads the cache's own hit and miss counters at scrape time (no double bookkeeping)."""
 
     def __init__(self) -> None:
-        self.read: Callable[[], tuple[int, int]] | None = None
+        self.read: Callable[[], tuple[int, int, int, int]] | None = None
 
     def collect(self) -> Iterable[Metric]:
-        hits, misses = self.read() if self.read is not None else (0, 0)
+        hits, misses, page_hits, page_misses = self.read() if self.read is not None else (
+            0, 0, 0, 0)
         family = CounterMetricFamily(
             "paystream_cache_lookups", "Redis cache lookups by result.", labels=["result"]
         )
         family.add_metric(["hit"], hits)
         family.add_metric(["miss"], misses)
         yield family
+        pages = CounterMetricFamily(
+            "paystream_page_cache_lookups",
+            "Account page lookups in Redis by result (a miss reads the page on the primary).",
+            labels=["result"])
+        pages.add_metric(["hit"], page_hits)
+        pages.add_metric(["miss"], page_misses)
+        yield pages
 
 
 _cache = _CacheCollector()
 REGISTRY.register(_cache)
 
 
-def watch_cache(read: Callable[[], tuple[int, int]]) -> None:
-    """Report the process's cache counters: ``read`` returns (hits, misses)."""
+def watch_cache(read: Callable[[], tuple[int, int, int, int]]) -> None:
+    """Report the process's cache counters: ``read`` returns (hits, misses) of entities, then
+    of account pages."""
     _cache.read = read
 
 

@@ -193,7 +193,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     """The ASGI app. ``services`` may be given (tests); otherwise built from ``settings``."""
     services = services or Services.create(settings)
     graphql = PaystreamGraphQL(services)
-    watch_cache(lambda: (services.cache.hits, services.cache.misses))
+    watch_cache(lambda: (services.cache.hits, services.cache.misses, services.cache.page_hits,
+                         services.cache.page_misses))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
