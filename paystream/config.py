@@ -71,6 +71,11 @@ class KafkaSettings(BaseModel):
     # How long createPayment waits for the broker's acknowledgement before UNAVAILABLE.
     request_timeout_ms: int = 2000
     worker_batch_size: int = 500
+    # Posted batches waiting for the worker's publisher (worker.pipeline): the poll loop
+    # posts the next while these are produced. Rows produced are marked sent by the next
+    # posting's transaction, or by the publisher after this long without one.
+    worker_publish_depth: int = 4
+    worker_mark_after_ms: int = 20
     # The worker group's liveness: a member that sends no heartbeat for session_timeout_ms
     # (SIGKILLed, say) loses its partitions, and the others post them from the last
     # committed offsets. aiokafka's defaults; heartbeats must come several times a session.

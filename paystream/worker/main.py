@@ -1,10 +1,11 @@
 """The payment processor: consume ``payments.requested``, post, publish, then commit offsets.
 
 Order per batch: decode (poison to the dead-letter topic) -> one database transaction on the
-primary -> publish the status events the transaction wrote to the outbox -> mark those outbox
-rows sent -> commit the Kafka offsets. A crash anywhere before the offset commit means the
-batch is consumed again, which changes nothing (payments no longer PENDING are skipped); a
-crash between commit and publish leaves outbox rows the relay publishes.
+primary -> commit the Kafka offsets, while the status events the transaction wrote to the
+outbox are published by :mod:`.pipeline` in posting order (their rows marked sent by a later
+posting's transaction). A crash anywhere before the offset commit means the batch is
+consumed again, which changes nothing (payments no longer PENDING are skipped); a crash
+between commit and publish leaves outbox rows the relay publishes.
 
 Faults (a lost primary, a statement or lock timeout, a deadlock, a broker that does not
 answer) are retried under :mod:`paystream.retry`'s policy and never dead-lettered; a batch
@@ -32,9 +33,10 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 
-from ..cache import ACCOUNT, PAYMENT, VersionedCache, account_entry, payment_entry
+from ..cache import VersionedCache
 from ..config import Settings
 from ..db import Database
+from ..db.outbox import mark_sent
 from ..domain.currency import CURRENCY_EXPONENTS
 from ..domain.money import MAX_MINOR_UNITS
 from ..events import PaymentRequested, UndecodableMessage, make_consumer, make_producer
@@ -44,6 +46,7 @@ from ..retry import sqlstate, until_done
 from ..tracing import Carrier, carrier_of_headers, processing_batch
 from .holds import expire_due, post_commands
 from .outbox import OutboxRelay
+from .pipeline import PublishPipeline
 from .posting import BatchResult, Traces, post_batch
 from .refunds import post_refunds
 
@@ -94,6 +97,8 @@ class PaymentWorker:
                                  requested_topic=kafka.requested_topic, settings=settings.outbox,
                                  on_wait=self._beat)
         self.cache = VersionedCache(settings.redis)
+        self.pipeline = PublishPipeline(settings, self.db, self.cache, self.relay,
+                                        on_wait=self._beat)
         self.processed = 0
         self.rewinds = 0  # offset commits refused by a rebalance
 
@@ -107,9 +112,11 @@ class PaymentWorker:
             # cancelled and the error reaches run_worker (and the process's exit code).
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.relay.sweep_forever(), name="outbox-relay")
+                group.create_task(self.pipeline.run(), name="publish")
                 group.create_task(self._consume(), name="consume")
                 group.create_task(self._expire_forever(), name="authorization-expiry")
         finally:
+            await self.pipeline.drain(self.settings.kafka.request_timeout_ms / 1000)
             await self.consumer.stop()
             await self.producer.stop()
             await self.cache.close()
@@ -235,26 +242,29 @@ class PaymentWorker:
         await self._publish(result)
 
     async def _publish(self, result: BatchResult) -> None:
-        # The cache first: a reader sees the committed state even while replicas lag. Versioned
-        # writes, so racing with the API's own cache updates cannot move an entry backwards.
-        redis = self.settings.redis
-        await self.cache.put_many(PAYMENT, {p.id: payment_entry(p) for p in result.payments},
-                                  redis.payment_ttl_s)
-        await self.cache.put_many(ACCOUNT, {a.id: account_entry(a) for a in result.accounts},
-                                  redis.account_ttl_s)
-        await self.relay.publish(result.events, result.outbox_ids, result.payloads)
+        await self.pipeline.put(result)
 
     async def _post_once(self, requests: list[Message], traces: Traces) -> BatchResult:
         topic = self.settings.kafka.status_topic
-        async with self.db.write_session() as session:
-            payments = [r for r in requests if isinstance(r, PaymentRequested)]
-            if payments:
-                return await post_batch(session, payments, status_topic=topic, traces=traces)
-            refunds = [r for r in requests if isinstance(r, RefundRequested)]
-            if refunds:
-                return await post_refunds(session, refunds, status_topic=topic, traces=traces)
-            commands = [r for r in requests if isinstance(r, PaymentCommand)]
-            return await post_commands(session, commands, status_topic=topic, traces=traces)
+        # The rows of earlier batches produced meanwhile are marked sent in this commit.
+        marks = self.pipeline.take_marks()
+        try:
+            async with self.db.write_session() as session:
+                await mark_sent(session, marks)
+                payments = [r for r in requests if isinstance(r, PaymentRequested)]
+                if payments:
+                    return await post_batch(session, payments, status_topic=topic,
+                                            traces=traces)
+                refunds = [r for r in requests if isinstance(r, RefundRequested)]
+                if refunds:
+                    return await post_refunds(session, refunds, status_topic=topic,
+                                              traces=traces)
+                commands = [r for r in requests if isinstance(r, PaymentCommand)]
+                return await post_commands(session, commands, status_topic=topic,
+                                           traces=traces)
+        except BaseException:
+            self.pipeline.give_back(marks)
+            raise
 
     async def _expire_forever(self) -> None:
         """The system's release of authorizations past their lifetime: every

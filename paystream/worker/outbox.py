@@ -1,7 +1,8 @@
 """The outbox relay: every committed message reaches its topic, whoever committed it.
 
-The worker hands each committed batch's status events straight to :meth:`OutboxRelay.publish`;
-the API's publisher produces the requests it accepted. :meth:`OutboxRelay.sweep_forever`
+The worker hands each committed batch's status events to :meth:`OutboxRelay.produce` (through
+``worker.pipeline``, which marks their rows sent); the API's publisher produces the requests it
+accepted. :meth:`OutboxRelay.sweep_forever`
 publishes whatever either left unsent (a crash after commit, a broker outage), oldest first,
 and prunes rows sent more than ``retention_days`` ago in bounded batches (and the events
 feed's rows past ``events_retention_days``). Publishing twice is
@@ -42,13 +43,14 @@ class OutboxRelay:
         self._on_wait = on_wait
         self.published = 0
 
-    async def publish(self, events: Sequence[PaymentStatusEvent], outbox_ids: Sequence[int],
-                      payloads: Sequence[bytes] = ()) -> None:
-        """Produce the events (acks=all), then mark their outbox rows sent. A failure leaves
-        them to the sweep. ``payloads``: the events' JSON as their rows hold it (encoded
-        here when not given)."""
+    async def produce(self, events: Sequence[PaymentStatusEvent],
+                      payloads: Sequence[bytes] = ()) -> bool:
+        """Produce the events (acks=all); whether all were acknowledged. Their outbox rows
+        are for the caller to mark sent (``worker.pipeline``); a failure leaves them to the
+        sweep. ``payloads``: the events' JSON as their rows hold it (encoded here when not
+        given)."""
         if not events:
-            return
+            return True
         try:
             futures = []
             for i, e in enumerate(events):
@@ -61,10 +63,9 @@ class OutboxRelay:
             await asyncio.gather(*futures)
         except KafkaError as exc:
             log.warning("status publish failed (%s); the sweep will retry", type(exc).__name__)
-            return
-        await until_done("marking outbox rows sent", lambda: self._mark_sent(outbox_ids),
-                         on_sleep=self._on_wait)
+            return False
         self.published += len(events)
+        return True
 
     async def sweep_once(self, *, min_age_s: float | None = None, limit: int | None = None) -> int:
         """Publish unsent rows older than ``min_age_s``, in id order, holding their locks so
@@ -112,8 +113,3 @@ class OutboxRelay:
                                    on_sleep=self._on_wait) >= self._settings.prune_batch:
                 pass
             await asyncio.sleep(self._settings.relay_interval_s)
-
-    async def _mark_sent(self, ids: Sequence[int]) -> None:
-        if ids:
-            async with self._db.write_session() as session:
-                await mark_sent(session, ids)
