@@ -17,6 +17,7 @@ from ..schema.errors import ErrorCodes
 from ..schema.limits import CachedParse, ReachedExecution, cached_parser, query_limits_rule
 from ..schema.scalars import SCALAR_MAP
 from ..schema.sharing import SharedEventExecutor
+from .direct import resolve_plain_fields_directly
 from .mutation import Mutation
 from .query import Query
 from .subscription import Subscription
@@ -62,7 +63,7 @@ def build_schema(settings: Settings) -> PaystreamSchema:
         ReachedExecution,
     ]
     batching: BatchingConfig = {"max_operations": limits.max_batch_operations}
-    return PaystreamSchema(
+    schema = PaystreamSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
@@ -73,3 +74,5 @@ def build_schema(settings: Settings) -> PaystreamSchema:
             batching_config=batching if limits.max_batch_operations > 1 else None,
         ),
     )
+    resolve_plain_fields_directly(schema)
+    return schema

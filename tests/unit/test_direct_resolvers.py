@@ -1,0 +1,88 @@
+"""Plain fields resolved straight from graphql-core (resolvers/direct.py): which fields take
+the short way, and that their answers are Strawberry's."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import strawberry
+from strawberry.permission import BasePermission
+
+from paystream.config import Settings
+from paystream.resolvers.direct import resolve_plain_fields_directly
+from paystream.resolvers.schema import build_schema
+
+
+class Allow(BasePermission):
+    message = "never refused"
+
+    def has_permission(self, source: Any, info: strawberry.Info, **kwargs: Any) -> bool:
+        return True
+
+
+@strawberry.type
+class Thing:
+    value: strawberry.Private[int]
+
+    @strawberry.field
+    def plain(self) -> int:
+        return self.value
+
+    @strawberry.field
+    def with_info(self, info: strawberry.Info) -> str:
+        return f"{info.context['who']}:{self.value}:{info.path.key}:{info.field_name}"
+
+    @strawberry.field
+    def with_argument(self, times: int = 2) -> int:
+        return self.value * times
+
+    @strawberry.field
+    async def later(self) -> int:
+        return self.value + 10
+
+    @strawberry.field(permission_classes=[Allow])
+    def guarded(self) -> int:
+        return -self.value
+
+
+@strawberry.type
+class Query:
+    @strawberry.field
+    def things(self) -> list[Thing]:
+        return [Thing(value=1), Thing(value=2)]
+
+
+# A schema is built without connecting to anything.
+NOWHERE = {"db": {"primary_url": "postgresql+asyncpg://nowhere/x"},
+           "redis": {"url": "redis://nowhere:1/0"}, "kafka": {"bootstrap_servers": "nowhere:1"}}
+QUERY = "{ things { plain withInfo withArgument(times: 3) later guarded } }"
+
+
+def test_only_sync_fields_without_arguments_or_extensions_are_replaced() -> None:
+    schema = strawberry.Schema(query=Query)
+    assert sorted(resolve_plain_fields_directly(schema)) == ["Thing.plain", "Thing.withInfo"]
+
+
+def test_the_answers_are_strawberrys() -> None:
+    plain, direct = strawberry.Schema(query=Query), strawberry.Schema(query=Query)
+    resolve_plain_fields_directly(direct)
+
+    async def run(schema: strawberry.Schema) -> Any:
+        result = await schema.execute(QUERY, context_value={"who": "me"})
+        assert result.errors is None
+        return result.data
+
+    assert asyncio.run(run(direct)) == asyncio.run(run(plain)) == {"things": [
+        {"plain": v, "withInfo": f"me:{v}:withInfo:withInfo", "withArgument": 3 * v,
+         "later": v + 10, "guarded": -v} for v in (1, 2)]}
+
+
+def test_the_hot_fields_of_the_real_schema_take_the_short_way() -> None:
+    settings = Settings(**NOWHERE)  # type: ignore[arg-type]  # sections as mappings
+    replaced = set(resolve_plain_fields_directly(build_schema(settings)))
+    assert {"Payment.id", "Payment.status", "Payment.amount", "Payment.sourceAccount",
+            "Payment.destinationAccount", "Account.id", "Account.name",
+            "Account.balance"} <= replaced
+    # Async fields and fields with arguments keep Strawberry's resolver.
+    assert not {"Account.payments", "Account.entries", "Payment.refunds"} & replaced
