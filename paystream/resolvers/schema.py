@@ -22,6 +22,10 @@ from .mutation import Mutation
 from .query import Query
 from .subscription import Subscription
 
+# Fields whose arguments are converted without Strawberry's per-value work (resolvers/direct.py):
+# createPayments takes up to 1,000 input objects a request.
+DIRECT_WITH_ARGUMENTS = frozenset({"Mutation.createPayments"})
+
 
 class PaystreamSchema(strawberry.Schema):
     """Strawberry's schema; error logging is left to :class:`ErrorCodes`, which logs only the
@@ -74,5 +78,5 @@ def build_schema(settings: Settings) -> PaystreamSchema:
             batching_config=batching if limits.max_batch_operations > 1 else None,
         ),
     )
-    resolve_plain_fields_directly(schema)
+    resolve_plain_fields_directly(schema, with_arguments=DIRECT_WITH_ARGUMENTS)
     return schema
