@@ -133,7 +133,7 @@ class Acceptance:
                 (str(row.source_account_id), payload.decode(), d.trace)
                 for (row, d), payload in zip(new, payloads, strict=True)])
             # The PENDING events are in the events feed from this commit on (with cursors).
-            recorded = await events.record(session, [
+            recorded = await events.record_encoded(session, [
                 PaymentStatusEvent.of(row, d.source, d.destination, with_accounts=False)
                 for row, d in new])
         # Visible to payment(id) at once, whatever the replicas' lag, and listed on the next
@@ -145,12 +145,12 @@ class Acceptance:
         # effort on the stream (not in the outbox): a watcher starts from the current state
         # anyway, and a resumed accountActivity replays them from the feed.
         outgoing: list[Outgoing] = []
-        for (row, d), payload, outbox_id, event in zip(new, payloads, outbox_ids, recorded,
-                                                       strict=True):
+        for (row, d), payload, outbox_id, (_, event) in zip(new, payloads, outbox_ids, recorded,
+                                                            strict=True):
             outgoing += [
                 Outgoing(kafka.requested_topic, str(row.source_account_id).encode(), payload,
                          outbox_id, d.trace),
-                Outgoing(kafka.status_topic, str(row.id).encode(), event.encode(), trace=d.trace),
+                Outgoing(kafka.status_topic, str(row.id).encode(), event, trace=d.trace),
             ]
         self._publisher.submit(*outgoing)
         return stored
