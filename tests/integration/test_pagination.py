@@ -122,3 +122,43 @@ async def test_nested_fifty_payments_batch_sql_and_redis(client, services, make_
     # After warm-up every entity lookup is a hit: the listed account, the 50 payments of the
     # page and the five accounts of the 50 payments (the loader asks once per id per request).
     assert (warm_hits, warm_misses) == (56, 0)
+
+
+async def _warm_commands(client, services, partner, query: str, source: str) -> tuple[list[str], dict]:  # type: ignore[no-untyped-def,type-arg]
+    """The Redis commands of a warm run of ``query`` (run once before, to warm it), and its
+    answer."""
+    await gql(client, query, {"a": source, "first": 50}, key=partner.key)
+    redis = services.cache.redis
+    original, commands = redis.execute_command, []
+
+    async def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        commands.append(str(args[0]))
+        return await original(*args, **kwargs)
+
+    redis.execute_command = counting
+    try:
+        body = await gql(client, query, {"a": source, "first": 50}, key=partner.key)
+    finally:
+        redis.execute_command = original
+    return commands, body
+
+
+async def test_a_page_loads_its_accounts_in_one_batch_only_when_they_are_selected(
+        client, services, make_partner) -> None:
+    partner = await make_partner()
+    source, newest_first = await _seed(services, partner, 20)
+    await cache_settled(services)
+    bare = ("query($a: ID!, $first: Int) { payments(accountId: $a, first: $first) {"
+            " edges { node { id } } } }")
+    commands, body = await _warm_commands(client, services, partner, bare, source)
+    assert [e["node"]["id"] for e in body["data"]["payments"]["edges"]] == newest_first
+    # The listed account, the page, its payments: no lookup of accounts nobody asked for.
+    assert commands.count("MGET") == 3
+    # Asked for through a fragment, they come in one batch for the whole page.
+    spread = ("query($a: ID!, $first: Int) { payments(accountId: $a, first: $first) {"
+              " edges { ...on PaymentEdge { node { ...Ends } } } } }"
+              " fragment Ends on Payment { id destinationAccount { id } }")
+    commands, body = await _warm_commands(client, services, partner, spread, source)
+    assert commands.count("MGET") == 4
+    destinations = {e["node"]["destinationAccount"]["id"] for e in body["data"]["payments"]["edges"]}
+    assert len(destinations) == 5 and source not in destinations
