@@ -22,6 +22,7 @@ lazy types, GlobalID, custom input conversion) leaves the field to Strawberry.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import MISSING
 from typing import Any
@@ -39,6 +40,7 @@ from strawberry.types.base import (
 )
 from strawberry.types.enum import StrawberryEnumDefinition, has_enum_definition
 from strawberry.types.field import StrawberryField
+from strawberry.types.fields.resolver import StrawberryResolver
 from strawberry.types.unset import UNSET
 
 Resolve = Callable[..., Any]
@@ -73,17 +75,28 @@ def resolve_plain_fields_directly(schema: strawberry.Schema,
     return replaced
 
 
-def _direct(field: StrawberryField, info_class: Callable[..., Any]) -> Resolve | None:
+def _method(field: StrawberryField) -> tuple[StrawberryResolver[Any], Callable[..., Any],
+                                              list[inspect.Parameter]] | None:
+    """The field's resolver, its function and its parameters, when nothing of Strawberry's
+    chain applies to it (no extensions, permissions or directives) and it is a method on the
+    parent object; None otherwise."""
     resolver = field.base_resolver
-    if (resolver is None or resolver.is_async or field.arguments or field.extensions
-            or field.permission_classes or field.directives):
-        return None
-    parameters = list(resolver.signature.parameters.values())
-    if not parameters or parameters[0] is not resolver.self_parameter:
+    if resolver is None or field.extensions or field.permission_classes or field.directives:
         return None
     method = resolver.wrapped_func
     if isinstance(method, (classmethod, staticmethod)):
         return None
+    parameters = list(resolver.signature.parameters.values())
+    if not parameters or parameters[0] is not resolver.self_parameter:
+        return None
+    return resolver, method, parameters
+
+
+def _direct(field: StrawberryField, info_class: Callable[..., Any]) -> Resolve | None:
+    found = _method(field)
+    if found is None or found[0].is_async or field.arguments:
+        return None
+    resolver, method, parameters = found
     if len(parameters) == 1:
         def of_source(source: Any, info: GraphQLResolveInfo[Any]) -> Any:
             return method(source)
@@ -97,16 +110,11 @@ def _direct(field: StrawberryField, info_class: Callable[..., Any]) -> Resolve |
 
 def _with_arguments(schema: strawberry.Schema, field: StrawberryField,
                     info_class: Callable[..., Any]) -> Resolve | None:
-    resolver = field.base_resolver
-    if (resolver is None or field.extensions or field.permission_classes or field.directives
-            or resolver.info_parameter is None):
+    found = _method(field)
+    info_parameter = found[0].info_parameter if found is not None else None
+    if found is None or info_parameter is None:
         return None
-    method = resolver.wrapped_func
-    if isinstance(method, (classmethod, staticmethod)):
-        return None
-    parameters = list(resolver.signature.parameters.values())
-    if not parameters or parameters[0] is not resolver.self_parameter:
-        return None
+    _, method, _ = found
     names = schema.config.name_converter
     converters: list[tuple[str, str, Convert]] = []
     for argument in field.arguments:
@@ -114,7 +122,7 @@ def _with_arguments(schema: strawberry.Schema, field: StrawberryField,
         if convert is None:
             return None
         converters.append((names.from_argument(argument), argument.python_name, convert))
-    info_name = resolver.info_parameter.name
+    info_name = info_parameter.name
 
     def call(source: Any, info: GraphQLResolveInfo[Any], **given: Any) -> Any:
         kwargs = {python: convert(given[graphql]) for graphql, python, convert in converters
