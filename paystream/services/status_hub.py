@@ -11,8 +11,8 @@ watch is closed and its ``on_overflow`` callback cuts the connection, so one sta
 cannot delay the others.
 
 A watch whose subscriber can write an update to its socket itself (``Watch.direct``) is handed
-each event at once, with the event's update built once for all of them (``StatusHub.prepare``),
-while its stream waits with nothing queued: then the hub's one loop over the watchers sends
+each event at once, with the event's update built once for all of them (``StatusHub.prepare``,
+for a whole batch of events in one call), while its stream waits with nothing queued: then the hub's one loop over the watchers sends
 every subscriber its frame, and no subscriber's task wakes. Otherwise (its stream is busy or
 behind, or it cannot take this update) the event is queued as before.
 """
@@ -42,7 +42,7 @@ from ..metrics import (
     subscription_opened,
 )
 from ..retry import until_done
-from ..tracing import processing
+from ..tracing import processing_batch
 
 log = logging.getLogger("paystream.status")
 
@@ -143,9 +143,11 @@ class StatusHub:
         self._positions: dict[TopicPartition, int] = {}
         # Set once the consumer knows its starting offsets: from then on no event is skipped.
         self.positioned = asyncio.Event()
-        # Builds an event's update (set by the subscription service): for watches that send
-        # their updates themselves, once per event, before they are handed the event.
-        self.prepare: Callable[[PaymentStatusEvent], Awaitable[object]] | None = None
+        # Builds the updates of a batch of events (set by the subscription service), in the
+        # order given: for watches that send their updates themselves, once per event, before
+        # they are handed the event. One call per batch: under load an await per event left
+        # the stream seconds behind (docs/benchmarks.md, scenario 5).
+        self.prepare: Callable[[list[PaymentStatusEvent]], Awaitable[list[object]]] | None = None
 
     def start(self) -> None:
         self._stopping = False
@@ -285,21 +287,28 @@ class StatusHub:
             await self._cache.bump_pages({a for e in good for a in (
                 e.payment.source_account_id, e.payment.destination_account_id)},
                 redis.page_ttl_s)
-        topic = self._settings.kafka.status_topic
-        for event in good:
-            watchers = self._watchers(event)
-            # Traced, the event's trace goes on through this process to its subscribers.
-            with processing(topic, event.trace, {
-                    "paystream.payment_id": str(event.payment_id),
-                    "paystream.payment.version": event.version,
-                    "paystream.subscribers": len(watchers)}) as trace:
-                if trace is not event.trace:
-                    event = replace(event, trace=trace)
-                update = None
-                ordered: Iterable[Watch] = watchers
-                if self.prepare is not None and any(w.direct is not None for w in watchers):
-                    update = await self._prepared(self.prepare, event)
-                    ordered = _by_group(self._watchers(event))  # as they are after the wait
+        # Traced, each event's trace goes on through this process to its subscribers: a span
+        # per event, their updates built in them, in one batch span.
+        with processing_batch(self._settings.kafka.status_topic,
+                              {i: event.trace for i, event in enumerate(good)},
+                              batch="status stream batch", attributes=lambda i: {
+                                  "paystream.payment_id": str(good[i].payment_id),
+                                  "paystream.payment.version": good[i].version,
+                                  "paystream.subscribers": len(self._watchers(good[i]))},
+                              ) as traces:
+            traced = [event if traces[i] is event.trace else replace(event, trace=traces[i])
+                      for i, event in enumerate(good)]
+            updates: dict[int, object] = {}
+            if self.prepare is not None:
+                direct = [i for i, event in enumerate(traced)
+                          if any(w.direct is not None for w in self._watchers(event))]
+                if direct:
+                    built = await self._prepared(self.prepare, [traced[i] for i in direct])
+                    updates = dict(zip(direct, built, strict=True))
+            for i, event in enumerate(traced):
+                watchers = self._watchers(event)  # as they are after the wait
+                ordered: Iterable[Watch] = _by_group(watchers) if i in updates else watchers
+                update = updates.get(i)
                 for watch in ordered:
                     watch.push(event, update)
 
@@ -309,16 +318,16 @@ class StatusHub:
             watchers.update(self._by_account.get(account_id, ()))
         return watchers
 
-    async def _prepared(self, prepare: Callable[[PaymentStatusEvent], Awaitable[object]],
-                        event: PaymentStatusEvent) -> object:
-        """The event's update, or None when it cannot be built now: each subscriber's own
-        stream then builds it (and reports a failure to its subscriber)."""
+    async def _prepared(self, prepare: Callable[[list[PaymentStatusEvent]], Awaitable[list[object]]],
+                        events: list[PaymentStatusEvent]) -> list[object]:
+        """The events' updates, or Nones when they cannot be built now: each subscriber's own
+        stream then builds its update (and reports a failure to its subscriber)."""
         try:
-            return await prepare(event)
+            return await prepare(events)
         except Exception:
-            log.warning("update for payment %s not built for the subscribers; each builds "
-                        "its own", event.payment_id, exc_info=True)
-            return None
+            log.warning("updates of %d events not built for the subscribers; each builds "
+                        "its own", len(events), exc_info=True)
+            return [None] * len(events)
 
 
 def _by_group(watchers: Iterable[Watch]) -> list[Watch]:

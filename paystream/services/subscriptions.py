@@ -84,7 +84,7 @@ class Subscriptions:
         self._updates: OrderedDict[tuple[uuid.UUID, int], asyncio.Future[PaymentUpdate]] = (
             OrderedDict())
         # Watches with ``direct`` are handed each live event's update, built here once.
-        hub.prepare = self._prepared_update
+        hub.prepare = self._prepared_updates
 
     async def payment_status(self, caller: Caller, raw_id: str,
                              on_overflow: Callable[[], None] | None = None,
@@ -209,14 +209,39 @@ class Subscriptions:
                 "paystream.payment.status": event.status}):
             return await self._shared_update(event)
 
-    async def _prepared_update(self, event: PaymentStatusEvent) -> PaymentUpdate:
-        """:meth:`_shared_update` for the hub to hand to every direct subscriber, in one span
-        continuing the event's trace (``subscription update``: built once for them all)."""
-        with span("subscription update", parent=event.trace, attributes={
-                "paystream.payment_id": str(event.payment_id),
-                "paystream.payment.version": event.version,
-                "paystream.payment.status": event.status}):
-            return await self._shared_update(event)
+    async def _prepared_updates(self, events: list[PaymentStatusEvent]) -> list[object]:
+        """The updates of a batch of events, for the hub to hand to every direct subscriber:
+        built once for them all and shared with the streams that build their own
+        (:meth:`_shared_update`), with one read for the accounts of all the API's PENDING
+        events among them. Each in a span continuing its event's trace (``subscription
+        update``)."""
+        missing = {a for event in events if not event.accounts and
+                   (event.payment_id, event.version) not in self._updates
+                   for a in (event.payment.source_account_id, event.payment.destination_account_id)}
+        found = await self._reader.accounts(list(missing)) if missing else {}
+        updates: list[object] = []
+        for event in events:
+            with span("subscription update", parent=event.trace, attributes={
+                    "paystream.payment_id": str(event.payment_id),
+                    "paystream.payment.version": event.version,
+                    "paystream.payment.status": event.status}):
+                key = (event.payment_id, event.version)
+                shared = self._updates.get(key)
+                if shared is not None:  # one a stream started building: theirs, when it is in
+                    outcome = joined(shared)
+                    updates.append(None if isinstance(outcome, asyncio.Future) else outcome)
+                    continue
+                accounts = list(event.accounts or ()) or [
+                    found[a] for a in (event.payment.source_account_id,
+                                       event.payment.destination_account_id) if a in found]
+                update = PaymentUpdate(event.payment, {a.id: a for a in accounts},
+                                       cursor=event.cursor)
+                ready: asyncio.Future[PaymentUpdate] = asyncio.get_running_loop().create_future()
+                ready.set_result(update)
+                self._updates[key] = ready
+                self._trim()
+                updates.append(update)
+        return updates
 
     async def _shared_update(self, event: PaymentStatusEvent) -> PaymentUpdate:
         """The update for ``event``, built once for all the subscribers it reaches."""
@@ -225,10 +250,13 @@ class Subscriptions:
         if update is None:
             update = shared_task(self._updates, key,
                                  self._update(event))
-            while len(self._updates) > _SHARED_UPDATES:
-                self._updates.popitem(last=False)
+            self._trim()
         outcome = joined(update)
         return await outcome if isinstance(outcome, asyncio.Future) else outcome
+
+    def _trim(self) -> None:
+        while len(self._updates) > _SHARED_UPDATES:
+            self._updates.popitem(last=False)
 
     async def _update(self, event: PaymentStatusEvent) -> PaymentUpdate:
         payment, accounts = event.payment, list(event.accounts or ())

@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import strawberry
+from entity_samples import NOWHERE
 from strawberry.permission import BasePermission
 
 from paystream.config import Settings
@@ -56,8 +57,6 @@ class Query:
 
 
 # A schema is built without connecting to anything.
-NOWHERE = {"db": {"primary_url": "postgresql+asyncpg://nowhere/x"},
-           "redis": {"url": "redis://nowhere:1/0"}, "kafka": {"bootstrap_servers": "nowhere:1"}}
 @strawberry.enum
 class Colour(enum.Enum):
     RED = "RED"

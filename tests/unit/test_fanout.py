@@ -10,8 +10,10 @@ from typing import Any, cast
 
 import pytest
 import strawberry
+from entity_samples import NOWHERE, sample_accounts, sample_payment
 from strawberry.extensions import ParserCache
 
+from paystream.config import Settings
 from paystream.events.messages import PaymentStatusEvent
 from paystream.metrics import REGISTRY
 from paystream.schema.sharing import (
@@ -20,7 +22,7 @@ from paystream.schema.sharing import (
     SharedEventExecutor,
     direct_payload,
 )
-from paystream.services.status_hub import Watch
+from paystream.services.status_hub import StatusHub, Watch
 
 
 class _Hub:
@@ -186,3 +188,38 @@ async def test_a_selection_that_needs_a_read_is_started_and_sent_directly_once_i
     assert direct_payload(frames, item, lambda: refreshed.append(2)) == (
         b'{"data":{"items":{"later":"X"}}}')
     assert refreshed == [1]  # not executed again
+
+
+async def test_the_hub_builds_a_batchs_updates_in_one_call_and_hands_each_watch_its_own() -> None:
+    hub = StatusHub(Settings(**NOWHERE), cache=None)
+    hub.positioned.set()  # no consumer here: apply() is handed the batch directly
+    first, second, unwatched = sample_payment(), sample_payment(), sample_payment()
+    calls: list[list[PaymentStatusEvent]] = []
+
+    async def prepare(events: list[PaymentStatusEvent]) -> list[object]:
+        calls.append(events)
+        return [f"update of {e.payment_id}" for e in events]
+
+    hub.prepare = prepare
+    handed: dict[str, list[tuple[PaymentStatusEvent, object]]] = {"first": [], "second": []}
+    waiting = []
+    for name, row in (("first", first), ("second", second)):
+        def direct(event: PaymentStatusEvent, update: object, name: str = name) -> bool:
+            handed[name].append((event, update))
+            return True
+
+        watch = await hub.watch(accounts=[row.source_account_id])
+        watch.direct = direct
+        waiting.append(await _parked(watch))
+    events = [PaymentStatusEvent.of(row, *sample_accounts(row), with_accounts=False)
+              for row in (first, unwatched, second)]
+    await hub.apply(events)
+
+    # One call for the batch, with only the events a direct watch is waiting for, in order.
+    assert [[e.payment_id for e in batch] for batch in calls] == [[first.id, second.id]]
+    assert [(e.payment_id, u) for e, u in handed["first"]] == [(first.id, f"update of {first.id}")]
+    assert [(e.payment_id, u) for e, u in handed["second"]] == [
+        (second.id, f"update of {second.id}")]
+    assert not any(task.done() for task in waiting)  # sent directly, nothing queued
+    for task in waiting:
+        task.cancel()

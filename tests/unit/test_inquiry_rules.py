@@ -7,7 +7,7 @@ import base64
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from entity_samples import sample_payment
+from entity_samples import NOWHERE, sample_payment
 from graphql import parse, validate
 from hypothesis import given
 from hypothesis import strategies as st
@@ -22,9 +22,6 @@ from paystream.resolvers.schema import build_schema
 from paystream.schema.limits import query_limits_rule
 from paystream.schema.pagination import decode_entry_cursor, encode_cursor
 from paystream.services.reads import PaymentPage
-
-NOWHERE = {"db": {"primary_url": "postgresql+asyncpg://nowhere/x"},
-           "redis": {"url": "redis://nowhere"}, "kafka": {"bootstrap_servers": "nowhere:1"}}
 
 keys = st.text("abcXYZ019_.-", min_size=1, max_size=40)
 values = st.text(st.characters(exclude_categories=("Cc", "Cs")), max_size=500)

@@ -11,9 +11,9 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any
 
 import pytest
+from entity_samples import NOWHERE, sample_accounts
 from opentelemetry import trace
 from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 from opentelemetry.instrumentation.redis import RedisInstrumentor
@@ -26,8 +26,6 @@ from paystream.config import Settings
 from paystream.events.messages import PaymentStatusEvent
 from paystream.logging import JsonFormatter
 
-NOWHERE = {"db": {"primary_url": "postgresql+asyncpg://nowhere/x"},
-           "redis": {"url": "redis://nowhere"}, "kafka": {"bootstrap_servers": "nowhere:1"}}
 PARENT = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
 
 
@@ -188,7 +186,7 @@ def test_the_trace_is_not_part_of_the_event_json() -> None:
                          destination_account_id=uuid.uuid4(), amount_minor=100, currency="USD",
                          reference=None, status="SUCCEEDED", failure_reason=None, version=2,
                          created_at=at, updated_at=at)
-    event = PaymentStatusEvent.of(payment, *_accounts(payment))
+    event = PaymentStatusEvent.of(payment, *sample_accounts(payment))
     data = json.loads(event.encode())
     data["trace"] = PARENT
     # A "trace" key in the JSON is not the message's context.
@@ -196,14 +194,6 @@ def test_the_trace_is_not_part_of_the_event_json() -> None:
     traced = replace(event, trace=PARENT)
     assert "trace" not in json.loads(traced.encode())
     assert PaymentStatusEvent.decode(traced.encode()) == event
-
-
-def _accounts(payment: Any) -> tuple[Any, Any]:
-    from paystream.domain.entities import AccountRow
-
-    at = payment.created_at
-    return (AccountRow(payment.source_account_id, uuid.uuid4(), "a", "USD", 0, 1, at, at),
-            AccountRow(payment.destination_account_id, uuid.uuid4(), "b", "USD", 0, 1, at, at))
 
 
 def _as_span(readable: object) -> trace.Span:
