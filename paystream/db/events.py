@@ -119,13 +119,16 @@ async def record(session: WriteSession, events: Sequence[PaymentStatusEvent]
     return [event for event, _ in await record_encoded(session, events)]
 
 
-async def record_encoded(session: WriteSession, events: Sequence[PaymentStatusEvent]
+async def record_encoded(session: WriteSession, events: Sequence[PaymentStatusEvent],
+                         encoded: Sequence[bytes] | None = None,
                          ) -> list[tuple[PaymentStatusEvent, bytes]]:
     """:func:`record`, each event beside its JSON with the cursor (as it is published):
-    every event is encoded once, for the feed, and its cursor spliced in."""
+    every event is encoded once (unless ``encoded`` has their JSON already, without a
+    cursor), for the feed, and its cursor spliced in."""
     if not events:
         return []
-    encoded = [e.encode() for e in events]
+    if encoded is None:
+        encoded = [e.encode() for e in events]
     rows = await session.execute(_INSERT, {
         "created": [e.payment.updated_at for e in events],
         "types": [kind_of(e) for e in events],

@@ -275,3 +275,19 @@ _STATUS = TypeAdapter(PaymentStatusEvent)
 # The end of a status event's JSON after its cursor (fields in declaration order).
 _CURSOR_TAIL_REST = b',"type":"payment.status","schema":2}'
 _NO_CURSOR_TAIL = b',"cursor":null' + _CURSOR_TAIL_REST
+
+
+def encode_accepted(payment: PaymentRow, snapshot: bytes, source_partner_id: uuid.UUID,
+                    destination_partner_id: uuid.UUID) -> tuple[bytes, bytes]:
+    """A just-accepted payment's request and PENDING event, spliced around ``snapshot`` (the
+    payment's own JSON, ``encode_payment``) instead of encoding the payment twice more: byte
+    for byte ``PaymentRequested.of(payment).encode()`` and ``PaymentStatusEvent.of(payment,
+    source, destination, with_accounts=False).encode()`` (tests/unit/test_lifecycle_messages.py)."""
+    payment_id = b'"%b"' % str(payment.id).encode()
+    request = b'{"payment_id":%b,"payment":%b,"type":"payment.requested","schema":2}' % (
+        payment_id, snapshot)
+    event = b'{"payment_id":%b,"payment":%b,"source_partner_id":"%b","destination_partner_id":' \
+            b'"%b","accounts":null,"refund":null%b' % (
+                payment_id, snapshot, str(source_partner_id).encode(),
+                str(destination_partner_id).encode(), _NO_CURSOR_TAIL)
+    return request, event

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from ..config import Settings
 from ..db import Database, events, outbox
 from ..db.payments import IdempotencySlot, insert_pending_many
-from ..domain.entities import AccountRow, PaymentRow
+from ..domain.entities import AccountRow, PaymentRow, encode_payment
 from ..domain.errors import Unavailable
-from ..events.messages import PaymentRequested, PaymentStatusEvent
+from ..events.messages import PaymentStatusEvent, encode_accepted
 from ..tracing import Carrier
 from .publisher import Outgoing, Publisher
 from .reads import Reader
@@ -128,17 +128,23 @@ class Acceptance:
         async with self._db.write_session() as session:
             stored = await insert_pending_many(session, [d.row for d in ordered])
             new = [(stored[d.slot][0], d) for d in ordered if stored[d.slot][1]]
-            payloads = [PaymentRequested.of(row).encode() for row, _ in new]
+            # Each payment encoded once: its cache entry, and inside its request and its
+            # PENDING event (spliced around it).
+            snapshots = [encode_payment(row) for row, _ in new]
+            messages = [encode_accepted(row, snapshot, d.source.partner_id,
+                                        d.destination.partner_id)
+                        for (row, d), snapshot in zip(new, snapshots, strict=True)]
+            payloads = [request for request, _ in messages]
             outbox_ids = await outbox.add_many(session, kafka.requested_topic, [
                 (str(row.source_account_id), payload.decode(), d.trace)
                 for (row, d), payload in zip(new, payloads, strict=True)])
             # The PENDING events are in the events feed from this commit on (with cursors).
             recorded = await events.record_encoded(session, [
                 PaymentStatusEvent.of(row, d.source, d.destination, with_accounts=False)
-                for row, d in new])
+                for row, d in new], encoded=[event for _, event in messages])
         # Visible to payment(id) at once, whatever the replicas' lag, and listed on the next
         # read of either account's pages (whichever process serves it).
-        await self._reader.remember_payments([row for row, _ in new])
+        await self._reader.remember_payments([row for row, _ in new], encoded=snapshots)
         await self._reader.pages_changed(
             a for row, _ in new for a in (row.source_account_id, row.destination_account_id))
         # The PENDING events tell account activity subscribers of the new payments; best

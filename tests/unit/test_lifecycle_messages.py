@@ -8,10 +8,12 @@ import uuid
 from dataclasses import replace
 
 import pytest
-from entity_samples import SAMPLE_TIME, sample_payment
+from entity_samples import SAMPLE_TIME, sample_accounts, sample_payment
+from hypothesis import given
+from hypothesis import strategies as st
 
 from paystream.cache.entities import account_from, payment_from
-from paystream.domain.entities import PaymentRow
+from paystream.domain.entities import PaymentRow, encode_payment
 from paystream.events.messages import (
     PaymentCommand,
     PaymentRequested,
@@ -19,6 +21,7 @@ from paystream.events.messages import (
     RefundRequested,
     UndecodableMessage,
     decode_requested,
+    encode_accepted,
 )
 
 NOW = SAMPLE_TIME.isoformat()
@@ -122,3 +125,21 @@ def test_a_status_event_of_schema_1_decodes_from_its_snapshot() -> None:
            "payment": snapshot, "accounts": None, "refund": None, "cursor": None}
     decoded = PaymentStatusEvent.decode(json.dumps(old))
     assert decoded.payment == row and decoded.terminal
+
+
+@given(reference=st.none() | st.text(max_size=20),
+       metadata=st.lists(st.tuples(st.text(min_size=1, max_size=8), st.text(max_size=8)),
+                         max_size=3, unique_by=lambda kv: kv[0]),
+       capture=st.booleans(), amount=st.integers(1, 10**15))
+def test_an_accepted_payments_spliced_messages_are_its_messages_byte_for_byte(
+        reference: str | None, metadata: list[tuple[str, str]], capture: bool,
+        amount: int) -> None:
+    payment = sample_payment(reference=reference, metadata_entries=tuple(metadata),
+                             capture=capture, amount_minor=amount,
+                             authorization_ttl_s=None if capture else 3600)
+    source, destination = sample_accounts(payment)
+    request, event = encode_accepted(payment, encode_payment(payment), source.partner_id,
+                                     destination.partner_id)
+    assert request == PaymentRequested.of(payment).encode()
+    assert event == PaymentStatusEvent.of(payment, source, destination,
+                                          with_accounts=False).encode()
