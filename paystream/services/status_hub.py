@@ -287,6 +287,7 @@ class StatusHub:
             await self._cache.bump_pages({a for e in good for a in (
                 e.payment.source_account_id, e.payment.destination_account_id)},
                 redis.page_ttl_s)
+        watching = [self._watchers(event) for event in good]
         # Traced, each event's trace goes on through this process to its subscribers: a span
         # per event, their updates built in them, in one batch span.
         with processing_batch(self._settings.kafka.status_topic,
@@ -294,20 +295,19 @@ class StatusHub:
                               batch="status stream batch", attributes=lambda i: {
                                   "paystream.payment_id": str(good[i].payment_id),
                                   "paystream.payment.version": good[i].version,
-                                  "paystream.subscribers": len(self._watchers(good[i]))},
+                                  "paystream.subscribers": len(watching[i])},
                               ) as traces:
             traced = [event if traces[i] is event.trace else replace(event, trace=traces[i])
                       for i, event in enumerate(good)]
             updates: dict[int, object] = {}
-            if self.prepare is not None:
-                direct = [i for i, event in enumerate(traced)
-                          if any(w.direct is not None for w in self._watchers(event))]
-                if direct:
-                    built = await self._prepared(self.prepare, [traced[i] for i in direct])
-                    updates = dict(zip(direct, built, strict=True))
+            direct = [i for i, watchers in enumerate(watching)
+                      if any(w.direct is not None for w in watchers)]
+            if self.prepare is not None and direct:
+                built = await self._prepared(self.prepare, [traced[i] for i in direct])
+                updates = dict(zip(direct, built, strict=True))
+                watching = [self._watchers(event) for event in good]  # as they are after the wait
             for i, event in enumerate(traced):
-                watchers = self._watchers(event)  # as they are after the wait
-                ordered: Iterable[Watch] = _by_group(watchers) if i in updates else watchers
+                ordered: Iterable[Watch] = _by_group(watching[i]) if i in updates else watching[i]
                 update = updates.get(i)
                 for watch in ordered:
                     watch.push(event, update)

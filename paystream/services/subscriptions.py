@@ -23,6 +23,7 @@ import asyncio
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -203,10 +204,7 @@ class Subscriptions:
                              ) -> PaymentUpdate:
         """:meth:`_shared_update`, in a span continuing the event's trace (the change as it
         reaches this subscriber; the span ends when the update is ready to send)."""
-        with span(f"{subscription} update", parent=event.trace, attributes={
-                "paystream.payment_id": str(event.payment_id),
-                "paystream.payment.version": event.version,
-                "paystream.payment.status": event.status}):
+        with _update_span(f"{subscription} update", event):
             return await self._shared_update(event)
 
     async def _prepared_updates(self, events: list[PaymentStatusEvent]) -> list[object]:
@@ -214,28 +212,21 @@ class Subscriptions:
         built once for them all and shared with the streams that build their own
         (:meth:`_shared_update`), with one read for the accounts of all the API's PENDING
         events among them. Each in a span continuing its event's trace (``subscription
-        update``)."""
-        missing = {a for event in events if not event.accounts and
-                   (event.payment_id, event.version) not in self._updates
-                   for a in (event.payment.source_account_id, event.payment.destination_account_id)}
+        update``); None for one a stream is still building (that stream sends it)."""
+        missing = {a for event in events if not event.accounts
+                   and (event.payment_id, event.version) not in self._updates
+                   for a in event.account_ids}
         found = await self._reader.accounts(list(missing)) if missing else {}
         updates: list[object] = []
         for event in events:
-            with span("subscription update", parent=event.trace, attributes={
-                    "paystream.payment_id": str(event.payment_id),
-                    "paystream.payment.version": event.version,
-                    "paystream.payment.status": event.status}):
+            with _update_span("subscription update", event):
                 key = (event.payment_id, event.version)
                 shared = self._updates.get(key)
-                if shared is not None:  # one a stream started building: theirs, when it is in
+                if shared is not None:
                     outcome = joined(shared)
                     updates.append(None if isinstance(outcome, asyncio.Future) else outcome)
                     continue
-                accounts = list(event.accounts or ()) or [
-                    found[a] for a in (event.payment.source_account_id,
-                                       event.payment.destination_account_id) if a in found]
-                update = PaymentUpdate(event.payment, {a.id: a for a in accounts},
-                                       cursor=event.cursor)
+                update = _update_of(event, found)
                 ready: asyncio.Future[PaymentUpdate] = asyncio.get_running_loop().create_future()
                 ready.set_result(update)
                 self._updates[key] = ready
@@ -259,13 +250,9 @@ class Subscriptions:
             self._updates.popitem(last=False)
 
     async def _update(self, event: PaymentStatusEvent) -> PaymentUpdate:
-        payment, accounts = event.payment, list(event.accounts or ())
-        if not accounts:
-            # The API's PENDING event: the accounts did not change; the cache has them.
-            found = await self._reader.accounts(
-                [payment.source_account_id, payment.destination_account_id])
-            accounts = list(found.values())
-        return PaymentUpdate(payment, {a.id: a for a in accounts}, cursor=event.cursor)
+        # The API's PENDING event has no accounts (they did not change): the cache has them.
+        found = {} if event.accounts else await self._reader.accounts(list(event.account_ids))
+        return _update_of(event, found)
 
     async def _current(self, payment_id: uuid.UUID) -> PaymentUpdate | None:
         """From the primary: a replica may not have the latest state, and the event that
@@ -280,6 +267,21 @@ class Subscriptions:
             return PaymentUpdate(payment, accounts)
 
         return await self._db.read(read, primary=True)
+
+
+def _update_of(event: PaymentStatusEvent, found: dict[uuid.UUID, AccountRow]) -> PaymentUpdate:
+    """The event's update: with its accounts, or (the API's PENDING event has none) with
+    those of ``found``."""
+    accounts = list(event.accounts or ()) or [found[a] for a in event.account_ids if a in found]
+    return PaymentUpdate(event.payment, {a.id: a for a in accounts}, cursor=event.cursor)
+
+
+def _update_span(name: str, event: PaymentStatusEvent) -> AbstractContextManager[object]:
+    """A span for building the event's update, continuing the event's trace."""
+    return span(name, parent=event.trace, attributes={
+        "paystream.payment_id": str(event.payment_id),
+        "paystream.payment.version": event.version,
+        "paystream.payment.status": event.status})
 
 
 async def _next(watch: Watch) -> PaymentStatusEvent | None:
