@@ -115,7 +115,7 @@ def worker(heartbeat_file: Path | None) -> None:
 
     With ``PAYSTREAM_METRICS__WORKER_PORT`` set, also serve Prometheus metrics there, with
     the outbox, dead-letter and lag backlogs sampled every ``SAMPLE_INTERVAL_S``."""
-    from . import tracing
+    from . import heap, tracing
     from .logging import configure_logging
     from .worker.backlog import run_observed
     from .worker.main import run_worker
@@ -123,6 +123,7 @@ def worker(heartbeat_file: Path | None) -> None:
     settings = _settings_or_exit()
     configure_logging(settings)
     tracing.configure(settings, "worker")
+    heap.settle()
     try:
         asyncio.run(run_observed(settings, run_worker(settings, handle_signals=True,
                                                       heartbeat=heartbeat_file)))
@@ -330,7 +331,7 @@ def webhooks(ctx: click.Context) -> None:
     subcommands administer partners' endpoints."""
     if ctx.invoked_subcommand is not None:
         return
-    from . import tracing
+    from . import heap, tracing
     from .logging import configure_logging
     from .webhooks.secrets import SecretsUnavailable
     from .webhooks.sender import run_sender
@@ -338,6 +339,7 @@ def webhooks(ctx: click.Context) -> None:
     settings = _settings_or_exit()
     configure_logging(settings)
     tracing.configure(settings, "webhooks")
+    heap.settle()
     try:
         asyncio.run(run_sender(settings, handle_signals=True))
     except SecretsUnavailable as exc:

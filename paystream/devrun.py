@@ -11,7 +11,7 @@ from typing import cast
 
 import click
 
-from . import tracing
+from . import heap, tracing
 from .config import DEMO_PARTNER, Settings
 from .db import Database
 from .db.outbox import requeue_pending
@@ -75,6 +75,7 @@ async def _serve(settings: Settings, root: Path, port: int, started: float) -> i
         **{**uvicorn_options(settings), "timeout_graceful_shutdown": 5},
     )
     server = uvicorn.Server(config)
+    heap.settle()
     worker = asyncio.create_task(_supervised_worker(settings), name="worker")
     sender = asyncio.create_task(_supervised(settings, "webhook sender"), name="webhooks")
     api = asyncio.create_task(server.serve(), name="api")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 
-from .. import tracing
+from .. import heap, tracing
 from ..config import Settings
 from ..logging import configure_logging
 from .app import create_app
@@ -15,4 +15,6 @@ def app() -> Starlette:
     settings = Settings()
     configure_logging(settings)
     tracing.configure(settings, "api")
-    return create_app(settings)
+    app = create_app(settings)
+    heap.settle()  # the schema and the services are built: out of the collector's sight
+    return app
