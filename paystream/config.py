@@ -189,6 +189,9 @@ class ApiSettings(BaseModel):
     # one transaction. An idle process commits a lone payment at once.
     accept_commits: int = Field(default=2, ge=1)
     accept_batch: int = Field(default=500, ge=1)
+    # The outbox rows the publisher produced are marked sent by the next acceptance's
+    # transaction, or by the publisher after this long without one.
+    publisher_mark_after_ms: int = Field(default=20, ge=0)
 
 
 class SubscriptionSettings(BaseModel):

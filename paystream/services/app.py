@@ -49,7 +49,8 @@ class Services:
         cache = VersionedCache(settings.redis)
         reader = Reader(db, cache, settings)
         producer = LazyProducer(settings)
-        publisher = Publisher(settings, db, producer)
+        publisher = Publisher(settings, db, producer,
+                              mark_after_s=settings.api.publisher_mark_after_ms / 1000)
         hub = StatusHub(settings, cache)
         return cls(
             settings=settings, db=db, reader=reader, auth=Authenticator(db, settings.api, settings.db.primary_url), cache=cache,

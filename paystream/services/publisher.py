@@ -3,10 +3,14 @@
 createPayment commits its payment and the ``payments.requested`` message together (the
 outbox) and answers; it does not wait for the broker. This publisher takes the committed
 messages from a queue, produces everything queued at once (one batch, not a round trip per
-request), waits for the acknowledgements and marks the acknowledged rows sent with one
-statement. Whatever it cannot produce (the broker is down, the process dies first, the queue
-is full) stays unsent in the outbox, and the worker's relay publishes it: the publisher never
-retries, so there is one owner of retries and no unbounded memory.
+request) and waits for the acknowledgements. The acknowledged rows are marked sent by the
+next acceptance's own transaction (one more statement in a commit that happens anyway, as the
+worker's pipeline does with its postings), or by the publisher itself after
+``mark_after_s`` without one: the next batch is produced without waiting for a commit of
+marks. Whatever it cannot produce (the broker is down, the process dies first, the queue is
+full) stays unsent in the outbox, and the worker's relay publishes it: the publisher never
+retries, so there is one owner of retries and no unbounded memory. A row produced but not
+marked yet when the process dies is published again by the relay (at least once, as ever).
 """
 
 from __future__ import annotations
@@ -77,7 +81,8 @@ class Publisher:
     """One per API process; :meth:`run` is its long-lived task."""
 
     def __init__(self, settings: Settings, db: Database, producer: LazyProducer, *,
-                 max_queued: int = 20_000, max_batch: int = 1_000) -> None:
+                 max_queued: int = 20_000, max_batch: int = 1_000,
+                 mark_after_s: float = 0.02) -> None:
         self._settings = settings
         self._db = db
         self._producer = producer
@@ -93,11 +98,24 @@ class Publisher:
         self._in_flight = 0
         self._stopping = False
         self._wake: asyncio.Future[None] | None = None
+        self._mark_after_s = mark_after_s
+        self._unmarked: list[int] = []  # produced, not yet marked sent
 
     @property
     def busy(self) -> bool:
-        """Whether messages are queued or being produced (whose rows may still be marked sent)."""
-        return self._in_flight > 0 or self._carry is not None or not self._queue.empty()
+        """Whether messages are queued or being produced, or rows produced are still to be
+        marked sent."""
+        return (self._in_flight > 0 or self._carry is not None or not self._queue.empty()
+                or bool(self._unmarked))
+
+    def take_marks(self) -> list[int]:
+        """The outbox rows produced so far, for the caller's transaction to mark sent; give
+        them back with :meth:`give_back` if that transaction does not commit."""
+        taken, self._unmarked = self._unmarked, []
+        return taken
+
+    def give_back(self, ids: list[int]) -> None:
+        self._unmarked = ids + self._unmarked
 
     def submit(self, *messages: Outgoing) -> None:
         """Queue committed messages as one group, produced in one batch (a group larger than
@@ -145,11 +163,17 @@ class Publisher:
                 getter: asyncio.Future[tuple[Outgoing, ...]] = asyncio.ensure_future(
                     self._queue.get())
                 waiting: set[asyncio.Future[Any]] = {getter, self._wake}
+                # With rows to mark, wait only so long for an acceptance to take them.
+                timeout = self._mark_after_s if self._unmarked else None
                 try:
-                    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                    done, _ = await asyncio.wait(waiting, timeout=timeout,
+                                                 return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     if not getter.done():
                         getter.cancel()
+                if not done:
+                    await self._mark_own()
+                    continue
                 if not getter.done() or getter.cancelled():
                     continue
                 batch = self._take(getter.result())
@@ -170,13 +194,14 @@ class Publisher:
         while not self._queue.empty():
             batch.extend(self._queue.get_nowait())
         self._queued = 0
-        if batch:
-            try:
-                async with asyncio.timeout(timeout_s):
+        try:
+            async with asyncio.timeout(timeout_s):
+                if batch:
                     await self._publish(batch)
-            except Exception as exc:  # noqa: BLE001 (as in run)
-                log.warning("%d messages left to the relay at shutdown (%s)", len(batch),
-                            type(exc).__name__)
+                await self._mark_own()
+        except Exception as exc:  # noqa: BLE001 (as in run)
+            log.warning("%d messages left to the relay at shutdown (%s)", len(batch),
+                        type(exc).__name__)
 
     async def _publish(self, batch: list[Outgoing]) -> None:
         self._in_flight += 1
@@ -202,7 +227,18 @@ class Publisher:
         if failed:
             log.warning("%d of %d messages not acknowledged; the relay will publish them",
                         failed, len(batch))
-        if sent:
-            async with self._db.write_session() as session:
-                await mark_sent(session, sent)
+        self._unmarked.extend(sent)
         self.published += len(batch) - failed
+
+    async def _mark_own(self) -> None:
+        """Mark what no acceptance took; a failure leaves the rows to the relay (which
+        publishes them again), as a failed produce does."""
+        ids = self.take_marks()
+        if not ids:
+            return
+        try:
+            async with self._db.write_session() as session:
+                await mark_sent(session, ids)
+        except Exception as exc:  # noqa: BLE001 (the rows stay unsent; the relay has them)
+            log.warning("marking %d outbox rows sent failed (%s); the relay will publish them"
+                        " again", len(ids), type(exc).__name__)
