@@ -10,13 +10,14 @@ producer sends on in the message's headers.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import text
 
 from ..tracing import Carrier
-from .engine import ReadSession, WriteSession
+from .engine import Database, ReadSession, WriteSession
 
 _INSERT = text(
     "INSERT INTO outbox (topic, key, payload, trace)"
@@ -116,6 +117,42 @@ async def add_many(session: WriteSession, topic: str,
 async def mark_sent(session: WriteSession, ids: Sequence[int]) -> None:
     if ids:
         await session.execute(_MARK_SENT, {"ids": list(ids)})
+
+
+class Marks:
+    """Rows produced and not yet marked sent, marked one step behind: by the producer's next
+    transaction (:meth:`riding`, one more statement in a commit that happens anyway), or by
+    :meth:`mark_own` when none comes. Marking late only delays the relay's view of the rows;
+    they are committed facts either way."""
+
+    def __init__(self) -> None:
+        self._ids: list[int] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._ids)
+
+    def add(self, ids: Iterable[int]) -> None:
+        self._ids.extend(ids)
+
+    @asynccontextmanager
+    async def riding(self, db: Database) -> AsyncIterator[WriteSession]:
+        """A write session that also marks the rows produced so far; they are kept for the
+        next one if it does not commit."""
+        ids, self._ids = self._ids, []
+        try:
+            async with db.write_session() as session:
+                await mark_sent(session, ids)
+                yield session
+        except BaseException:
+            self._ids = ids + self._ids
+            raise
+
+    async def mark_own(self, db: Database) -> None:
+        """Mark the rows in a transaction of their own (nothing when there are none); on
+        failure they are kept and the error raised."""
+        if self._ids:
+            async with self.riding(db):
+                pass
 
 
 async def claim_unsent(session: WriteSession, *, min_age_s: float, limit: int) -> list[OutboxRow]:

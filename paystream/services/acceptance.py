@@ -126,29 +126,23 @@ class Acceptance:
         # In slot order: two transactions sharing keys meet the unique index in one order.
         ordered = sorted(drafts, key=lambda d: (str(d.row.partner_id), d.row.idempotency_key))
         # The rows produced since the last commit are marked sent in this one.
-        marks = self._publisher.take_marks()
-        try:
-            async with self._db.write_session() as session:
-                await outbox.mark_sent(session, marks)
-                stored = await insert_pending_many(session, [d.row for d in ordered])
-                new = [(stored[d.slot][0], d) for d in ordered if stored[d.slot][1]]
-                # Each payment encoded once: its cache entry, and inside its request and its
-                # PENDING event (spliced around it).
-                snapshots = [encode_payment(row) for row, _ in new]
-                messages = [encode_accepted(row, snapshot, d.source.partner_id,
-                                            d.destination.partner_id)
-                            for (row, d), snapshot in zip(new, snapshots, strict=True)]
-                payloads = [request for request, _ in messages]
-                outbox_ids = await outbox.add_many(session, kafka.requested_topic, [
-                    (str(row.source_account_id), payload.decode(), d.trace)
-                    for (row, d), payload in zip(new, payloads, strict=True)])
-                # The PENDING events are in the events feed from this commit on (with cursors).
-                recorded = await events.record_encoded(session, [
-                    PaymentStatusEvent.of(row, d.source, d.destination, with_accounts=False)
-                    for row, d in new], encoded=[event for _, event in messages])
-        except BaseException:
-            self._publisher.give_back(marks)
-            raise
+        async with self._publisher.marks.riding(self._db) as session:
+            stored = await insert_pending_many(session, [d.row for d in ordered])
+            new = [(stored[d.slot][0], d) for d in ordered if stored[d.slot][1]]
+            # Each payment encoded once: its cache entry, and inside its request and its
+            # PENDING event (spliced around it).
+            snapshots = [encode_payment(row) for row, _ in new]
+            messages = [encode_accepted(row, snapshot, d.source.partner_id,
+                                        d.destination.partner_id)
+                        for (row, d), snapshot in zip(new, snapshots, strict=True)]
+            payloads = [request for request, _ in messages]
+            outbox_ids = await outbox.add_many(session, kafka.requested_topic, [
+                (str(row.source_account_id), payload.decode(), d.trace)
+                for (row, d), payload in zip(new, payloads, strict=True)])
+            # The PENDING events are in the events feed from this commit on (with cursors).
+            recorded = await events.record_encoded(session, [
+                PaymentStatusEvent.of(row, d.source, d.destination, with_accounts=False)
+                for row, d in new], encoded=[event for _, event in messages])
         # Visible to payment(id) at once, whatever the replicas' lag, and listed on the next
         # read of either account's pages (whichever process serves it).
         await self._reader.remember_payments([row for row, _ in new], encoded=snapshots)

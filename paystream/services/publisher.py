@@ -26,7 +26,7 @@ from aiokafka.errors import KafkaError
 
 from ..config import Settings
 from ..db import Database
-from ..db.outbox import mark_sent
+from ..db.outbox import Marks
 from ..domain.errors import Unavailable
 from ..tracing import Carrier, sending
 
@@ -99,23 +99,14 @@ class Publisher:
         self._stopping = False
         self._wake: asyncio.Future[None] | None = None
         self._mark_after_s = mark_after_s
-        self._unmarked: list[int] = []  # produced, not yet marked sent
+        self.marks = Marks()  # produced, not yet marked sent: the next acceptance takes them
 
     @property
     def busy(self) -> bool:
         """Whether messages are queued or being produced, or rows produced are still to be
         marked sent."""
         return (self._in_flight > 0 or self._carry is not None or not self._queue.empty()
-                or bool(self._unmarked))
-
-    def take_marks(self) -> list[int]:
-        """The outbox rows produced so far, for the caller's transaction to mark sent; give
-        them back with :meth:`give_back` if that transaction does not commit."""
-        taken, self._unmarked = self._unmarked, []
-        return taken
-
-    def give_back(self, ids: list[int]) -> None:
-        self._unmarked = ids + self._unmarked
+                or bool(self.marks))
 
     def submit(self, *messages: Outgoing) -> None:
         """Queue committed messages as one group, produced in one batch (a group larger than
@@ -164,7 +155,7 @@ class Publisher:
                     self._queue.get())
                 waiting: set[asyncio.Future[Any]] = {getter, self._wake}
                 # With rows to mark, wait only so long for an acceptance to take them.
-                timeout = self._mark_after_s if self._unmarked else None
+                timeout = self._mark_after_s if self.marks else None
                 try:
                     done, _ = await asyncio.wait(waiting, timeout=timeout,
                                                  return_when=asyncio.FIRST_COMPLETED)
@@ -227,18 +218,14 @@ class Publisher:
         if failed:
             log.warning("%d of %d messages not acknowledged; the relay will publish them",
                         failed, len(batch))
-        self._unmarked.extend(sent)
+        self.marks.add(sent)
         self.published += len(batch) - failed
 
     async def _mark_own(self) -> None:
-        """Mark what no acceptance took; a failure leaves the rows to the relay (which
-        publishes them again), as a failed produce does."""
-        ids = self.take_marks()
-        if not ids:
-            return
+        """Mark what no acceptance took; a failure keeps the rows for the next try (a process
+        that stops first leaves them to the relay, which publishes them again)."""
         try:
-            async with self._db.write_session() as session:
-                await mark_sent(session, ids)
+            await self.marks.mark_own(self._db)
         except Exception as exc:  # noqa: BLE001 (the rows stay unsent; the relay has them)
-            log.warning("marking %d outbox rows sent failed (%s); the relay will publish them"
-                        " again", len(ids), type(exc).__name__)
+            log.warning("marking outbox rows sent failed (%s); kept for the next try",
+                        type(exc).__name__)

@@ -36,7 +36,6 @@ from aiokafka.errors import IllegalStateError, KafkaError
 from ..cache import VersionedCache
 from ..config import Settings
 from ..db import Database
-from ..db.outbox import mark_sent
 from ..domain.currency import CURRENCY_EXPONENTS
 from ..domain.money import MAX_MINOR_UNITS
 from ..events import PaymentRequested, UndecodableMessage, make_consumer, make_producer
@@ -247,24 +246,18 @@ class PaymentWorker:
     async def _post_once(self, requests: list[Message], traces: Traces) -> BatchResult:
         topic = self.settings.kafka.status_topic
         # The rows of earlier batches produced meanwhile are marked sent in this commit.
-        marks = self.pipeline.take_marks()
-        try:
-            async with self.db.write_session() as session:
-                await mark_sent(session, marks)
-                payments = [r for r in requests if isinstance(r, PaymentRequested)]
-                if payments:
-                    return await post_batch(session, payments, status_topic=topic,
-                                            traces=traces)
-                refunds = [r for r in requests if isinstance(r, RefundRequested)]
-                if refunds:
-                    return await post_refunds(session, refunds, status_topic=topic,
-                                              traces=traces)
-                commands = [r for r in requests if isinstance(r, PaymentCommand)]
-                return await post_commands(session, commands, status_topic=topic,
-                                           traces=traces)
-        except BaseException:
-            self.pipeline.give_back(marks)
-            raise
+        async with self.pipeline.marks.riding(self.db) as session:
+            payments = [r for r in requests if isinstance(r, PaymentRequested)]
+            if payments:
+                return await post_batch(session, payments, status_topic=topic,
+                                        traces=traces)
+            refunds = [r for r in requests if isinstance(r, RefundRequested)]
+            if refunds:
+                return await post_refunds(session, refunds, status_topic=topic,
+                                          traces=traces)
+            commands = [r for r in requests if isinstance(r, PaymentCommand)]
+            return await post_commands(session, commands, status_topic=topic,
+                                       traces=traces)
 
     async def _expire_forever(self) -> None:
         """The system's release of authorizations past their lifetime: every

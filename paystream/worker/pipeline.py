@@ -22,7 +22,7 @@ from collections.abc import Callable
 from ..cache import ACCOUNT, PAYMENT, VersionedCache, account_entry, payment_entry
 from ..config import Settings
 from ..db import Database
-from ..db.outbox import mark_sent
+from ..db.outbox import Marks
 from ..retry import until_done
 from .outbox import OutboxRelay
 from .posting import BatchResult
@@ -41,7 +41,7 @@ class PublishPipeline:
         kafka = settings.kafka
         self._queue: asyncio.Queue[BatchResult] = asyncio.Queue(kafka.worker_publish_depth)
         self._mark_after_s = kafka.worker_mark_after_ms / 1000
-        self._unmarked: list[int] = []  # produced, not yet marked sent
+        self.marks = Marks()  # produced, not yet marked sent: the next posting takes them
 
     async def put(self, result: BatchResult) -> None:
         """Queue a committed batch for publishing; waits while the queue is full (the poll
@@ -49,19 +49,10 @@ class PublishPipeline:
         if result.events or result.payments or result.accounts:
             await self._queue.put(result)
 
-    def take_marks(self) -> list[int]:
-        """The outbox rows produced so far, for the caller's transaction to mark sent; give
-        them back with :meth:`give_back` if that transaction does not commit."""
-        taken, self._unmarked = self._unmarked, []
-        return taken
-
-    def give_back(self, ids: list[int]) -> None:
-        self._unmarked = ids + self._unmarked
-
     async def run(self) -> None:
         """Publish queued batches in order, for ever; marks what no posting took."""
         while True:
-            if self._unmarked:
+            if self.marks:
                 try:
                     async with asyncio.timeout(self._mark_after_s):
                         result = await self._queue.get()
@@ -93,15 +84,8 @@ class PublishPipeline:
         await self._cache.put_many(ACCOUNT, {a.id: account_entry(a) for a in result.accounts},
                                    redis.account_ttl_s)
         if await self._relay.produce(result.events, result.payloads):
-            self._unmarked.extend(result.outbox_ids)
+            self.marks.add(result.outbox_ids)
 
     async def _mark_own(self) -> None:
-        ids = self.take_marks()
-        if not ids:
-            return
-
-        async def mark() -> None:
-            async with self._db.write_session() as session:
-                await mark_sent(session, ids)
-
-        await until_done("marking outbox rows sent", mark, on_sleep=self._on_wait)
+        await until_done("marking outbox rows sent", lambda: self.marks.mark_own(self._db),
+                         on_sleep=self._on_wait)

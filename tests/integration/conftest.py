@@ -373,3 +373,52 @@ def wal_position(lsn: str) -> int:
     """A pg_lsn's text form ("16/B374D848") as a byte position."""
     high, low = lsn.split("/")
     return (int(high, 16) << 32) | int(low, 16)
+
+
+async def own_topics(migrated: Settings, prefix: str, *, kafka: dict[str, Any] | None = None,
+                     api: dict[str, Any] | None = None) -> Settings:
+    """Settings with topics and a worker group of the test's own (created), ``kafka`` and
+    ``api`` settings changed, and a relay whose sweep only takes rows an hour old: whatever
+    marks an outbox row sent in such a test is the API's publisher or the worker's pipeline."""
+    from paystream.events.kafka import ensure_topics
+
+    suffix = uuid.uuid4().hex[:8]
+    settings = migrated.model_copy(update={
+        "kafka": migrated.kafka.model_copy(update={
+            "requested_topic": f"{prefix}.requested.{suffix}",
+            "status_topic": f"{prefix}.status.{suffix}", "dlq_topic": f"{prefix}.dlq.{suffix}",
+            "worker_group": f"{prefix}-{suffix}", **(kafka or {})}),
+        "api": migrated.api.model_copy(update=api or {}),
+        "outbox": migrated.outbox.model_copy(update={"relay_min_age_s": 3600})})
+    await ensure_topics(settings.kafka)
+    return settings
+
+
+async def pay(api: Any, partner: Any, source: str, destination: str) -> str:
+    """Create a 1.00 USD payment through the service (no HTTP); returns its id."""
+    from paystream.services.payments import CreatePayment
+
+    caller = await api.auth.caller_for(f"Bearer {partner.key}")
+    row = await api.payments.create(caller, CreatePayment(
+        idempotency_key=uuid.uuid4().hex, source_account_id=source,
+        destination_account_id=destination, amount="1.00", currency="USD"))
+    return str(row.id)
+
+
+async def outbox_sent(services: Any, topic: str, payment_id: str) -> bool:
+    """Whether the payment's outbox row on ``topic`` is marked sent."""
+    from sqlalchemy import text
+
+    async with services.db.primary.connect() as conn:
+        return bool((await conn.execute(text(
+            "SELECT sent_at IS NOT NULL FROM outbox WHERE topic = :t"
+            " AND payload->>'payment_id' = :p"), {"t": topic, "p": payment_id})).scalar_one())
+
+
+async def until(condition: Any, what: str, timeout: float = 20.0) -> None:
+    """Poll ``condition()`` every 20 ms until it holds; fails with ``what`` past ``timeout``.
+    For state that changes with no signal a test can await (a row marked sent)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await condition():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.02)
