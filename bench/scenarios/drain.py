@@ -1,8 +1,9 @@
-"""Scenario 4: one worker draining a backlog of payments, against pgbench's simple-update
-(fsync on) on the same primary in the same run.
+"""Scenario 4: one worker draining a backlog of 100,000 payments, against pgbench's
+simple-update (fsync on) on the same primary in the same run; issue 16's target is twice
+pgbench's rate with four clients.
 
 The backlog is built directly (PENDING rows in one statement, the requests produced in
-batches), so that building 50,000 payments does not take longer than draining them."""
+batches), so that building the backlog does not take longer than draining it."""
 
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ async def drained(ctx: BenchContext, prefix: str) -> float:
 
 
 async def run(ctx: BenchContext) -> Scenario:
-    count = 5_000 if ctx.quick else 50_000
+    count = 5_000 if ctx.quick else 100_000
     prefix = f"drain-{uuid.uuid4().hex[:6]}"
     assert ctx.worker is not None
     ctx.worker.terminate()
@@ -97,7 +98,7 @@ async def run(ctx: BenchContext) -> Scenario:
     if not report.sound:
         raise AssertionError({k: v for k, v in report.violations.items() if v})
     per_second = count / seconds
-    rows = [Row("4 worker drain", "payments committed/s", per_second, "payments/s")]
+    rows = [Row("worker drain", "payments committed/s", per_second, "payments/s")]
     data = {"payments": count, "seconds": seconds, "wall_seconds_incl_start": wall,
             "ledger_verify": report.summary()}
     if ctx.stack is not None:
@@ -105,9 +106,12 @@ async def run(ctx: BenchContext) -> Scenario:
             progress(f"  pgbench simple-update, {clients} client(s), fsync on")
             tps = pgbench(str(ctx.stack.bin_dir), ctx.settings.db.primary_url, clients, 10)
             data[f"pgbench_tps_{clients}"] = tps
-            rows.append(Row("4 worker drain", f"payments/s vs pgbench -c {clients}", per_second,
+            # The target is against four clients; one client's rate is shown for scale.
+            factor = 2 if clients == 4 else None
+            rows.append(Row("worker drain", f"payments/s vs pgbench -c {clients}", per_second,
                             "payments/s", tps, f"pgbench tps, {clients} client(s)",
-                            ">= 1x pgbench", per_second >= tps))
+                            f">= {factor}x pgbench" if factor else "",
+                            per_second >= factor * tps if factor else None))
     return Scenario("drain", rows, data, [
         ("one worker process (one database connection, batches of up to "
         f"{ctx.settings.kafka.worker_batch_size}); drain time from the first to the last "
