@@ -89,6 +89,7 @@ _LATEST_ACCOUNT_EVENTS = text(
     f" SELECT {_COLUMNS} FROM picked p JOIN events e ON e.id = p.id"
     " ORDER BY p.txid DESC, p.id DESC LIMIT :limit"
 )
+_BY_IDS = text(f"SELECT {_COLUMNS} FROM events e WHERE e.id = ANY(CAST(:ids AS bigint[])) ORDER BY e.id")
 # The oldest rows first, through the primary key (ids grow with time): a bounded batch.
 _PRUNE = text(
     "DELETE FROM events WHERE id IN (SELECT id FROM events"
@@ -108,6 +109,15 @@ class EventRecord:
         return encode_event_cursor(self.position.txid, self.position.id)
 
 
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """An event just written: as published (with its cursor), its JSON, and its row's id."""
+
+    event: PaymentStatusEvent
+    raw: bytes
+    id: int
+
+
 def kind_of(event: PaymentStatusEvent) -> str:
     """The event's type name (DESIGN.md 2b): ``payment.<status>`` or ``refund.<status>``."""
     return event_type(event.status, str(event.refund["status"]) if event.refund else None)
@@ -116,15 +126,14 @@ def kind_of(event: PaymentStatusEvent) -> str:
 async def record(session: WriteSession, events: Sequence[PaymentStatusEvent]
                  ) -> list[PaymentStatusEvent]:
     """Write the events in the caller's transaction; returns them with their cursors, in order."""
-    return [event for event, _ in await record_encoded(session, events)]
+    return [r.event for r in await record_encoded(session, events)]
 
 
 async def record_encoded(session: WriteSession, events: Sequence[PaymentStatusEvent],
-                         encoded: Sequence[bytes] | None = None,
-                         ) -> list[tuple[PaymentStatusEvent, bytes]]:
-    """:func:`record`, each event beside its JSON with the cursor (as it is published):
-    every event is encoded once (unless ``encoded`` has their JSON already, without a
-    cursor), for the feed, and its cursor spliced in."""
+                         encoded: Sequence[bytes] | None = None) -> list[Recorded]:
+    """:func:`record`, each event beside its JSON with the cursor (as it is published) and
+    its row's id: every event is encoded once (unless ``encoded`` has their JSON already,
+    without a cursor), for the feed, and its cursor spliced in."""
     if not events:
         return []
     if encoded is None:
@@ -142,11 +151,13 @@ async def record_encoded(session: WriteSession, events: Sequence[PaymentStatusEv
         "payloads": [raw.decode() for raw in encoded],
     })
     # (payment, version) names one event: a payment changes at most once per transaction.
-    cursors = {(str(r[0]), int(r[1])): encode_event_cursor(int(r[2]), int(r[3])) for r in rows}
+    positions = {(str(r[0]), int(r[1])): (int(r[2]), int(r[3])) for r in rows}
     recorded = []
     for event, raw in zip(events, encoded, strict=True):
-        cursor = cursors[(str(event.payment_id), event.version)]
-        recorded.append((replace(event, cursor=cursor), event.encode_with_cursor(raw, cursor)))
+        txid, row_id = positions[(str(event.payment_id), event.version)]
+        cursor = encode_event_cursor(txid, row_id)
+        recorded.append(Recorded(replace(event, cursor=cursor),
+                                 event.encode_with_cursor(raw, cursor), row_id))
     return recorded
 
 
@@ -163,6 +174,13 @@ def _records(rows: Sequence[tuple[int, str, str]]) -> list[EventRecord]:
 def _params(after: EventPosition | None, limit: int, keep_days: float) -> dict[str, object]:
     return {"txid": str(after.txid if after else 0), "id": after.id if after else 0,
             "limit": limit, "keep": keep_days * 86400}
+
+
+async def by_ids(session: WriteSession, ids: Sequence[int]) -> list[EventRecord]:
+    """The events of these rows (those not pruned yet), in id order: the outbox relay's
+    read of what a posting's outbox row names."""
+    rows = await session.execute(_BY_IDS, {"ids": list(ids)})
+    return _records([(r[0], r[1], r[2]) for r in rows])
 
 
 async def partner_page(session: ReadSession, partner_id: uuid.UUID, *,
@@ -203,5 +221,5 @@ async def prune(session: WriteSession, *, keep_days: float, limit: int) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-__all__ = ["EventRecord", "account_events", "kind_of", "latest_account_events", "partner_page",
-           "prune", "record"]
+__all__ = ["EventRecord", "Recorded", "account_events", "by_ids", "kind_of",
+           "latest_account_events", "partner_page", "prune", "record", "record_encoded"]

@@ -2,9 +2,12 @@
 
 Two kinds of rows share the table: the API's ``payments.requested`` messages (a request is
 accepted when its payment and its message commit together) and the worker's status events.
-Whoever produces a row marks it sent; the relay produces whatever is left unsent, in id order.
-A row keeps the trace context of whoever wrote it (``trace``, migration 0010), which the
-producer sends on in the message's headers.
+A row holds one message (``payload``), or names the events feed rows of one posting
+(``event_ids``, migration 0011: a status event is stored once, in the feed, and a posting of
+500 payments adds one outbox row, not 500). Whoever produces a row marks it sent; the relay
+produces whatever is left unsent, in id order (a row's events in theirs). A row keeps the
+trace context of whoever wrote it (``trace``, migration 0010; for a row of events, a JSON
+array with each event's), which the producer sends on in the message's headers.
 """
 
 from __future__ import annotations
@@ -31,13 +34,17 @@ _INSERT_MANY = text(
     " ORDER BY ord"
     " RETURNING id"
 )
+_INSERT_EVENTS = text(
+    "INSERT INTO outbox (topic, key, event_ids, trace)"
+    " VALUES (:topic, '', CAST(:ids AS bigint[]), CAST(:traces AS jsonb)) RETURNING id"
+)
 _MARK_SENT = text(
     "UPDATE outbox SET sent_at = now() WHERE id = ANY(CAST(:ids AS bigint[])) AND sent_at IS NULL"
 )
 # SKIP LOCKED: relays in several workers share the backlog instead of all producing it. The
 # rows are committed facts, so producing them while their locks are held is safe.
 _CLAIM_UNSENT = text(
-    "SELECT id, topic, key, payload::text, trace::text FROM outbox"
+    "SELECT id, topic, key, payload::text, trace::text, event_ids FROM outbox"
     " WHERE sent_at IS NULL AND created_at < now() - make_interval(secs => :age)"
     " ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
 )
@@ -67,20 +74,32 @@ _REQUEUE_PENDING = text(
     "            WHERE r.id = CAST(o.payload->>'refund_id' AS uuid) AND r.status = 'PENDING')))"
 )
 # Walks the partial index on unsent rows (outbox_unsent_idx) in id order, so both figures
-# cost at most ``cap`` index entries however large the backlog.
+# cost at most ``cap`` index entries however large the backlog; a row of events counts as
+# its events (messages, not rows).
 _BACKLOG = text(
-    "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)"
-    " FROM (SELECT created_at FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT :cap) AS unsent"
+    "SELECT coalesce(sum(coalesce(cardinality(event_ids), 1)), 0),"
+    " coalesce(extract(epoch FROM now() - min(created_at)), 0)"
+    " FROM (SELECT created_at, event_ids FROM outbox WHERE sent_at IS NULL ORDER BY id"
+    "       LIMIT :cap) AS unsent"
 )
 
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
+    """A message (``payload``, sent with ``trace``), or a posting's events named by their
+    feed rows (``event_ids``, each sent with its own of ``traces``)."""
+
     id: int
     topic: str
     key: str
-    payload: str
+    payload: str | None
     trace: Carrier | None = None
+    event_ids: tuple[int, ...] | None = None
+    traces: tuple[Carrier | None, ...] = ()
+
+    @property
+    def messages(self) -> int:
+        return len(self.event_ids) if self.event_ids is not None else 1
 
 
 def trace_json(trace: Carrier | None) -> str | None:
@@ -112,6 +131,16 @@ async def add_many(session: WriteSession, topic: str,
     # Ids come from one sequence in insertion order; RETURNING's order is not promised, so
     # sort them back.
     return sorted(int(i) for i in result.scalars())
+
+
+async def add_events(session: WriteSession, topic: str, event_ids: Sequence[int],
+                     traces: Sequence[Carrier | None]) -> int:
+    """One row naming the feed rows ``event_ids`` (in the caller's transaction), whose events
+    are produced to ``topic`` keyed by their payments, each with its trace context from
+    ``traces``; returns its id."""
+    return int((await session.execute(_INSERT_EVENTS, {
+        "topic": topic, "ids": list(event_ids),
+        "traces": json.dumps(list(traces)) if any(traces) else None})).scalar_one())
 
 
 async def mark_sent(session: WriteSession, ids: Sequence[int]) -> None:
@@ -159,7 +188,15 @@ async def claim_unsent(session: WriteSession, *, min_age_s: float, limit: int) -
     """Unsent rows older than ``min_age_s``, oldest first, locked until the caller's
     transaction ends (other relays skip them)."""
     rows = await session.execute(_CLAIM_UNSENT, {"age": min_age_s, "limit": limit})
-    return [OutboxRow(int(r[0]), r[1], r[2], r[3], trace_from_json(r[4])) for r in rows]
+    claimed = []
+    for row_id, topic, key, payload, trace, event_ids in rows:
+        if event_ids is None:
+            claimed.append(OutboxRow(int(row_id), topic, key, payload, trace_from_json(trace)))
+            continue
+        traces = json.loads(trace) if trace else [None] * len(event_ids)
+        claimed.append(OutboxRow(int(row_id), topic, key, None, event_ids=tuple(event_ids),
+                                 traces=tuple(dict(t) if t else None for t in traces)))
+    return claimed
 
 
 async def prune_sent(session: WriteSession, *, retention_days: float, requested_topic: str,

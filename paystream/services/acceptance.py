@@ -152,12 +152,12 @@ class Acceptance:
         # effort on the stream (not in the outbox): a watcher starts from the current state
         # anyway, and a resumed accountActivity replays them from the feed.
         outgoing: list[Outgoing] = []
-        for (row, d), payload, outbox_id, (_, event) in zip(new, payloads, outbox_ids, recorded,
-                                                            strict=True):
+        for (row, d), payload, outbox_id, event in zip(new, payloads, outbox_ids, recorded,
+                                                       strict=True):
             outgoing += [
                 Outgoing(kafka.requested_topic, str(row.source_account_id).encode(), payload,
                          outbox_id, d.trace),
-                Outgoing(kafka.status_topic, str(row.id).encode(), event, trace=d.trace),
+                Outgoing(kafka.status_topic, str(row.id).encode(), event.raw, trace=d.trace),
             ]
         self._publisher.submit(*outgoing)
         return stored

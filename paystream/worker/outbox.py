@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from ..config import OutboxSettings
 from ..db import Database
+from ..db.events import EventRecord
+from ..db.events import by_ids as events_by_ids
 from ..db.events import prune as prune_events
-from ..db.outbox import claim_unsent, mark_sent, prune_sent
+from ..db.outbox import OutboxRow, claim_unsent, mark_sent, prune_sent
 from ..events.messages import PaymentStatusEvent
 from ..retry import until_done
-from ..tracing import sending
+from ..tracing import Carrier, sending
 
 log = logging.getLogger("paystream.outbox")
 
@@ -69,23 +71,35 @@ class OutboxRelay:
 
     async def sweep_once(self, *, min_age_s: float | None = None, limit: int | None = None) -> int:
         """Publish unsent rows older than ``min_age_s``, in id order, holding their locks so
-        that another relay skips them; returns how many were published."""
+        that another relay skips them; returns how many messages were published. ``limit``
+        bounds the messages (a row of a posting's events counts as its events; the first
+        row is taken whatever its size)."""
         age = self._settings.relay_min_age_s if min_age_s is None else min_age_s
+        limit = limit or self._settings.relay_batch
         async with self._db.write_session() as session:
-            rows = await claim_unsent(session, min_age_s=age,
-                                      limit=limit or self._settings.relay_batch)
-            if not rows:
+            rows = await claim_unsent(session, min_age_s=age, limit=limit)
+            taken: list[OutboxRow] = []
+            messages = 0
+            for row in rows:
+                if taken and messages + row.messages > limit:
+                    break  # left unsent (its lock ends with this transaction): the next sweep's
+                taken.append(row)
+                messages += row.messages
+            if not taken:
                 return 0
+            feed = {r.position.id: r for r in await events_by_ids(
+                session, [i for row in taken for i in row.event_ids or ()])}
             futures = []
-            for r in rows:
-                with sending(r.topic, r.trace, {"paystream.outbox_id": r.id}) as headers:
-                    futures.append(await self._producer.send(
-                        r.topic, r.payload.encode(), key=r.key.encode(), headers=headers))
+            for row in taken:
+                for topic, key, value, trace, attributes in _messages(row, feed):
+                    with sending(topic, trace, attributes) as headers:
+                        futures.append(await self._producer.send(topic, value, key=key,
+                                                                 headers=headers))
             await asyncio.gather(*futures)
-            await mark_sent(session, [r.id for r in rows])
-        log.info("outbox relay published %d rows", len(rows))
-        self.published += len(rows)
-        return len(rows)
+            await mark_sent(session, [row.id for row in taken])
+        log.info("outbox relay published %d messages of %d rows", len(futures), len(taken))
+        self.published += len(futures)
+        return len(futures)
 
     async def prune_once(self) -> int:
         """Delete one bounded batch of rows sent longer ago than the retention."""
@@ -113,3 +127,19 @@ class OutboxRelay:
                                    on_sleep=self._on_wait) >= self._settings.prune_batch:
                 pass
             await asyncio.sleep(self._settings.relay_interval_s)
+
+
+def _messages(row: OutboxRow, feed: dict[int, EventRecord]
+              ) -> Iterator[tuple[str, bytes, bytes, Carrier | None, dict[str, int]]]:
+    """(topic, key, value, trace context, span attributes) of each message of ``row``: its
+    payload, or each of its events still in the feed (one pruned, 30 days on, is gone)."""
+    if row.event_ids is None:
+        assert row.payload is not None  # the table's CHECK: one or the other
+        yield row.topic, row.key.encode(), row.payload.encode(), row.trace, {
+            "paystream.outbox_id": row.id}
+        return
+    for event_id, trace in zip(row.event_ids, row.traces, strict=True):
+        record = feed.get(event_id)
+        if record is not None:
+            yield row.topic, str(record.event.payment_id).encode(), record.event.encode(), \
+                trace, {"paystream.outbox_id": row.id, "paystream.event_id": event_id}

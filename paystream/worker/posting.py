@@ -7,9 +7,11 @@ changes nothing and is handed back as rejected, for the dead-letter topic.
 For each request still PENDING: lock both accounts (all accounts of the batch, in id order,
 in one statement, so two workers never deadlock), apply the domain's posting rule, write the
 status, two ledger entries (one PAYMENT posting, whose id is the payment's) and the balances,
-a row of the events feed (``db.events``) and an outbox row with the status event. A request with ``capture: false`` places a hold
-instead (status AUTHORIZED, a ``holds`` row, the source's ``held_minor``; no entries). A request whose payment is no longer PENDING was
-handled before (redelivery) and changes nothing.
+and a row of the events feed (``db.events``) with the status event; the batch's events are
+published through one outbox row that names their feed rows. A request with ``capture:
+false`` places a hold instead (status AUTHORIZED, a ``holds`` row, the source's
+``held_minor``; no entries). A request whose payment is no longer PENDING was handled before
+(redelivery) and changes nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from sqlalchemy import text
 
 from ..db import WriteSession
 from ..db.events import record_encoded
-from ..db.outbox import trace_json
+from ..db.outbox import add_events
 from ..db.payments import COLUMNS as PAYMENT_COLUMNS
 from ..domain.entities import AccountRow, PaymentRow
 from ..domain.ledger import post_authorization, post_transfer, posting_time
@@ -78,12 +80,6 @@ _INSERT_HOLDS = text(
     "   CAST(:accounts AS uuid[]), CAST(:amounts AS bigint[]), CAST(:expiries AS timestamptz[]))"
     "   AS u(p, a, m, e)"
 )
-_INSERT_OUTBOX = text(
-    "INSERT INTO outbox (topic, key, payload, trace)"
-    " SELECT :topic, k, CAST(p AS jsonb), CAST(t AS jsonb) FROM unnest(CAST(:keys AS text[]),"
-    "   CAST(:payloads AS text[]), CAST(:traces AS text[])) AS u(k, p, t)"
-    " RETURNING id"
-)
 
 Traces = Mapping[uuid.UUID, Carrier | None]
 """The trace context each payment's status event is sent on with (``paystream.tracing``):
@@ -136,21 +132,18 @@ class BatchResult:
 async def write_status_events(session: WriteSession, events: list[PaymentStatusEvent], *,
                               status_topic: str, traces: Traces | None = None
                               ) -> tuple[list[PaymentStatusEvent], list[int], list[bytes]]:
-    """The events' rows of the feed, then their outbox rows (carrying the feed cursors and
-    each payment's trace context from ``traces``), in the caller's transaction; returns the
-    events as published (with their ``trace``), their outbox ids and their JSON (as the
-    outbox rows hold it, for the producer: each event is encoded once)."""
+    """The events' rows of the feed, then one outbox row naming them (with each payment's
+    trace context from ``traces``), in the caller's transaction; returns the events as
+    published (with their cursors and ``trace``), the outbox row's id and their JSON (for
+    the producer: each event is encoded once, and stored once, in the feed)."""
+    if not events:
+        return [], [], []
     recorded = await record_encoded(session, events)
-    events = [e if not traces else replace(e, trace=traces.get(e.payment_id))
-              for e, _ in recorded]
-    payloads = [raw for _, raw in recorded]
-    outbox = await session.execute(
-        _INSERT_OUTBOX,
-        {"topic": status_topic, "keys": [str(e.payment_id) for e in events],
-         "payloads": [raw.decode() for raw in payloads],
-         "traces": [trace_json(e.trace) for e in events]},
-    )
-    return events, [row[0] for row in outbox], payloads
+    events = [r.event if not traces else replace(r.event, trace=traces.get(r.event.payment_id))
+              for r in recorded]
+    outbox_id = await add_events(session, status_topic, [r.id for r in recorded],
+                                 [e.trace for e in events])
+    return events, [outbox_id], [r.raw for r in recorded]
 
 
 def disagreement(request: PaymentRequested, row: PaymentRow | None) -> str | None:

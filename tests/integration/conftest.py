@@ -406,13 +406,16 @@ async def pay(api: Any, partner: Any, source: str, destination: str) -> str:
 
 
 async def outbox_sent(services: Any, topic: str, payment_id: str) -> bool:
-    """Whether the payment's outbox row on ``topic`` is marked sent."""
+    """Whether the payment's outbox rows on ``topic`` are all marked sent (at least one): a
+    row of its own (a request) or a posting's row naming its status event in the feed."""
     from sqlalchemy import text
 
     async with services.db.primary.connect() as conn:
         return bool((await conn.execute(text(
-            "SELECT sent_at IS NOT NULL FROM outbox WHERE topic = :t"
-            " AND payload->>'payment_id' = :p"), {"t": topic, "p": payment_id})).scalar_one())
+            "SELECT bool_and(o.sent_at IS NOT NULL) FROM outbox o WHERE o.topic = :t"
+            " AND (o.payload->>'payment_id' = :p OR EXISTS (SELECT 1 FROM events e"
+            "      WHERE e.id = ANY(o.event_ids) AND e.payment_id::text = :p))"),
+            {"t": topic, "p": payment_id})).scalar_one())
 
 
 async def until(condition: Any, what: str, timeout: float = 20.0) -> None:

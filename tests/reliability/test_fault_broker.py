@@ -152,10 +152,12 @@ async def settled_and_published(services: Any, settings: Any, ids: list[str], *,
             pending = (await conn.execute(text(
                 "SELECT idempotency_key FROM payments WHERE id = ANY(CAST(:ids AS uuid[]))"
                 " AND status = 'PENDING'"), {"ids": uuids})).scalars().all()
+            # The worker's status events: named by their posting's outbox row.
             unsent = (await conn.execute(text(
-                "SELECT count(*) FROM outbox WHERE topic = :t AND sent_at IS NULL"
-                " AND payload->>'payment_id' = ANY(:ids)"),
-                {"t": settings.kafka.status_topic, "ids": ids})).scalar()
+                "SELECT count(*) FROM outbox o JOIN events e ON e.id = ANY(o.event_ids)"
+                " WHERE o.topic = :t AND o.sent_at IS NULL"
+                " AND e.payment_id = ANY(CAST(:ids AS uuid[]))"),
+                {"t": settings.kafka.status_topic, "ids": uuids})).scalar()
         if not pending and unsent == 0:
             return
         if asyncio.get_running_loop().time() > deadline:
