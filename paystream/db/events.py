@@ -90,10 +90,11 @@ _LATEST_ACCOUNT_EVENTS = text(
     " ORDER BY p.txid DESC, p.id DESC LIMIT :limit"
 )
 _BY_IDS = text(f"SELECT {_COLUMNS} FROM events e WHERE e.id = ANY(CAST(:ids AS bigint[])) ORDER BY e.id")
-# The oldest rows first, through the primary key (ids grow with time): a bounded batch.
+# The oldest rows first, through events_created_idx (migration 0012): a bounded batch that
+# reads only rows past the age (the primary key's order read the whole table when none was).
 _PRUNE = text(
     "DELETE FROM events WHERE id IN (SELECT id FROM events"
-    "  WHERE created_at < now() - make_interval(secs => :keep) ORDER BY id LIMIT :limit)"
+    "  WHERE created_at < now() - make_interval(secs => :keep) ORDER BY created_at LIMIT :limit)"
 )
 
 

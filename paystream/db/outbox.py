@@ -49,17 +49,20 @@ _CLAIM_UNSENT = text(
     " ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
 )
 # Requests of payments still PENDING are kept whatever their age: `ledger verify` shows that
-# each such payment has its request queued.
+# each such payment has its request queued. Walks outbox_created_idx (migration 0012) from
+# the oldest row: a row is sent after it is created, so one sent before the cutoff was
+# created before it, and the walk reads only rows past the age, never the whole table.
 _PRUNE = text(
     "DELETE FROM outbox WHERE id IN ("
     "  SELECT o.id FROM outbox o"
-    "   WHERE o.sent_at IS NOT NULL AND o.sent_at < now() - make_interval(secs => :seconds)"
+    "   WHERE o.created_at < now() - make_interval(secs => :seconds)"
+    "     AND o.sent_at IS NOT NULL AND o.sent_at < now() - make_interval(secs => :seconds)"
     "     AND NOT (o.topic = :requested AND EXISTS (SELECT 1 FROM payments p"
     "              WHERE p.id = CAST(o.payload->>'payment_id' AS uuid) AND p.status = 'PENDING'))"
     "     AND NOT (o.topic = :requested AND o.payload->>'type' = 'refund.requested'"
     "              AND EXISTS (SELECT 1 FROM refunds r"
     "              WHERE r.id = CAST(o.payload->>'refund_id' AS uuid) AND r.status = 'PENDING'))"
-    "   ORDER BY o.id LIMIT :limit)"
+    "   ORDER BY o.created_at LIMIT :limit)"
 )
 # Whatever the worker has yet to post: the request (and any capture or cancel queued behind
 # it) of a PENDING payment, the capture or cancel of an AUTHORIZED one, a PENDING refund's.
