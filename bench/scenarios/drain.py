@@ -98,7 +98,7 @@ async def run(ctx: BenchContext) -> Scenario:
     if not report.sound:
         raise AssertionError({k: v for k, v in report.violations.items() if v})
     per_second = count / seconds
-    rows = [Row("worker drain", "payments committed/s", per_second, "payments/s")]
+    rows = [Row("4 worker drain", "payments committed/s", per_second, "payments/s")]
     data = {"payments": count, "seconds": seconds, "wall_seconds_incl_start": wall,
             "ledger_verify": report.summary()}
     if ctx.stack is not None:
@@ -108,7 +108,7 @@ async def run(ctx: BenchContext) -> Scenario:
             data[f"pgbench_tps_{clients}"] = tps
             # The target is against four clients; one client's rate is shown for scale.
             factor = 2 if clients == 4 else None
-            rows.append(Row("worker drain", f"payments/s vs pgbench -c {clients}", per_second,
+            rows.append(Row("4 worker drain", f"payments/s vs pgbench -c {clients}", per_second,
                             "payments/s", tps, f"pgbench tps, {clients} client(s)",
                             f">= {factor}x pgbench" if factor else "",
                             per_second >= factor * tps if factor else None))
