@@ -472,7 +472,10 @@ async def test_client_waits_out_rate_limits_within_its_budget(settings, make_par
     up with the RATE_LIMITED error once its waiting budget would be exceeded."""
     from paystream.client import GraphQLErrors, PaystreamClient
 
-    limits = {"query_burst": 1, "query_rate_per_s": 5.0}
+    # A token a second: a refill slower than any request on a loaded machine, so each query
+    # after the first meets an empty bucket (at 5/s, a request slower than the 200 ms refill
+    # found a token and was not limited: a flake seen in a full run).
+    limits = {"query_burst": 1, "query_rate_per_s": 1.0}
     async with app_client(settings, limits=limits) as (http, _):
         partner, other = await make_partner(), await make_partner()
         account = await partner.account()
@@ -482,7 +485,7 @@ async def test_client_waits_out_rate_limits_within_its_budget(settings, make_par
             for _ in range(3):
                 assert await patient.execute(query, {"id": account}) == {"account": {"id": account}}
             assert patient.rate_limited >= 2  # the bucket holds one: the others waited
-        # A fresh bucket of one: the second query comes well within the 200 ms refill.
+        # A fresh bucket of one: the second query comes well within the 1 s refill.
         hasty = PaystreamClient("http://test", other.key, transport=http._transport,
                                 max_rate_limit_wait=0.0)
         async with hasty:
