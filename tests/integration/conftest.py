@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -305,6 +305,11 @@ class StatusWatcher:
         """Until at least ``at_least`` of the payments have a terminal event."""
         async with asyncio.timeout(timeout), self._changed:
             await self._changed.wait_for(lambda: self.terminal_count(payment_ids) >= at_least)
+
+    async def wait_until(self, predicate: Callable[[], bool], *, timeout: float) -> None:
+        """Until ``predicate`` holds, checked again at each event that arrives."""
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(predicate)
 
     async def stop(self) -> None:
         if self._task:
