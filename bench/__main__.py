@@ -6,6 +6,9 @@ runs each scenario with its baseline in the same run, prints the table, writes
 ``docs/``, and the tables of ``docs/benchmarks.md``.
 
     python -m bench [--only cached_query,nested_list] [--seconds 20] [--quick]
+
+With ``--only`` the page's table and plots are rebuilt from every scenario's latest saved run
+(``python -m bench.report`` does the same by itself), so a partial run keeps the others' rows.
 """
 
 from __future__ import annotations
@@ -89,9 +92,13 @@ async def main() -> int:
     print(summary)
     write_result("summary", {"table": summary, "seconds": time.monotonic() - started,
                              "scenarios": [s.name for s in results]})
-    from .report import write_report
+    from .report import from_results, write_report
 
-    write_report(results, summary)
+    if args.only:
+        # The page keeps every scenario: the others' latest saved runs beside these.
+        from_results()
+    else:
+        write_report(results, summary)
     return 0
 
 

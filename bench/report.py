@@ -58,8 +58,9 @@ the rest of this page is by hand.
 """
 
 
-def write_report(results: list[Scenario], summary: str) -> None:
-    """Plots for the scenarios in ``results`` and the generated section of the page."""
+def write_report(results: list[Scenario], summary: str, *, runs: str | None = None) -> None:
+    """Plots for the scenarios in ``results`` and the generated section of the page;
+    ``runs`` says when they ran (default: one run, now)."""
     DOCS.mkdir(exist_ok=True)
     import matplotlib
 
@@ -74,7 +75,7 @@ def write_report(results: list[Scenario], summary: str) -> None:
                        _capacity(by_name["subscription_capacity"])))
     if any(row.baseline for scenario in results for row in scenario.rows):
         images.append(("Each figure against its same-run baseline", _baselines(results)))
-    _write_page(_section(results, summary, images))
+    _write_page(_section(results, summary, images, runs))
 
 
 def _latency_cdf(scenario: Scenario) -> str:
@@ -189,11 +190,15 @@ def machine() -> str:
             f" {ram}, Python {platform.python_version()}, {platform.platform()}")
 
 
-def _section(results: list[Scenario], summary: str, images: list[tuple[str, str]]) -> str:
+def _section(results: list[Scenario], summary: str, images: list[tuple[str, str]],
+             runs: str | None) -> str:
     lines = [BEGIN, "",
-             f"Run of {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, scenarios: "
-             + ", ".join(f"`{s.name}`" for s in results) + ".", "",
-             (f"**Machine:** {machine()}. The machine is shared with other work while the bench "
+             runs or (f"Run of {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, scenarios: "
+                      + ", ".join(f"`{s.name}`" for s in results) + "."), "",
+             (f"**Machine:** {machine()}"
+              + (" (where this page was written; each run's own is in its bench/results file)"
+                 if runs else "")
+              + ". The machine is shared with other work while the bench "
              "runs, so compare ratios to baselines rather than absolute figures."), "",
              summary, ""]
     notes = [(s.name, note) for s in results for note in s.notes]
@@ -225,7 +230,7 @@ def from_results() -> None:
     from .common import RESULTS
     from .harness import Row
 
-    results = []
+    results, times = [], []
     for name in SCENARIOS:
         path = RESULTS / f"{name}.json"
         if path.exists():
@@ -234,7 +239,9 @@ def from_results() -> None:
                                     saved.get("data", {}),
                                     [f"(run of {saved['at'][:16]}) {note}"
                                      for note in saved.get("notes", [])]))
-    write_report(results, table(results))
+            times.append(f"`{name}` {saved['at'][:16].replace('T', ' ')}")
+    write_report(results, table(results),
+                 runs="Each scenario's latest run (UTC): " + ", ".join(times) + ".")
 
 
 if __name__ == "__main__":
