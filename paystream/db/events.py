@@ -112,11 +112,24 @@ class EventRecord:
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
-    """An event just written: as published (with its cursor), its JSON, and its row's id."""
+    """An event just written: its JSON as published (with its cursor), its row's id and its
+    cursor. The event with its cursor is built only when asked for (``event``, ``traced``):
+    the API's acceptance sends the bytes alone (a copy of each event was 3% of a bulk
+    request's CPU)."""
 
-    event: PaymentStatusEvent
+    written: PaymentStatusEvent
     raw: bytes
     id: int
+    cursor: str
+
+    @property
+    def event(self) -> PaymentStatusEvent:
+        """The event as published, with its cursor."""
+        return replace(self.written, cursor=self.cursor)
+
+    def traced(self, trace: dict[str, str] | None) -> PaymentStatusEvent:
+        """:attr:`event` carrying ``trace``, in one copy."""
+        return replace(self.written, cursor=self.cursor, trace=trace)
 
 
 def kind_of(event: PaymentStatusEvent) -> str:
@@ -157,8 +170,7 @@ async def record_encoded(session: WriteSession, events: Sequence[PaymentStatusEv
     for event, raw in zip(events, encoded, strict=True):
         txid, row_id = positions[(str(event.payment_id), event.version)]
         cursor = encode_event_cursor(txid, row_id)
-        recorded.append(Recorded(replace(event, cursor=cursor),
-                                 event.encode_with_cursor(raw, cursor), row_id))
+        recorded.append(Recorded(event, event.encode_with_cursor(raw, cursor), row_id, cursor))
     return recorded
 
 

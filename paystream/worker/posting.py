@@ -139,7 +139,7 @@ async def write_status_events(session: WriteSession, events: list[PaymentStatusE
     if not events:
         return [], [], []
     recorded = await record_encoded(session, events)
-    events = [r.event if not traces else replace(r.event, trace=traces.get(r.event.payment_id))
+    events = [r.event if not traces else r.traced(traces.get(r.written.payment_id))
               for r in recorded]
     outbox_id = await add_events(session, status_topic, [r.id for r in recorded],
                                  [e.trace for e in events])
