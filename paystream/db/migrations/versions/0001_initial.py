@@ -7,9 +7,7 @@ append-only and summing to zero per payment at commit.
 
 from __future__ import annotations
 
-from alembic import op
-
-from paystream.db.sqlscript import split_statements
+from paystream.db.migrations import execute_script
 
 revision = "0001"
 down_revision = None
@@ -131,10 +129,8 @@ DROP TABLE partners;
 
 
 def upgrade() -> None:
-    for statement in split_statements(UPGRADE):
-        op.execute(statement)
+    execute_script(UPGRADE)
 
 
 def downgrade() -> None:
-    for statement in split_statements(DOWNGRADE):
-        op.execute(statement)
+    execute_script(DOWNGRADE)

@@ -11,9 +11,7 @@ get their request queued in the outbox, where requests are committed from now on
 
 from __future__ import annotations
 
-from alembic import op
-
-from paystream.db.sqlscript import split_statements
+from paystream.db.migrations import execute_script
 
 revision = "0002"
 down_revision = "0001"
@@ -108,8 +106,7 @@ UPDATE accounts s SET balance_minor = -f.total, version = s.version + f.postings
 """
 
 def upgrade() -> None:
-    for statement in split_statements(UPGRADE):
-        op.execute(statement)
+    execute_script(UPGRADE)
 
 
 def downgrade() -> None:

@@ -8,9 +8,7 @@ them). The index serves ``accounts(first, after)``: a partner's accounts, newest
 
 from __future__ import annotations
 
-from alembic import op
-
-from paystream.db.sqlscript import split_statements
+from paystream.db.migrations import execute_script
 
 revision = "0003"
 down_revision = "0002"
@@ -38,10 +36,8 @@ ALTER TABLE accounts DROP COLUMN idempotency_key;
 
 
 def upgrade() -> None:
-    for statement in split_statements(UPGRADE):
-        op.execute(statement)
+    execute_script(UPGRADE)
 
 
 def downgrade() -> None:
-    for statement in split_statements(DOWNGRADE):
-        op.execute(statement)
+    execute_script(DOWNGRADE)

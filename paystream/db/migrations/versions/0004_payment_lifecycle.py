@@ -6,9 +6,7 @@ FAILED one must; the others have none. ``paystream.domain.status`` holds the tra
 
 from __future__ import annotations
 
-from alembic import op
-
-from paystream.db.sqlscript import split_statements
+from paystream.db.migrations import execute_script
 
 revision = "0004"
 down_revision = "0003"
@@ -37,10 +35,8 @@ ALTER TABLE payments ADD CONSTRAINT payments_status_check
 
 
 def upgrade() -> None:
-    for statement in split_statements(UPGRADE):
-        op.execute(statement)
+    execute_script(UPGRADE)
 
 
 def downgrade() -> None:
-    for statement in split_statements(DOWNGRADE):
-        op.execute(statement)
+    execute_script(DOWNGRADE)

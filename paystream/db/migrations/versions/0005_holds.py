@@ -11,9 +11,7 @@ it is accepted (``requested_action``), so a second, different one is refused at 
 
 from __future__ import annotations
 
-from alembic import op
-
-from paystream.db.sqlscript import split_statements
+from paystream.db.migrations import execute_script
 
 revision = "0005"
 down_revision = "0004"
@@ -74,10 +72,8 @@ ALTER TABLE accounts DROP COLUMN held_minor;
 
 
 def upgrade() -> None:
-    for statement in split_statements(UPGRADE):
-        op.execute(statement)
+    execute_script(UPGRADE)
 
 
 def downgrade() -> None:
-    for statement in split_statements(DOWNGRADE):
-        op.execute(statement)
+    execute_script(DOWNGRADE)

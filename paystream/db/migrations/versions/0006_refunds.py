@@ -9,9 +9,7 @@ payment moved (CHECK below; the API and the worker check it too, under the payme
 
 from __future__ import annotations
 
-from alembic import op
-
-from paystream.db.sqlscript import split_statements
+from paystream.db.migrations import execute_script
 
 revision = "0006"
 down_revision = "0005"
@@ -53,10 +51,8 @@ ALTER TABLE payments DROP COLUMN refunded_minor;
 
 
 def upgrade() -> None:
-    for statement in split_statements(UPGRADE):
-        op.execute(statement)
+    execute_script(UPGRADE)
 
 
 def downgrade() -> None:
-    for statement in split_statements(DOWNGRADE):
-        op.execute(statement)
+    execute_script(DOWNGRADE)

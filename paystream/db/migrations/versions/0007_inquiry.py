@@ -23,9 +23,7 @@ and the same definitions (docs/operations.md); ``IF NOT EXISTS`` then skips them
 
 from __future__ import annotations
 
-from alembic import op
-
-from paystream.db.sqlscript import split_statements
+from paystream.db.migrations import execute_script
 
 revision = "0007"
 down_revision = "0006"
@@ -92,11 +90,9 @@ DROP INDEX ledger_entries_statement_idx;
 
 
 def upgrade() -> None:
-    for statement in split_statements(UPGRADE):
-        op.execute(statement)
+    execute_script(UPGRADE)
 
 
 def downgrade() -> None:
     # Running balances recomputed by the upgrade stay as they are: they are the correct ones.
-    for statement in split_statements(DOWNGRADE):
-        op.execute(statement)
+    execute_script(DOWNGRADE)

@@ -13,9 +13,7 @@ an insert must not lock the payment's accounts (see worker/posting.py on KEY SHA
 
 from __future__ import annotations
 
-from alembic import op
-
-from paystream.db.sqlscript import split_statements
+from paystream.db.migrations import execute_script
 
 revision = "0009"
 down_revision = "0008"
@@ -47,10 +45,8 @@ DROP TABLE events;
 
 
 def upgrade() -> None:
-    for statement in split_statements(UPGRADE):
-        op.execute(statement)
+    execute_script(UPGRADE)
 
 
 def downgrade() -> None:
-    for statement in split_statements(DOWNGRADE):
-        op.execute(statement)
+    execute_script(DOWNGRADE)

@@ -11,9 +11,7 @@ adding them rewrites nothing.
 
 from __future__ import annotations
 
-from alembic import op
-
-from paystream.db.sqlscript import split_statements
+from paystream.db.migrations import execute_script
 
 revision = "0010"
 down_revision = "0009"
@@ -32,10 +30,8 @@ ALTER TABLE outbox DROP COLUMN trace;
 
 
 def upgrade() -> None:
-    for statement in split_statements(UPGRADE):
-        op.execute(statement)
+    execute_script(UPGRADE)
 
 
 def downgrade() -> None:
-    for statement in split_statements(DOWNGRADE):
-        op.execute(statement)
+    execute_script(DOWNGRADE)

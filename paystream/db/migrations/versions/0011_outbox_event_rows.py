@@ -12,9 +12,7 @@ a default and a CHECK that every existing row meets: nothing is rewritten.
 
 from __future__ import annotations
 
-from alembic import op
-
-from paystream.db.sqlscript import split_statements
+from paystream.db.migrations import execute_script
 
 revision = "0011"
 down_revision = "0010"
@@ -45,10 +43,8 @@ ALTER TABLE outbox ALTER COLUMN payload SET NOT NULL;
 
 
 def upgrade() -> None:
-    for statement in split_statements(UPGRADE):
-        op.execute(statement)
+    execute_script(UPGRADE)
 
 
 def downgrade() -> None:
-    for statement in split_statements(DOWNGRADE):
-        op.execute(statement)
+    execute_script(DOWNGRADE)

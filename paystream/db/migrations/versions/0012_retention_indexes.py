@@ -13,9 +13,7 @@ INDEX CONCURRENTLY`` (the names match, so this migration then skips them).
 
 from __future__ import annotations
 
-from alembic import op
-
-from paystream.db.sqlscript import split_statements
+from paystream.db.migrations import execute_script
 
 revision = "0012"
 down_revision = "0011"
@@ -34,10 +32,8 @@ DROP INDEX outbox_created_idx;
 
 
 def upgrade() -> None:
-    for statement in split_statements(UPGRADE):
-        op.execute(statement)
+    execute_script(UPGRADE)
 
 
 def downgrade() -> None:
-    for statement in split_statements(DOWNGRADE):
-        op.execute(statement)
+    execute_script(DOWNGRADE)
