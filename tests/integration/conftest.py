@@ -303,8 +303,8 @@ class StatusWatcher:
 
     async def wait_count(self, payment_ids: list[str], *, at_least: int, timeout: float) -> None:
         """Until at least ``at_least`` of the payments have a terminal event."""
-        async with asyncio.timeout(timeout), self._changed:
-            await self._changed.wait_for(lambda: self.terminal_count(payment_ids) >= at_least)
+        await self.wait_until(lambda: self.terminal_count(payment_ids) >= at_least,
+                              timeout=timeout)
 
     async def wait_until(self, predicate: Callable[[], bool], *, timeout: float) -> None:
         """Until ``predicate`` holds, checked again at each event that arrives."""

@@ -285,16 +285,17 @@ async def test_events_older_than_the_retention_are_not_listed_and_the_relay_prun
                 "SELECT count(*) FROM events WHERE source_partner_id = :p"),
                 {"p": partner})).scalar_one())
 
+    def relay(settings: OutboxSettings) -> OutboxRelay:
+        return OutboxRelay(services.db, producer=None,  # type: ignore[arg-type]
+                           topic="payments.status", requested_topic="payments.requested",
+                           settings=settings)
+
     # What the stack's relays do every second, here at once: the default retention leaves them.
-    stack = OutboxRelay(services.db, producer=None, topic="payments.status",  # type: ignore[arg-type]
-                        requested_topic="payments.requested", settings=OutboxSettings())
-    await stack.prune_events_once()
+    await relay(OutboxSettings()).prune_events_once()
     # Past the retention they are gone from the feed at once, pruned or not.
     assert await listed() == 1 and await count() == 4
-    relay = OutboxRelay(services.db, producer=None, topic="payments.status",  # type: ignore[arg-type]
-                        requested_topic="payments.requested",
-                        settings=OutboxSettings(events_retention_days=KEEP, prune_batch=2))
-    pruned = [await relay.prune_events_once() for _ in range(3)]
+    pruning = relay(OutboxSettings(events_retention_days=KEEP, prune_batch=2))
+    pruned = [await pruning.prune_events_once() for _ in range(3)]
     assert pruned[0] == 2 and pruned[-1] == 0 and sum(pruned) >= 3
     assert await count() == 1 and await listed() == 1
 
