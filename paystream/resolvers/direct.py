@@ -23,6 +23,7 @@ lazy types, GlobalID, custom input conversion) leaves the field to Strawberry.
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import MISSING
 from typing import Any
@@ -44,6 +45,22 @@ from strawberry.types.fields.resolver import StrawberryResolver
 from strawberry.types.unset import UNSET
 
 Resolve = Callable[..., Any]
+
+# Each direct resolver that calls a method with ``self`` alone, and that method: the value of
+# the field is the method's of the parent, with no resolve info (resolvers/completion.py).
+_SOURCE_ONLY: weakref.WeakKeyDictionary[Resolve, Callable[[Any], Any]] = \
+    weakref.WeakKeyDictionary()
+
+
+def method_of(resolve: object) -> Callable[[Any], Any] | None:
+    """The method a direct resolver calls with the parent alone; None for any other
+    resolver."""
+    if not callable(resolve):
+        return None
+    try:
+        return _SOURCE_ONLY.get(resolve)
+    except TypeError:  # not weakly referenceable: not one of ours
+        return None
 
 
 def resolve_plain_fields_directly(schema: strawberry.Schema,
@@ -100,6 +117,7 @@ def _direct(field: StrawberryField, info_class: Callable[..., Any]) -> Resolve |
     if len(parameters) == 1:
         def of_source(source: Any, info: GraphQLResolveInfo[Any]) -> Any:
             return method(source)
+        _SOURCE_ONLY[of_source] = method
         return of_source
     if len(parameters) == 2 and parameters[1] is resolver.info_parameter:
         def with_info(source: Any, info: GraphQLResolveInfo[Any]) -> Any:

@@ -23,6 +23,7 @@ from ..services.accounts import CreateAccount
 from ..services.lifecycle import CapturePayment
 from ..services.payments import CreatePayment
 from ..services.refunds import RefundPayment
+from .completion import Completable
 
 
 def _request(input: CreatePaymentInput) -> CreatePayment:
@@ -64,9 +65,11 @@ class Mutation:
         caller = info.context.require_caller()
         answers = await info.context.services.payments.create_many(
             caller, [_request(i) for i in inputs])
-        results = [CreatePaymentResult(error=CreatePaymentError.of(answer))
-                   if isinstance(answer, PaystreamError)
-                   else CreatePaymentResult(payment=Payment(row=answer)) for answer in answers]
+        # Completed by plan where the selection allows (resolvers/completion.py).
+        results = Completable(CreatePaymentResult(error=CreatePaymentError.of(answer))
+                              if isinstance(answer, PaystreamError)
+                              else CreatePaymentResult(payment=Payment(row=answer))
+                              for answer in answers)
         rows = {answer.id: answer for answer in answers if not isinstance(answer, PaystreamError)}
         info.context.loaders.payment.prime_many(rows)  # one call: prime() is per key
         # Accepted answers, as createPayment counts them (an idempotent replay too).

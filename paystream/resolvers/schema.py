@@ -16,7 +16,7 @@ from ..config import Settings
 from ..schema.errors import ErrorCodes
 from ..schema.limits import CachedParse, ReachedExecution, cached_parser, query_limits_rule
 from ..schema.scalars import SCALAR_MAP
-from ..schema.sharing import SharedEventExecutor
+from .completion import PaystreamExecutor
 from .direct import resolve_plain_fields_directly
 from .mutation import Mutation
 from .query import Query
@@ -72,7 +72,7 @@ def build_schema(settings: Settings) -> PaystreamSchema:
         mutation=Mutation,
         subscription=Subscription,
         extensions=extensions,  # type: ignore[arg-type]  # Strawberry types this list invariantly
-        execution_context_class=SharedEventExecutor,
+        execution_context_class=PaystreamExecutor,
         config=StrawberryConfig(
             auto_camel_case=True, scalar_map=SCALAR_MAP,
             batching_config=batching if limits.max_batch_operations > 1 else None,

@@ -30,6 +30,7 @@ from ..events.messages import PaymentStatusEvent, encode_accepted
 from ..tracing import Carrier
 from .publisher import Outgoing, Publisher
 from .reads import Reader
+from .status_hub import StatusHub
 
 log = logging.getLogger("paystream.payments")
 
@@ -58,8 +59,9 @@ class _Waiting:
 
 class Acceptance:
     def __init__(self, settings: Settings, db: Database, reader: Reader,
-                 publisher: Publisher) -> None:
+                 publisher: Publisher, hub: StatusHub | None = None) -> None:
         self._settings = settings
+        self._hub = hub
         self._db = db
         self._reader = reader
         self._publisher = publisher
@@ -152,12 +154,16 @@ class Acceptance:
         # effort on the stream (not in the outbox): a watcher starts from the current state
         # anyway, and a resumed accountActivity replays them from the feed.
         outgoing: list[Outgoing] = []
-        for (row, d), payload, outbox_id, event in zip(new, payloads, outbox_ids, recorded,
-                                                       strict=True):
+        keys = [str(row.id).encode() for row, _ in new]
+        for (row, d), payload, outbox_id, event, key in zip(new, payloads, outbox_ids, recorded,
+                                                            keys, strict=True):
             outgoing += [
                 Outgoing(kafka.requested_topic, str(row.source_account_id).encode(), payload,
                          outbox_id, d.trace),
-                Outgoing(kafka.status_topic, str(row.id).encode(), event.raw, trace=d.trace),
+                Outgoing(kafka.status_topic, key, event.raw, trace=d.trace),
             ]
+        if self._hub is not None:
+            # Their cache work is done (above): the hub need not do it again when they return.
+            self._hub.expect(zip(keys, recorded, strict=True))
         self._publisher.submit(*outgoing)
         return stored

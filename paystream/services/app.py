@@ -55,7 +55,7 @@ class Services:
         return cls(
             settings=settings, db=db, reader=reader, auth=Authenticator(db, settings.api, settings.db.primary_url), cache=cache,
             producer=producer, publisher=publisher,
-            payments=PaymentService(settings, db, reader, publisher),
+            payments=PaymentService(settings, db, reader, publisher, hub),
             accounts=AccountService(db, reader),
             lifecycle=LifecycleService(settings, db, reader, publisher),
             refunds=RefundService(settings, db, reader, publisher),

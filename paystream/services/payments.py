@@ -35,6 +35,7 @@ from .acceptance import Acceptance, Draft
 from .auth import WRITE, Caller
 from .publisher import Publisher
 from .reads import Reader
+from .status_hub import StatusHub
 
 log = logging.getLogger("paystream.payments")
 
@@ -72,10 +73,11 @@ def request_hash(partner_id: uuid.UUID, source: uuid.UUID, destination: uuid.UUI
 
 
 class PaymentService:
-    def __init__(self, settings: Settings, db: Database, reader: Reader, publisher: Publisher) -> None:
+    def __init__(self, settings: Settings, db: Database, reader: Reader, publisher: Publisher,
+                 hub: StatusHub | None = None) -> None:
         self._settings = settings
         self._reader = reader
-        self._acceptance = Acceptance(settings, db, reader, publisher)
+        self._acceptance = Acceptance(settings, db, reader, publisher, hub)
 
     async def create(self, caller: Caller, request: CreatePayment) -> PaymentRow:
         caller.require(WRITE)

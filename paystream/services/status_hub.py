@@ -15,6 +15,14 @@ each event at once, with the event's update built once for all of them (``Status
 for a whole batch of events in one call), while its stream waits with nothing queued: then the hub's one loop over the watchers sends
 every subscriber its frame, and no subscriber's task wakes. Otherwise (its stream is busy or
 behind, or it cannot take this update) the event is queued as before.
+
+The PENDING events this process publishes come back to it on the stream too. Their cache
+entries and page bumps it wrote itself before publishing them (services/acceptance.py), so
+the acceptance hands each one to :meth:`StatusHub.expect` first; when the same bytes come
+back, the hub skips their cache writes, and unless one of its watches wants the event it
+skips decoding it as well (under bulk load these were a twelfth of the API's CPU, for
+nothing). Any other event, or one that is not remembered any more (at most
+``OWN_EVENTS_KEPT``, oldest forgotten first), is decoded and applied as before.
 """
 
 from __future__ import annotations
@@ -22,8 +30,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import replace
 from typing import Any, Self
 
@@ -32,6 +40,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from ..cache import ACCOUNT, PAYMENT, Entry, Payload, VersionedCache
 from ..cache.entities import account_entry, payment_entry
 from ..config import Settings
+from ..db.events import Recorded
 from ..domain.errors import Unavailable
 from ..events.kafka import make_consumer, status_event_of
 from ..events.messages import PaymentStatusEvent, UndecodableMessage
@@ -42,9 +51,12 @@ from ..metrics import (
     subscription_opened,
 )
 from ..retry import until_done
-from ..tracing import processing_batch
+from ..tracing import carrier_of_headers, processing_batch
 
 log = logging.getLogger("paystream.status")
+
+OWN_EVENTS_KEPT = 20_000
+"""Events published by this process that the hub remembers until they come back."""
 
 
 class WatchClosed(Exception):
@@ -148,6 +160,8 @@ class StatusHub:
         # they are handed the event. One call per batch: under load an await per event left
         # the stream seconds behind (docs/benchmarks.md, scenario 5).
         self.prepare: Callable[[list[PaymentStatusEvent]], Awaitable[list[object]]] | None = None
+        # By record key: events this process publishes with their cache work done (expect).
+        self._own: OrderedDict[bytes, Recorded] = OrderedDict()
 
     def start(self) -> None:
         self._stopping = False
@@ -186,6 +200,16 @@ class StatusHub:
         subscription_opened()
         return watch
 
+    def expect(self, published: Iterable[tuple[bytes, Recorded]]) -> None:
+        """Events about to be published (with their record keys) whose cache entries and page
+        bumps this process has written: when they come back, the hub does not write them
+        again. Called before they are handed to the producer."""
+        own = self._own
+        for key, recorded in published:
+            own[key] = recorded
+        while len(own) > OWN_EVENTS_KEPT:
+            own.popitem(last=False)
+
     def _forget(self, watch: Watch) -> None:
         for index, keys in ((self._by_payment, watch.payments), (self._by_account, watch.accounts)):
             for key in keys:
@@ -211,9 +235,9 @@ class StatusHub:
             await self._position(consumer)
             while not self._stopping:
                 batches = await consumer.getmany(timeout_ms=1000)
-                events = [e for records in batches.values() for e in _decode(records)]
+                events, written = self.take(r for records in batches.values() for r in records)
                 if events:
-                    await self.apply(events)
+                    await self.apply(events, written=written)
                 await self._measure_lag(consumer)
                 if self._cache is not None:
                     await self._cache.flush_unwritten()
@@ -250,9 +274,34 @@ class StatusHub:
                 CONSUMER_LAG.labels("api-status-stream", tp.topic, str(tp.partition)).set(
                     max(0, highwater - position))
 
-    async def apply(self, events: list[PaymentStatusEvent]) -> None:
+    def take(self, records: Iterable[Any]) -> tuple[list[PaymentStatusEvent], set[int]]:
+        """The records' events, and the places among them of this process's own (their cache
+        work done); an own event no watch wants is left out, undecoded."""
+        events: list[PaymentStatusEvent] = []
+        written: set[int] = set()
+        own = self._own
+        for record in records:
+            recorded = own.get(record.key) if own else None
+            if recorded is not None and recorded.raw == record.value:
+                del own[record.key]
+                if self._wanted(recorded.written):
+                    written.add(len(events))
+                    events.append(recorded.traced(carrier_of_headers(record.headers)))
+                continue
+            events.extend(_decode((record,)))
+        return events, written
+
+    def _wanted(self, event: PaymentStatusEvent) -> bool:
+        if event.payment_id in self._by_payment:
+            return True
+        by_account = self._by_account
+        return any(account in by_account for account in event.account_ids)
+
+    async def apply(self, events: list[PaymentStatusEvent], *,
+                    written: Collection[int] = ()) -> None:
         """Update the cache from the events (versioned, so replays and other processes' writes
-        of the same event are harmless), then hand them to the subscribers.
+        of the same event are harmless), then hand them to the subscribers. The events at the
+        places in ``written`` have had their cache work done by this process: only handed on.
 
         Each event is checked on its own first: one that cannot be applied (a malformed
         snapshot, say) is logged, counted in ``paystream_status_events_dropped_total`` and
@@ -263,7 +312,11 @@ class StatusHub:
         # PENDING event can land after the worker's terminal one for the same payment.
         payments: dict[uuid.UUID, Entry] = {}
         accounts: dict[uuid.UUID, Entry] = {}
-        for event in events:
+        bumped: set[uuid.UUID] = set()
+        for i, event in enumerate(events):
+            if i in written:
+                good.append(event)
+                continue
             try:
                 entries = _cache_entries(event)
             except Exception:  # whatever is wrong with it, it is this event's alone
@@ -277,6 +330,7 @@ class StatusHub:
                 _keep_newest(payments, event.payment_id, *payment)
             for account_id, (version, account) in event_accounts.items():
                 _keep_newest(accounts, account_id, version, account)
+            bumped.update(event.account_ids)
         if self._cache is not None:
             redis = self._settings.redis
             await self._cache.put_many(PAYMENT, payments, redis.payment_ttl_s)
@@ -284,9 +338,7 @@ class StatusHub:
             # The accepting API process tells the pages cache of each new payment; if it died
             # before it could, the payment's next event (the worker's, from the outbox) is
             # the first word of it here. Any event may be that one, so each one counts.
-            await self._cache.bump_pages({a for e in good for a in (
-                e.payment.source_account_id, e.payment.destination_account_id)},
-                redis.page_ttl_s)
+            await self._cache.bump_pages(bumped, redis.page_ttl_s)
         watching = [self._watchers(event) for event in good]
         # Traced, each event's trace goes on through this process to its subscribers: a span
         # per event, their updates built in them, in one batch span.

@@ -247,6 +247,64 @@ async def test_status_stream_caches_the_newest_version_whatever_the_batch_order(
     assert {a.balance_minor for a in balances.values()} == {750, 250}
 
 
+async def test_the_status_stream_does_not_redo_the_cache_work_of_its_own_events(
+        migrated) -> None:
+    """A PENDING event this process published (StatusHub.expect) comes back with its cache
+    work done: the hub writes nothing for it, decodes it only for a watch that wants it, and
+    hands that watch the event as published. Any other record of the payment (other bytes)
+    is applied as before."""
+    import dataclasses
+    from datetime import UTC, datetime
+
+    from aiokafka.structs import ConsumerRecord
+
+    from paystream.cache import payment_from
+    from paystream.db.events import Recorded
+    from paystream.domain.entities import AccountRow, PaymentRow
+    from paystream.events.messages import PaymentStatusEvent
+    from paystream.services.status_hub import StatusHub
+
+    now = datetime.now(UTC)
+    partner = uuid.uuid4()
+    source = AccountRow(uuid.uuid4(), partner, "a", "USD", 1000, 1, now, now)
+    destination = AccountRow(uuid.uuid4(), partner, "b", "USD", 0, 1, now, now)
+
+    def published(status: str = "PENDING", version: int = 1) -> tuple[ConsumerRecord, Recorded]:
+        row = PaymentRow(uuid.uuid4(), partner, "k", "h" * 64, source.id, destination.id, 250,
+                         "USD", None, status, None, version, now, now)
+        event = PaymentStatusEvent.of(row, source, destination, with_accounts=False)
+        raw = event.encode_with_cursor(event.encode(), "cursor-1")
+        record = ConsumerRecord(migrated.kafka.status_topic, 0, 7, 0, 0, str(row.id).encode(),
+                                raw, None, 0, len(raw), [("traceparent", b"00-" + b"1" * 32
+                                                          + b"-" + b"2" * 16 + b"-01")])
+        return record, Recorded(event, raw, 1, "cursor-1")
+
+    cache = VersionedCache(migrated.redis)
+    hub = StatusHub(migrated, cache)
+    try:
+        unwatched, watched, foreign = published(), published(), published()
+        hub.expect([(r.key, recorded) for r, recorded in (unwatched, watched)])
+        hub.positioned.set()  # not consuming: the records are handed to it below
+        watch = await hub.watch(payments=[watched[1].written.payment_id])
+        # The foreign record names an expected payment, with other bytes: not ours.
+        other = dataclasses.replace(foreign[0], value=foreign[0].value + b" ")
+        hub.expect([(foreign[0].key, foreign[1])])
+        events, written = hub.take([unwatched[0], watched[0], other])
+        assert [e.payment_id for e in events] == [watched[1].written.payment_id,
+                                                  foreign[1].written.payment_id]
+        assert written == {0}
+        assert events[0] == dataclasses.replace(watched[1].event, trace={
+            "traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"})
+        await hub.apply(events, written=written)
+        assert await watch.next() == events[0]
+        cached = await cache.get_many(PAYMENT, [r.written.payment_id for _, r in (
+            unwatched, watched, foreign)], payment_from)
+        # Only the record that was not this process's own is written by the hub.
+        assert set(cached) == {foreign[1].written.payment_id}
+    finally:
+        await cache.close()
+
+
 async def test_replicas_are_trusted_again_only_once_they_replay_past_a_redis_outage(
     migrated, make_partner, devstack
 ) -> None:
