@@ -41,7 +41,7 @@ _INSERT_PENDING_MANY = text(
     "     authorization_ttl_s, metadata_entries, ord)"
     " ORDER BY ord"
     " ON CONFLICT ON CONSTRAINT payments_partner_idempotency_key DO NOTHING"
-    f" RETURNING {_COLUMN_NAMES}"
+    " RETURNING id"
 )
 _EXISTING_BY_KEYS = text(
     f"SELECT {_COLUMN_NAMES} FROM payments"
@@ -65,10 +65,13 @@ async def insert_pending_many(session: WriteSession, rows: Sequence[PaymentRow]
     """Insert PENDING payments (of any partners), each unless its (partner, idempotency key)
     exists already: one INSERT for all of them, one SELECT for the keys that existed, one
     INSERT for their metadata index rows. Returns, by (partner, key), the stored row and
-    whether this call created it. Slots must be distinct; rows are inserted in the order
+    whether this call created it. Rows are PENDING drafts: status PENDING, version 1, updated
+    when created, nothing captured, expired or refunded (what the statement stores). Slots must be distinct; rows are inserted in the order
     given (callers sort them, so that two transactions sharing keys cannot deadlock)."""
     if not rows:
         return {}
+    if not all(_is_draft(r) for r in rows):
+        raise ValueError("insert_pending_many takes PENDING drafts only")
     created = await session.execute(_INSERT_PENDING_MANY, {
         "ids": [r.id for r in rows], "partners": [r.partner_id for r in rows],
         "keys": [r.idempotency_key for r in rows], "hashes": [r.request_hash for r in rows],
@@ -79,11 +82,13 @@ async def insert_pending_many(session: WriteSession, rows: Sequence[PaymentRow]
         "captures": [r.capture for r in rows], "ttls": [r.authorization_ttl_s for r in rows],
         "metadata": [json.dumps(metadata_json(r.metadata_entries)) for r in rows],
     })
-    stored: dict[IdempotencySlot, tuple[PaymentRow, bool]] = {}
-    for values in created:
-        row = PaymentRow(*values)
-        stored[row.partner_id, row.idempotency_key] = (row, True)
-    missing = [r for r in rows if (r.partner_id, r.idempotency_key) not in stored]
+    # A created row is its draft as given: the statement stores each of its fields as is (the
+    # constants above are a draft's), so only the ids come back, not the rows to decode
+    # (tests/integration/test_acceptance.py reads them back).
+    inserted = {row_id for (row_id,) in created}
+    stored: dict[IdempotencySlot, tuple[PaymentRow, bool]] = {
+        (r.partner_id, r.idempotency_key): (r, True) for r in rows if r.id in inserted}
+    missing = [r for r in rows if r.id not in inserted]
     if missing:
         for values in await session.execute(_EXISTING_BY_KEYS, {
                 "partners": [r.partner_id for r in missing],
@@ -100,6 +105,13 @@ async def insert_pending_many(session: WriteSession, rows: Sequence[PaymentRow]
             "keys": [i[2] for i in index], "values": [i[3] for i in index],
             "created": [i[4] for i in index]})
     return stored
+
+
+def _is_draft(row: PaymentRow) -> bool:
+    """Whether the row is what the pending insert stores for it, field for field."""
+    return (row.status == "PENDING" and row.failure_reason is None and row.version == 1
+            and row.updated_at == row.created_at and row.authorization_expires_at is None
+            and row.captured_minor is None and row.refunded_minor == 0)
 
 
 async def delete_pending(session: WriteSession, payment_id: uuid.UUID) -> bool:

@@ -131,3 +131,44 @@ async def _draft(services: Any, caller: Any, source: str, destination: str) -> D
     accounts = await services.reader.accounts([parsed.source_id, parsed.destination_id])
     return Draft(draft_of(caller, parsed, datetime.now(UTC)), accounts[parsed.source_id],
                  accounts[parsed.destination_id])
+
+
+async def test_the_rows_answered_are_the_rows_the_primary_holds(
+        services: Any, make_partner: Any) -> None:
+    """The pending insert answers each created payment with its draft, not the row read back:
+    so the draft must be, field for field, what the primary stored (metadata, a hold's ttl, a
+    reference, the microseconds of its time), and a replay gets the stored row."""
+    from datetime import UTC, datetime
+
+    from paystream.db.payments import insert_pending_many, payments_by_ids
+    from paystream.services.payments import _draft as draft_of
+    from paystream.services.payments import _parse
+
+    payer, payee = await make_partner(), await make_partner()
+    source, destination = await payer.account(balance="100.00"), await payee.account(balance="0")
+    caller = await services.auth.caller_for(f"Bearer {payer.key}")
+    requests = [
+        request(source, destination, uuid.uuid4().hex),
+        dataclasses.replace(request(source, destination, uuid.uuid4().hex, amount="12.34"),
+                            reference="invoice 9", capture=False, authorization_ttl_seconds=90,
+                            metadata=[("order", "17"), ("tier", "gold")]),
+    ]
+    drafts = [draft_of(caller, _parse(r), datetime.now(UTC)) for r in requests]
+    class RolledBack(Exception):
+        """Leaves nothing behind: PENDING payments without requests are unsound ledgers."""
+
+    with pytest.raises(RolledBack):
+        async with services.db.write_session() as session:
+            stored = await insert_pending_many(session, drafts)
+            held = await payments_by_ids(session, [d.id for d in drafts])
+            again = await insert_pending_many(session, [
+                dataclasses.replace(d, id=uuid.uuid4()) for d in drafts])
+            raise RolledBack
+    for draft in drafts:
+        assert stored[draft.partner_id, draft.idempotency_key] == (held[draft.id], True)
+        assert again[draft.partner_id, draft.idempotency_key] == (held[draft.id], False)
+    with pytest.raises(ValueError, match="PENDING drafts"):
+        async with services.db.write_session() as session:
+            await insert_pending_many(session, [dataclasses.replace(
+                drafts[0], id=uuid.uuid4(), idempotency_key=uuid.uuid4().hex,
+                status="SUCCEEDED")])
