@@ -66,8 +66,9 @@ async def insert_pending_many(session: WriteSession, rows: Sequence[PaymentRow]
     exists already: one INSERT for all of them, one SELECT for the keys that existed, one
     INSERT for their metadata index rows. Returns, by (partner, key), the stored row and
     whether this call created it. Rows are PENDING drafts: status PENDING, version 1, updated
-    when created, nothing captured, expired or refunded (what the statement stores). Slots must be distinct; rows are inserted in the order
-    given (callers sort them, so that two transactions sharing keys cannot deadlock)."""
+    when created, nothing captured, expired or refunded (what the statement stores). Slots
+    must be distinct; rows are inserted in the order given (callers sort them, so that two
+    transactions sharing keys cannot deadlock)."""
     if not rows:
         return {}
     if not all(_is_draft(r) for r in rows):

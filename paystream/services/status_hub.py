@@ -288,7 +288,9 @@ class StatusHub:
                     written.add(len(events))
                     events.append(recorded.traced(carrier_of_headers(record.headers)))
                 continue
-            events.extend(_decode((record,)))
+            event = _decoded(record)
+            if event is not None:
+                events.append(event)
         return events, written
 
     def _wanted(self, event: PaymentStatusEvent) -> bool:
@@ -401,13 +403,11 @@ def _keep_newest(entries: dict[uuid.UUID, Entry], key: uuid.UUID,
         entries[key] = (version, payload)
 
 
-def _decode(records: Iterable[Any]) -> list[PaymentStatusEvent]:
-    events = []
-    for record in records:
-        try:
-            events.append(status_event_of(record))
-        except UndecodableMessage as exc:
-            # Counted with the events that cannot be applied: either way, one bad event.
-            log.warning("status event skipped: undecodable: %s", exc)
-            STATUS_EVENTS_DROPPED.inc()
-    return events
+def _decoded(record: Any) -> PaymentStatusEvent | None:
+    try:
+        return status_event_of(record)
+    except UndecodableMessage as exc:
+        # Counted with the events that cannot be applied: either way, one bad event.
+        log.warning("status event skipped: undecodable: %s", exc)
+        STATUS_EVENTS_DROPPED.inc()
+        return None
