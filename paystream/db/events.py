@@ -25,15 +25,23 @@ from ..domain.webhooks import event_type
 from ..events.messages import PaymentStatusEvent
 from .engine import ReadSession, WriteSession
 
+# The feed's columns are read back from each event's JSON (bound as the one text array, beside
+# its type) instead of bound as nine arrays more: binding them was most of a bulk request's
+# events insert (docs/benchmarks.md, bulk). The JSON is the event as published (schema 2), so
+# its fields are the event's: tests/integration/test_events_feed.py reads the columns back.
+# OFFSET 0 keeps the subquery from being pulled up, which would parse each JSON text once per
+# column read from it (four times the server's time for the statement; once, it is 1.2x).
 _INSERT = text(
     "INSERT INTO events (created_at, type, payment_id, refund_id, version, source_account_id,"
     " destination_account_id, source_partner_id, destination_partner_id, payload)"
-    " SELECT c, t, p, r, v, s, d, sp, dp, CAST(j AS jsonb) FROM unnest("
-    "   CAST(:created AS timestamptz[]), CAST(:types AS text[]), CAST(:payments AS uuid[]),"
-    "   CAST(:refunds AS uuid[]), CAST(:versions AS integer[]), CAST(:sources AS uuid[]),"
-    "   CAST(:destinations AS uuid[]), CAST(:source_partners AS uuid[]),"
-    "   CAST(:destination_partners AS uuid[]), CAST(:payloads AS text[]))"
-    "   AS u(c, t, p, r, v, s, d, sp, dp, j)"
+    " SELECT CAST(j #>> '{payment,updated_at}' AS timestamptz), t,"
+    "   CAST(j ->> 'payment_id' AS uuid), CAST(j #>> '{refund,id}' AS uuid),"
+    "   CAST(j #>> '{payment,version}' AS integer),"
+    "   CAST(j #>> '{payment,source_account_id}' AS uuid),"
+    "   CAST(j #>> '{payment,destination_account_id}' AS uuid),"
+    "   CAST(j ->> 'source_partner_id' AS uuid), CAST(j ->> 'destination_partner_id' AS uuid), j"
+    " FROM (SELECT CAST(x AS jsonb) AS j, t"
+    "   FROM unnest(CAST(:payloads AS text[]), CAST(:types AS text[])) AS u(x, t) OFFSET 0) AS v"
     " RETURNING payment_id, version, CAST(txid AS text), id"
 )
 _COLUMNS = "e.id, CAST(e.txid AS text), e.payload::text"
@@ -153,22 +161,13 @@ async def record_encoded(session: WriteSession, events: Sequence[PaymentStatusEv
     if encoded is None:
         encoded = [e.encode() for e in events]
     rows = await session.execute(_INSERT, {
-        "created": [e.payment.updated_at for e in events],
-        "types": [kind_of(e) for e in events],
-        "payments": [e.payment_id for e in events],
-        "refunds": [uuid.UUID(str(e.refund["id"])) if e.refund else None for e in events],
-        "versions": [e.version for e in events],
-        "sources": [e.payment.source_account_id for e in events],
-        "destinations": [e.payment.destination_account_id for e in events],
-        "source_partners": [e.source_partner_id for e in events],
-        "destination_partners": [e.destination_partner_id for e in events],
-        "payloads": [raw.decode() for raw in encoded],
-    })
+        "payloads": [raw.decode() for raw in encoded], "types": [kind_of(e) for e in events]})
     # (payment, version) names one event: a payment changes at most once per transaction.
-    positions = {(str(r[0]), int(r[1])): (int(r[2]), int(r[3])) for r in rows}
+    # asyncpg's UUIDs hash and compare as uuid.UUID does: no string of either is made.
+    positions = {(r[0], r[1]): (int(r[2]), r[3]) for r in rows}
     recorded = []
     for event, raw in zip(events, encoded, strict=True):
-        txid, row_id = positions[(str(event.payment_id), event.version)]
+        txid, row_id = positions[event.payment_id, event.version]
         cursor = encode_event_cursor(txid, row_id)
         recorded.append(Recorded(event, event.encode_with_cursor(raw, cursor), row_id, cursor))
     return recorded

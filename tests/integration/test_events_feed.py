@@ -353,3 +353,70 @@ async def test_bulk_payments_are_in_the_feed_from_their_acceptance(
     nodes, _ = await read_feed(client, partner, after=None, count=4, first=10)
     assert sorted((n["payment"]["id"], n["type"]) for n in nodes) == sorted(
         (p, kind) for p in ids for kind in ("payment.pending", "payment.succeeded"))
+
+
+async def test_recorded_events_columns_are_the_events_own_fields(services: Any) -> None:
+    """The feed's columns (read back from each event's JSON by the insert) are the event's:
+    a PENDING event without accounts, a SUCCEEDED one with them and a refund's, each at a
+    time with microseconds and on its own payment; the cursors handed back name their rows."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import text
+
+    from paystream.db.events import kind_of, record_encoded
+    from paystream.db.refunds import RefundRow
+    from paystream.domain.entities import AccountRow, PaymentRow
+    from paystream.events.messages import PaymentStatusEvent
+
+    payer, payee = uuid.uuid4(), uuid.uuid4()
+    at = datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
+
+    def payment(status: str, version: int, updated: datetime) -> PaymentRow:
+        return PaymentRow(
+            id=uuid.uuid4(), partner_id=payer, idempotency_key=uuid.uuid4().hex,
+            request_hash="h", source_account_id=uuid.uuid4(),
+            destination_account_id=uuid.uuid4(), amount_minor=250, currency="USD",
+            reference=None, status=status, failure_reason=None, version=version,
+            created_at=at, updated_at=updated)
+
+    def account(row_id: uuid.UUID, owner: uuid.UUID) -> AccountRow:
+        return AccountRow(id=row_id, partner_id=owner, name="a", currency="USD",
+                          balance_minor=0, version=3, created_at=at, updated_at=at)
+
+    pending = payment("PENDING", 1, at)
+    settled = payment("SUCCEEDED", 2, at + timedelta(microseconds=1))
+    refunded = payment("SUCCEEDED", 4, at + timedelta(seconds=1, microseconds=7))
+    refund = RefundRow(id=uuid.uuid4(), partner_id=payer, idempotency_key="r", request_hash="h",
+                       payment_id=refunded.id, amount_minor=100, reason=None,
+                       status="PENDING", failure_reason=None, version=1, created_at=at,
+                       updated_at=at)
+    written = [
+        PaymentStatusEvent(payment_id=pending.id, payment=pending, source_partner_id=payer,
+                           destination_partner_id=payee),
+        PaymentStatusEvent(payment_id=settled.id, payment=settled, source_partner_id=payer,
+                           destination_partner_id=payee, accounts=(
+                               account(settled.source_account_id, payer),
+                               account(settled.destination_account_id, payee))),
+        PaymentStatusEvent(payment_id=refunded.id, payment=refunded, source_partner_id=payer,
+                           destination_partner_id=payee, refund=refund.to_json()),
+    ]
+    async with services.db.write_session() as session:
+        recorded = await record_encoded(session, written)
+    async with services.db.write_session() as session:
+        rows = {r[0]: r for r in await session.execute(text(
+            "SELECT id, created_at, type, payment_id, refund_id, version, source_account_id,"
+            " destination_account_id, source_partner_id, destination_partner_id,"
+            " payload::text FROM events WHERE id = ANY(:ids)"),
+            {"ids": [r.id for r in recorded]})}
+    assert len(rows) == 3
+    for event, made in zip(written, recorded, strict=True):
+        row = rows[made.id]
+        assert tuple(row[1:10]) == (
+            event.payment.updated_at, kind_of(event), event.payment_id,
+            refund.id if event.refund else None, event.payment.version,
+            event.payment.source_account_id, event.payment.destination_account_id,
+            payer, payee)
+        assert PaymentStatusEvent.decode(row[10]) == event
+        assert position(made.cursor).id == made.id
+    assert [kind_of(e) for e in written] == ["payment.pending", "payment.succeeded",
+                                             "refund.pending"]
