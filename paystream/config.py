@@ -10,6 +10,7 @@ The tracing group also honours the standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` and
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,6 +35,14 @@ class DatabaseSettings(BaseModel):
     # A replica that does not answer within this many seconds is skipped for the request.
     connect_timeout_s: float = 2.0
     statement_timeout_ms: int = 10_000
+    # PostgreSQL's plan_cache_mode for every connection. "force_custom_plan": each execution of
+    # a prepared statement is planned for its parameters and the tables as they are now. With
+    # "auto", a statement's generic plan, chosen while a table was small (a new deployment, a
+    # bench), stays cached on its connection: the worker's lock of a batch's payments by id
+    # kept a sequential scan of a table grown to 65,000 rows, 78 ms a call instead of 2 ms
+    # (docs/benchmarks.md, worker). Planning each call costs a fraction of a millisecond.
+    plan_cache_mode: Literal["auto", "force_custom_plan", "force_generic_plan"] = (
+        "force_custom_plan")
 
 
 class RedisSettings(BaseModel):
@@ -70,6 +79,15 @@ class KafkaSettings(BaseModel):
     produce_timeout_s: float = 3.0
     # How long createPayment waits for the broker's acknowledgement before UNAVAILABLE.
     request_timeout_ms: int = 2000
+    # Bytes per partition in one produce request (aiokafka's max_batch_size; its default is
+    # 16 KiB). aiokafka keeps one request in flight per broker, with one batch per partition,
+    # and a send that finds its partition's batch full waits for that batch to be taken. With
+    # 16 KiB, the 2,000 messages of a bulk request (about 900 bytes each; the 1,000 requests of
+    # one source account on one partition) went out some 50 round trips in turn, the API's
+    # publisher fell behind its acceptances and its full queue left whole requests to the
+    # relay (docs/benchmarks.md, bulk). 1 MB holds them in one request; it stays under the
+    # broker's largest batch (Kafka's message.max.bytes, 1,048,588 by default).
+    producer_batch_bytes: int = Field(default=1_000_000, ge=16_384, le=1_000_000)
     worker_batch_size: int = 500
     # Posted batches waiting for the worker's publisher (worker.pipeline): the poll loop
     # posts the next while these are produced. Rows produced are marked sent by the next

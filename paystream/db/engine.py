@@ -91,6 +91,7 @@ def make_engine(url: str, settings: DatabaseSettings, *, read_only: bool = False
     server_settings = {
         "statement_timeout": str(settings.statement_timeout_ms),
         "application_name": "paystream",
+        "plan_cache_mode": settings.plan_cache_mode,
     }
     if read_only:
         server_settings["default_transaction_read_only"] = "on"

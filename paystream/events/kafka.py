@@ -24,6 +24,7 @@ def make_producer(settings: KafkaSettings, *, linger_ms: int = 0) -> AIOKafkaPro
         acks="all",
         enable_idempotence=settings.enable_idempotence,
         linger_ms=linger_ms,
+        max_batch_size=settings.producer_batch_bytes,
         request_timeout_ms=settings.request_timeout_ms,
         # Metadata refresh bounded too, so a dead broker is noticed within the produce timeout.
         metadata_max_age_ms=30_000,

@@ -208,3 +208,41 @@ async def test_cli_rotates_a_key_by_listing_and_revoking(
     await replayed(migrated)
     body = await gql(client, "query { payment(id: \"x\") { id } }", key=new)
     assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+
+async def _seq_scans_of_a_grown_table(db: Database) -> int:
+    """Sequential scans of a lock of 5 rows by id, on a connection whose statement ran 8 times
+    while its table had 50 rows, once the table has 20,000 (a new deployment's first hour)."""
+    table = f"plan_probe_{uuid.uuid4().hex[:12]}"
+    lock = text(f"SELECT id FROM {table} WHERE id = ANY(CAST(:ids AS uuid[]))"
+                " ORDER BY id FOR NO KEY UPDATE")
+    grow = text(f"INSERT INTO {table} SELECT gen_random_uuid(), repeat('p', 300)"
+                " FROM generate_series(1, :n)")
+    async with db.primary.connect() as conn:
+        try:
+            await conn.execute(text(f"CREATE TABLE {table} (id uuid PRIMARY KEY, pad text)"))
+            await conn.execute(grow, {"n": 50})
+            await conn.execute(text(f"ANALYZE {table}"))
+            await conn.commit()
+            ids = list((await conn.execute(text(f"SELECT id FROM {table} LIMIT 5"))).scalars())
+            for _ in range(8):
+                await conn.execute(lock, {"ids": ids})
+                await conn.commit()
+            await conn.execute(grow, {"n": 20_000})
+            await conn.commit()
+            # This backend's scans not yet reported (some of earlier transactions too).
+            scans = text("SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = :t")
+            before = int((await conn.execute(scans, {"t": table})).scalar_one())
+            await conn.execute(lock, {"ids": ids})
+            return int((await conn.execute(scans, {"t": table})).scalar_one()) - before
+        finally:
+            await conn.rollback()
+            await conn.execute(text(f"DROP TABLE {table}"))
+            await conn.commit()
+
+
+async def test_a_statement_is_planned_for_its_table_as_it_is_now(services) -> None:
+    """A prepared statement's generic plan, chosen while its table was small, stayed cached on
+    its connection: the worker's lock of a batch's payments kept a sequential scan of a table
+    grown to 65,000 rows (78 ms a call, not 2). Every connection plans each execution."""
+    assert await _seq_scans_of_a_grown_table(services.db) == 0

@@ -114,3 +114,30 @@ async def test_marks_riding_a_transaction_that_fails_are_kept_for_the_next(servi
     await marks.mark_own(services.db)
     assert not marks
     assert await outbox_sent(services, topic, "kept")
+
+
+async def test_a_bulk_requests_messages_go_out_without_waiting_for_one_another(
+        migrated: Settings) -> None:
+    """A bulk request of 1,000 payments from one source account hands the producer 1,000
+    requests keyed by that account (one partition) and 1,000 events keyed by payment: every
+    send is taken into a batch before any is acknowledged. With aiokafka's 16 KiB batches a
+    send waited for its partition's full batch to go out, round trip after round trip, and the
+    API's publisher fell behind a bulk load (kafka.producer_batch_bytes)."""
+    from paystream.events import make_producer
+
+    settings = await own_topics(migrated, "batching")
+    kafka = settings.kafka
+    producer = make_producer(kafka, linger_ms=1)
+    await producer.start()
+    try:
+        source = str(uuid.uuid4()).encode()
+        futures = [await producer.send(kafka.requested_topic, b"r" * 850, key=source)
+                   for _ in range(1000)]
+        futures += [await producer.send(kafka.status_topic, b"e" * 950,
+                                        key=str(uuid.uuid4()).encode()) for _ in range(1000)]
+        acknowledged_meanwhile = sum(f.done() for f in futures)
+        offsets = await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    assert acknowledged_meanwhile == 0
+    assert len(offsets) == 2000
