@@ -64,7 +64,7 @@ async def main() -> int:
         await upgrade_async(settings.db.primary_url)
         await ensure_topics(settings.kafka)
         services = Services.create(settings)
-        await services.start()
+        await services.start(follow_status=False)
         ctx = BenchContext(settings=settings, stack=stack, env=server_env(settings),
                            services=services, seconds=5.0 if args.quick else args.seconds,
                            quick=args.quick)

@@ -118,7 +118,7 @@ async def main() -> None:
         await upgrade_async(settings.db.primary_url)
         await ensure_topics(settings.kafka)
         services = Services.create(settings)
-        await services.start()
+        await services.start(follow_status=False)
         try:
             await enqueue(services, args.payments, args.accounts)
         finally:

@@ -70,10 +70,14 @@ class Services:
     _publishing: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _listening: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
-    async def start(self) -> None:
+    async def start(self, *, follow_status: bool = True) -> None:
         """Start the status stream and the publisher (both connect in the background: the
-        API serves queries, and accepts payments, while the broker is still down)."""
-        self.hub.start()
+        API serves queries, and accepts payments, while the broker is still down).
+        ``follow_status`` False: no status stream, for a process that accepts payments but
+        serves no subscription (the bench's harness, which seeds its runs): it would consume
+        every status event again, beside the API processes it measures."""
+        if follow_status:
+            self.hub.start()
         self._publishing = asyncio.create_task(self.publisher.run(), name="publisher")
         self._publishing.add_done_callback(_fatal)
         self._listening = asyncio.create_task(self.auth.run(), name="key-revocations")
