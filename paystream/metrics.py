@@ -32,6 +32,7 @@ __all__ = [
     "OUTBOX_UNSENT",
     "PAYMENTS_ACCEPTED",
     "PERSISTED_QUERIES",
+    "PUBLISHER_LEFT_TO_RELAY",
     "RATE_LIMITED",
     "READY",
     "REGISTRY",
@@ -133,6 +134,14 @@ DLQ_MESSAGES = Gauge(
     ["topic"], registry=REGISTRY,
 )
 
+PUBLISHER_LEFT_TO_RELAY = Counter(
+    "paystream_publisher_left_to_relay",
+    "Messages this API process committed but did not produce itself: its publisher's queue was "
+    "full (reason queue_full) or the broker did not acknowledge them (reason not_acknowledged). "
+    "Outbox rows among them reach the broker through the worker's relay, after "
+    "outbox.relay_min_age_s; the PENDING events among them are not sent.",
+    ["reason"], registry=REGISTRY,
+)
 STATUS_EVENTS_DROPPED = Counter(
     "paystream_status_events_dropped",
     "Status events this API process's status stream skipped because they could not be "

@@ -28,6 +28,7 @@ from ..config import Settings
 from ..db import Database
 from ..db.outbox import Marks
 from ..domain.errors import Unavailable
+from ..metrics import PUBLISHER_LEFT_TO_RELAY
 from ..tracing import Carrier, sending
 
 log = logging.getLogger("paystream.publisher")
@@ -116,6 +117,7 @@ class Publisher:
             return
         if self._queued + len(messages) > self._max_queued:
             self.dropped += len(messages)
+            PUBLISHER_LEFT_TO_RELAY.labels("queue_full").inc(len(messages))
             return
         self._queued += len(messages)
         self._queue.put_nowait(messages)
@@ -175,6 +177,7 @@ class Publisher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 (the rows stay unsent; the relay has them)
+                PUBLISHER_LEFT_TO_RELAY.labels("not_acknowledged").inc(len(batch))
                 log.warning("publishing %d messages failed (%s); the relay will publish them",
                             len(batch), type(exc).__name__)
 
@@ -216,6 +219,7 @@ class Publisher:
                 if m.outbox_id is not None and not isinstance(r, BaseException)]
         failed = sum(isinstance(r, BaseException) for r in results)
         if failed:
+            PUBLISHER_LEFT_TO_RELAY.labels("not_acknowledged").inc(failed)
             log.warning("%d of %d messages not acknowledged; the relay will publish them",
                         failed, len(batch))
         self.marks.add(sent)

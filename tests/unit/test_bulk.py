@@ -88,10 +88,19 @@ async def test_a_group_is_never_split_between_produce_batches() -> None:
 
 async def test_a_group_larger_than_a_batch_is_one_batch_and_a_full_queue_drops_groups_whole(
         ) -> None:
+    from paystream.metrics import REGISTRY
+
+    def counted() -> float:
+        return REGISTRY.get_sample_value("paystream_publisher_left_to_relay_total",
+                                         {"reason": "queue_full"}) or 0.0
+
+    before = counted()
     publisher = Recording(max_batch=2, max_queued=6)
     publisher.submit(*messages("a", 5))
     publisher.submit(*messages("b", 2))  # 5 + 2 > 6: left to the relay, whole
     publisher.submit(*messages("c", 1))
     assert publisher.dropped == 2
+    # Counted where an operator sees it: a bulk load once filled the queue unnoticed.
+    assert counted() - before == 2
     await publisher.run()
     assert publisher.batches == [[f"a{i}".encode() for i in range(5)], [b"c0"]]
