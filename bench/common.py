@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,12 +27,17 @@ def bench_stack() -> Iterator[tuple[Settings, object | None]]:
     from paystream.devstack import DevStack
     from paystream.devstack.settings import dev_settings
 
-    stack = DevStack(Path(tempfile.mkdtemp(prefix="paystream-bench-")), fsync=True)
+    root = Path(tempfile.mkdtemp(prefix="paystream-bench-"))
+    stack = DevStack(root, fsync=True)
     endpoints = stack.start()
     try:
         yield dev_settings(endpoints), stack
     finally:
         stack.stop()
+        # The servers' data (2 to 5 GB after a full run): left behind, a day of runs filled
+        # the disk. BENCH_KEEP_STACK=1 keeps it to look at; the logs are kept apart anyway.
+        if not os.environ.get("BENCH_KEEP_STACK"):
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def server_env(settings: Settings) -> dict[str, str]:
