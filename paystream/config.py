@@ -40,7 +40,7 @@ class DatabaseSettings(BaseModel):
     # "auto", a statement's generic plan, chosen while a table was small (a new deployment, a
     # bench), stays cached on its connection: the worker's lock of a batch's payments by id
     # kept a sequential scan of a table grown to 65,000 rows, 78 ms a call instead of 2 ms
-    # (docs/benchmarks.md, worker). Planning each call costs a fraction of a millisecond.
+    # (docs/benchmarks.md, 2026-12-04). Planning each call costs a fraction of a millisecond.
     plan_cache_mode: Literal["auto", "force_custom_plan", "force_generic_plan"] = (
         "force_custom_plan")
 
@@ -85,7 +85,7 @@ class KafkaSettings(BaseModel):
     # 16 KiB, the 2,000 messages of a bulk request (about 900 bytes each; the 1,000 requests of
     # one source account on one partition) went out some 50 round trips in turn, the API's
     # publisher fell behind its acceptances and its full queue left whole requests to the
-    # relay (docs/benchmarks.md, bulk). 1 MB holds them in one request; it stays under the
+    # relay (docs/benchmarks.md, 2026-12-04). 1 MB holds them in one request; it stays under the
     # broker's largest batch (Kafka's message.max.bytes, 1,048,588 by default).
     producer_batch_bytes: int = Field(default=1_000_000, ge=16_384, le=1_000_000)
     worker_batch_size: int = 500

@@ -27,7 +27,7 @@ from .engine import ReadSession, WriteSession
 
 # The feed's columns are read back from each event's JSON (bound as the one text array, beside
 # its type) instead of bound as nine arrays more: binding them was most of a bulk request's
-# events insert (docs/benchmarks.md, bulk). The JSON is the event as published (schema 2), so
+# events insert (docs/benchmarks.md, 2026-12-04). The JSON is the event as published (schema 2), so
 # its fields are the event's: tests/integration/test_events_feed.py reads the columns back.
 # OFFSET 0 keeps the subquery from being pulled up, which would parse each JSON text once per
 # column read from it (four times the server's time for the statement; once, it is 1.2x).
