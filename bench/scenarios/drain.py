@@ -3,7 +3,9 @@ simple-update (fsync on) on the same primary in the same run; issue 16's target 
 pgbench's rate with four clients.
 
 The backlog is built directly (PENDING rows in one statement, the requests produced in
-batches), so that building the backlog does not take longer than draining it."""
+batches), so that building the backlog does not take longer than draining it. With
+``BENCH_PROFILE_WORKER=1`` (and py-spy) the worker is sampled for the first 30 s of the drain
+into ``bench/results/drain-profile.txt``."""
 
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ from paystream.events.kafka import make_producer
 from paystream.events.messages import PaymentRequested
 from paystream.services.ledger import verify_ledger
 
+from ..common import RESULTS
 from ..drain import pgbench
-from ..harness import BenchContext, Row, Scenario, progress
+from ..harness import LOGS, BenchContext, Row, Scenario, profile, progress, summarize_profile
 
 _BACKLOG = text("""
 INSERT INTO payments (id, partner_id, idempotency_key, request_hash, source_account_id,
@@ -88,8 +91,15 @@ async def run(ctx: BenchContext) -> Scenario:
     await backlog(ctx, count, prefix)
     started = time.monotonic()
     ctx.worker = ctx.start_worker()
+    folded = LOGS / "drain.folded"
+    spy = profile("BENCH_PROFILE_WORKER", ctx.worker.pid, 30, folded)
     progress("  draining")
     await ctx.wait_drained(timeout=900)
+    if spy is not None:
+        spy.wait(60)
+        if folded.exists():
+            (RESULTS / "drain-profile.txt").write_text(summarize_profile(
+                folded, "the worker draining the backlog (py-spy, 100 Hz)"))
     wall = time.monotonic() - started
     seconds = await drained(ctx, prefix)
     # The drain must leave a ledger that proves every balance (paystream ledger verify).

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -34,10 +35,15 @@ _SET_BALANCE = text(
     "UPDATE accounts SET balance_minor = :balance, version = :version, updated_at = :now"
     " WHERE id = :id"
 )
-_INSERT_ENTRY = text(
+# All of a posting's entries in one statement: the balance check runs per statement
+# (migration 0013), so a posting inserted leg by leg would be refused at its first leg.
+_INSERT_ENTRIES = text(
     "INSERT INTO ledger_entries (posting_id, kind, payment_id, account_id, amount_minor,"
-    " balance_after_minor, created_at) VALUES (:posting, :kind, NULL, :account, :amount,"
-    " :after, :now)"
+    " balance_after_minor, created_at)"
+    " SELECT CAST(:posting AS uuid), CAST(:kind AS text), CAST(:payment AS uuid), a, m, b,"
+    "   CAST(:now AS timestamptz)"
+    " FROM unnest(CAST(:accounts AS uuid[]), CAST(:amounts AS bigint[]),"
+    "   CAST(:afters AS bigint[])) AS u(a, m, b)"
 )
 
 
@@ -49,6 +55,17 @@ class FundingPosting:
     amount_minor: int
     settlement: AccountRow
     account: AccountRow
+
+
+async def insert_entries(session: WriteSession, posting_id: uuid.UUID, kind: EntryKind,
+                         payment_id: uuid.UUID | None,
+                         entries: Sequence[tuple[uuid.UUID, int, int]], now: datetime) -> None:
+    """One posting's entries, each ``(account_id, amount_minor, balance_after_minor)``, in
+    one statement (the database refuses a statement whose postings do not sum to zero)."""
+    await session.execute(_INSERT_ENTRIES, {
+        "posting": posting_id, "kind": kind.value, "payment": payment_id, "now": now,
+        "accounts": [e[0] for e in entries], "amounts": [e[1] for e in entries],
+        "afters": [e[2] for e in entries]})
 
 
 async def settlement_account(session: WriteSession, currency: str) -> uuid.UUID:
@@ -91,11 +108,9 @@ async def fund(session: WriteSession, account_id: uuid.UUID, amount_minor: int) 
         await session.execute(_SET_BALANCE, {"id": row.id, "balance": row.balance_minor,
                                              "version": row.version, "now": now})
         updated[row.id] = row
-    for entry in funding.entries:
-        await session.execute(_INSERT_ENTRY, {
-            "posting": posting_id, "kind": EntryKind.FUNDING.value, "account": entry.account_id,
-            "amount": entry.amount_minor, "after": after[entry.account_id], "now": now,
-        })
+    await insert_entries(session, posting_id, EntryKind.FUNDING, None,
+                         [(e.account_id, e.amount_minor, after[e.account_id])
+                          for e in funding.entries], now)
     return FundingPosting(posting_id, amount_minor, updated[settlement_id], updated[account_id])
 
 

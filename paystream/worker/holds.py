@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from sqlalchemy import text
 
 from ..db import WriteSession
+from ..db.ledger import insert_entries
 from ..db.payments import COLUMNS as PAYMENT_COLUMNS
 from ..domain.entities import AccountRow, PaymentRow
 from ..domain.ledger import EntryKind, posting_time
@@ -70,11 +71,6 @@ _SET_ACCOUNT = text(
 _CLOSE_HOLD = text(
     "UPDATE holds SET status = :status, captured_minor = :captured, closed_at = :now"
     " WHERE payment_id = :id AND status = 'OPEN' RETURNING amount_minor"
-)
-_INSERT_ENTRY = text(
-    "INSERT INTO ledger_entries (posting_id, kind, payment_id, account_id, amount_minor,"
-    " balance_after_minor, created_at) VALUES (:posting, :kind, :payment, :account, :amount,"
-    " :after, :now)"
 )
 
 
@@ -156,11 +152,9 @@ async def _apply(session: WriteSession,
                              held_minor=source.held_minor - row.amount_minor)
             destination = replace(destination,
                                   balance_minor=destination.balance_minor + captured)
-            for account, amount in ((source, -captured), (destination, captured)):
-                await session.execute(_INSERT_ENTRY, {
-                    "posting": row.id, "kind": EntryKind.CAPTURE.value, "payment": row.id,
-                    "account": account.id, "amount": amount, "after": account.balance_minor,
-                    "now": now})
+            await insert_entries(session, row.id, EntryKind.CAPTURE, row.id, [
+                (source.id, -captured, source.balance_minor),
+                (destination.id, captured, destination.balance_minor)], now)
         else:
             source = replace(source, held_minor=source.held_minor - row.amount_minor)
         closed = (await session.execute(_CLOSE_HOLD, {

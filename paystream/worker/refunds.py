@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from sqlalchemy import text
 
 from ..db import WriteSession
+from ..db.ledger import insert_entries
 from ..db.payments import COLUMNS as PAYMENT_COLUMNS
 from ..db.refunds import COLUMNS as REFUND_COLUMNS
 from ..db.refunds import RefundRow
@@ -53,11 +54,6 @@ _SET_PAYMENT = text(
 _SET_ACCOUNT = text(
     "UPDATE accounts SET balance_minor = :balance, version = :version, updated_at = :now"
     " WHERE id = :id"
-)
-_INSERT_ENTRY = text(
-    "INSERT INTO ledger_entries (posting_id, kind, payment_id, account_id, amount_minor,"
-    " balance_after_minor, created_at) VALUES (:posting, :kind, :payment, :account, :amount,"
-    " :after, :now)"
 )
 
 
@@ -119,16 +115,14 @@ async def post_refunds(session: WriteSession, requests: Sequence[RefundRequested
                                   balance_minor=destination.balance_minor - refund.amount_minor)
             source = replace(source, version=source.version + 1, updated_at=now,
                              balance_minor=source.balance_minor + refund.amount_minor)
-            for account, amount in ((destination, -refund.amount_minor),
-                                    (source, refund.amount_minor)):
+            for account in (destination, source):
                 accounts[account.id] = touched[account.id] = account
                 await session.execute(_SET_ACCOUNT, {"id": account.id, "now": now,
                                                      "balance": account.balance_minor,
                                                      "version": account.version})
-                await session.execute(_INSERT_ENTRY, {
-                    "posting": refund.id, "kind": EntryKind.REFUND.value, "payment": payment.id,
-                    "account": account.id, "amount": amount, "after": account.balance_minor,
-                    "now": now})
+            await insert_entries(session, refund.id, EntryKind.REFUND, payment.id, [
+                (destination.id, -refund.amount_minor, destination.balance_minor),
+                (source.id, refund.amount_minor, source.balance_minor)], now)
         reason = failure.value if failure else None
         await session.execute(_SET_REFUND, {"id": refund.id, "status": status.value,
                                             "reason": reason, "now": now})

@@ -79,27 +79,46 @@ async def test_constraints_reject_bad_money_rows(services, make_partner, stateme
         await conn.rollback()
 
 
-async def test_unbalanced_ledger_entries_are_refused_at_commit(services, make_partner) -> None:
+async def test_unbalanced_ledger_entries_are_refused(services, make_partner) -> None:
+    """Each statement's postings must sum to zero (migration 0013): an unbalanced posting is
+    refused by its insert, and so is a balanced one inserted leg by leg; a statement holding
+    two balanced postings passes."""
     partner = await make_partner()
     source, destination = await partner.account(), await partner.account()
+    s, d = uuid.UUID(source), uuid.UUID(destination)
+    insert = ("INSERT INTO ledger_entries (posting_id, kind, payment_id, account_id, amount_minor,"
+              " balance_after_minor) VALUES ")
     async with services.db.primary.connect() as conn:
         partner_id = (await conn.execute(
-            text("SELECT partner_id FROM accounts WHERE id = :id"), {"id": uuid.UUID(source)}
-        )).scalar()
-        payment = uuid.uuid4()
+            text("SELECT partner_id FROM accounts WHERE id = :id"), {"id": s})).scalar()
+        payments = [uuid.uuid4() for _ in range(2)]
+        for payment in payments:
+            await conn.execute(text(
+                "INSERT INTO payments (id, partner_id, idempotency_key, request_hash,"
+                " source_account_id, destination_account_id, amount_minor, currency, status)"
+                " VALUES (:id, :partner, :key, repeat('a', 64), :s, :d, 100, 'USD', 'PENDING')"),
+                {"id": payment, "partner": partner_id, "key": str(payment), "s": s, "d": d})
+        p, q = payments
+        for statement in (
+            insert + "(:p, 'PAYMENT', :p, :s, -100, 0), (:p, 'PAYMENT', :p, :d, 99, 99)",
+            # Balanced over the transaction, but the first statement's posting sums to -100.
+            insert + "(:p, 'PAYMENT', :p, :s, -100, 0)",
+            # Two postings that sum to zero together but not each.
+            insert + "(:p, 'PAYMENT', :p, :s, -100, 0), (:q, 'PAYMENT', :q, :d, 100, 100)",
+        ):
+            savepoint = await conn.begin_nested()
+            with pytest.raises(DBAPIError, match="sum to"):
+                await conn.execute(text(statement), {"p": p, "q": q, "s": s, "d": d})
+            await savepoint.rollback()
         await conn.execute(text(
-            "INSERT INTO payments (id, partner_id, idempotency_key, request_hash, source_account_id,"
-            " destination_account_id, amount_minor, currency, status) VALUES (:id, :partner, :key,"
-            " repeat('a', 64), :s, :d, 100, 'USD', 'PENDING')"),
-            {"id": payment, "partner": partner_id, "key": str(payment), "s": uuid.UUID(source),
-             "d": uuid.UUID(destination)})
-        await conn.execute(text(
-            "INSERT INTO ledger_entries (posting_id, kind, payment_id, account_id, amount_minor,"
-            " balance_after_minor) VALUES (:p, 'PAYMENT', :p, :s, -100, 0),"
-            " (:p, 'PAYMENT', :p, :d, 99, 99)"),
-            {"p": payment, "s": uuid.UUID(source), "d": uuid.UUID(destination)})
-        with pytest.raises(DBAPIError, match="sum to"):
-            await conn.commit()
+            insert + "(:p, 'PAYMENT', :p, :s, -100, 0), (:p, 'PAYMENT', :p, :d, 100, 100),"
+            " (:q, 'PAYMENT', :q, :d, -1, 99), (:q, 'PAYMENT', :q, :s, 1, 1)"),
+            {"p": p, "q": q, "s": s, "d": d})
+        sums = (await conn.execute(text(
+            "SELECT posting_id, sum(amount_minor) FROM ledger_entries"
+            " WHERE posting_id IN (:p, :q) GROUP BY posting_id"), {"p": p, "q": q})).all()
+        assert sorted(int(total) for _, total in sums) == [0, 0]
+        await conn.rollback()  # nothing of this test stays behind for the ledger's checks
 
 
 def test_cli_creates_partner_and_account(server_env: dict[str, str], migrated: Settings) -> None:
