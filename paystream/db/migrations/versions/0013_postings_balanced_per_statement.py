@@ -3,9 +3,9 @@
 Since 0001 every ledger entry queued a deferred constraint trigger that, at commit, summed
 its posting's entries: two trigger calls per payment, each a query. Found profiling the
 worker drain (issue 16): the entries' insert was the primary's largest cost, and with the
-per-entry trigger an entry cost 29.6 us against 23.8 us checked per statement (median of six
-interleaved rounds of 10,000 entries each, docs/benchmarks.md), no more than with no check at
-all.
+per-entry trigger an entry (inserted and committed as the worker does) cost 34.4 us against
+27.3 us checked per statement and 27.7 us with no check at all (``python -m
+bench.ledger_check``, medians of six interleaved rounds; docs/benchmarks.md, 2026-12-07).
 
 The check is now an ``AFTER INSERT ... FOR EACH STATEMENT`` trigger over the statement's new
 rows (a transition table): each posting's entries in one statement must sum to zero. Since
