@@ -121,6 +121,10 @@ class OutboxSettings(BaseModel):
     # The events feed (``events``, resumable ``accountActivity``) keeps this many days; the
     # same relay prunes older rows, prune_batch at a time.
     events_retention_days: float = 30.0
+    # Webhook events that finished (DELIVERED or FAILED) and delivery attempts are kept this
+    # many days (what webhookDeliveries lists, and what enabling a DISABLED endpoint can
+    # revive); the same relay prunes older rows, prune_batch at a time. PENDING ones stay.
+    webhooks_retention_days: float = Field(default=30.0, gt=0)
     # The relay publishes rows left unsent for this long (their producer had its chance),
     # relay_batch at a time, looking again every relay_interval_s.
     relay_min_age_s: float = 5.0

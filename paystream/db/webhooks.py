@@ -191,3 +191,28 @@ __all__ = [
     "lock_partner_endpoints",
     "rotate_secret",
 ]
+
+
+# Oldest first through webhook_deliveries_at_idx and webhook_events_finished_idx (migration
+# 0014): each batch reads only rows past the age. An event still PENDING is never deleted,
+# however old (a DISABLED endpoint holds its events until it is enabled again).
+_PRUNE_DELIVERIES = text(
+    "DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries"
+    "  WHERE at < now() - make_interval(secs => :keep) ORDER BY at LIMIT :limit)"
+)
+_PRUNE_EVENTS = text(
+    "DELETE FROM webhook_events WHERE id IN (SELECT id FROM webhook_events"
+    "  WHERE state <> 'PENDING' AND finished_at < now() - make_interval(secs => :keep)"
+    "  ORDER BY finished_at LIMIT :limit)"
+)
+
+
+async def prune_finished(session: WriteSession, *, keep_days: float, limit: int) -> int:
+    """Delete up to ``limit`` delivery attempts made more than ``keep_days`` ago, then up to
+    ``limit`` events that finished (DELIVERED or FAILED) that long ago, with any attempts
+    of theirs left; returns how many rows of either."""
+    params = {"keep": keep_days * 86400, "limit": limit}
+    deliveries = await session.execute(_PRUNE_DELIVERIES, params)
+    events = await session.execute(_PRUNE_EVENTS, params)
+    return sum(int(getattr(r, "rowcount", 0) or 0) for r in (deliveries, events))
+

@@ -5,7 +5,8 @@ The worker hands each committed batch's status events to :meth:`OutboxRelay.prod
 accepted. :meth:`OutboxRelay.sweep_forever`
 publishes whatever either left unsent (a crash after commit, a broker outage), oldest first,
 and prunes rows sent more than ``retention_days`` ago in bounded batches (and the events
-feed's rows past ``events_retention_days``). Publishing twice is
+feed's rows past ``events_retention_days``, finished webhook events and attempts past
+``webhooks_retention_days``). Publishing twice is
 harmless: the worker skips a request already posted, and every status consumer keeps the
 highest version it has seen per payment. Each message is sent with the trace context stored
 with it (``paystream.tracing``), so a trace continues across the wait in the outbox.
@@ -26,6 +27,7 @@ from ..db.events import EventRecord
 from ..db.events import by_ids as events_by_ids
 from ..db.events import prune as prune_events
 from ..db.outbox import OutboxRow, claim_unsent, mark_sent, prune_sent
+from ..db.webhooks import prune_finished as prune_webhooks
 from ..events.messages import PaymentStatusEvent
 from ..retry import until_done
 from ..tracing import Carrier, sending
@@ -114,6 +116,13 @@ class OutboxRelay:
             return await prune_events(session, keep_days=self._settings.events_retention_days,
                                       limit=self._settings.prune_batch)
 
+    async def prune_webhooks_once(self) -> int:
+        """Delete one bounded batch of webhook attempts and finished webhook events past
+        their retention (30 days)."""
+        async with self._db.write_session() as session:
+            return await prune_webhooks(session, keep_days=self._settings.webhooks_retention_days,
+                                        limit=self._settings.prune_batch)
+
     async def sweep_forever(self) -> None:
         """Sweep and prune every ``relay_interval_s``; each step retried under the fault
         policy, so an outage delays the relay and never ends it."""
@@ -124,6 +133,9 @@ class OutboxRelay:
                     >= self._settings.prune_batch:
                 pass
             while await until_done("events prune", self.prune_events_once,
+                                   on_sleep=self._on_wait) >= self._settings.prune_batch:
+                pass
+            while await until_done("webhooks prune", self.prune_webhooks_once,
                                    on_sleep=self._on_wait) >= self._settings.prune_batch:
                 pass
             await asyncio.sleep(self._settings.relay_interval_s)

@@ -821,3 +821,72 @@ async def test_the_sender_serves_its_metrics(
     # The attempt that disabled the endpoint held its event (and the other two with it).
     assert after[("held", "5xx")] - before[("held", "5xx")] >= 1
     assert sample("paystream_webhook_delivery_lag_seconds_count") - lags_before == 3
+
+
+async def test_the_relay_prunes_finished_webhook_events_and_old_attempts_but_not_pending_ones(
+        services: Any) -> None:
+    """With a retention of 10 days, not the stack's 30 (the stack's own relays, sharing this
+    database, leave these rows alone). The endpoint is DISABLED so that no sender touches its
+    PENDING event meanwhile."""
+    from paystream.config import OutboxSettings
+    from paystream.worker.outbox import OutboxRelay
+
+    partner, endpoint = uuid.uuid4(), uuid.uuid4()
+    ages = {  # event: (state, days since it finished or None, days since each attempt)
+        "delivered long ago": ("DELIVERED", 11, (11,)),
+        "failed long ago": ("FAILED", 20, (22, 21)),
+        "delivered lately": ("DELIVERED", 1, (11, 1)),  # retried for ten days
+        "pending for long": ("PENDING", None, (12,)),
+    }
+    ids: dict[str, int] = {}
+    async with services.db.write_session() as session:
+        await session.execute(text("INSERT INTO partners (id, name) VALUES (:id, :name)"),
+                              {"id": partner, "name": f"prune-{partner.hex[:8]}"})
+        await session.execute(text(
+            "INSERT INTO webhook_endpoints (id, partner_id, url, events, status,"
+            " secret_ciphertext, disabled_at) VALUES (:id, :p, 'http://127.0.0.1:9/hook',"
+            " ARRAY['payment.succeeded'], 'DISABLED', '\\x00', now())"),
+            {"id": endpoint, "p": partner})
+        for version, (name, (state, finished, attempts)) in enumerate(ages.items(), start=1):
+            event = uuid.uuid4()
+            ids[name] = (await session.execute(text(
+                "INSERT INTO webhook_events (event_id, endpoint_id, payment_id, version, type,"
+                " body, state, attempts, finished_at) VALUES (:event, :endpoint,"
+                " gen_random_uuid(), :version, 'payment.succeeded', '{}', :state, :attempts,"
+                " now() - make_interval(days => CAST(:finished AS integer))) RETURNING id"),
+                {"event": event, "endpoint": endpoint, "version": version, "state": state,
+                 "attempts": len(attempts), "finished": finished})).scalar_one()
+            for attempt, age in enumerate(attempts, start=1):
+                await session.execute(text(
+                    "INSERT INTO webhook_deliveries (webhook_event_id, endpoint_id, event_id,"
+                    " attempt, response_status, at) VALUES (:id, :endpoint, :event, :attempt,"
+                    " 500, now() - make_interval(days => :age))"),
+                    {"id": ids[name], "endpoint": endpoint, "event": event, "attempt": attempt,
+                     "age": age})
+
+    async def left() -> tuple[set[str], dict[str, int]]:
+        async with services.db.write_session() as session:
+            events = {row[0] for row in await session.execute(text(
+                "SELECT id FROM webhook_events WHERE endpoint_id = :e"), {"e": endpoint})}
+            attempts = dict((await session.execute(text(
+                "SELECT webhook_event_id, count(*) FROM webhook_deliveries WHERE endpoint_id = :e"
+                " GROUP BY webhook_event_id"), {"e": endpoint})).all())
+        names = {v: k for k, v in ids.items()}
+        return ({names[i] for i in events},
+                {names[i]: int(n) for i, n in attempts.items()})
+
+    def relay(settings: OutboxSettings) -> OutboxRelay:
+        return OutboxRelay(services.db, producer=None,  # type: ignore[arg-type]
+                           topic="payments.status", requested_topic="payments.requested",
+                           settings=settings)
+
+    # The default retention (what the stack's relays do every second) leaves all of them.
+    await relay(OutboxSettings()).prune_webhooks_once()
+    assert await left() == (set(ages), {"delivered long ago": 1, "failed long ago": 2,
+                                        "delivered lately": 2, "pending for long": 1})
+    pruning = relay(OutboxSettings(webhooks_retention_days=10, prune_batch=2))
+    pruned = [await pruning.prune_webhooks_once() for _ in range(4)]
+    assert pruned[0] == 4 and pruned[-1] == 0, pruned  # two attempts and two events a batch
+    # Attempts older than 10 days are gone, whichever event they belong to; finished events
+    # older than 10 days with them; the PENDING event stays however old.
+    assert await left() == ({"delivered lately", "pending for long"}, {"delivered lately": 1})
