@@ -177,22 +177,6 @@ async def deliveries_page(session: ReadSession, endpoint_id: uuid.UUID, *, limit
     return [DeliveryRow(**dict(r._mapping)) for r in result]
 
 
-__all__ = [
-    "DeliveryRow",
-    "EndpointRow",
-    "all_endpoints",
-    "delete_endpoint",
-    "deliveries_page",
-    "enable_endpoint",
-    "endpoint_of",
-    "endpoints_for",
-    "endpoints_of",
-    "insert_endpoint",
-    "lock_partner_endpoints",
-    "rotate_secret",
-]
-
-
 # Oldest first through webhook_deliveries_at_idx and webhook_events_finished_idx (migration
 # 0014): each batch reads only rows past the age. An event still PENDING is never deleted,
 # however old (a DISABLED endpoint holds its events until it is enabled again).
@@ -216,3 +200,19 @@ async def prune_finished(session: WriteSession, *, keep_days: float, limit: int)
     events = await session.execute(_PRUNE_EVENTS, params)
     return sum(int(getattr(r, "rowcount", 0) or 0) for r in (deliveries, events))
 
+
+__all__ = [
+    "DeliveryRow",
+    "EndpointRow",
+    "all_endpoints",
+    "delete_endpoint",
+    "deliveries_page",
+    "enable_endpoint",
+    "endpoint_of",
+    "endpoints_for",
+    "endpoints_of",
+    "insert_endpoint",
+    "lock_partner_endpoints",
+    "prune_finished",
+    "rotate_secret",
+]

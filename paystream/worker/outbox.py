@@ -129,15 +129,13 @@ class OutboxRelay:
         while True:
             while await until_done("outbox sweep", self.sweep_once, on_sleep=self._on_wait):
                 pass
-            while await until_done("outbox prune", self.prune_once, on_sleep=self._on_wait) \
-                    >= self._settings.prune_batch:
-                pass
-            while await until_done("events prune", self.prune_events_once,
-                                   on_sleep=self._on_wait) >= self._settings.prune_batch:
-                pass
-            while await until_done("webhooks prune", self.prune_webhooks_once,
-                                   on_sleep=self._on_wait) >= self._settings.prune_batch:
-                pass
+            # Each prune again while its batch came back full.
+            for name, prune in (("outbox prune", self.prune_once),
+                                ("events prune", self.prune_events_once),
+                                ("webhooks prune", self.prune_webhooks_once)):
+                while await until_done(name, prune, on_sleep=self._on_wait) \
+                        >= self._settings.prune_batch:
+                    pass
             await asyncio.sleep(self._settings.relay_interval_s)
 
 
