@@ -17,7 +17,7 @@ from pydantic import BeforeValidator, PlainSerializer, TypeAdapter
 
 from .metadata import Metadata, metadata_from_json, metadata_json
 
-__all__ = ["AccountRow", "PaymentRow", "account_from_json", "encode_account", "encode_payment",
+__all__ = ["AccountParty", "AccountRow", "PaymentRow", "account_from_json", "encode_account", "encode_payment",
            "field_names", "payment_from_json"]
 
 StoredMetadata = Annotated[Metadata, BeforeValidator(metadata_from_json),
@@ -86,6 +86,21 @@ class AccountRow:
     @property
     def available_minor(self) -> int:
         return self.balance_minor - self.held_minor
+
+
+@dataclass(frozen=True, slots=True)
+class AccountParty:
+    """What never changes about an account: its owner and its currency. Accounts are never
+    deleted, moved to another partner or re-denominated, so a process may keep these for good
+    (createPayment checks a payment's parties against them without reading the account)."""
+
+    id: uuid.UUID
+    partner_id: uuid.UUID
+    currency: str
+
+    @classmethod
+    def of(cls, row: AccountRow) -> AccountParty:
+        return cls(row.id, row.partner_id, row.currency)
 
 
 def field_names(entity: type[PaymentRow | AccountRow]) -> tuple[str, ...]:

@@ -223,6 +223,13 @@ class PaymentStatusEvent:
                    destination_partner_id=destination.partner_id,
                    accounts=(source, destination) if with_accounts else None)
 
+    @classmethod
+    def pending(cls, payment: PaymentRow, source_partner_id: uuid.UUID,
+                destination_partner_id: uuid.UUID) -> PaymentStatusEvent:
+        """The API's PENDING event: no account states (see ``accounts``)."""
+        return cls(payment_id=payment.id, payment=payment, source_partner_id=source_partner_id,
+                   destination_partner_id=destination_partner_id)
+
     def __post_init__(self) -> None:
         _same_payment(self.payment_id, self.payment)
 

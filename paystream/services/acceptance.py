@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from ..config import Settings
 from ..db import Database, events, outbox
 from ..db.payments import IdempotencySlot, insert_pending_many
-from ..domain.entities import AccountRow, PaymentRow, encode_payment
+from ..domain.entities import AccountParty, PaymentRow, encode_payment
 from ..domain.errors import Unavailable
 from ..events.messages import PaymentStatusEvent, encode_accepted
 from ..tracing import Carrier
@@ -39,11 +39,12 @@ Stored = tuple[PaymentRow, bool]  # the payment as stored, and whether this comm
 
 @dataclass(frozen=True, slots=True)
 class Draft:
-    """A validated payment to accept, with the accounts its PENDING event names."""
+    """A validated payment to accept, with the owners of its accounts (its PENDING event
+    names them)."""
 
     row: PaymentRow
-    source: AccountRow
-    destination: AccountRow
+    source: AccountParty
+    destination: AccountParty
     trace: Carrier | None = None  # the accepting operation's trace context
 
     @property
@@ -143,7 +144,7 @@ class Acceptance:
                 for (row, d), payload in zip(new, payloads, strict=True)])
             # The PENDING events are in the events feed from this commit on (with cursors).
             recorded = await events.record_encoded(session, [
-                PaymentStatusEvent.of(row, d.source, d.destination, with_accounts=False)
+                PaymentStatusEvent.pending(row, d.source.partner_id, d.destination.partner_id)
                 for row, d in new], encoded=[event for _, event in messages])
         # Visible to payment(id) at once, whatever the replicas' lag, and listed on the next
         # read of either account's pages (whichever process serves it).

@@ -23,7 +23,7 @@ from decimal import Decimal
 from ..config import Settings
 from ..db import Database
 from ..domain.currency import currency_exponent
-from ..domain.entities import AccountRow, PaymentRow
+from ..domain.entities import AccountParty, PaymentRow
 from ..domain.errors import BadUserInput, IdempotencyConflict, PaystreamError, QueryTooComplex
 from ..domain.ledger import SYSTEM_PARTNER_ID
 from ..domain.lifecycle import validate_authorization_ttl
@@ -82,7 +82,8 @@ class PaymentService:
     async def create(self, caller: Caller, request: CreatePayment) -> PaymentRow:
         caller.require(WRITE)
         parsed = _parse(request)
-        accounts = await self._reader.accounts([parsed.source_id, parsed.destination_id])
+        # Only the accounts' owners and currencies matter here, and they never change.
+        accounts = await self._reader.account_parties([parsed.source_id, parsed.destination_id])
         source, destination = _check_accounts(caller, parsed, accounts)
         draft = _draft(caller, parsed, datetime.now(UTC))
         # Committed with whatever other createPayment calls wait meanwhile (acceptance.py);
@@ -123,10 +124,10 @@ class PaymentService:
                 answers[index] = exc
                 continue
             parsed[index] = item
-        accounts = await self._reader.accounts(
+        accounts = await self._reader.account_parties(
             sorted({i for p in parsed.values() for i in (p.source_id, p.destination_id)}))
         now = datetime.now(UTC)
-        drafts: dict[int, tuple[PaymentRow, AccountRow, AccountRow]] = {}
+        drafts: dict[int, tuple[PaymentRow, AccountParty, AccountParty]] = {}
         for index, item in parsed.items():
             try:
                 source, destination = _check_accounts(caller, item, accounts)
@@ -139,7 +140,7 @@ class PaymentService:
         assert all(a is not None for a in answers)
         return answers  # type: ignore[return-value]  # every slot is filled above
 
-    async def _accept_many(self, drafts: dict[int, tuple[PaymentRow, AccountRow, AccountRow]],
+    async def _accept_many(self, drafts: dict[int, tuple[PaymentRow, AccountParty, AccountParty]],
                            answers: list[PaymentRow | PaystreamError | None]) -> None:
         trace = current_carrier()
         stored = await self._acceptance.accept_many(
@@ -194,7 +195,8 @@ def _parse(request: CreatePayment) -> _Parsed:
 
 
 def _check_accounts(caller: Caller, item: _Parsed,
-                    accounts: Mapping[uuid.UUID, AccountRow]) -> tuple[AccountRow, AccountRow]:
+                    accounts: Mapping[uuid.UUID, AccountParty]
+                    ) -> tuple[AccountParty, AccountParty]:
     """The source and destination accounts, if the caller may pay between them."""
     source, destination = accounts.get(item.source_id), accounts.get(item.destination_id)
     # A foreign source account is reported exactly like a missing one.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,7 +38,7 @@ from ..db.accounts import accounts_by_ids
 from ..db.payments import NO_FILTER, PaymentFilter, account_page, payments_by_ids
 from ..db.refunds import RefundRow, refunds_by_ids, refunds_of_payments
 from ..db.statements import EntryRow, account_version, balance_at, entries_page
-from ..domain.entities import AccountRow, PaymentRow
+from ..domain.entities import AccountParty, AccountRow, PaymentRow
 from ..domain.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,9 @@ class Reader:
         self._page_flight: SingleFlight[tuple[uuid.UUID, str, str],
                                         tuple[list[uuid.UUID], bool]] = SingleFlight()
         self.db_reads = 0
+        # Accounts' owners and currencies, kept by this process (least recently used last out).
+        self._parties: OrderedDict[uuid.UUID, AccountParty] = OrderedDict()
+        self.max_parties = 100_000
         # After a Redis outage: the primary's WAL position the replicas must replay before
         # their rows are trusted again ("" while it is being read).
         self._failures_seen = 0
@@ -104,6 +108,28 @@ class Reader:
             ids, ACCOUNT, account_from, account_entry, accounts_by_ids, self._account_flight,
             self._ttl.account_ttl_s if self._ttl else 3600,
         )
+
+    async def account_parties(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, AccountParty]:
+        """The owners and currencies of the accounts that exist among ``ids``: from this
+        process's memory, read (as :meth:`accounts` reads) only for ids it has not seen.
+        What an account's party says never changes, so nothing has to invalidate it; an id
+        not found is not remembered (the account may be created a moment later)."""
+        parties = self._parties
+        found: dict[uuid.UUID, AccountParty] = {}
+        unknown = []
+        for account_id in ids:
+            party = parties.get(account_id)
+            if party is None:
+                unknown.append(account_id)
+            else:
+                parties.move_to_end(account_id)
+                found[account_id] = party
+        if unknown:
+            for account_id, row in (await self.accounts(unknown)).items():
+                found[account_id] = parties[account_id] = AccountParty.of(row)
+            while len(parties) > self.max_parties:
+                parties.popitem(last=False)
+        return found
 
     async def payments(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, PaymentRow]:
         return await self._read(

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from paystream.domain.errors import IdempotencyConflict
+from paystream.domain.errors import BadUserInput, IdempotencyConflict
 from paystream.services.acceptance import Acceptance, Draft
 from paystream.services.payments import CreatePayment
 
@@ -172,3 +172,38 @@ async def test_the_rows_answered_are_the_rows_the_primary_holds(
             await insert_pending_many(session, [dataclasses.replace(
                 drafts[0], id=uuid.uuid4(), idempotency_key=uuid.uuid4().hex,
                 status="SUCCEEDED")])
+
+
+async def mget_calls(services: Any) -> int:
+    """MGETs Redis has served so far (the reads of cached accounts and payments)."""
+    stats = await services.limiter_redis.info("commandstats")
+    return int(stats.get("cmdstat_mget", {}).get("calls", 0))
+
+
+async def test_a_payments_accounts_are_checked_from_the_parties_this_process_keeps(
+        services: Any, make_partner: Any, watcher: Any) -> None:
+    """An account's owner and currency never change, so createPayment and createPayments
+    read an account once per process, not once per payment; what they check is unchanged."""
+    payer, payee = await make_partner(), await make_partner()
+    source, destination = await payer.account(balance="100.00"), await payee.account(balance="0")
+    euros = await payee.account(balance="0", currency="EUR")
+    caller = await services.auth.caller_for(f"Bearer {payer.key}")
+    before = await mget_calls(services)
+    first = await services.payments.create(caller, request(source, destination, uuid.uuid4().hex))
+    read = await mget_calls(services)
+    assert read > before  # the accounts were unknown to this process: read through the cache
+    later = [await services.payments.create(caller, request(source, destination, uuid.uuid4().hex))
+             for _ in range(3)]
+    answers = await services.payments.create_many(caller, [
+        request(source, destination, uuid.uuid4().hex) for _ in range(2)])
+    assert await mget_calls(services) == read  # no account read again
+    assert all(r.status == "PENDING" for r in [first, *later, *answers])
+    # The checks stand: a foreign source account is missing, a currency must match.
+    stranger = await services.auth.caller_for(f"Bearer {payee.key}")
+    with pytest.raises(BadUserInput, match="sourceAccountId: no such account"):
+        await services.payments.create(stranger, request(source, destination, uuid.uuid4().hex))
+    with pytest.raises(BadUserInput) as mismatch:
+        await services.payments.create(caller, request(source, euros, uuid.uuid4().hex))
+    assert mismatch.value.graphql_extensions()["reason"] == "CURRENCY_MISMATCH"
+    for row in [first, *later, *answers]:
+        assert (await watcher.terminal(str(row.id)))["status"] == "SUCCEEDED"
