@@ -146,6 +146,6 @@ def test_the_hot_fields_of_the_real_schema_take_the_short_way() -> None:
     assert {"Payment.id", "Payment.status", "Payment.amount", "Payment.sourceAccount",
             "Payment.destinationAccount", "Account.id", "Account.name",
             "Account.balance"} <= replaced
-    assert "Mutation.createPayments" in replaced
+    assert {"Mutation.createPayment", "Mutation.createPayments"} <= replaced
     # Async fields and fields with arguments keep Strawberry's resolver.
     assert not {"Account.payments", "Account.entries", "Payment.refunds"} & replaced
