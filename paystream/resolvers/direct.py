@@ -26,7 +26,7 @@ import inspect
 import weakref
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import MISSING
-from typing import Any
+from typing import Any, TypeVar
 
 import strawberry
 from graphql import GraphQLObjectType, GraphQLResolveInfo
@@ -45,6 +45,7 @@ from strawberry.types.fields.resolver import StrawberryResolver
 from strawberry.types.unset import UNSET
 
 Resolve = Callable[..., Any]
+_T = TypeVar("_T")
 
 # Each direct resolver that calls a method with ``self`` alone, and that method: the value of
 # the field is the method's of the parent, with no resolve info (resolvers/completion.py).
@@ -52,13 +53,29 @@ _SOURCE_ONLY: weakref.WeakKeyDictionary[Resolve, Callable[[Any], Any]] = \
     weakref.WeakKeyDictionary()
 
 
+# Each direct resolver that calls a method with ``self`` and a Strawberry ``Info``: the method,
+# and its field and info class (what the ``Info`` is built of).
+InfoMethod = tuple[Callable[[Any, Any], Any], StrawberryField, Callable[..., Any]]
+_WITH_INFO: weakref.WeakKeyDictionary[Resolve, InfoMethod] = weakref.WeakKeyDictionary()
+
+
 def method_of(resolve: object) -> Callable[[Any], Any] | None:
     """The method a direct resolver calls with the parent alone; None for any other
     resolver."""
+    return _registered(_SOURCE_ONLY, resolve)
+
+
+def info_method_of(resolve: object) -> InfoMethod | None:
+    """The method a direct resolver calls with the parent and an ``Info``, the field it
+    resolves and the ``Info`` class; None for any other resolver."""
+    return _registered(_WITH_INFO, resolve)
+
+
+def _registered(registry: weakref.WeakKeyDictionary[Resolve, _T], resolve: object) -> _T | None:
     if not callable(resolve):
         return None
     try:
-        return _SOURCE_ONLY.get(resolve)
+        return registry.get(resolve)
     except TypeError:  # not weakly referenceable: not one of ours
         return None
 
@@ -122,6 +139,7 @@ def _direct(field: StrawberryField, info_class: Callable[..., Any]) -> Resolve |
     if len(parameters) == 2 and parameters[1] is resolver.info_parameter:
         def with_info(source: Any, info: GraphQLResolveInfo[Any]) -> Any:
             return method(source, info_class(_raw_info=info, _field=field))
+        _WITH_INFO[with_info] = (method, field, info_class)
         return with_info
     return None
 

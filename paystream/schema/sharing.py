@@ -122,6 +122,10 @@ class SharedEventExecutor(StrawberryGraphQLCoreExecutionContext):
             outcome = shared.outcome
             return joined(outcome) if isinstance(outcome, asyncio.Future) else outcome
         _EXECUTED.inc()
+        planned = self.planned_event(self.root_value)
+        if planned is not None:
+            memo[key] = SharedResult(self.operation, planned)
+            return planned
         result = super().execute_operation(serially)
         if not self.is_awaitable(result):
             # A subscription event's result (no incremental delivery for subscriptions).
@@ -129,6 +133,11 @@ class SharedEventExecutor(StrawberryGraphQLCoreExecutionContext):
             return result
         operation = self.operation
         return joined(shared_task(memo, key, result, lambda task: SharedResult(operation, task)))
+
+    def planned_event(self, event: object) -> ExecutionResult | None:
+        """The subscription's result for ``event`` without graphql-core's execution, when the
+        schema's executor can tell it (resolvers/completion.py); None: execute it."""
+        return None
 
     # The last caller asked about and its audience: asked for every update sent directly.
     _audience_of: tuple[object, tuple[object, ...] | None] | None = None
@@ -171,6 +180,11 @@ def direct_payload(frames: OperationFrames, root: object,
     shared: SharedResult | None = memo.get(key)
     if shared is None:
         before_execution()
+        planned = executor.planned_event(root)
+        if planned is not None:
+            _EXECUTED.inc()
+            shared = memo[key] = SharedResult(executor.operation, planned)
+            return _encoded(shared)
         outcome = executor.build_per_event_executor(root).execute_operation(False)
         if isinstance(outcome, asyncio.Future):
             outcome.cancel()  # only this wait: the shared task goes on, in the memo
@@ -179,6 +193,11 @@ def direct_payload(frames: OperationFrames, root: object,
             return None
     else:
         _SHARED.inc()
+    return _encoded(shared)
+
+
+def _encoded(shared: SharedResult) -> bytes | None:
+    """The shared result's payload, encoded on first use; None for one not to send directly."""
     if shared.payload is None:
         result = shared.result()
         if result is None or result.errors or result.extensions:
