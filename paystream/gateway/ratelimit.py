@@ -12,6 +12,7 @@ key gets at most its limit per API process (docs/decisions.md)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import OrderedDict
@@ -23,38 +24,46 @@ from redis.exceptions import RedisError
 from ..cache.breaker import Breaker
 from ..config import LimitsSettings
 
-# KEYS[1]: the bucket; ARGV: capacity, refill per second, tokens wanted. Takes them all or
-# none. Returns {1, "0"} when taken, else {0, seconds until they are available} (a string:
-# Redis would truncate a Lua float to an integer); more than the capacity is never
-# available, and its wait is until the bucket is full.
+# KEYS: the buckets; ARGV: capacity, refill per second, tokens wanted, for each key in turn.
+# Takes each key's tokens all or none, in order (a key named twice sees its first taking).
+# Returns, per key, 1 and "0" when taken, else 0 and the seconds until they are available
+# (a string: Redis would truncate a Lua float to an integer); more than the capacity is
+# never available, and its wait is until the bucket is full.
 _TAKE = """
-local capacity = tonumber(ARGV[1])
-local rate = tonumber(ARGV[2])
-local wanted = tonumber(ARGV[3] or '1')
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens = tonumber(state[1])
-local at = tonumber(state[2])
-if tokens == nil or at == nil then
-  tokens = capacity
-  at = now
+local answers = {}
+for i, key in ipairs(KEYS) do
+  local capacity = tonumber(ARGV[3 * i - 2])
+  local rate = tonumber(ARGV[3 * i - 1])
+  local wanted = tonumber(ARGV[3 * i])
+  local state = redis.call('HMGET', key, 'tokens', 'at')
+  local tokens = tonumber(state[1])
+  local at = tonumber(state[2])
+  if tokens == nil or at == nil then
+    tokens = capacity
+    at = now
+  end
+  tokens = math.min(capacity, tokens + math.max(0, now - at) * rate)
+  local taken = 0
+  local wait = 0
+  if wanted > capacity then
+    wait = (capacity - tokens) / rate
+  elseif tokens >= wanted then
+    tokens = tokens - wanted
+    taken = 1
+  else
+    wait = (wanted - tokens) / rate
+  end
+  redis.call('HSET', key, 'tokens', tostring(tokens), 'at', tostring(now))
+  redis.call('PEXPIRE', key, math.ceil(capacity / rate * 1000) + 1000)
+  answers[2 * i - 1] = taken
+  answers[2 * i] = tostring(wait)
 end
-tokens = math.min(capacity, tokens + math.max(0, now - at) * rate)
-local taken = 0
-local wait = 0
-if wanted > capacity then
-  wait = (capacity - tokens) / rate
-elseif tokens >= wanted then
-  tokens = tokens - wanted
-  taken = 1
-else
-  wait = (wanted - tokens) / rate
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / rate * 1000) + 1000)
-return {taken, tostring(wait)}
+return answers
 """
+# Takings sent in one script call at most (the rest wait for the next).
+_MAX_SHARED = 256
 
 
 @dataclass(frozen=True)
@@ -116,15 +125,30 @@ class LocalBuckets:
         return wait
 
 
+@dataclass(slots=True)
+class _Taking:
+    key: str
+    bucket: Bucket
+    tokens: int
+    outcome: asyncio.Future[float | None]  # as retry_after answers; None also when unasked
+
+
 class RateLimiter:
     """``retry_after(kind, key, tokens)``: None when the request may go ahead, else seconds
-    to wait."""
+    to wait.
+
+    The shared buckets are taken in one script call for every request that asks while an
+    earlier call is out (group commit, as createPayment's acceptance does): an idle process
+    asks for one request at once, a busy one for many in one round trip."""
 
     def __init__(self, redis: Redis, limits: LimitsSettings, guard: Breaker) -> None:
         self._take = redis.register_script(_TAKE)
         self._buckets = buckets(limits)
         self._guard = guard
         self.local = LocalBuckets()
+        self._waiting: list[_Taking] = []
+        self._sending: asyncio.Task[None] | None = None
+        self.calls = 0  # script calls made (each for one or more takings)
 
     def capacity(self, kind: str) -> int:
         """The burst of the operation type's bucket (0 when it has none)."""
@@ -140,19 +164,51 @@ class RateLimiter:
         wait = self.local.take(bucket, key, tokens)
         if wait is not None or not self._guard.available:
             return wait
-        try:
-            taken, shared_wait = await self._take(
-                keys=[f"ratelimit:{bucket.name}:{key}"],
-                args=[bucket.capacity, bucket.per_s, tokens],
-            )
-        except (RedisError, OSError) as exc:
-            self._guard.failed("rate limits", exc)
-            return None  # the local tokens stand
-        if int(taken):
+        taking = _Taking(f"ratelimit:{bucket.name}:{key}", bucket, tokens,
+                         asyncio.get_running_loop().create_future())
+        self._waiting.append(taking)
+        if self._sending is None:
+            self._sending = asyncio.create_task(self._send(), name="rate limits")
+        # Shielded: the call is shared, and one request leaving must not cancel it for all.
+        shared_wait = await asyncio.shield(taking.outcome)
+        if shared_wait is None:
             return None
         # Other processes spent the shared bucket: this request was not let through here.
         self.local.give_back(bucket, key, tokens)
-        return max(float(shared_wait), 0.001)
+        return shared_wait
+
+    async def _send(self) -> None:
+        """Sends the waiting takings, a script call at a time, until none is left."""
+        try:
+            while self._waiting:
+                batch = self._waiting[:_MAX_SHARED]
+                del self._waiting[:_MAX_SHARED]
+                await self._send_batch(batch)
+        finally:
+            self._sending = None
+            for taking in self._waiting:  # cancelled while waiting (the process closing)
+                if not taking.outcome.done():
+                    taking.outcome.set_result(None)
+            self._waiting.clear()
+
+    async def _send_batch(self, batch: list[_Taking]) -> None:
+        args: list[int | float] = []
+        for taking in batch:
+            args += [taking.bucket.capacity, taking.bucket.per_s, taking.tokens]
+        answers: list[object] | None = None
+        try:
+            self.calls += 1
+            answers = await self._take(keys=[t.key for t in batch], args=args)
+        except (RedisError, OSError) as exc:
+            self._guard.failed("rate limits", exc)  # the local tokens stand
+        finally:
+            for index, taking in enumerate(batch):
+                if taking.outcome.done():
+                    continue
+                if answers is None or int(answers[2 * index]):  # type: ignore[call-overload]  # Redis's integer reply
+                    taking.outcome.set_result(None)
+                else:
+                    taking.outcome.set_result(max(float(answers[2 * index + 1]), 0.001))  # type: ignore[arg-type]  # Redis's string reply
 
 
 def retry_after_header(seconds: float) -> str:

@@ -3,6 +3,7 @@ the good ones accepted in one transaction, settled by the worker; nothing half-w
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -285,6 +286,43 @@ async def test_the_shared_bucket_takes_n_tokens_atomically(settings) -> None:
         assert wait is not None and wait > 0  # 3 left of 10
         assert await other.retry_after("mutation", key, 3) is None  # the 4 were not taken
         assert await other.retry_after("mutation", key, 1) is not None
+    finally:
+        await services.close()
+
+
+async def test_concurrent_requests_take_the_shared_buckets_in_one_script_call(settings) -> None:
+    """Requests that ask before a call to Redis goes out (or while one is out) are sent
+    together, and each is answered by its own bucket's state: of eight concurrent takings
+    from a shared bucket another process left four tokens in, four are let through."""
+    from paystream.gateway.operations import OperationGate
+    from paystream.services.app import Services
+
+    from ._gateway import changed
+
+    services = Services.create(changed(settings, limits={"mutation_burst": 10,
+                                                         "mutation_rate_per_s": 0.01}))
+    try:
+        key, elsewhere = f"key:{uuid.uuid4()}", f"key:{uuid.uuid4()}"
+        assert await OperationGate(services).limiter.retry_after("mutation", key, 6) is None
+        limiter = OperationGate(services).limiter  # as another API process: local buckets full
+
+        async def script_calls() -> int:
+            stats = await services.limiter_redis.info("commandstats")
+            return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0))
+                       for c in ("evalsha", "eval"))
+
+        before = await script_calls()
+        answers = await asyncio.gather(
+            *(limiter.retry_after("mutation", key) for _ in range(8)),
+            limiter.retry_after("mutation", elsewhere, 10))
+        # All nine asked before the first call went out: one script call took them all.
+        assert await script_calls() - before == 1 == limiter.calls
+        waits = answers[:8]
+        assert waits.count(None) == 4
+        assert all(w is not None and w > 0 for w in waits if w is not None)
+        assert answers[8] is None  # another key's bucket, in the same call
+        # What was refused was given back to the local bucket: it still lets 4 through.
+        assert limiter.local.take(limiter._buckets["mutation"], key, 4) is None
     finally:
         await services.close()
 
