@@ -28,6 +28,7 @@ that execution was a tenth of the API's CPU at 200 payments/s, for the same reas
 from __future__ import annotations
 
 import inspect
+from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import suppress
 from types import GeneratorType
@@ -93,7 +94,7 @@ class PaystreamExecutor(SharedEventExecutor):
         or the event needs graphql-core (then nothing was sent or changed)."""
         found = self._event_plan
         if found is False:
-            found = self._event_plan = event_plan(self)
+            found = self._event_plan = _kept_event_plan(self)
         if found is None or self.middleware_manager is not None \
                 and self.middleware_manager.middlewares:
             return None
@@ -103,6 +104,27 @@ class PaystreamExecutor(SharedEventExecutor):
         except Exception:  # noqa: BLE001 (graphql-core's execution reports it, located)
             return None
         return ExecutionResult(data, None)
+
+
+# Event plans by (schema, operation), both kept with the plan so their ids are not reused:
+# the executor an event is executed by is often a per-event copy (graphql-core's
+# build_per_event_executor), and a plan depends on the document only, not on the caller.
+_EVENT_PLANS: OrderedDict[tuple[int, int], tuple[object, object,
+                                                 tuple[str, Complete] | None]] = OrderedDict()
+_MAX_EVENT_PLANS = 1_024
+
+
+def _kept_event_plan(executor: Any) -> tuple[str, Complete] | None:
+    key = (id(executor.schema), id(executor.operation))
+    kept = _EVENT_PLANS.get(key)
+    if kept is not None and kept[0] is executor.schema and kept[1] is executor.operation:
+        _EVENT_PLANS.move_to_end(key)
+        return kept[2]
+    found = event_plan(executor)
+    _EVENT_PLANS[key] = (executor.schema, executor.operation, found)
+    while len(_EVENT_PLANS) > _MAX_EVENT_PLANS:
+        _EVENT_PLANS.popitem(last=False)
+    return found
 
 
 def event_plan(executor: Any) -> tuple[str, Complete] | None:

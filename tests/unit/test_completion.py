@@ -240,3 +240,19 @@ def test_a_subscription_event_that_needs_graphql_core_is_not_planned() -> None:
                      "subscription { paymentStatus(id: \"x\") { id @include(if: true) } }",
                      "subscription { paymentStatus(id: \"x\") { refunds { id } } }"):
         assert event_executor(document, owner).planned_event(event) is None
+
+
+def test_an_event_plan_is_compiled_once_per_document_not_per_event() -> None:
+    """The slow path executes each event on a per-event copy of the subscription's executor:
+    the copies share the document's plan."""
+    payment = sample_payment()
+    source, destination = sample_accounts(payment)
+    owner = Caller(source.partner_id, uuid.uuid4(), frozenset({READ}))
+    executor = event_executor(ACCOUNT_ACTIVITY, owner)
+    copies = [executor.build_per_event_executor(event_update(payment, (source, destination)))
+              for _ in range(2)]
+    assert all(isinstance(c, PaystreamExecutor) for c in copies)
+    for copy in copies:
+        assert copy.planned_event(copy.root_value) is not None
+    first, second = (c._event_plan for c in copies)  # type: ignore[attr-defined]
+    assert first is second and first is not None
